@@ -1,0 +1,126 @@
+"""
+The access log: one line per request, in the combined log format plus what
+the proxy did (the upstreams tried, their statuses, the time taken), or as
+JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import IO, Any, Callable, Dict, List, Optional
+
+from attrs import define, field
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService
+
+#: Written for a request whose client left before the response was complete,
+#: as nginx does.
+CLIENT_CLOSED = 499
+
+
+@define
+class ProxyRecord:
+    """
+    What the proxy did for one request, filled in as it goes.
+    """
+
+    started: float
+    upstreams: List[str] = field(factory=list)
+    upstream_statuses: List[str] = field(factory=list)
+    #: The status to log when it is not the one the client got whole
+    #: (499: the client left; the upstream's status with a truncated body).
+    status: Optional[int] = None
+
+
+def _quoted(value: Optional[bytes]) -> str:
+    if not value:
+        return "-"
+    text = value.decode("latin-1")
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _fields(request: Any, record: ProxyRecord, now: float) -> Dict[str, Any]:
+    address = request.getClientAddress()
+    return {
+        "remote_addr": getattr(address, "host", "-"),
+        "time": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
+        "request": (
+            f"{_quoted(request.method)} {_quoted(request.uri)} "
+            f"{_quoted(request.clientproto)}"
+        ),
+        "status": record.status or request.code,
+        "body_bytes_sent": request.sentLength,
+        "referer": _quoted(request.getHeader(b"referer")),
+        "user_agent": _quoted(request.getHeader(b"user-agent")),
+        "upstream": ",".join(record.upstreams) or "-",
+        "upstream_status": ",".join(record.upstream_statuses) or "-",
+        "request_time": round(now - record.started, 6),
+    }
+
+
+def combined_line(fields: Dict[str, Any]) -> str:
+    return (
+        '{remote_addr} - - [{time}] "{request}" {status} {body_bytes_sent} '
+        '"{referer}" "{user_agent}" upstream={upstream} '
+        "upstream_status={upstream_status} request_time={request_time:.3f}\n"
+    ).format(**fields)
+
+
+def json_line(fields: Dict[str, Any]) -> str:
+    return json.dumps(fields, separators=(",", ":")) + "\n"
+
+
+FORMATS: Dict[str, Callable[[Dict[str, Any]], str]] = {
+    "combined": combined_line,
+    "json": json_line,
+}
+
+
+class AccessLog(MultiService):
+    """
+    Writes access log lines to a file, buffered and flushed every second
+    (as nginx's ``flush=1s``) so that logging costs a request no system call.
+
+    :param path: ``"stdout"``, ``"off"`` or a file name.
+    :param clock: for request times and the flush timer.
+    """
+
+    def __init__(self, path: str, line_format: str, clock: Any) -> None:
+        super().__init__()
+        self._path = path
+        self._format = FORMATS[line_format]
+        self._clock = clock
+        self._file: Optional[IO[bytes]] = None
+        self.enabled = path != "off"
+        flusher = TimerService(1.0, self.flush)
+        flusher.clock = clock
+        flusher.setServiceParent(self)
+
+    def startService(self) -> None:
+        if self.enabled:
+            if self._path == "stdout":
+                # A file of our own on descriptor 1: twistd later replaces
+                # sys.stdout with one that feeds its log.
+                self._file = open(sys.stdout.fileno(), "ab", closefd=False)  # noqa: SIM115
+            else:
+                self._file = open(self._path, "ab")  # noqa: SIM115
+        super().startService()
+
+    def stopService(self) -> Any:
+        result = super().stopService()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        return result
+
+    def write(self, request: Any, record: ProxyRecord) -> None:
+        if self._file is None:
+            return
+        line = self._format(_fields(request, record, self._clock.seconds()))
+        self._file.write(line.encode("utf-8", "backslashreplace"))
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()

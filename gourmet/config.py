@@ -1,0 +1,145 @@
+"""
+Gourmet's configuration: frozen values, built and validated in one place
+(:mod:`gourmet.configfile`) and never changed afterwards.  Runtime state
+(health, counters, a weight an operator set) lives in :mod:`gourmet.upstreams`
+and points here.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Optional, Tuple
+
+from attrs import field, frozen
+
+from gourmet.origin import Origin
+
+#: The largest weight a server may have, in configuration or at runtime.
+MAX_WEIGHT = 1000
+
+DEFAULT_CONFIG_PATH = "/etc/gourmet/gourmet.toml"
+
+
+@frozen
+class ServerConfig:
+    """
+    One upstream server.
+
+    :ivar path: the address as written in the configuration; it names the
+        server in logs and in the admin console.
+    :ivar origin: where the server lives.
+    :ivar weight: its share of requests relative to its peers; 0 drains it.
+    :ivar max_fail: failures within ``fail_timeout`` that take it out of
+        rotation; 0 turns failure accounting off.
+    :ivar fail_timeout: seconds: the window failures are counted in, and how
+        long the server then stays out.
+    """
+
+    path: str
+    origin: Origin
+    weight: int = 1
+    max_fail: int = 1
+    fail_timeout: float = 10.0
+
+
+@frozen
+class UpstreamConfig:
+    """
+    A named group of servers and how requests are spread over them.
+    """
+
+    name: str
+    servers: Tuple[ServerConfig, ...]
+    balancer: str = "round_robin"
+    provider: str = "static"
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+    #: How many servers one request may try; 0 means each available server once.
+    tries: int = 3
+    fail_status: frozenset[int] = frozenset({502, 503, 504})
+    preserve_host: bool = False
+    #: Idle keep-alive connections kept open to each server.
+    keepalive: int = 32
+    #: Seconds an idle keep-alive connection is kept.
+    keepalive_timeout: float = 60.0
+
+
+@frozen
+class LocationConfig:
+    """
+    A route: requests whose path the pattern is found in go to ``upstream``.
+
+    :ivar pattern: searched (not anchored) in the request path.
+    :ivar host: when set, only requests for this host (case-insensitive,
+        port ignored) match.
+    :ivar pass_match: forward ``/`` + the last capture group (or the whole
+        match) instead of the original path.
+    """
+
+    pattern: re.Pattern[str]
+    upstream: str
+    host: Optional[str] = None
+    pass_match: bool = False
+
+
+@frozen
+class FrontendConfig:
+    """
+    The ``[server]`` section: where Gourmet listens and what it routes.
+
+    :ivar listen: Twisted endpoint strings; empty means ``tcp:<port>``.
+    :ivar max_body_size: largest request body in bytes; 0 means no limit.
+    :ivar error_page: a file whose HTML replaces Gourmet's error page.
+    """
+
+    locations: Tuple[LocationConfig, ...]
+    port: int = 8080
+    listen: Tuple[str, ...] = ()
+    max_body_size: int = 1024 * 1024
+    error_page: Optional[str] = None
+
+    @property
+    def endpoints(self) -> Tuple[str, ...]:
+        return self.listen or (f"tcp:{self.port}",)
+
+
+@frozen
+class LogConfig:
+    """
+    :ivar access_log: ``"stdout"``, ``"off"``, or a file path.
+    :ivar access_log_format: ``"combined"`` or ``"json"``.
+    """
+
+    access_log: str = "stdout"
+    access_log_format: str = "combined"
+
+
+@frozen
+class DemoConfig:
+    """
+    Built-in demo upstreams Gourmet starts itself, for trying it out.
+
+    :ivar listen: ``host:port`` addresses, each served by a tiny HTTP server
+        that answers with its own name.
+    """
+
+    listen: Tuple[str, ...] = ()
+
+
+@frozen
+class GourmetConfig:
+    """
+    The whole configuration, as loaded from ``source``.
+    """
+
+    source: str
+    upstreams: Tuple[UpstreamConfig, ...]
+    server: FrontendConfig
+    log: LogConfig = field(factory=LogConfig)
+    demo: DemoConfig = field(factory=DemoConfig)
+
+    def upstream(self, name: str) -> UpstreamConfig:
+        for upstream in self.upstreams:
+            if upstream.name == name:
+                return upstream
+        raise KeyError(name)

@@ -1,0 +1,60 @@
+"""
+Demo upstreams: tiny HTTP servers Gourmet starts itself when a
+configuration's ``[demo]`` section asks for them, so that a newcomer sees
+requests balanced without setting up any backend.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from gourmet.origin import parse_origin
+
+
+class DemoResource(Resource):
+    """
+    Answers every request with the name of the server that answered it.
+    """
+
+    isLeaf = True
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+    def render(self, request: Any) -> bytes:
+        document = {
+            "server": self.name,
+            "method": request.method.decode("latin-1"),
+            "path": request.uri.decode("latin-1"),
+            "forwarded_for": (request.getHeader(b"x-forwarded-for") or b"").decode(
+                "latin-1"
+            ),
+        }
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(document).encode("utf-8") + b"\n"
+
+
+def demo_service(reactor: Any, addresses: Any) -> MultiService:
+    """
+    A service that runs one demo server for each ``host:port`` address.
+    """
+    service = MultiService()
+    for address in addresses:
+        origin = parse_origin(address)
+        host = origin.host.replace(":", "\\:")
+        endpoint = serverFromString(reactor, f"tcp:{origin.port}:interface={host}")
+        site = Site(DemoResource(f"demo {address}"), reactor=reactor)
+        site.noisy = False
+        listener = StreamServerEndpointService(endpoint, site)
+        # A port already in use stops start-up with an error.
+        listener._raiseSynchronously = True
+        listener.setServiceParent(service)
+    return service

@@ -1,0 +1,121 @@
+"""
+Gourmet's own error responses (no route, bad gateway, no server, timeout,
+body too large, bad request): JSON when the client prefers it, a small
+self-contained HTML page otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from html import escape
+from http import HTTPStatus
+from importlib import resources
+from string import Template
+from typing import Dict, Optional, Tuple
+
+from twisted.web.iweb import IRequest
+
+_JSON = "application/json"
+_HTML = "text/html"
+
+
+def _media_ranges(accept: str) -> Dict[str, float]:
+    """
+    Parse an Accept header into ``{media range: q}``; a malformed q counts
+    as 0 (RFC 9110 says it must be ignored, and not choosing is safest).
+    """
+    ranges: Dict[str, float] = {}
+    for item in accept.split(","):
+        media, _, params = item.partition(";")
+        media = media.strip().lower()
+        if not media:
+            continue
+        q = 1.0
+        for param in params.split(";"):
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = min(max(float(value.strip()), 0.0), 1.0)
+                except ValueError:
+                    q = 0.0
+        ranges[media] = max(q, ranges.get(media, 0.0))
+    return ranges
+
+
+def _quality(ranges: Dict[str, float], media: str) -> float:
+    # The most specific range that matches decides (RFC 9110, 12.5.1).
+    major = media.split("/")[0]
+    for candidate in (media, f"{major}/*", "*/*"):
+        if candidate in ranges:
+            return ranges[candidate]
+    return 0.0
+
+
+def prefers_json(accept: Optional[str]) -> bool:
+    """
+    Whether a client sending this Accept header would rather have JSON than
+    HTML.  Ties (``*/*``, no header) go to HTML, for browsers.
+    """
+    if not accept:
+        return False
+    ranges = _media_ranges(accept)
+    return _quality(ranges, _JSON) > _quality(ranges, _HTML)
+
+
+class ErrorPages:
+    """
+    Renders error responses.
+
+    :param template: HTML with ``$status``, ``$status_text`` and
+        ``$description`` placeholders (:class:`string.Template`, so that CSS
+        braces need no escaping); Gourmet's own page when None.
+    """
+
+    def __init__(self, template: Optional[str] = None) -> None:
+        if template is None:
+            template = (
+                resources.files("gourmet")
+                .joinpath("templates/error.html")
+                .read_text("utf-8")
+            )
+        self._template = Template(template)
+
+    def body(
+        self, status: int, description: str, accept: Optional[str]
+    ) -> Tuple[bytes, bytes]:
+        """
+        :return: the content type and body for an error response.
+        """
+        status_text = HTTPStatus(status).phrase
+        if prefers_json(accept):
+            document = {
+                "status": status,
+                "status_text": status_text,
+                "description": description,
+            }
+            return b"application/json", json.dumps(document).encode("utf-8")
+        page = self._template.safe_substitute(
+            status=status,
+            status_text=escape(status_text),
+            description=escape(description),
+        )
+        return b"text/html; charset=utf-8", page.encode("utf-8")
+
+    def render(self, request: IRequest, status: int, description: str) -> None:
+        """
+        Answer ``request`` with an error and finish it, unless its client
+        is already gone.
+        """
+        if getattr(request, "_disconnected", False):
+            return
+        accept = request.getHeader(b"accept")
+        content_type, body = self.body(
+            status, description, accept.decode("latin-1") if accept else None
+        )
+        request.setResponseCode(status)
+        headers = request.responseHeaders
+        headers.setRawHeaders(b"content-type", [content_type])
+        headers.setRawHeaders(b"content-length", [b"%d" % len(body)])
+        headers.setRawHeaders(b"cache-control", [b"no-store"])
+        request.write(body)
+        request.finish()

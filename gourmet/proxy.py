@@ -1,0 +1,416 @@
+"""
+The proxy: a :class:`ReverseProxyResource` per location that asks its
+upstream's balancer for a server, forwards the request over a pooled
+keep-alive connection, and streams the response back with backpressure,
+trying another server while nothing has been sent to the client yet.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
+from twisted.web.proxy import ReverseProxyResource
+from twisted.web.server import NOT_DONE_YET
+from zope.interface import implementer
+
+from gourmet.accesslog import CLIENT_CLOSED, ProxyRecord
+from gourmet.client import (
+    ConnectFailed,
+    ConnectionClosed,
+    ConnectTimeout,
+    IResponseReceiver,
+    ReadTimeout,
+    ResponseHead,
+    UpstreamConnection,
+    UpstreamError,
+    UpstreamRequest,
+)
+from gourmet.errors import ErrorPages
+from gourmet.headers import connection_tokens, upstream_request_headers
+from gourmet.pool import ConnectionPool
+from gourmet.upstreams import Server, Upstream
+
+#: Methods that may be sent again after reaching a server (RFC 9110, 9.2.2).
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+#: Methods whose request carries a Content-Length even when empty.
+_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
+_HOP_BY_HOP_RESPONSE = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+    }
+)
+
+
+def describe(error: BaseException) -> str:
+    """
+    A short description of an upstream failure, for logs and the console.
+    """
+    if isinstance(error, ConnectTimeout):
+        return "connect timed out"
+    if isinstance(error, ConnectFailed):
+        return f"connect failed: {error}"
+    if isinstance(error, ReadTimeout):
+        return "read timed out"
+    if isinstance(error, ConnectionClosed):
+        return "connection closed before the response was complete"
+    return f"{type(error).__name__}: {error}"
+
+
+class LocationResource(ReverseProxyResource):
+    """
+    Serves one ``[[server.locations]]`` entry.
+
+    Stock :class:`ReverseProxyResource` connects to one fixed host and port;
+    here the balancer chooses a server for every request, so ``host`` and
+    ``port`` only name the upstream, and the stock ``ProxyClient`` is not
+    used at all.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        pool: ConnectionPool,
+        error_pages: ErrorPages,
+        clock: IReactorTime,
+        max_body_size: int = 0,
+    ) -> None:
+        super().__init__(upstream.name, 0, b"", reactor=clock)
+        self.upstream = upstream
+        self.pool = pool
+        self.error_pages = error_pages
+        self.clock = clock
+        self.max_body_size = max_body_size
+
+    def getChild(self, path: bytes, request: Any) -> LocationResource:
+        return self
+
+    def render(self, request: Any) -> Any:
+        body = request.content
+        body.seek(0, 2)
+        length = body.tell()
+        if self.max_body_size and length > self.max_body_size:
+            self.error_pages.render(
+                request,
+                413,
+                f"The request body is larger than {self.max_body_size} bytes.",
+            )
+            return NOT_DONE_YET
+        if length == 0 and request.method not in _BODY_METHODS:
+            body = None
+        address = request.getClientAddress()
+        client_ip = getattr(address, "host", "unix").encode("ascii")
+        headers, client_host = upstream_request_headers(
+            request.requestHeaders.getAllRawHeaders(),
+            client_ip=client_ip,
+            scheme=b"https" if request.isSecure() else b"http",
+            via=b"%s gourmet" % request.clientproto[5:],
+        )
+        exchange = ProxyExchange(
+            request,
+            self,
+            method=request.method,
+            target=request.gourmet_target,
+            headers=headers,
+            client_host=client_host,
+            body=body,
+            body_length=length,
+        )
+        exchange.start()
+        return NOT_DONE_YET
+
+
+@implementer(IResponseReceiver, IPushProducer)
+class ProxyExchange:
+    """
+    One client request on its way through: the servers it tried, the
+    attempt in progress, and whether the client has seen anything yet.
+
+    An attempt runs from picking a server until its response ended or
+    failed; ``server`` is that server while it lasts, so that its count of
+    requests in flight stays true for ``least_conn`` and the console.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        request: Any,
+        location: LocationResource,
+        *,
+        method: bytes,
+        target: bytes,
+        headers: List[Any],
+        client_host: Optional[bytes],
+        body: Any,
+        body_length: int,
+    ) -> None:
+        self.request = request
+        self.record: ProxyRecord = request.gourmet_record
+        self.upstream = location.upstream
+        self.pool = location.pool
+        self.error_pages = location.error_pages
+        config = self.upstream.config
+        self.config = config
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.client_host = client_host if config.preserve_host else None
+        self.body = body
+        self.body_length = body_length
+        # A request that may have reached a server is sent again only if
+        # doing so twice is harmless.
+        self.replayable = method in IDEMPOTENT and body_length == 0
+        self.tries_left = config.tries or len(self.upstream.servers)
+        self.tried: List[Server] = []
+        self.server: Optional[Server] = None
+        self.connecting: Optional[Deferred[UpstreamConnection]] = None
+        self.connection: Optional[UpstreamConnection] = None
+        self.replaced_stale = False
+        self.responding = False
+        self.done = False
+        self.last_error: Optional[BaseException] = None
+        request.notifyFinish().addErrback(self._client_gone)
+
+    # -- choosing a server and sending ----------------------------------
+
+    def start(self) -> None:
+        server = self.upstream.pick(self.tried) if self.tries_left > 0 else None
+        if server is None:
+            self._give_up()
+            return
+        self.tries_left -= 1
+        self.tried.append(server)
+        self.server = server
+        self.record.upstreams.append(server.name)
+        server.attempt_started()
+        self._connect(server)
+
+    def _connect(self, server: Server) -> None:
+        connecting = self.pool.acquire(server.origin)
+        self.connecting = connecting
+        connecting.addCallbacks(self._connected, self._connect_failed)
+
+    def _connected(self, connection: UpstreamConnection) -> None:
+        self.connecting = None
+        server = self.server
+        if self.done or server is None:
+            connection.abort()
+            return
+        self.connection = connection
+        host = self.client_host or server.origin.host_header
+        request = UpstreamRequest(
+            method=self.method,
+            target=self.target,
+            headers=[(b"Host", host), *self.headers],
+            body=self.body,
+            body_length=self.body_length,
+        )
+        connection.send(request, self, self.config.read_timeout)
+
+    def _connect_failed(self, reason: Failure) -> None:
+        self.connecting = None
+        if reason.check(CancelledError) or self.done:
+            return
+        self._attempt_failed(reason.value, reached=False)
+
+    def _end_attempt(self) -> None:
+        server = self.server
+        if server is not None:
+            self.server = None
+            server.attempt_finished()
+
+    def _attempt_failed(self, error: BaseException, reached: bool) -> None:
+        """
+        The attempt failed before anything went to the client: count it
+        against the server and try another one if that is allowed.
+        """
+        server = self.server
+        assert server is not None
+        self.connection = None
+        self.last_error = error
+        timed_out = isinstance(error, (ReadTimeout, ConnectTimeout))
+        self.record.upstream_statuses.append("504" if timed_out else "502")
+        description = describe(error)
+        server.failed(description)
+        self._end_attempt()
+        self.log.info(
+            "{method} {target} to {server} failed: {error}",
+            method=self.method,
+            target=self.target,
+            server=server.name,
+            error=description,
+        )
+        if reached and not self.replayable:
+            self._give_up()
+        else:
+            self.start()
+
+    def _give_up(self) -> None:
+        """
+        No server may take the request (any more): answer with an error.
+        """
+        self.done = True
+        error = self.last_error
+        if error is None:
+            status, text = 503, "No server is available to handle this request."
+        elif isinstance(error, (ReadTimeout, ConnectTimeout)):
+            status, text = 504, "The upstream server did not answer in time."
+        else:
+            status, text = 502, "The upstream server could not be reached."
+        self.error_pages.render(self.request, status, text)
+
+    # -- IResponseReceiver ---------------------------------------------
+
+    def response_head(self, head: ResponseHead) -> None:
+        server = self.server
+        assert server is not None
+        status = head.status
+        self.record.upstream_statuses.append(str(status))
+        if status not in self.config.fail_status:
+            server.succeeded()
+        else:
+            server.failed(f"status {status}")
+            if self.tries_left > 0 and self.replayable:
+                # The body is not wanted: drop the connection rather than
+                # read it.
+                if self.connection is not None:
+                    self.connection.abort()
+                    self.connection = None
+                self.last_error = UpstreamError(f"status {status}")
+                self._end_attempt()
+                self.start()
+                return
+        self._send_head(head)
+
+    def _send_head(self, head: ResponseHead) -> None:
+        request = self.request
+        self.responding = True
+        request.setResponseCode(head.status, head.reason)
+        # Start from empty headers: Twisted's defaults (Server, a
+        # Content-Type) must not mix with the upstream's.
+        headers = Headers()
+        named = connection_tokens(
+            value for name, value in head.headers if name.lower() == b"connection"
+        )
+        has_date = False
+        for name, value in head.headers:
+            lower = name.lower()
+            if lower in _HOP_BY_HOP_RESPONSE or lower in named:
+                continue
+            has_date = has_date or lower == b"date"
+            headers.addRawHeader(name, value)
+        if not has_date:
+            headers.setRawHeaders(
+                b"date", request.responseHeaders.getRawHeaders(b"date")
+            )
+        if head.content_length is not None:
+            headers.setRawHeaders(b"content-length", [b"%d" % head.content_length])
+        request.responseHeaders = headers
+        request.registerProducer(self, True)
+
+    def response_data(self, data: bytes) -> None:
+        self.request.write(data)
+
+    def response_end(self) -> None:
+        self.connection = None
+        self._end_attempt()
+        if self.done:
+            return
+        self.done = True
+        request = self.request
+        request.unregisterProducer()
+        request.finish()
+
+    def response_failed(self, reason: Failure) -> None:
+        connection = self.connection
+        self.connection = None
+        if self.done:
+            return
+        error = reason.value
+        if not self.responding:
+            if not self._replace_stale(connection, error):
+                self._attempt_failed(error, reached=True)
+            return
+        # Part of the response went out already: the client must see it cut
+        # short, never as a complete response.
+        self.done = True
+        description = describe(error)
+        if self.server is not None:
+            self.server.failed(description)
+        self._end_attempt()
+        self.log.info(
+            "{method} {target}: response cut short: {error}",
+            method=self.method,
+            target=self.target,
+            error=description,
+        )
+        request = self.request
+        self.record.status = request.code
+        request.unregisterProducer()
+        request.site.log(request)
+        request.channel.transport.abortConnection()
+
+    def _replace_stale(
+        self, connection: Optional[UpstreamConnection], error: BaseException
+    ) -> bool:
+        """
+        A keep-alive connection the server had already closed fails before
+        any response byte: send the request again once, on a new
+        connection to the same server, without holding it against the
+        server, if sending it twice is harmless.
+        """
+        if (
+            connection is None
+            or self.server is None
+            or not connection.reused
+            or self.replaced_stale
+            or not self.replayable
+            or not isinstance(error, ConnectionClosed)
+            or not error.before_response
+        ):
+            return False
+        self.replaced_stale = True
+        self._connect(self.server)
+        return True
+
+    # -- IPushProducer (the client's side of the backpressure) ----------
+
+    def pauseProducing(self) -> None:
+        if self.connection is not None:
+            self.connection.pause_reading()
+
+    def resumeProducing(self) -> None:
+        if self.connection is not None:
+            self.connection.resume_reading()
+
+    def stopProducing(self) -> None:
+        self._client_gone(None)
+
+    # -- the client went away -------------------------------------------
+
+    def _client_gone(self, reason: Optional[Failure]) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.record.status = CLIENT_CLOSED
+        if self.connecting is not None:
+            self.connecting.cancel()
+        if self.connection is not None:
+            self.connection.abort()
+            self.connection = None
+        self._end_attempt()
+        self.request.site.log(self.request)

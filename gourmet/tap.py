@@ -1,0 +1,155 @@
+"""
+``twistd gourmet``: command-line options and the service they build.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+from twisted.application import strports
+from twisted.application.service import MultiService
+from twisted.internet.defer import DeferredList, ensureDeferred
+from twisted.logger import ILogObserver, Logger
+from twisted.python import usage
+
+from gourmet.accesslog import AccessLog
+from gourmet.config import DEFAULT_CONFIG_PATH, GourmetConfig
+from gourmet.configfile import ConfigError, load_config
+from gourmet.demo import demo_service
+from gourmet.errors import ErrorPages
+from gourmet.logs import foreground_observer
+from gourmet.pool import ConnectionPool
+from gourmet.proxy import LocationResource
+from gourmet.routing import Router
+from gourmet.site import GourmetSite, RoutingResource
+from gourmet.upstreams import Upstream
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = "Run Gourmet, an HTTP load balancer, with a TOML configuration."
+    optParameters = [
+        ["config", "c", DEFAULT_CONFIG_PATH, "The configuration file to load."],
+    ]
+
+
+class GourmetService(MultiService):
+    """
+    Everything one configuration runs: the proxy's listeners, the access
+    log, the demo upstreams, and the upstreams' runtime state and pools.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        config: GourmetConfig,
+        upstreams: Dict[str, Upstream],
+        pools: Dict[str, ConnectionPool],
+        site: GourmetSite,
+        log_observer: Optional[ILogObserver] = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.upstreams = upstreams
+        self.pools = pools
+        self.site = site
+        self._log_observer = log_observer
+
+    def setServiceParent(self, parent: Any) -> None:
+        # twistd starts its logging after makeService, from an ILogObserver
+        # component of the application this is attached to.
+        if self._log_observer is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self._log_observer)
+        super().setServiceParent(parent)
+
+    def startService(self) -> None:
+        self.log.info(
+            "gourmet listening on {endpoints} with {count} upstreams from {source}",
+            endpoints=", ".join(self.config.server.endpoints),
+            count=len(self.upstreams),
+            source=self.config.source,
+        )
+        super().startService()
+
+    def stopService(self) -> Any:
+        async def stop() -> None:
+            await super(GourmetService, self).stopService()
+            await DeferredList([pool.close() for pool in self.pools.values()])
+
+        return ensureDeferred(stop())
+
+
+def build_service(
+    config: GourmetConfig, reactor: Any, log_observer: Optional[ILogObserver] = None
+) -> GourmetService:
+    """
+    The service for ``config``.
+
+    :raises ConfigError: for what only building can find out (a listen
+        string Twisted cannot parse, an unreadable error page).
+    """
+    upstreams = {u.name: Upstream(u, reactor) for u in config.upstreams}
+    pools = {
+        u.name: ConnectionPool(
+            reactor,
+            max_idle_per_origin=u.keepalive,
+            idle_timeout=u.keepalive_timeout,
+            connect_timeout=u.connect_timeout,
+        )
+        for u in config.upstreams
+    }
+    error_pages = ErrorPages(_error_page(config))
+    frontend = config.server
+    locations = [
+        LocationResource(
+            upstreams[location.upstream],
+            pools[location.upstream],
+            error_pages,
+            reactor,
+            max_body_size=frontend.max_body_size,
+        )
+        for location in frontend.locations
+    ]
+    root = RoutingResource(Router(frontend.locations), locations, error_pages)
+    access_log = AccessLog(config.log.access_log, config.log.access_log_format, reactor)
+    site = GourmetSite(root, reactor, access_log)
+    service = GourmetService(config, upstreams, pools, site, log_observer)
+    access_log.setServiceParent(service)
+    for index, description in enumerate(frontend.endpoints):
+        key = f"server.listen[{index}]" if frontend.listen else "server.port"
+        try:
+            listener = strports.service(description, site, reactor=reactor)
+        except (ValueError, KeyError, TypeError) as error:
+            raise ConfigError(
+                config.source, key, f"not a Twisted endpoint string: {error}"
+            ) from None
+        listener.setServiceParent(service)
+    if config.demo.listen:
+        demo_service(reactor, config.demo.listen).setServiceParent(service)
+    return service
+
+
+def _error_page(config: GourmetConfig) -> Optional[str]:
+    path = config.server.error_page
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as page:
+            return page.read()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(config.source, "server.error_page", str(error)) from None
+
+
+def makeService(options: Options) -> GourmetService:
+    from twisted.internet import reactor
+
+    try:
+        config = load_config(options["config"])
+        return build_service(
+            config, reactor, foreground_observer(getattr(options, "parent", None))
+        )
+    except ConfigError as error:
+        # One line and a non-zero exit: twistd would print its whole usage
+        # text before a UsageError.
+        raise SystemExit(f"gourmet: {error}") from None

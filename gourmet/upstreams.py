@@ -1,0 +1,160 @@
+"""
+Runtime state of upstreams and their servers: the weight an operator set,
+whether a server is draining or disabled, its health and its counters.  Each
+object points at its frozen configuration; the proxy and (later) the admin
+console read and change the same objects, so a change applies to the very
+next request.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from typing import Collection, List, Optional
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from gourmet.balancers import BALANCERS, IBalancer
+from gourmet.config import MAX_WEIGHT, ServerConfig, UpstreamConfig
+from gourmet.health import PassiveHealth
+
+
+class AdminState(enum.Enum):
+    """
+    What an operator decided for a server.
+    """
+
+    UP = "up"
+    #: No new requests; those in flight finish.
+    DRAIN = "drain"
+    #: Out of rotation entirely.
+    DISABLED = "disabled"
+
+
+class Server:
+    """
+    One upstream server as it runs.
+
+    :ivar active: requests in flight to it.
+    :ivar requests: requests sent to it, in all.
+    :ivar failures: failures counted against it, in all.
+    """
+
+    log = Logger()
+
+    def __init__(self, config: ServerConfig, health: PassiveHealth) -> None:
+        self.config = config
+        self.origin = config.origin
+        self.name = config.path
+        self.health = health
+        self.admin_state = AdminState.UP
+        self.weight_override: Optional[int] = None
+        self.active = 0
+        self.requests = 0
+        self.failures = 0
+
+    @property
+    def configured_weight(self) -> int:
+        return self.config.weight
+
+    @property
+    def weight(self) -> int:
+        """
+        The weight balancers use now: the operator's if set, else the
+        configured one; 0 while draining or disabled.
+        """
+        if self.admin_state is not AdminState.UP:
+            return 0
+        if self.weight_override is not None:
+            return self.weight_override
+        return self.config.weight
+
+    def available(self) -> bool:
+        return self.weight > 0 and self.health.available()
+
+    def set_weight(self, weight: Optional[int]) -> None:
+        """
+        Override the configured weight; None goes back to it.
+        """
+        if weight is not None and not 0 <= weight <= MAX_WEIGHT:
+            raise ValueError(f"weight must be from 0 to {MAX_WEIGHT}, got {weight}")
+        self.weight_override = weight
+
+    def attempt_started(self) -> None:
+        self.active += 1
+        self.requests += 1
+        self.health.request_started()
+
+    def succeeded(self) -> None:
+        """
+        The server answered (with a status that is not a failure).
+        """
+        self.health.succeeded()
+
+    def failed(self, error: str) -> None:
+        """
+        Count a failure against the server: a connect error, timeout, reset,
+        invalid response or failure status, described by ``error``.
+        """
+        self.failures += 1
+        self.health.failed(error)
+
+    def attempt_finished(self) -> None:
+        """
+        The request is no longer in flight to the server, with or without a
+        verdict (the client may have left, or a stale keep-alive connection
+        was replaced).
+        """
+        self.active -= 1
+        self.health.cancelled()
+
+
+class Upstream:
+    """
+    A group of servers and the balancer that spreads requests over them.
+    """
+
+    def __init__(
+        self,
+        config: UpstreamConfig,
+        clock: IReactorTime,
+        rng: Optional[random.Random] = None,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        # nginx: a server alone in its group is never considered unavailable.
+        alone = len(config.servers) == 1
+        self.servers: List[Server] = [
+            Server(
+                server,
+                PassiveHealth(
+                    f"{config.name}/{server.path}",
+                    clock,
+                    max_fail=0 if alone else server.max_fail,
+                    fail_timeout=server.fail_timeout,
+                ),
+            )
+            for server in config.servers
+        ]
+        self.balancer: IBalancer = BALANCERS[config.balancer](rng or random.Random())
+
+    def pick(self, exclude: Collection[Server] = ()) -> Optional[Server]:
+        """
+        Choose a server for a request, leaving out ``exclude`` (the servers
+        this request already tried); None when none may take it.
+        """
+        candidates = [
+            server
+            for server in self.servers
+            if server.available() and server not in exclude
+        ]
+        if not candidates:
+            return None
+        return self.balancer.pick(candidates)
+
+    def server(self, name: str) -> Server:
+        for server in self.servers:
+            if server.name == name:
+                return server
+        raise KeyError(name)

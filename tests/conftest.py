@@ -1,0 +1,84 @@
+"""
+Fixtures for tests that run Gourmet in this process against real upstream
+servers on loopback.
+"""
+
+from __future__ import annotations
+
+from typing import Any, AsyncIterator, Callable, List
+
+import pytest
+import pytest_twisted
+import treq
+from gourmet.configfile import parse_config
+from twisted.internet import reactor
+from twisted.web.client import HTTPConnectionPool
+
+from gourmet.tap import GourmetService, build_service
+from tests.upstreams import UpstreamServer
+
+#: A listen setting for a free loopback port.
+LISTEN = 'listen = ["tcp:0:interface=127.0.0.1"]'
+
+
+class RunningGourmet:
+    """
+    Gourmet started in this process from a configuration text, listening on
+    a free loopback port, with an HTTP client of its own.
+    """
+
+    def __init__(self, service: GourmetService, port: int) -> None:
+        self.service = service
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.pool = HTTPConnectionPool(reactor, persistent=False)
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return treq.get(self.url + path, pool=self.pool, **kwargs)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        return treq.request(method, self.url + path, pool=self.pool, **kwargs)
+
+    def upstream(self, name: str) -> Any:
+        return self.service.upstreams[name]
+
+
+@pytest.fixture
+def make_upstreams() -> Any:
+    started: List[UpstreamServer] = []
+
+    def make(*names: str) -> List[UpstreamServer]:
+        servers = [UpstreamServer(name) for name in names]
+        for server in servers:
+            server.start()
+        started.extend(servers)
+        return servers
+
+    yield make
+    for server in started:
+        pytest_twisted.blockon(pytest_twisted.ensureDeferred(server.stop()))
+
+
+@pytest_twisted.async_yield_fixture
+async def gourmet() -> AsyncIterator[Callable[[str], Any]]:
+    """
+    ``await gourmet(config_text)`` starts Gourmet from a configuration,
+    whose ``[server]`` should listen on ``LISTEN``.
+    """
+    running: List[RunningGourmet] = []
+
+    async def start(text: str) -> RunningGourmet:
+        config = parse_config(text, "test.toml")
+        service = build_service(config, reactor)
+        service.startService()
+        # The endpoint service keeps the port it listened on privately.
+        listener = next(child for child in service if hasattr(child, "_waitingForPort"))
+        port = await listener._waitingForPort
+        instance = RunningGourmet(service, port.getHost().port)
+        running.append(instance)
+        return instance
+
+    yield start
+    for instance in running:
+        await instance.pool.closeCachedConnections()
+        await instance.service.stopService()

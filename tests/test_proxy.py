@@ -1,0 +1,278 @@
+"""
+The proxy end to end in this process: real upstream servers on loopback, a
+real client, Gourmet in between.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+from collections import Counter
+from typing import Any, List
+
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+
+from tests.conftest import LISTEN
+from tests.upstreams import UpstreamServer
+
+
+def sleep(seconds: float) -> Deferred[None]:
+    d: Deferred[None] = Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d
+
+
+def config(
+    servers: List[UpstreamServer],
+    weights: Any = None,
+    upstream_extra: str = "",
+    server_extra: str = "",
+) -> str:
+    lines = ["[upstreams.backend]", upstream_extra]
+    for index, server in enumerate(servers):
+        lines.append("[[upstreams.backend.servers]]")
+        lines.append(f'path = "{server.address}"')
+        if weights:
+            lines.append(f"weight = {weights[index]}")
+    lines += [
+        "[server]",
+        LISTEN,
+        server_extra,
+        "[[server.locations]]",
+        'location = "^/"',
+        'upstream = "backend"',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+async def json_body(response: Any) -> Any:
+    return json.loads(await response.content())
+
+
+@pytest_twisted.ensureDeferred
+async def test_reference_layout_routes_api_and_static(gourmet, make_upstreams):
+    api1, api2, static1 = make_upstreams("api1", "api2", "static1")
+    running = await gourmet(
+        f"""
+[upstreams]
+    [upstreams.backend]
+        [[upstreams.backend.servers]]
+            path="{api1.address}"
+        [[upstreams.backend.servers]]
+            path="{api2.address}"
+    [upstreams.front]
+        [[upstreams.front.servers]]
+            path="{static1.address}"
+[server]
+    {LISTEN}
+    [[server.locations]]
+        location="api/(.+/?)"
+        upstream="backend"
+    [[server.locations]]
+        location="static/.+/?"
+        upstream="front"
+"""
+    )
+    names = []
+    for _ in range(4):
+        response = await running.get("/api/users?x=1")
+        assert response.code == 200
+        body = await json_body(response)
+        names.append(body["server"])
+        assert body["uri"] == "/api/users?x=1"
+    assert sorted(names) == ["api1", "api1", "api2", "api2"]
+    response = await running.get("/static/app.js")
+    assert (await json_body(response))["server"] == "static1"
+    response = await running.get("/nowhere", headers={"Accept": "application/json"})
+    assert response.code == 404
+    assert (await json_body(response))["status"] == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_weights_5_1_1_split_50_10_10_smoothly(gourmet, make_upstreams):
+    servers = make_upstreams("a", "b", "c")
+    running = await gourmet(config(servers, weights=[5, 1, 1]))
+    order = []
+    for _ in range(70):
+        response = await running.get("/w")
+        order.append((await json_body(response))["server"])
+    assert Counter(order) == {"a": 50, "b": 10, "c": 10}
+    assert "".join(order[:7]) == "aabacaa"
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_headers_and_repeated_headers_pass_through(
+    gourmet, make_upstreams
+):
+    (server,) = make_upstreams("one")
+    running = await gourmet(config([server]))
+    response = await running.get("/cookies")
+    assert response.code == 201
+    assert response.phrase == b"Made It"
+    assert response.headers.getRawHeaders("set-cookie") == ["a=1", "b=2"]
+    assert response.headers.getRawHeaders("x-custom") == ["kept"]
+    assert response.headers.getRawHeaders("x-upstream") == ["one"]
+    assert response.headers.getRawHeaders("server") != ["TwistedWeb"]
+    assert await response.content() == b"cookies"
+
+
+@pytest_twisted.ensureDeferred
+async def test_post_body_and_forwarding_headers_reach_the_upstream(
+    gourmet, make_upstreams
+):
+    (server,) = make_upstreams("one")
+    running = await gourmet(config([server], server_extra="max_body_size = 0"))
+    body = os.urandom(3 * 1024 * 1024 + 7)
+    response = await running.request(
+        "POST",
+        "/upload?y=2",
+        data=body,
+        headers={
+            "X-Forwarded-For": "198.51.100.7",
+            "Connection": "X-Drop-Me",
+            "X-Drop-Me": "secret",
+            "Host": "shop.example",
+        },
+    )
+    assert response.code == 200
+    answer = await json_body(response)
+    assert answer["body_sha256"] == hashlib.sha256(body).hexdigest()
+    assert answer["method"] == "POST"
+    seen = server.seen[-1]
+    assert seen.header(b"x-forwarded-for") == b"198.51.100.7, 127.0.0.1"
+    assert seen.header(b"x-real-ip") == b"127.0.0.1"
+    assert seen.header(b"x-forwarded-proto") == b"http"
+    assert seen.header(b"x-forwarded-host") == b"shop.example"
+    assert seen.header(b"via") == b"1.1 gourmet"
+    assert seen.header(b"host") == server.address.encode()
+    assert seen.header(b"x-drop-me") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_preserve_host_passes_the_clients_host(gourmet, make_upstreams):
+    (server,) = make_upstreams("one")
+    running = await gourmet(config([server], upstream_extra="preserve_host = true"))
+    await (await running.get("/", headers={"Host": "shop.example"})).content()
+    assert server.seen[-1].header(b"host") == b"shop.example"
+
+
+@pytest_twisted.ensureDeferred
+async def test_body_over_max_body_size_gets_413(gourmet, make_upstreams):
+    (server,) = make_upstreams("one")
+    running = await gourmet(config([server], server_extra="max_body_size = 1000"))
+    response = await running.request("POST", "/", data=b"x" * 1001)
+    assert response.code == 413
+    await response.content()
+    assert server.seen == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_to_upstreams_are_kept_alive(gourmet, make_upstreams):
+    (server,) = make_upstreams("one")
+    running = await gourmet(config([server]))
+    for _ in range(20):
+        await (await running.get("/k")).content()
+    assert len(server.seen) == 20
+    assert server.connections == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stopped_server_is_skipped_and_used_again_when_back(
+    gourmet, make_upstreams
+):
+    a, b = make_upstreams("a", "b")
+    running = await gourmet(config([a, b], upstream_extra="fail_timeout = 0.5"))
+    await a.stop()
+    answers = []
+    for _ in range(6):
+        response = await running.get("/x")
+        assert response.code == 200
+        answers.append((await json_body(response))["server"])
+    assert answers == ["b"] * 6
+    server_a = running.upstream("backend").server(a.address)
+    assert server_a.health.state.value == "down"
+    assert "connect" in server_a.health.last_error
+    a.start()  # the same port again
+    await sleep(0.6)
+    answers = []
+    for _ in range(4):
+        answers.append((await json_body(await running.get("/x")))["server"])
+    assert Counter(answers) == {"a": 2, "b": 2}
+    assert server_a.health.state.value == "up"
+
+
+@pytest_twisted.ensureDeferred
+async def test_all_servers_down_gets_502_as_json_or_html(gourmet, make_upstreams):
+    a, b = make_upstreams("a", "b")
+    running = await gourmet(config([a, b]))
+    await a.stop()
+    await b.stop()
+    response = await running.get("/x", headers={"Accept": "application/json"})
+    assert response.code == 502
+    assert await json_body(response) == {
+        "status": 502,
+        "status_text": "Bad Gateway",
+        "description": "The upstream server could not be reached.",
+    }
+    # Both are marked down now: nothing is even tried.
+    response = await running.get("/x", headers={"Accept": "text/html,*/*;q=0.8"})
+    assert response.code == 503
+    assert response.headers.getRawHeaders("content-type")[0].startswith("text/html")
+    assert b"503 Service Unavailable" in await response.content()
+
+
+@pytest_twisted.ensureDeferred
+async def test_failure_status_is_retried_elsewhere(gourmet, make_upstreams):
+    a, b = make_upstreams("a", "b")
+    running = await gourmet(config([a, b]))
+    response = await running.get("/status/503")
+    # a answered 503 and was taken out; b's 503 is the last try and passes.
+    assert response.code == 503
+    assert await response.content() == b"status 503 from b"
+    assert [len(a.seen), len(b.seen)] == [1, 1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_post_is_not_replayed_after_reaching_a_server(gourmet, make_upstreams):
+    a, b = make_upstreams("a", "b")
+    running = await gourmet(config([a, b]))
+    response = await running.request("POST", "/status/502", data=b"pay once")
+    assert response.code == 502
+    assert len(a.seen) + len(b.seen) == 1
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_disconnects_close_upstream_connections(gourmet, make_upstreams):
+    (server,) = make_upstreams("one")
+    running = await gourmet(config([server]))
+    request = b"GET /endless HTTP/1.1\r\nHost: x\r\n\r\n"
+    await (await running.get("/warm")).content()
+    before = _open_fds()
+    rounds = 1000
+    for _ in range(rounds):
+        client = socket.create_connection(("127.0.0.1", running.port))
+        client.sendall(request)
+        client.setblocking(False)
+        received = b""
+        while len(received) < 1000:
+            await sleep(0.0005)
+            with contextlib.suppress(BlockingIOError):
+                received += client.recv(65536)
+        client.close()
+    for _ in range(200):
+        if server.streams_cut == rounds:
+            break
+        await sleep(0.01)
+    assert server.streams_cut == rounds
+    assert running.upstream("backend").servers[0].active == 0
+    await sleep(0.05)
+    assert _open_fds() <= before + 2

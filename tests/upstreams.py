@@ -1,0 +1,176 @@
+"""
+Real upstream HTTP servers for the tests: Twisted sites on loopback port 0
+that record what reaches them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, List, Optional
+
+from twisted.internet import reactor as _reactor
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Protocol
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+
+class Seen:
+    """
+    One request as the upstream received it.
+    """
+
+    def __init__(self, request: Any) -> None:
+        self.method: bytes = request.method
+        self.uri: bytes = request.uri
+        self.headers = {
+            name.lower(): values
+            for name, values in request.requestHeaders.getAllRawHeaders()
+        }
+        request.content.seek(0)
+        self.body: bytes = request.content.read()
+
+    def header(self, name: bytes) -> Optional[bytes]:
+        values = self.headers.get(name.lower())
+        return values[-1] if values else None
+
+
+class Streamer:
+    """
+    Writes ``size`` bytes (or forever when size is None) in 64 KiB pieces,
+    as a pull producer, and notes when its client goes away.
+    """
+
+    chunk = b"x" * 65536
+
+    def __init__(self, request: Any, size: Optional[int], owner: UpstreamServer):
+        self.request = request
+        self.left = size
+        self.owner = owner
+        self.paused = False
+
+    def start(self) -> None:
+        self.request.notifyFinish().addBoth(self._gone)
+        self.request.registerProducer(self, False)
+
+    def resumeProducing(self) -> None:
+        if self.left is None:
+            self.request.write(self.chunk)
+            return
+        piece = self.chunk[: min(self.left, len(self.chunk))]
+        self.left -= len(piece)
+        if piece:
+            self.request.write(piece)
+        if not self.left:
+            self.request.unregisterProducer()
+            self.request.finish()
+
+    def stopProducing(self) -> None:
+        pass
+
+    def _gone(self, result: Any) -> None:
+        if self.left is None or self.left > 0:
+            self.owner.streams_cut += 1
+
+
+class UpstreamResource(Resource):
+    isLeaf = True
+
+    def __init__(self, owner: UpstreamServer) -> None:
+        super().__init__()
+        self.owner = owner
+
+    def render(self, request: Any) -> Any:
+        owner = self.owner
+        seen = Seen(request)
+        owner.seen.append(seen)
+        path = request.path
+        request.setHeader(b"x-upstream", owner.name.encode())
+        if path.startswith(b"/status/"):
+            code = int(path.split(b"/")[2])
+            request.setResponseCode(code)
+            return b"status %d from %s" % (code, owner.name.encode())
+        if path.startswith(b"/big/"):
+            Streamer(request, int(path.split(b"/")[2]), owner).start()
+            return NOT_DONE_YET
+        if path.startswith(b"/endless"):
+            Streamer(request, None, owner).start()
+            return NOT_DONE_YET
+        if path == b"/cookies":
+            request.responseHeaders.setRawHeaders(b"set-cookie", [b"a=1", b"b=2"])
+            request.setResponseCode(201, b"Made It")
+            request.setHeader(b"x-custom", b"kept")
+            return b"cookies"
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(
+            {
+                "server": owner.name,
+                "method": seen.method.decode(),
+                "uri": seen.uri.decode("latin-1"),
+                "body_sha256": hashlib.sha256(seen.body).hexdigest(),
+                "body_length": len(seen.body),
+            }
+        ).encode()
+
+
+class CountingProtocolSite(Site):
+    """
+    A site that counts the connections made to it.
+    """
+
+    def __init__(self, resource: Resource, owner: UpstreamServer) -> None:
+        super().__init__(resource)
+        self.owner = owner
+        self.noisy = False
+        self.protocols: List[Protocol] = []
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        self.owner.connections += 1
+        protocol: Protocol = super().buildProtocol(addr)
+        self.protocols.append(protocol)
+        return protocol
+
+
+class UpstreamServer:
+    """
+    A real HTTP server on 127.0.0.1 that answers with its name and records
+    every request.
+
+    :ivar seen: requests received, in order.
+    :ivar connections: TCP connections accepted.
+    :ivar streams_cut: streamed responses whose client left before the end.
+    """
+
+    def __init__(self, name: str, reactor: Any = _reactor) -> None:
+        self.name = name
+        self.reactor = reactor
+        self.seen: List[Seen] = []
+        self.connections = 0
+        self.streams_cut = 0
+        self.port_number = 0
+        self._port: Optional[IListeningPort] = None
+        self.site = CountingProtocolSite(UpstreamResource(self), self)
+        self.site.requestFactory = Request
+
+    def start(self) -> None:
+        self._port = self.reactor.listenTCP(
+            self.port_number, self.site, interface="127.0.0.1"
+        )
+        self.port_number = self._port.getHost().port
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port_number}"
+
+    async def stop(self) -> None:
+        """
+        Stop listening and drop open connections, as a crashed server would.
+        """
+        if self._port is not None:
+            port, self._port = self._port, None
+            await port.stopListening()
+        for protocol in self.site.protocols:
+            if protocol.transport is not None and protocol.transport.connected:
+                protocol.transport.abortConnection()
+        self.site.protocols.clear()
