@@ -7,7 +7,6 @@ JSON.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from typing import IO, Any, Callable, Dict, List, Optional
 
@@ -101,9 +100,9 @@ class AccessLog(MultiService):
     def startService(self) -> None:
         if self.enabled:
             if self._path == "stdout":
-                # A file of our own on descriptor 1: twistd later replaces
-                # sys.stdout with one that feeds its log.
-                self._file = open(sys.stdout.fileno(), "ab", closefd=False)  # noqa: SIM115
+                # Descriptor 1 itself: by now twistd has replaced
+                # sys.stdout with a file that feeds its log.
+                self._file = open(1, "ab", closefd=False)  # noqa: SIM115
             else:
                 self._file = open(self._path, "ab")  # noqa: SIM115
         super().startService()

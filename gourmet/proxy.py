@@ -68,6 +68,12 @@ def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+def _error(reason: Failure) -> BaseException:
+    error = reason.value
+    assert error is not None  # a Failure always holds its exception
+    return error
+
+
 class LocationResource(ReverseProxyResource):
     """
     Serves one ``[[server.locations]]`` entry.
@@ -225,7 +231,7 @@ class ProxyExchange:
         self.connecting = None
         if reason.check(CancelledError) or self.done:
             return
-        self._attempt_failed(reason.value, reached=False)
+        self._attempt_failed(_error(reason), reached=False)
 
     def _end_attempt(self) -> None:
         server = self.server
@@ -284,7 +290,13 @@ class ProxyExchange:
             server.succeeded()
         else:
             server.failed(f"status {status}")
-            if self.tries_left > 0 and self.replayable:
+            # As nginx does, the last server's answer goes to the client
+            # when there is no other server to try.
+            if (
+                self.tries_left > 0
+                and self.replayable
+                and self.upstream.candidates(self.tried)
+            ):
                 # The body is not wanted: drop the connection rather than
                 # read it.
                 if self.connection is not None:
@@ -340,7 +352,7 @@ class ProxyExchange:
         self.connection = None
         if self.done:
             return
-        error = reason.value
+        error = _error(reason)
         if not self.responding:
             if not self._replace_stale(connection, error):
                 self._attempt_failed(error, reached=True)

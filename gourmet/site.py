@@ -37,7 +37,8 @@ class GourmetRequest(Request):
     gourmet_target: bytes = b""
 
     def process(self) -> None:
-        self.gourmet_record = ProxyRecord(started=self.channel.site.clock.seconds())
+        site: GourmetSite = self.channel.site  # type: ignore[attr-defined]
+        self.gourmet_record = ProxyRecord(started=site.clock.seconds())
         super().process()
 
 

@@ -139,16 +139,22 @@ class Upstream:
         ]
         self.balancer: IBalancer = BALANCERS[config.balancer](rng or random.Random())
 
+    def candidates(self, exclude: Collection[Server] = ()) -> List[Server]:
+        """
+        The servers that may take a request now, leaving out ``exclude``.
+        """
+        return [
+            server
+            for server in self.servers
+            if server.available() and server not in exclude
+        ]
+
     def pick(self, exclude: Collection[Server] = ()) -> Optional[Server]:
         """
         Choose a server for a request, leaving out ``exclude`` (the servers
         this request already tried); None when none may take it.
         """
-        candidates = [
-            server
-            for server in self.servers
-            if server.available() and server not in exclude
-        ]
+        candidates = self.candidates(exclude)
         if not candidates:
             return None
         return self.balancer.pick(candidates)

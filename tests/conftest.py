@@ -7,13 +7,12 @@ from __future__ import annotations
 
 from typing import Any, AsyncIterator, Callable, List
 
-import pytest
 import pytest_twisted
 import treq
-from gourmet.configfile import parse_config
 from twisted.internet import reactor
 from twisted.web.client import HTTPConnectionPool
 
+from gourmet.configfile import parse_config
 from gourmet.tap import GourmetService, build_service
 from tests.upstreams import UpstreamServer
 
@@ -43,8 +42,11 @@ class RunningGourmet:
         return self.service.upstreams[name]
 
 
-@pytest.fixture
-def make_upstreams() -> Any:
+@pytest_twisted.async_yield_fixture
+async def make_upstreams() -> AsyncIterator[Callable[..., List[UpstreamServer]]]:
+    """
+    ``make_upstreams("a", "b")`` starts real upstream servers on loopback.
+    """
     started: List[UpstreamServer] = []
 
     def make(*names: str) -> List[UpstreamServer]:
@@ -56,7 +58,7 @@ def make_upstreams() -> Any:
 
     yield make
     for server in started:
-        pytest_twisted.blockon(pytest_twisted.ensureDeferred(server.stop()))
+        await server.stop()
 
 
 @pytest_twisted.async_yield_fixture

@@ -48,7 +48,7 @@ def test_server_is_tried_again_after_fail_timeout_and_comes_back() -> None:
     # Only one trial request at a time.
     assert not health.available()
     health.succeeded()
-    assert health.state is Health.UP
+    assert health.state is Health.UP  # type: ignore[comparison-overlap]
     assert health.available()
     assert health.down_since is None
 

@@ -55,7 +55,9 @@ async def json_body(response: Any) -> Any:
 
 
 @pytest_twisted.ensureDeferred
-async def test_reference_layout_routes_api_and_static(gourmet, make_upstreams):
+async def test_reference_layout_routes_api_and_static(
+    gourmet: Any, make_upstreams: Any
+) -> None:
     api1, api2, static1 = make_upstreams("api1", "api2", "static1")
     running = await gourmet(
         f"""
@@ -94,7 +96,9 @@ async def test_reference_layout_routes_api_and_static(gourmet, make_upstreams):
 
 
 @pytest_twisted.ensureDeferred
-async def test_weights_5_1_1_split_50_10_10_smoothly(gourmet, make_upstreams):
+async def test_weights_5_1_1_split_50_10_10_smoothly(
+    gourmet: Any, make_upstreams: Any
+) -> None:
     servers = make_upstreams("a", "b", "c")
     running = await gourmet(config(servers, weights=[5, 1, 1]))
     order = []
@@ -107,8 +111,8 @@ async def test_weights_5_1_1_split_50_10_10_smoothly(gourmet, make_upstreams):
 
 @pytest_twisted.ensureDeferred
 async def test_status_headers_and_repeated_headers_pass_through(
-    gourmet, make_upstreams
-):
+    gourmet: Any, make_upstreams: Any
+) -> None:
     (server,) = make_upstreams("one")
     running = await gourmet(config([server]))
     response = await running.get("/cookies")
@@ -123,8 +127,8 @@ async def test_status_headers_and_repeated_headers_pass_through(
 
 @pytest_twisted.ensureDeferred
 async def test_post_body_and_forwarding_headers_reach_the_upstream(
-    gourmet, make_upstreams
-):
+    gourmet: Any, make_upstreams: Any
+) -> None:
     (server,) = make_upstreams("one")
     running = await gourmet(config([server], server_extra="max_body_size = 0"))
     body = os.urandom(3 * 1024 * 1024 + 7)
@@ -154,7 +158,9 @@ async def test_post_body_and_forwarding_headers_reach_the_upstream(
 
 
 @pytest_twisted.ensureDeferred
-async def test_preserve_host_passes_the_clients_host(gourmet, make_upstreams):
+async def test_preserve_host_passes_the_clients_host(
+    gourmet: Any, make_upstreams: Any
+) -> None:
     (server,) = make_upstreams("one")
     running = await gourmet(config([server], upstream_extra="preserve_host = true"))
     await (await running.get("/", headers={"Host": "shop.example"})).content()
@@ -162,7 +168,9 @@ async def test_preserve_host_passes_the_clients_host(gourmet, make_upstreams):
 
 
 @pytest_twisted.ensureDeferred
-async def test_body_over_max_body_size_gets_413(gourmet, make_upstreams):
+async def test_body_over_max_body_size_gets_413(
+    gourmet: Any, make_upstreams: Any
+) -> None:
     (server,) = make_upstreams("one")
     running = await gourmet(config([server], server_extra="max_body_size = 1000"))
     response = await running.request("POST", "/", data=b"x" * 1001)
@@ -172,7 +180,9 @@ async def test_body_over_max_body_size_gets_413(gourmet, make_upstreams):
 
 
 @pytest_twisted.ensureDeferred
-async def test_connections_to_upstreams_are_kept_alive(gourmet, make_upstreams):
+async def test_connections_to_upstreams_are_kept_alive(
+    gourmet: Any, make_upstreams: Any
+) -> None:
     (server,) = make_upstreams("one")
     running = await gourmet(config([server]))
     for _ in range(20):
@@ -183,8 +193,8 @@ async def test_connections_to_upstreams_are_kept_alive(gourmet, make_upstreams):
 
 @pytest_twisted.ensureDeferred
 async def test_a_stopped_server_is_skipped_and_used_again_when_back(
-    gourmet, make_upstreams
-):
+    gourmet: Any, make_upstreams: Any
+) -> None:
     a, b = make_upstreams("a", "b")
     running = await gourmet(config([a, b], upstream_extra="fail_timeout = 0.5"))
     await a.stop()
@@ -207,7 +217,9 @@ async def test_a_stopped_server_is_skipped_and_used_again_when_back(
 
 
 @pytest_twisted.ensureDeferred
-async def test_all_servers_down_gets_502_as_json_or_html(gourmet, make_upstreams):
+async def test_all_servers_down_gets_502_as_json_or_html(
+    gourmet: Any, make_upstreams: Any
+) -> None:
     a, b = make_upstreams("a", "b")
     running = await gourmet(config([a, b]))
     await a.stop()
@@ -227,7 +239,9 @@ async def test_all_servers_down_gets_502_as_json_or_html(gourmet, make_upstreams
 
 
 @pytest_twisted.ensureDeferred
-async def test_failure_status_is_retried_elsewhere(gourmet, make_upstreams):
+async def test_failure_status_is_retried_elsewhere(
+    gourmet: Any, make_upstreams: Any
+) -> None:
     a, b = make_upstreams("a", "b")
     running = await gourmet(config([a, b]))
     response = await running.get("/status/503")
@@ -238,7 +252,9 @@ async def test_failure_status_is_retried_elsewhere(gourmet, make_upstreams):
 
 
 @pytest_twisted.ensureDeferred
-async def test_post_is_not_replayed_after_reaching_a_server(gourmet, make_upstreams):
+async def test_post_is_not_replayed_after_reaching_a_server(
+    gourmet: Any, make_upstreams: Any
+) -> None:
     a, b = make_upstreams("a", "b")
     running = await gourmet(config([a, b]))
     response = await running.request("POST", "/status/502", data=b"pay once")
@@ -251,7 +267,9 @@ def _open_fds() -> int:
 
 
 @pytest_twisted.ensureDeferred
-async def test_client_disconnects_close_upstream_connections(gourmet, make_upstreams):
+async def test_client_disconnects_close_upstream_connections(
+    gourmet: Any, make_upstreams: Any
+) -> None:
     (server,) = make_upstreams("one")
     running = await gourmet(config([server]))
     request = b"GET /endless HTTP/1.1\r\nHost: x\r\n\r\n"

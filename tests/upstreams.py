@@ -10,6 +10,7 @@ import json
 from typing import Any, List, Optional
 
 from twisted.internet import reactor as _reactor
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Protocol
 from twisted.web.resource import Resource
@@ -125,7 +126,7 @@ class CountingProtocolSite(Site):
         self.noisy = False
         self.protocols: List[Protocol] = []
 
-    def buildProtocol(self, addr: Any) -> Protocol:
+    def buildProtocol(self, addr: Any) -> Any:
         self.owner.connections += 1
         protocol: Protocol = super().buildProtocol(addr)
         self.protocols.append(protocol)
@@ -157,7 +158,7 @@ class UpstreamServer:
         self._port = self.reactor.listenTCP(
             self.port_number, self.site, interface="127.0.0.1"
         )
-        self.port_number = self._port.getHost().port
+        self.port_number = self._port.getHost().port  # type: ignore[union-attr]
 
     @property
     def address(self) -> str:
@@ -169,8 +170,11 @@ class UpstreamServer:
         """
         if self._port is not None:
             port, self._port = self._port, None
-            await port.stopListening()
+            await maybeDeferred(port.stopListening)
         for protocol in self.site.protocols:
-            if protocol.transport is not None and protocol.transport.connected:
-                protocol.transport.abortConnection()
+            # Twisted's HTTP protocol wraps the channel that holds the socket.
+            channel = getattr(protocol, "_channel", protocol)
+            transport: Any = getattr(channel, "transport", None)
+            if transport is not None and transport.connected:
+                transport.abortConnection()
         self.site.protocols.clear()

@@ -1,0 +1,573 @@
+"""
+An HTTP/1.1 client connection to one upstream server, made for proxying.
+
+Twisted's own client (``Agent``, ``HTTP11ClientProtocol``) parses a
+response into a ``Response`` whose body arrives through a second protocol,
+and ``twisted.web.proxy.ProxyClient`` speaks HTTP/1.0; a proxy wants less:
+the response head as parsed, then its body bytes as they come, with a way
+to stop reading when the client is slow.  :class:`UpstreamConnection` does
+that and no more, and it is strict: anything it cannot frame with certainty
+is an :class:`InvalidResponse`, never a guess, because a response framed
+differently by the proxy and the server desynchronises the connection.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import BinaryIO, Callable, List, Optional, Set, Tuple
+
+from attrs import frozen
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.protocols.basic import FileSender
+from twisted.python.failure import Failure
+from zope.interface import Interface, implementer
+
+from gourmet.origin import Origin
+
+HeaderList = List[Tuple[bytes, bytes]]
+
+#: Bodies up to this size are sent in the same write as the request head.
+SMALL_BODY = 64 * 1024
+#: The longest response head (status line and headers) accepted.
+MAX_HEAD = 64 * 1024
+#: The longest chunk-size line accepted.
+MAX_CHUNK_LINE = 4096
+
+_STATUS_LINE = re.compile(rb"\AHTTP/1\.([01]) ([1-5][0-9][0-9])(?: ([^\r\n]*))?\Z")
+_HEADER = re.compile(rb"\A([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*?)[ \t]*\Z")
+_CHUNK_SIZE = re.compile(rb"\A([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\r\n]*)?\Z")
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+
+class UpstreamError(Exception):
+    """
+    A request to an upstream server failed.
+    """
+
+
+class ConnectFailed(UpstreamError):
+    """
+    No connection to the server could be made.
+    """
+
+
+class ConnectTimeout(ConnectFailed):
+    """
+    The connection (and TLS handshake) took longer than ``connect_timeout``.
+    """
+
+
+class ReadTimeout(UpstreamError):
+    """
+    The server sent nothing for ``read_timeout`` seconds.
+    """
+
+
+class ConnectionClosed(UpstreamError):
+    """
+    The connection ended before the response was complete.
+
+    :ivar before_response: no byte of a response had arrived, as when a
+        server closes an idle keep-alive connection just as a request is
+        sent on it.
+    """
+
+    def __init__(self, message: str, before_response: bool) -> None:
+        super().__init__(message)
+        self.before_response = before_response
+
+
+class InvalidResponse(UpstreamError):
+    """
+    The server's response is not HTTP/1.1 that can be framed with certainty.
+    """
+
+
+@frozen
+class UpstreamRequest:
+    """
+    A request as it goes to the server.
+
+    :ivar headers: every header, ``Host`` included, but no framing headers:
+        ``Content-Length`` is added here for the body.
+    :ivar body: the body to send, or None for a request without one.
+    :ivar body_length: its length in bytes.
+    """
+
+    method: bytes
+    target: bytes
+    headers: HeaderList
+    body: Optional[BinaryIO] = None
+    body_length: int = 0
+
+
+@frozen
+class ResponseHead:
+    """
+    The status line and headers of a response, as the server sent them.
+
+    :ivar headers: in order, repeated headers repeated, framing included.
+    :ivar content_length: the body's length when the server said it.
+    :ivar chunked: whether the body is chunked.
+    """
+
+    version: bytes
+    status: int
+    reason: bytes
+    headers: HeaderList
+    content_length: Optional[int]
+    chunked: bool
+
+
+class IResponseReceiver(Interface):
+    """
+    Told about the response to a request sent with
+    :meth:`UpstreamConnection.send`: first ``response_head``, then any number
+    of ``response_data``, then ``response_end``; or ``response_failed`` at
+    any point.  After :meth:`UpstreamConnection.abort` it is told nothing.
+    """
+
+    def response_head(head: ResponseHead) -> None:
+        """
+        The final (non-1xx) status line and headers arrived.
+        """
+
+    def response_data(data: bytes) -> None:
+        """
+        Some bytes of the body, unframed.
+        """
+
+    def response_end() -> None:
+        """
+        The whole response arrived; the connection went back to its pool
+        (or was closed, if it cannot be used again).
+        """
+
+    def response_failed(reason: Failure) -> None:
+        """
+        The request failed: the reason's value is an :class:`UpstreamError`.
+        """
+
+
+class _State:
+    IDLE = "idle"
+    HEAD = "head"
+    LENGTH = "length"
+    CHUNK_SIZE = "chunk size"
+    CHUNK_DATA = "chunk data"
+    CHUNK_END = "chunk end"
+    TRAILERS = "trailers"
+    UNTIL_CLOSE = "until close"
+    CLOSED = "closed"
+
+
+@implementer(IHandshakeListener)
+class UpstreamConnection(Protocol):
+    """
+    One connection to one server, carrying one request at a time.
+
+    :ivar origin: the server this connects to.
+    :ivar reused: whether a request was sent on this connection before the
+        current one.
+    :ivar requests: how many requests were sent on it.
+    """
+
+    def __init__(
+        self,
+        origin: Origin,
+        clock: IReactorTime,
+        on_idle: Callable[[UpstreamConnection], None],
+        on_lost: Callable[[UpstreamConnection], None],
+    ) -> None:
+        self.origin = origin
+        self.clock = clock
+        self._on_idle = on_idle
+        self._on_lost = on_lost
+        self.requests = 0
+        self.ready: Deferred[UpstreamConnection] = Deferred()
+        self._state = _State.IDLE
+        self._receiver: Optional[IResponseReceiver] = None
+        self._buffer = b""
+        self._left = 0
+        self._got_bytes = False
+        self._keep_alive = False
+        self._body_sent = True
+        self._sender: Optional[FileSender] = None
+        self._timeout = 0.0
+        self._timer: Optional[IDelayedCall] = None
+        self._last_read = 0.0
+        self._paused = False
+        self._request_method = b""
+
+    @property
+    def reused(self) -> bool:
+        return self.requests > 1
+
+    @property
+    def idle(self) -> bool:
+        return self._state == _State.IDLE and self.transport is not None
+
+    # -- connection events -----------------------------------------------
+
+    def connectionMade(self) -> None:
+        # Over TLS, the connection is ready only once the handshake is done.
+        if not self.origin.is_tls:
+            self.ready.callback(self)
+
+    def handshakeCompleted(self) -> None:
+        if not self.ready.called:
+            self.ready.callback(self)
+
+    def connectionLost(self, reason: Failure = ConnectionDone) -> None:  # type: ignore[assignment]
+        state = self._state
+        self._state = _State.CLOSED
+        self._stop_timer()
+        if not self.ready.called:
+            self.ready.errback(ConnectFailed(_reason_text(reason)))
+        self._on_lost(self)
+        if state == _State.UNTIL_CLOSE and reason.check(ConnectionDone):
+            self._finish(reusable=False)
+        elif self._receiver is not None:
+            self._fail(
+                ConnectionClosed(
+                    f"connection closed: {_reason_text(reason)}",
+                    before_response=not self._got_bytes,
+                )
+            )
+
+    # -- sending --------------------------------------------------------
+
+    def send(
+        self, request: UpstreamRequest, receiver: IResponseReceiver, read_timeout: float
+    ) -> None:
+        """
+        Send ``request``; ``receiver`` hears about the response.
+        """
+        assert self._state == _State.IDLE and self.transport is not None
+        self.requests += 1
+        self._receiver = receiver
+        self._request_method = request.method
+        self._state = _State.HEAD
+        self._got_bytes = False
+        self._paused = False
+        self._timeout = read_timeout
+        self._last_read = self.clock.seconds()
+        self._timer = self.clock.callLater(read_timeout, self._check_timeout)
+        lines = [b"%s %s HTTP/1.1" % (request.method, request.target)]
+        lines.extend(b"%s: %s" % header for header in request.headers)
+        body = request.body
+        if body is not None:
+            lines.append(b"Content-Length: %d" % request.body_length)
+        head = b"\r\n".join(lines) + b"\r\n\r\n"
+        if body is None or request.body_length == 0:
+            self.transport.write(head)
+        elif request.body_length <= SMALL_BODY:
+            body.seek(0)
+            self.transport.write(head + body.read())
+        else:
+            self.transport.write(head)
+            self._send_body(body)
+
+    def _send_body(self, body: BinaryIO) -> None:
+        body.seek(0)
+        self._body_sent = False
+        sender = self._sender = FileSender()
+        sending = sender.beginFileTransfer(body, self.transport)
+
+        def sent(_: object) -> None:
+            self._sender = None
+            self._body_sent = True
+            self._last_read = self.clock.seconds()
+
+        sending.addCallbacks(sent, lambda _: None)
+
+    # -- flow control -----------------------------------------------------
+
+    def pause_reading(self) -> None:
+        """
+        Stop reading the response until :meth:`resume_reading`; the server is
+        held back by TCP.  The read timeout does not run meanwhile.
+        """
+        if not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def resume_reading(self) -> None:
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self._last_read = self.clock.seconds()
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    def abort(self) -> None:
+        """
+        Drop the connection at once; the receiver is told nothing more.
+        """
+        self._receiver = None
+        self._stop_timer()
+        self._stop_sending()
+        if self._state != _State.CLOSED:
+            self._state = _State.CLOSED
+            self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        """
+        Close an idle connection politely.
+        """
+        if self.transport is not None and self._state != _State.CLOSED:
+            self.transport.loseConnection()
+
+    # -- the read timeout ---------------------------------------------------
+
+    def _check_timeout(self) -> None:
+        # One timer per request, pushed back when it fires early, costs less
+        # than moving a timer on every read.
+        # While the body is still going out or the client holds the response
+        # back, the server is not the one keeping us waiting.
+        now = self.clock.seconds()
+        due = self._last_read + self._timeout
+        if self._paused or not self._body_sent:
+            due = now + self._timeout
+        if now < due:
+            self._timer = self.clock.callLater(due - now, self._check_timeout)
+            return
+        self._timer = None
+        self._fail(ReadTimeout(f"no response bytes for {self._timeout:g} s"))
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+
+    def _stop_sending(self) -> None:
+        sender, self._sender = self._sender, None
+        if sender is not None and self.transport is not None:
+            self.transport.unregisterProducer()  # type: ignore[attr-defined]
+
+    # -- parsing ------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._state == _State.IDLE:
+            # Bytes nobody asked for: the connection cannot be trusted.
+            self.abort()
+            return
+        self._got_bytes = True
+        self._last_read = self.clock.seconds()
+        self._buffer += data
+        try:
+            self._parse()
+        except InvalidResponse as error:
+            self._fail(error)
+
+    def _parse(self) -> None:
+        step = {
+            _State.HEAD: self._parse_head,
+            _State.LENGTH: self._parse_length,
+            _State.CHUNK_SIZE: self._parse_chunk_size,
+            _State.CHUNK_DATA: self._parse_chunk_data,
+            _State.CHUNK_END: self._parse_chunk_end,
+            _State.TRAILERS: self._parse_trailers,
+            _State.UNTIL_CLOSE: self._parse_until_close,
+        }
+        while self._receiver is not None and self._state in step:
+            if not step[self._state]():
+                return
+
+    def _parse_head(self) -> bool:
+        end = self._buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._buffer) > MAX_HEAD:
+                raise InvalidResponse("response head too long")
+            return False
+        if end > MAX_HEAD:
+            raise InvalidResponse("response head too long")
+        raw, self._buffer = self._buffer[:end], self._buffer[end + 4 :]
+        head = parse_head(raw)
+        if head.status < 200:
+            if head.status == 101:
+                raise InvalidResponse("101 Switching Protocols was not asked for")
+            return True  # an interim response: the real one follows
+        self._keep_alive = _keeps_alive(head)
+        self._frame_body(head)
+        receiver = self._receiver
+        assert receiver is not None
+        receiver.response_head(head)
+        return True
+
+    def _frame_body(self, head: ResponseHead) -> None:
+        if self._request_method == b"HEAD" or head.status in _NO_BODY_STATUSES:
+            self._state = _State.LENGTH
+            self._left = 0
+        elif head.chunked:
+            self._state = _State.CHUNK_SIZE
+        elif head.content_length is not None:
+            self._state = _State.LENGTH
+            self._left = head.content_length
+        else:
+            self._state = _State.UNTIL_CLOSE
+            self._keep_alive = False
+
+    def _deliver(self, data: bytes) -> None:
+        if data and self._receiver is not None:
+            self._receiver.response_data(data)
+
+    def _parse_length(self) -> bool:
+        if self._left == 0:
+            self._finish(reusable=self._keep_alive and not self._buffer)
+            return False
+        data = self._buffer[: self._left]
+        self._buffer = self._buffer[len(data) :]
+        self._left -= len(data)
+        self._deliver(data)
+        return self._left == 0
+
+    def _parse_until_close(self) -> bool:
+        data, self._buffer = self._buffer, b""
+        self._deliver(data)
+        return False
+
+    def _parse_chunk_size(self) -> bool:
+        line = self._line(MAX_CHUNK_LINE, "chunk size line")
+        if line is None:
+            return False
+        match = _CHUNK_SIZE.match(line)
+        if match is None:
+            raise InvalidResponse(f"bad chunk size line {line[:40]!r}")
+        self._left = int(match[1], 16)
+        self._state = _State.CHUNK_DATA if self._left else _State.TRAILERS
+        return True
+
+    def _parse_chunk_data(self) -> bool:
+        data = self._buffer[: self._left]
+        self._buffer = self._buffer[len(data) :]
+        self._left -= len(data)
+        if self._left == 0:
+            self._state = _State.CHUNK_END
+        self._deliver(data)
+        return self._left == 0
+
+    def _parse_chunk_end(self) -> bool:
+        if len(self._buffer) < 2:
+            return False
+        if self._buffer[:2] != b"\r\n":
+            raise InvalidResponse("chunk data longer than its size")
+        self._buffer = self._buffer[2:]
+        self._state = _State.CHUNK_SIZE
+        return True
+
+    def _parse_trailers(self) -> bool:
+        # Trailers are read and dropped: twisted.web cannot send them on.
+        while True:
+            line = self._line(MAX_HEAD, "trailer")
+            if line is None:
+                return False
+            if not line:
+                self._finish(reusable=self._keep_alive and not self._buffer)
+                return False
+
+    def _line(self, limit: int, what: str) -> Optional[bytes]:
+        end = self._buffer.find(b"\r\n", 0, limit + 2)
+        if end < 0:
+            if len(self._buffer) > limit:
+                raise InvalidResponse(f"{what} too long")
+            return None
+        line, self._buffer = self._buffer[:end], self._buffer[end + 2 :]
+        return line
+
+    # -- the end of a response ----------------------------------------------
+
+    def _finish(self, reusable: bool) -> None:
+        receiver = self._receiver
+        self._receiver = None
+        self._stop_timer()
+        reusable = reusable and self._body_sent and self._state != _State.CLOSED
+        if reusable:
+            self._state = _State.IDLE
+            self._on_idle(self)
+        else:
+            self._stop_sending()
+            if self._state != _State.CLOSED:
+                self._state = _State.CLOSED
+                self.transport.loseConnection()  # type: ignore[union-attr]
+        if receiver is not None:
+            receiver.response_end()
+
+    def _fail(self, error: UpstreamError) -> None:
+        receiver = self._receiver
+        self.abort()
+        if receiver is not None:
+            receiver.response_failed(Failure(error))
+
+
+def parse_head(raw: bytes) -> ResponseHead:
+    """
+    Parse a response's status line and headers (without the blank line).
+
+    :raises InvalidResponse: for anything but a well-formed head whose body
+        framing is certain.
+    """
+    lines = raw.split(b"\r\n")
+    status_line = _STATUS_LINE.match(lines[0])
+    if status_line is None:
+        raise InvalidResponse(f"bad status line {lines[0][:60]!r}")
+    headers: HeaderList = []
+    for line in lines[1:]:
+        header = _HEADER.match(line)
+        if header is None:
+            # Also refuses obsolete line folding and spaces before the colon,
+            # which servers and proxies read differently.
+            raise InvalidResponse(f"bad header line {line[:60]!r}")
+        headers.append((header[1], header[2]))
+    content_length, chunked = _framing(headers)
+    return ResponseHead(
+        version=b"HTTP/1." + status_line[1],
+        status=int(status_line[2]),
+        reason=status_line[3] or b"",
+        headers=headers,
+        content_length=content_length,
+        chunked=chunked,
+    )
+
+
+def _framing(headers: HeaderList) -> Tuple[Optional[int], bool]:
+    lengths: Set[bytes] = set()
+    codings: List[bytes] = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower == b"content-length":
+            lengths.update(part.strip() for part in value.split(b","))
+        elif lower == b"transfer-encoding":
+            codings.extend(part.strip().lower() for part in value.split(b","))
+    if codings:
+        if lengths:
+            # Both: a classic smuggling vector; refuse rather than pick one.
+            raise InvalidResponse("both Content-Length and Transfer-Encoding")
+        if codings != [b"chunked"]:
+            raise InvalidResponse(f"unsupported Transfer-Encoding {codings!r}")
+        return None, True
+    if not lengths:
+        return None, False
+    if len(lengths) > 1:
+        raise InvalidResponse("conflicting Content-Length values")
+    (length,) = lengths
+    if not length.isdigit() or len(length) > 18:
+        raise InvalidResponse(f"bad Content-Length {length[:20]!r}")
+    return int(length), False
+
+
+def _keeps_alive(head: ResponseHead) -> bool:
+    tokens: Set[bytes] = set()
+    for name, value in head.headers:
+        if name.lower() == b"connection":
+            tokens.update(part.strip().lower() for part in value.split(b","))
+    if head.version == b"HTTP/1.1":
+        return b"close" not in tokens
+    return b"keep-alive" in tokens and b"close" not in tokens
+
+
+def _reason_text(reason: Failure) -> str:
+    text = str(reason.value)
+    return text.splitlines()[0] if text else type(reason.value).__name__

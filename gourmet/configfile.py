@@ -1,0 +1,590 @@
+"""
+Reading Gourmet's TOML configuration file into the frozen model of
+:mod:`gourmet.config`.
+
+Every problem, from a TOML syntax error to an upstream that a location names
+but nobody defined, is a :class:`ConfigError` that names the file, the key
+path and what was expected, in one line::
+
+    gourmet.toml: upstreams.backend.servers[1].weight: expected a whole number
+    from 0 to 1000, got -1
+
+Defaults are not repeated here: a key the file leaves out is left out of the
+call that builds its configuration object, so the default in
+:mod:`gourmet.config` (or :func:`gourmet.origin.parse_origin`) applies.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import math
+import operator
+import os
+import re
+import sys
+from typing import (
+    Any,
+    Callable,
+    Collection,
+    Dict,
+    List,
+    Optional,
+    Set,
+    Tuple,
+    TypeVar,
+)
+
+from gourmet.balancers import BALANCERS
+from gourmet.config import (
+    MAX_WEIGHT,
+    DemoConfig,
+    FrontendConfig,
+    GourmetConfig,
+    LocationConfig,
+    LogConfig,
+    ServerConfig,
+    UpstreamConfig,
+)
+from gourmet.origin import parse_origin
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+__all__ = ["ConfigError", "load_config", "parse_config"]
+
+_T = TypeVar("_T")
+
+
+class ConfigError(Exception):
+    """
+    A configuration Gourmet cannot run with.
+
+    :ivar source: the file (or other source) the configuration came from.
+    :ivar key: the dotted key path of the offending value, such as
+        ``upstreams.backend.servers[1].weight``; empty when the problem is
+        the file as a whole.
+    :ivar message: what was expected, and what was found instead.
+    """
+
+    def __init__(self, source: str, key: str, message: str) -> None:
+        super().__init__(source, key, message)
+        self.source = source
+        self.key = key
+        self.message = message
+
+    def __str__(self) -> str:
+        where = f"{self.source}: {self.key}" if self.key else self.source
+        # Callers print this after "gourmet: " as a single log line.
+        return " ".join(f"{where}: {self.message}".splitlines())
+
+
+class _Invalid(Exception):
+    """
+    A value of the wrong type or out of range, raised by a :data:`Kind` that does
+    not know where the value came from; the table reading it adds the key.
+
+    :ivar at: the path below the key, such as ``[2]`` for an array's item.
+    """
+
+    def __init__(self, message: str, at: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.at = at
+
+
+#: Checks one TOML value and returns what the configuration keeps of it.
+Kind = Callable[[Any], _T]
+
+
+def _show(value: object) -> str:
+    """
+    ``value`` as it would be written in TOML, or what it is when that would
+    be long.
+    """
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array" if value else "an empty array"
+    return str(value)
+
+
+def _suggestion(name: str, candidates: Collection[str]) -> str:
+    matches = difflib.get_close_matches(name, sorted(candidates), n=1)
+    return f"; did you mean {matches[0]!r}?" if matches else ""
+
+
+_BARE_KEY = re.compile(r"\A[A-Za-z0-9_-]+\Z")
+
+
+def _join(prefix: str, name: str) -> str:
+    """
+    The key path of ``name`` within the table at ``prefix``, quoted as TOML
+    quotes keys (an upstream may be called ``api.v1``).
+    """
+    if not _BARE_KEY.match(name):
+        name = json.dumps(name, ensure_ascii=False)
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _is_whole(value: object) -> bool:
+    # TOML booleans are ints to Python, but nobody means 1 by true.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _whole(low: int, high: Optional[int] = None) -> Kind[int]:
+    """
+    A whole number from ``low`` to ``high`` (no upper limit when ``None``).
+    """
+    bounds = f"from {low} to {high}" if high is not None else f"of at least {low}"
+
+    def whole(value: Any) -> int:
+        if _is_whole(value) and low <= value and (high is None or value <= high):
+            return int(value)
+        raise _Invalid(f"expected a whole number {bounds}, got {_show(value)}")
+
+    return whole
+
+
+def _number(low: float, inclusive: bool = False) -> Kind[float]:
+    """
+    A finite number, whole or not, above ``low`` (or equal to it when
+    ``inclusive``).
+    """
+    bounds = f"of at least {low:g}" if inclusive else f"above {low:g}"
+    in_range = operator.ge if inclusive else operator.gt
+
+    def number(value: Any) -> float:
+        numeric = _is_whole(value) or isinstance(value, float)
+        if numeric and math.isfinite(value) and in_range(value, low):
+            return float(value)
+        raise _Invalid(f"expected a number {bounds}, got {_show(value)}")
+
+    return number
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise _Invalid(f"expected true or false, got {_show(value)}")
+
+
+def _string(value: Any) -> str:
+    if isinstance(value, str) and value:
+        return value
+    raise _Invalid(f"expected a non-empty string, got {_show(value)}")
+
+
+def _choice(options: Collection[str]) -> Kind[str]:
+    """
+    One of ``options``, which are read when a value is checked: a registry
+    such as :data:`BALANCERS` may grow after this module is imported.
+    """
+
+    def choice(value: Any) -> str:
+        if isinstance(value, str) and value in options:
+            return value
+        names = ", ".join(repr(option) for option in sorted(options))
+        raise _Invalid(f"expected one of {names}, got {_show(value)}")
+
+    return choice
+
+
+def _array(kind: Kind[Any], into: Callable[[List[Any]], Any] = tuple) -> Kind[Any]:
+    """
+    An array whose items are each of ``kind``, collected by ``into``.
+    """
+
+    def array(value: Any) -> Any:
+        if not isinstance(value, list):
+            raise _Invalid(f"expected an array, got {_show(value)}")
+        items = []
+        for index, item in enumerate(value):
+            try:
+                items.append(kind(item))
+            except _Invalid as error:
+                raise _Invalid(error.message, f"[{index}]{error.at}") from None
+        return into(items)
+
+    return array
+
+
+_SIZE = re.compile(r"\A([0-9]+)([kKmMgG]?)\Z")
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def _size(value: Any) -> int:
+    """
+    A number of bytes, as a whole number or as nginx writes sizes: ``"512"``,
+    ``"10k"``, ``"1m"``, ``"1g"`` (powers of 1024).
+    """
+    if _is_whole(value) and value >= 0:
+        return int(value)
+    match = _SIZE.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise _Invalid(
+            'expected a whole number of bytes or a size such as "512", "10k",'
+            f' "1m" or "1g", got {_show(value)}'
+        )
+    return int(match[1]) * _SIZE_UNITS[match[2].lower()]
+
+
+def _regex(value: Any) -> re.Pattern[str]:
+    text = _string(value)
+    try:
+        return re.compile(text)
+    except re.error as error:
+        raise _Invalid(f"not a regular expression: {error}") from None
+
+
+def _file_path(base_dir: str) -> Kind[str]:
+    """
+    A file name, made absolute against ``base_dir`` (the configuration
+    file's directory) so that it does not depend on where twistd runs.
+    """
+
+    def file_path(value: Any) -> str:
+        return os.path.abspath(os.path.join(base_dir, _string(value)))
+
+    return file_path
+
+
+def _existing_file(base_dir: str) -> Kind[str]:
+    resolve = _file_path(base_dir)
+
+    def existing_file(value: Any) -> str:
+        path = resolve(value)
+        if not os.path.isfile(path):
+            raise _Invalid(f"no such file: {path}")
+        return path
+
+    return existing_file
+
+
+def _log_target(base_dir: str) -> Kind[str]:
+    """
+    ``"stdout"``, ``"off"``, or a file (which need not exist yet).
+    """
+    resolve = _file_path(base_dir)
+
+    def log_target(value: Any) -> str:
+        text = _string(value)
+        return text if text in ("stdout", "off") else resolve(text)
+
+    return log_target
+
+
+# The shape gourmet.demo's parse_origin reads, without a scheme and with the
+# port it would otherwise default to 80.
+_HOST_PORT = re.compile(r"\A(?:\[[^\]]*\]|[^\s:/\[\]]+):[0-9]+\Z")
+
+
+def _demo_address(value: Any) -> str:
+    """
+    A ``host:port`` on loopback: the demo servers answer anyone who asks.
+    """
+    text = _string(value)
+    try:
+        host = parse_origin(text).host if _HOST_PORT.match(text) else ""
+    except ValueError:
+        host = ""
+    if not _is_loopback(host):
+        raise _Invalid(
+            'expected "host:port" with a loopback host (127.x.x.x, [::1] or'
+            f" localhost) and a port from 1 to 65535, got {_show(value)}"
+        )
+    return text
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _upstream_name(defined: Collection[str]) -> Kind[str]:
+    def upstream_name(value: Any) -> str:
+        name = _string(value)
+        if name not in defined:
+            names = ", ".join(repr(each) for each in defined)
+            raise _Invalid(f"no upstream named {name!r}; defined: {names}")
+        return name
+
+    return upstream_name
+
+
+class _Table:
+    """
+    One TOML table being read: reads that know the table's key path, and
+    remember every key asked for (present or not) so that :meth:`done` can
+    refuse the others, suggesting the nearest valid one.
+    """
+
+    def __init__(self, value: object, key: str, source: str) -> None:
+        if not isinstance(value, dict):
+            raise ConfigError(source, key, f"expected a table, got {_show(value)}")
+        self._data: Dict[str, Any] = value
+        self._key = key
+        self._source = source
+        self._asked: Set[str] = set()
+
+    def key(self, name: str) -> str:
+        return _join(self._key, name)
+
+    def error(self, name: str, message: str) -> ConfigError:
+        return ConfigError(self._source, self.key(name), message)
+
+    def _convert(self, name: str, kind: Kind[_T]) -> _T:
+        try:
+            return kind(self._data[name])
+        except _Invalid as error:
+            raise ConfigError(
+                self._source, self.key(name) + error.at, error.message
+            ) from None
+
+    def _missing(self, name: str, expected: str) -> ConfigError:
+        """
+        The error for a required key that is absent: most often it is there,
+        misspelt, and saying so helps more than saying it is missing.
+        """
+        unknown = [each for each in self._data if each not in self._asked]
+        # Valid keys not read yet are among the unknown: the high cutoff
+        # keeps them (preserve_host for servers) from passing for typos.
+        typo = difflib.get_close_matches(name, unknown, n=1, cutoff=0.8)
+        if typo:
+            return self.error(typo[0], f"unknown key; did you mean {name!r}?")
+        return self.error(name, f"missing key: expected {name!r} ({expected})")
+
+    def fields(self, **kinds: Kind[Any]) -> Dict[str, Any]:
+        """
+        Read the keys of ``kinds`` that are present, each checked by its
+        kind, as keyword arguments for a configuration class.
+        """
+        self._asked.update(kinds)
+        return {
+            name: self._convert(name, kind)
+            for name, kind in kinds.items()
+            if name in self._data
+        }
+
+    def only(self, **kinds: Kind[Any]) -> Dict[str, Any]:
+        """
+        Like :meth:`fields`, for a table that has no other keys.
+        """
+        values = self.fields(**kinds)
+        self.done()
+        return values
+
+    def require(
+        self, name: str, kind: Kind[_T], expected: str, alias: Optional[str] = None
+    ) -> _T:
+        """
+        Read a key that must be present, under ``name`` or else ``alias``
+        (another spelling of it, as the original Gourmet had).
+        """
+        spellings = (name,) if alias is None else (name, alias)
+        self._asked.update(spellings)
+        present = [each for each in spellings if each in self._data]
+        if len(present) > 1:
+            raise self.error(name, f"give either {name!r} or {alias!r}, not both")
+        if not present:
+            raise self._missing(name, expected)
+        return self._convert(present[0], kind)
+
+    def table(self, name: str, expected: Optional[str] = None) -> _Table:
+        """
+        The table under ``name``: an empty one when it is absent, unless
+        ``expected`` describes it as required.
+        """
+        self._asked.add(name)
+        if name in self._data:
+            return _Table(self._data[name], self.key(name), self._source)
+        if expected is not None:
+            raise self._missing(name, expected)
+        return _Table({}, self.key(name), self._source)
+
+    def tables(self, name: str) -> List[_Table]:
+        """
+        The array of tables (``[[name]]``) under ``name``: required, and not
+        empty.
+        """
+        key = self.key(name)
+        expected = f"at least one [[{key}]] table"
+        value = self.require(name, lambda value: value, expected)
+        if not isinstance(value, list) or not value:
+            raise self.error(
+                name, f"expected an array of tables, {expected}, got {_show(value)}"
+            )
+        return [
+            _Table(item, f"{key}[{index}]", self._source)
+            for index, item in enumerate(value)
+        ]
+
+    def items(self) -> List[Tuple[str, _Table]]:
+        """
+        Every key of a table whose keys are names, each with its table.
+        """
+        self._asked.update(self._data)
+        return [
+            (name, _Table(value, self.key(name), self._source))
+            for name, value in self._data.items()
+        ]
+
+    def done(self) -> None:
+        """
+        Refuse the keys nothing asked for.
+        """
+        for name in self._data:
+            if name not in self._asked:
+                raise self.error(name, "unknown key" + _suggestion(name, self._asked))
+
+
+#: Passive health settings: an upstream's defaults, and each server's own.
+_HEALTH: Dict[str, Kind[Any]] = {
+    "max_fail": _whole(0),
+    "fail_timeout": _number(0),
+}
+
+_UPSTREAM: Dict[str, Kind[Any]] = {
+    "balancer": _choice(BALANCERS),
+    "provider": _choice(("static",)),
+    "connect_timeout": _number(0),
+    "read_timeout": _number(0),
+    "tries": _whole(0),
+    "fail_status": _array(_whole(100, 599), frozenset),
+    "preserve_host": _boolean,
+    "keepalive": _whole(0),
+    "keepalive_timeout": _number(0, inclusive=True),
+}
+
+_UPSTREAM_NAME = re.compile(r"\A[A-Za-z0-9_.-]+\Z")
+
+
+def _server(table: _Table, defaults: Dict[str, Any]) -> ServerConfig:
+    path = table.require("path", _string, 'an address such as "127.0.0.1:9001"')
+    options = table.fields(tls_verify=_boolean)
+    values = {**defaults, **table.fields(weight=_whole(0, MAX_WEIGHT), **_HEALTH)}
+    table.done()
+    try:
+        origin = parse_origin(path, **options)
+    except ValueError as error:
+        raise table.error("path", str(error)) from None
+    return ServerConfig(path=path, origin=origin, **values)
+
+
+def _upstream(name: str, table: _Table) -> UpstreamConfig:
+    values = table.fields(**_UPSTREAM)
+    defaults = table.fields(**_HEALTH)
+    servers = tuple(_server(server, defaults) for server in table.tables("servers"))
+    table.done()
+    return UpstreamConfig(name=name, servers=servers, **values)
+
+
+def _upstreams(document: _Table) -> Tuple[UpstreamConfig, ...]:
+    table = document.table(
+        "upstreams", "a table of upstreams, such as [upstreams.backend]"
+    )
+    upstreams = table.items()
+    if not upstreams:
+        raise document.error(
+            "upstreams", "expected at least one [upstreams.NAME] table"
+        )
+    for name, _ in upstreams:
+        if not _UPSTREAM_NAME.match(name):
+            raise table.error(
+                name, "expected a name of letters, digits, '_', '-' and '.'"
+            )
+    return tuple(_upstream(name, upstream) for name, upstream in upstreams)
+
+
+def _location(table: _Table, upstreams: Collection[str]) -> LocationConfig:
+    pattern = table.require("location", _regex, "a regular expression", "path")
+    upstream = table.require(
+        "upstream", _upstream_name(upstreams), "an upstream's name", "http_pass"
+    )
+    values = table.only(host=_string, pass_match=_boolean)
+    return LocationConfig(pattern=pattern, upstream=upstream, **values)
+
+
+def _frontend(
+    table: _Table, upstreams: Collection[str], base_dir: str
+) -> FrontendConfig:
+    values = table.fields(
+        port=_whole(1, 65535),
+        listen=_array(_string),
+        max_body_size=_size,
+        error_page=_existing_file(base_dir),
+    )
+    locations = tuple(
+        _location(location, upstreams) for location in table.tables("locations")
+    )
+    table.done()
+    return FrontendConfig(locations=locations, **values)
+
+
+def _gourmet(document: _Table, source: str, base_dir: str) -> GourmetConfig:
+    upstreams = _upstreams(document)
+    names = [upstream.name for upstream in upstreams]
+    server = _frontend(document.table("server", "a [server] table"), names, base_dir)
+    log = document.table("log").only(
+        access_log=_log_target(base_dir),
+        access_log_format=_choice(("combined", "json")),
+    )
+    demo = document.table("demo").only(listen=_array(_demo_address))
+    document.done()
+    return GourmetConfig(
+        source=source,
+        upstreams=upstreams,
+        server=server,
+        log=LogConfig(**log),
+        demo=DemoConfig(**demo),
+    )
+
+
+def parse_config(
+    text: str, source: str, base_dir: Optional[str] = None
+) -> GourmetConfig:
+    """
+    Build a configuration from the TOML ``text``.
+
+    :param source: where ``text`` came from, for errors and
+        :attr:`GourmetConfig.source`.
+    :param base_dir: the directory relative file names in ``text`` are
+        relative to; the current directory when ``None``.
+    :raises ConfigError: for the first problem found.
+    """
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(source, "", f"not valid TOML: {error}") from None
+    return _gourmet(_Table(document, "", source), source, base_dir or os.curdir)
+
+
+def load_config(path: str) -> GourmetConfig:
+    """
+    Read and build the configuration file at ``path``; relative file names in
+    it are relative to its directory.
+
+    :raises ConfigError: when the file cannot be read, or for the first
+        problem found in it.
+    """
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError as error:
+        raise ConfigError(path, "", f"cannot read: {error.strerror or error}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(path, "", f"not valid TOML: {error}") from None
+    return parse_config(text, path, os.path.dirname(path))

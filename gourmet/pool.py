@@ -1,0 +1,243 @@
+"""
+Keep-alive connections to upstream servers, kept per origin and reused
+most-recently-used first, so that a busy proxy opens almost none.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Dict, List, Optional, Set
+
+from twisted.internet import endpoints, ssl
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
+from twisted.internet.error import (
+    ConnectingCancelledError,
+    DNSLookupError,
+    TimeoutError,
+)
+from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
+from twisted.python.failure import Failure
+
+from gourmet.client import ConnectFailed, ConnectTimeout, UpstreamConnection
+from gourmet.origin import Origin
+
+
+class ConnectionPool:
+    """
+    Connections to the servers of one upstream.
+
+    :param reactor: provides ``IReactorTCP`` and ``IReactorTime``; all
+        connections and timers go through it.
+    :param max_idle_per_origin: idle connections kept per server; the
+        least recently used one is closed to make room.
+    :param idle_timeout: seconds an idle connection is kept.
+    :param connect_timeout: seconds allowed for connecting, TLS included.
+    :param trust_root: for HTTPS upstreams, an ``IOpenSSLTrustRoot`` of the
+        certificate authorities trusted (the platform's by default).
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        *,
+        max_idle_per_origin: int = 32,
+        idle_timeout: float = 60.0,
+        connect_timeout: float = 5.0,
+        trust_root: Optional[Any] = None,
+    ) -> None:
+        self.reactor = reactor
+        self.max_idle_per_origin = max_idle_per_origin
+        self.idle_timeout = idle_timeout
+        self.connect_timeout = connect_timeout
+        self.trust_root = trust_root
+        self._idle: Dict[Origin, List[UpstreamConnection]] = {}
+        self._idle_since: Dict[UpstreamConnection, float] = {}
+        self._all: Set[UpstreamConnection] = set()
+        self._lost: Dict[UpstreamConnection, Deferred[None]] = {}
+        self._connecting: Set[Deferred[UpstreamConnection]] = set()
+        self._sweeper: Optional[IDelayedCall] = None
+        self._closing = False
+
+    def idle_count(self, origin: Optional[Origin] = None) -> int:
+        """
+        Idle connections kept, to ``origin`` or to all servers.
+        """
+        if origin is not None:
+            return len(self._idle.get(origin, ()))
+        return sum(len(idle) for idle in self._idle.values())
+
+    # -- getting a connection ---------------------------------------------
+
+    def acquire(self, origin: Origin) -> Deferred[UpstreamConnection]:
+        """
+        A connection to ``origin`` for one request: an idle one at once when
+        there is one, otherwise a new one once it is connected (and its TLS
+        handshake done).  Cancelling the Deferred abandons the attempt.
+
+        The connection goes back to the pool by itself when its response
+        has been read whole, and is dropped when it cannot be reused.
+        """
+        idle = self._idle.get(origin)
+        while idle:
+            connection = idle.pop()
+            self._idle_since.pop(connection, None)
+            if connection.idle:
+                return succeed(connection)
+        return self._connect(origin)
+
+    def _connect(self, origin: Origin) -> Deferred[UpstreamConnection]:
+        connection = UpstreamConnection(
+            origin, self.reactor, self._connection_idle, self._connection_lost
+        )
+        connecting = endpoints.connectProtocol(self._endpoint(origin), connection)
+        result: Deferred[UpstreamConnection] = Deferred(
+            lambda _: self._abandon(connecting, connection)
+        )
+        timer = self.reactor.callLater(
+            self.connect_timeout, self._timed_out, result, connecting, connection
+        )
+
+        def connected(_: object) -> Deferred[UpstreamConnection]:
+            self._all.add(connection)
+            return connection.ready
+
+        def settle(outcome: Any) -> None:
+            self._connecting.discard(result)
+            if timer.active():
+                timer.cancel()
+            if result.called:
+                return
+            if isinstance(outcome, Failure):
+                result.errback(_connect_error(outcome))
+            else:
+                result.callback(outcome)
+
+        self._connecting.add(result)
+        connecting.addCallback(connected).addBoth(settle)
+        return result
+
+    def _endpoint(self, origin: Origin) -> IStreamClientEndpoint:
+        endpoint = self._tcp_endpoint(origin)
+        if not origin.is_tls:
+            return endpoint
+        if origin.tls_verify:
+            options = ssl.optionsForClientTLS(origin.host, trustRoot=self.trust_root)
+        else:
+            options = ssl.CertificateOptions(verify=False)
+        return endpoints.wrapClientTLS(options, endpoint)
+
+    def _tcp_endpoint(self, origin: Origin) -> IStreamClientEndpoint:
+        # An address needs no resolver and no happy-eyeballs race; a name
+        # gets both from HostnameEndpoint.  Our own timer bounds the time.
+        timeout = self.connect_timeout + 1
+        try:
+            address = ipaddress.ip_address(origin.host)
+        except ValueError:
+            return endpoints.HostnameEndpoint(
+                self.reactor, origin.host, origin.port, timeout=timeout
+            )
+        endpoint_type = (
+            endpoints.TCP6ClientEndpoint
+            if address.version == 6
+            else endpoints.TCP4ClientEndpoint
+        )
+        return endpoint_type(self.reactor, origin.host, origin.port, timeout=timeout)
+
+    def _timed_out(
+        self,
+        result: Deferred[UpstreamConnection],
+        connecting: Deferred[Any],
+        connection: UpstreamConnection,
+    ) -> None:
+        if not result.called:
+            result.errback(
+                ConnectTimeout(f"no connection within {self.connect_timeout:g} s")
+            )
+        self._abandon(connecting, connection)
+
+    def _abandon(
+        self, connecting: Deferred[Any], connection: UpstreamConnection
+    ) -> None:
+        if not connecting.called:
+            connecting.cancel()
+        elif connection.transport is not None:
+            connection.abort()
+
+    # -- connections coming back and going away ---------------------------
+
+    def _connection_idle(self, connection: UpstreamConnection) -> None:
+        if self._closing or self.max_idle_per_origin <= 0:
+            connection.close()
+            return
+        idle = self._idle.setdefault(connection.origin, [])
+        if len(idle) >= self.max_idle_per_origin:
+            oldest = idle.pop(0)
+            self._idle_since.pop(oldest, None)
+            oldest.close()
+        idle.append(connection)
+        self._idle_since[connection] = self.reactor.seconds()
+        if self._sweeper is None:
+            self._sweeper = self.reactor.callLater(self.idle_timeout, self._sweep)
+
+    def _connection_lost(self, connection: UpstreamConnection) -> None:
+        self._all.discard(connection)
+        if self._idle_since.pop(connection, None) is not None:
+            self._idle[connection.origin].remove(connection)
+        lost = self._lost.pop(connection, None)
+        if lost is not None:
+            lost.callback(None)
+
+    def _sweep(self) -> None:
+        # One timer for the whole pool instead of one per idle connection,
+        # which would be set and cancelled on every request.
+        self._sweeper = None
+        now = self.reactor.seconds()
+        oldest = now
+        for connection, since in list(self._idle_since.items()):
+            if now - since >= self.idle_timeout:
+                self._idle_since.pop(connection)
+                self._idle[connection.origin].remove(connection)
+                connection.close()
+            else:
+                oldest = min(oldest, since)
+        if self._idle_since:
+            self._sweeper = self.reactor.callLater(
+                oldest + self.idle_timeout - now, self._sweep
+            )
+
+    def close(self) -> Deferred[Any]:
+        """
+        Close every connection, idle or busy; fires once all are closed.
+        """
+        self._closing = True
+        if self._sweeper is not None and self._sweeper.active():
+            self._sweeper.cancel()
+        self._sweeper = None
+        for connecting in list(self._connecting):
+            connecting.cancel()
+        waiting = []
+        for connection in list(self._all):
+            lost: Deferred[None] = Deferred()
+            self._lost[connection] = lost
+            waiting.append(lost)
+            if connection.idle:
+                connection.close()
+            else:
+                connection.abort()
+        self._idle.clear()
+        self._idle_since.clear()
+        return DeferredList(waiting)
+
+
+def _connect_error(reason: Failure) -> Failure:
+    error = reason.value
+    if isinstance(error, (CancelledError, ConnectingCancelledError)):
+        return Failure(CancelledError())
+    if isinstance(error, ConnectFailed):
+        return reason
+    if isinstance(error, TimeoutError):
+        return Failure(ConnectTimeout(str(error)))
+    if isinstance(error, DNSLookupError):
+        return Failure(ConnectFailed(f"cannot resolve: {error}"))
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return Failure(ConnectFailed(text))

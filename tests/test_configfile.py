@@ -1,0 +1,451 @@
+"""
+The configuration file: what loads, the defaults it gets, and the one-line
+error, naming the key, for what does not.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List, Tuple
+
+import pytest
+
+from gourmet.balancers import BALANCERS
+from gourmet.config import (
+    DemoConfig,
+    FrontendConfig,
+    GourmetConfig,
+    LogConfig,
+    ServerConfig,
+    UpstreamConfig,
+)
+from gourmet.configfile import ConfigError, load_config, parse_config
+from gourmet.origin import parse_origin
+
+ETC = Path(__file__).parents[1] / "etc"
+REFERENCE_README = Path("/work/shared/reference/gourmet-go-README.md")
+
+SERVER = 'path = "127.0.0.1:9001"'
+LOCATION = 'location = "^/"\nupstream = "b"'
+
+
+def config(
+    upstream: str = "",
+    server: str = SERVER,
+    frontend: str = "",
+    location: str = LOCATION,
+    tail: str = "",
+) -> str:
+    """
+    A small valid configuration, with each part replaced or added to.
+    """
+    return (
+        f"[upstreams.b]\n{upstream}\n"
+        f"[[upstreams.b.servers]]\n{server}\n"
+        f"[server]\n{frontend}\n"
+        f"[[server.locations]]\n{location}\n"
+        f"{tail}\n"
+    )
+
+
+def servers(upstream: UpstreamConfig) -> List[Tuple[str, int]]:
+    return [(server.path, server.weight) for server in upstream.servers]
+
+
+def routes(config: GourmetConfig) -> List[Tuple[str, str]]:
+    return [(each.pattern.pattern, each.upstream) for each in config.server.locations]
+
+
+def test_reference_readme_loads() -> None:
+    """
+    The original Gourmet's documented configuration loads as written.
+    """
+    text = REFERENCE_README.read_text(encoding="utf-8")
+    toml = text.split("```toml\n", 1)[1].split("```", 1)[0]
+    loaded = parse_config(toml, "README.md")
+    backend, front = loaded.upstreams
+    assert (backend.name, backend.balancer, backend.provider) == (
+        "backend",
+        "round_robin",
+        "static",
+    )
+    assert servers(backend) == [
+        ("api1.foo.bar", 5),
+        ("api2.foo.bar", 1),
+        ("api3.foo.bar", 1),
+    ]
+    assert (front.name, front.balancer) == ("front", "round_robin")
+    assert servers(front) == [
+        ("static1.foo.bar", 2),
+        ("static2.foo.bar", 1),
+        ("static3.foo.bar", 1),
+    ]
+    assert str(backend.servers[0].origin) == "http://api1.foo.bar:80"
+    assert loaded.server.endpoints == ("tcp:80",)
+    assert routes(loaded) == [("api/(.+/?)", "backend"), ("static/.+/?", "front")]
+
+
+def test_example_with_every_option_loads() -> None:
+    path = str(ETC / "gourmet.toml")
+    loaded = load_config(path)
+    assert loaded.source == path
+    backend, front = loaded.upstreams
+    assert servers(backend)[0] == ("127.0.0.1:9001", 5)
+    assert str(backend.servers[2].origin) == "https://api3.internal:8443"
+    assert front.balancer == "least_conn"
+    assert loaded.server.listen == ("tcp:8080:interface=127.0.0.1",)
+    assert loaded.server.max_body_size == 1024 * 1024
+    assert routes(loaded) == [("^/api/(.+/?)", "backend"), ("^/", "front")]
+
+
+def test_demo_loads() -> None:
+    loaded = load_config(str(ETC / "demo.toml"))
+    assert loaded.demo.listen == ("127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003")
+    api = loaded.upstream("api")
+    assert servers(api)[0] == ("127.0.0.1:9001", 3)
+    assert {server.fail_timeout for server in api.servers} == {5.0}
+    assert [each.pass_match for each in loaded.server.locations] == [
+        False,
+        True,
+        False,
+    ]
+
+
+def test_defaults_are_the_models() -> None:
+    """
+    What a configuration leaves out gets the default :mod:`gourmet.config`
+    declares.
+    """
+    loaded = parse_config(config(), "test.toml")
+    server = ServerConfig("127.0.0.1:9001", parse_origin("127.0.0.1:9001"))
+    assert loaded.upstreams == (UpstreamConfig("b", (server,)),)
+    assert loaded.server == FrontendConfig(locations=loaded.server.locations)
+    assert loaded.log == LogConfig()
+    assert loaded.demo == DemoConfig()
+    location = loaded.server.locations[0]
+    assert (location.host, location.pass_match) == (None, False)
+
+
+def test_every_upstream_option() -> None:
+    upstream = """
+        balancer = "random"
+        connect_timeout = 1.5
+        read_timeout = 30
+        tries = 0
+        fail_status = [500, 502]
+        preserve_host = true
+        keepalive = 0
+        keepalive_timeout = 0
+    """
+    loaded = parse_config(config(upstream=upstream), "test.toml").upstreams[0]
+    assert (loaded.balancer, loaded.connect_timeout, loaded.read_timeout) == (
+        "random",
+        1.5,
+        30.0,
+    )
+    assert (loaded.tries, loaded.fail_status) == (0, frozenset({500, 502}))
+    assert (loaded.preserve_host, loaded.keepalive, loaded.keepalive_timeout) == (
+        True,
+        0,
+        0.0,
+    )
+
+
+def test_servers_inherit_health_settings_from_their_upstream() -> None:
+    text = config(
+        upstream="max_fail = 3\nfail_timeout = 2.5",
+        server=(
+            'path = "127.0.0.1:9001"\n'
+            '[[upstreams.b.servers]]\npath = "https://h:8443"\n'
+            "max_fail = 0\nfail_timeout = 7\ntls_verify = false"
+        ),
+    )
+    first, second = parse_config(text, "test.toml").upstreams[0].servers
+    assert (first.max_fail, first.fail_timeout) == (3, 2.5)
+    assert (second.max_fail, second.fail_timeout) == (0, 7.0)
+    assert (first.origin.tls_verify, second.origin.tls_verify) == (True, False)
+
+
+def test_original_spellings() -> None:
+    """
+    The original Gourmet's ``path`` and ``http_pass`` name a location's
+    pattern and upstream too.
+    """
+    location = (
+        'path = "^/x/(.*)"\nhttp_pass = "b"\nhost = "a.example"\npass_match = true'
+    )
+    loaded = parse_config(config(location=location), "test.toml")
+    (only,) = loaded.server.locations
+    assert (only.pattern.pattern, only.upstream) == ("^/x/(.*)", "b")
+    assert (only.host, only.pass_match) == ("a.example", True)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("0", 0),
+        ("512", 512),
+        ('"512"', 512),
+        ('"10k"', 10 * 1024),
+        ('"10K"', 10 * 1024),
+        ('"1m"', 1024 * 1024),
+        ('"2G"', 2 * 1024**3),
+    ],
+)
+def test_max_body_size(value: str, expected: int) -> None:
+    text = config(frontend=f"max_body_size = {value}")
+    assert parse_config(text, "test.toml").server.max_body_size == expected
+
+
+@pytest.mark.parametrize(
+    "address", ["127.0.0.1:9001", "127.1.2.3:1", "localhost:65535", "[::1]:9001"]
+)
+def test_demo_listens_on_loopback(address: str) -> None:
+    text = config(tail=f'[demo]\nlisten = ["{address}"]')
+    assert parse_config(text, "test.toml").demo.listen == (address,)
+
+
+def test_relative_paths_are_relative_to_the_file(tmp_path: Path) -> None:
+    directory = tmp_path / "conf"
+    directory.mkdir()
+    (directory / "error.html").write_text("<p>$status</p>")
+    path = directory / "gourmet.toml"
+    path.write_text(
+        config(
+            frontend='error_page = "error.html"',
+            tail='[log]\naccess_log = "logs/access.log"\naccess_log_format = "json"',
+        )
+    )
+    loaded = load_config(str(path))
+    assert loaded.server.error_page == str(directory / "error.html")
+    assert loaded.log == LogConfig(str(directory / "logs" / "access.log"), "json")
+
+
+@pytest.mark.parametrize("target", ["stdout", "off", "/var/log/gourmet.log"])
+def test_access_log_targets_kept(target: str) -> None:
+    text = config(tail=f'[log]\naccess_log = "{target}"')
+    assert parse_config(text, "test.toml", "/srv").log.access_log == target
+
+
+BAD = [
+    # Values of the wrong type or out of range.
+    (
+        config(server=SERVER + "\nweight = -1"),
+        "upstreams.b.servers[0].weight",
+        "expected a whole number from 0 to 1000, got -1",
+    ),
+    (
+        config(server=SERVER + "\nweight = 1.5"),
+        "upstreams.b.servers[0].weight",
+        "got 1.5",
+    ),
+    (
+        config(server=SERVER + "\nweight = true"),
+        "upstreams.b.servers[0].weight",
+        "got true",
+    ),
+    (
+        config(server=SERVER + '\ntls_verify = "no"'),
+        "upstreams.b.servers[0].tls_verify",
+        'expected true or false, got "no"',
+    ),
+    (config(upstream="connect_timeout = 0"), "upstreams.b.connect_timeout", "above 0"),
+    (
+        config(upstream="keepalive_timeout = -1"),
+        "upstreams.b.keepalive_timeout",
+        "expected a number of at least 0, got -1",
+    ),
+    (config(upstream="tries = -1"), "upstreams.b.tries", "of at least 0, got -1"),
+    (
+        config(upstream="fail_status = [502, 503, 600]"),
+        "upstreams.b.fail_status[2]",
+        "expected a whole number from 100 to 599, got 600",
+    ),
+    (
+        config(upstream="fail_status = 502"),
+        "upstreams.b.fail_status",
+        "expected an array",
+    ),
+    (config(upstream='balancer = "fastest"'), "upstreams.b.balancer", 'got "fastest"'),
+    (
+        config(upstream='provider = "kube"'),
+        "upstreams.b.provider",
+        "expected one of 'static', got \"kube\"",
+    ),
+    (
+        config(server='path = "ftp://h"'),
+        "upstreams.b.servers[0].path",
+        "expected scheme http or https",
+    ),
+    (config(frontend="port = 0"), "server.port", "from 1 to 65535, got 0"),
+    (
+        config(frontend='listen = ["tcp:80", ""]'),
+        "server.listen[1]",
+        "non-empty string",
+    ),
+    (config(frontend='max_body_size = "10x"'), "server.max_body_size", 'got "10x"'),
+    (config(frontend="max_body_size = -1"), "server.max_body_size", "got -1"),
+    (
+        config(frontend='error_page = "no-such-page.html"'),
+        "server.error_page",
+        "no such file: " + os.path.abspath("no-such-page.html"),
+    ),
+    (
+        config(tail='[log]\naccess_log_format = "xml"'),
+        "log.access_log_format",
+        "expected one of 'combined', 'json', got \"xml\"",
+    ),
+    (
+        config(tail='[demo]\nlisten = ["127.0.0.1:9001", "0.0.0.0:9002"]'),
+        "demo.listen[1]",
+        "with a loopback host (127.x.x.x, [::1] or localhost) and a port from 1 to"
+        ' 65535, got "0.0.0.0:9002"',
+    ),
+    (config(tail='[demo]\nlisten = ["localhost"]'), "demo.listen[0]", '"host:port"'),
+    # Locations.
+    (
+        config(location='location = "^/"\npath = "^/"\nupstream = "b"'),
+        "server.locations[0].location",
+        "give either 'location' or 'path', not both",
+    ),
+    (
+        config(location='upstream = "b"'),
+        "server.locations[0].location",
+        "missing key: expected 'location' (a regular expression)",
+    ),
+    (
+        config(location='location = "("\nupstream = "b"'),
+        "server.locations[0].location",
+        "not a regular expression: missing ), unterminated subpattern",
+    ),
+    (
+        config(location='location = "^/"\nupstream = "c"'),
+        "server.locations[0].upstream",
+        "no upstream named 'c'; defined: 'b'",
+    ),
+    (
+        config(location='location = "^/"\nhttp_pass = "c"'),
+        "server.locations[0].http_pass",
+        "no upstream named 'c'",
+    ),
+    (
+        config(location='location = "^/"\nupstream = "b"\nhttp_pass = "b"'),
+        "server.locations[0].upstream",
+        "give either 'upstream' or 'http_pass', not both",
+    ),
+    # Unknown and misspelt keys.
+    (
+        config(server=SERVER + "\nwieght = 2"),
+        "upstreams.b.servers[0].wieght",
+        "unknown key; did you mean 'weight'?",
+    ),
+    (
+        config(server='pth = "127.0.0.1:9001"'),
+        "upstreams.b.servers[0].pth",
+        "unknown key; did you mean 'path'?",
+    ),
+    (config(tail="[metrics]\nport = 9000"), "metrics", "unknown key"),
+    (
+        config().replace("[upstreams.b]", "[upstream.b]"),
+        "upstream",
+        "unknown key; did you mean 'upstreams'?",
+    ),
+    (
+        config(upstream="max_fails = 2"),
+        "upstreams.b.max_fails",
+        "did you mean 'max_fail'?",
+    ),
+    # Tables missing, empty or of the wrong type.
+    ("[server]\nport = 80", "upstreams", "missing key: expected 'upstreams'"),
+    ("upstreams = 3\n[server]", "upstreams", "expected a table, got 3"),
+    (
+        "[upstreams]\n[server]",
+        "upstreams",
+        "expected at least one [upstreams.NAME] table",
+    ),
+    (config().split("[server]")[0], "server", "missing key: expected 'server'"),
+    (
+        config(upstream="preserve_host = true").replace(
+            "[[upstreams.b.servers]]\n" + SERVER, ""
+        ),
+        "upstreams.b.servers",
+        "missing key: expected 'servers'",
+    ),
+    (
+        config().replace("[[upstreams.b.servers]]", "servers = []"),
+        "upstreams.b.servers",
+        "expected an array of tables, at least one [[upstreams.b.servers]] table, "
+        "got an empty array",
+    ),
+    (
+        config().replace("[[upstreams.b.servers]]", 'servers = "x"'),
+        "upstreams.b.servers",
+        "expected an array of tables, at least one [[upstreams.b.servers]] table,"
+        ' got "x"',
+    ),
+    (
+        config().replace("[upstreams.b]", '[upstreams."a b"]'),
+        'upstreams."a b"',
+        "expected a name of letters, digits",
+    ),
+    (
+        config(server=SERVER + "\nweight = -1").replace(".b", '."api.v1"'),
+        'upstreams."api.v1".servers[0].weight',
+        "got -1",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "key", "fragment"), BAD, ids=[k for _, k, _ in BAD])
+def test_bad_configuration(text: str, key: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "test.toml")
+    error = caught.value
+    assert (error.source, error.key) == ("test.toml", key)
+    assert fragment in error.message
+    assert str(error) == f"test.toml: {key}: {error.message}"
+    assert "\n" not in str(error)
+
+
+def test_bad_balancer_lists_every_balancer() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(config(upstream='balancer = "fastest"'), "test.toml")
+    for name in BALANCERS:
+        assert repr(name) in caught.value.message
+
+
+@pytest.mark.parametrize(
+    "content",
+    [config().encode() + b"[server\n", b"\xff = 1\n"],
+    ids=["syntax", "utf-8"],
+)
+def test_not_toml_names_the_file(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "broken.toml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path))
+    error = caught.value
+    assert (error.source, error.key) == (str(path), "")
+    assert error.message.startswith("not valid TOML: ")
+    assert str(error).startswith(f"{path}: not valid TOML: ")
+    assert "\n" not in str(error)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "nowhere.toml")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == f"{path}: cannot read: No such file or directory"
+
+
+@pytest.mark.parametrize(
+    ("error", "line"),
+    [
+        (ConfigError("a.toml", "server.port", "bad"), "a.toml: server.port: bad"),
+        (ConfigError("a.toml", "", "bad"), "a.toml: bad"),
+        (ConfigError("a.toml", "k", "two\nlines"), "a.toml: k: two lines"),
+    ],
+)
+def test_error_is_one_line(error: ConfigError, line: str) -> None:
+    assert str(error) == line
