@@ -42,6 +42,18 @@ class DemoResource(Resource):
         return json.dumps(document).encode("utf-8") + b"\n"
 
 
+class DemoSite(Site):
+    """
+    A demo server's site: Gourmet's own access log already shows each
+    request, so the demo servers keep quiet.
+    """
+
+    noisy = False
+
+    def log(self, request: Any) -> None:
+        pass
+
+
 def demo_service(reactor: Any, addresses: Any) -> MultiService:
     """
     A service that runs one demo server for each ``host:port`` address.
@@ -51,8 +63,7 @@ def demo_service(reactor: Any, addresses: Any) -> MultiService:
         origin = parse_origin(address)
         host = origin.host.replace(":", "\\:")
         endpoint = serverFromString(reactor, f"tcp:{origin.port}:interface={host}")
-        site = Site(DemoResource(f"demo {address}"), reactor=reactor)
-        site.noisy = False
+        site = DemoSite(DemoResource(f"demo {address}"), reactor=reactor)
         listener = StreamServerEndpointService(endpoint, site)
         # A port already in use stops start-up with an error.
         listener._raiseSynchronously = True

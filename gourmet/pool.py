@@ -16,6 +16,7 @@ from twisted.internet.error import (
     TimeoutError,
 )
 from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
 from gourmet.client import ConnectFailed, ConnectTimeout, UpstreamConnection
@@ -89,7 +90,7 @@ class ConnectionPool:
         connection = UpstreamConnection(
             origin, self.reactor, self._connection_idle, self._connection_lost
         )
-        connecting = endpoints.connectProtocol(self._endpoint(origin), connection)
+        connecting = self._endpoint(origin).connect(_OneConnection(connection))
         result: Deferred[UpstreamConnection] = Deferred(
             lambda _: self._abandon(connecting, connection)
         )
@@ -227,6 +228,21 @@ class ConnectionPool:
         self._idle.clear()
         self._idle_since.clear()
         return DeferredList(waiting)
+
+
+class _OneConnection(Factory):
+    """
+    Hands an endpoint the connection already made for it; quiet, unlike
+    ``connectProtocol``'s factory, which logs every connection it starts.
+    """
+
+    noisy = False
+
+    def __init__(self, connection: UpstreamConnection) -> None:
+        self.connection = connection
+
+    def buildProtocol(self, addr: Any) -> UpstreamConnection:
+        return self.connection
 
 
 def _connect_error(reason: Failure) -> Failure:

@@ -13,9 +13,12 @@ import socket
 from collections import Counter
 from typing import Any, List
 
+import pytest
 import pytest_twisted
+import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.web.client import ResponseFailed
 
 from tests.conftest import LISTEN
 from tests.upstreams import UpstreamServer
@@ -294,3 +297,34 @@ async def test_client_disconnects_close_upstream_connections(
     assert running.upstream("backend").servers[0].active == 0
     await sleep(0.05)
     assert _open_fds() <= before + 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_upstream_read_timeout_gets_504(
+    gourmet: Any, make_upstreams: Any
+) -> None:
+    (server,) = make_upstreams("slow")
+    running = await gourmet(config([server], upstream_extra="read_timeout = 0.3"))
+    response = await running.get("/slow/5", headers={"Accept": "application/json"})
+    assert response.code == 504
+    assert (await json_body(response))["status_text"] == "Gateway Timeout"
+
+
+@pytest_twisted.ensureDeferred
+async def test_upstream_dying_mid_response_never_looks_complete(
+    gourmet: Any, make_upstreams: Any
+) -> None:
+    (server,) = make_upstreams("dies")
+    running = await gourmet(config([server]))
+    response = await running.get("/big/50000000")
+    assert response.code == 200
+    received = []
+
+    def collect(data: bytes) -> None:
+        received.append(len(data))
+        if len(received) == 1:
+            reactor.callLater(0, lambda: Deferred.fromCoroutine(server.stop()))
+
+    with pytest.raises(ResponseFailed):
+        await treq.collect(response, collect)
+    assert 0 < sum(received) < 50_000_000

@@ -235,3 +235,12 @@ async def test_slow_client_does_not_make_the_proxy_buffer(
     assert received >= size, received
     # The response is 96 MiB; the proxy may hold a few socket buffers.
     assert grown < 32 * 1024, f"proxy grew by {grown} KiB"
+
+
+def test_twistd_lists_the_plugin_and_its_config_option() -> None:
+    result = subprocess.run(
+        [*TWISTD, "gourmet", "--help"], capture_output=True, timeout=60, check=True
+    )
+    usage = result.stdout.decode()
+    assert "--config=" in usage
+    assert "/etc/gourmet/gourmet.toml" in usage

@@ -95,6 +95,12 @@ class UpstreamResource(Resource):
         if path.startswith(b"/big/"):
             Streamer(request, int(path.split(b"/")[2]), owner).start()
             return NOT_DONE_YET
+        if path.startswith(b"/slow/"):
+            # Answers after the given number of seconds.
+            delay = float(path.split(b"/")[2])
+            call = self.owner.reactor.callLater(delay, self._late, request)
+            request.notifyFinish().addErrback(lambda _: call.cancel())
+            return NOT_DONE_YET
         if path.startswith(b"/endless"):
             Streamer(request, None, owner).start()
             return NOT_DONE_YET
@@ -113,6 +119,10 @@ class UpstreamResource(Resource):
                 "body_length": len(seen.body),
             }
         ).encode()
+
+    def _late(self, request: Any) -> None:
+        request.write(b"late from " + self.owner.name.encode())
+        request.finish()
 
 
 class CountingProtocolSite(Site):
@@ -143,9 +153,15 @@ class UpstreamServer:
     :ivar streams_cut: streamed responses whose client left before the end.
     """
 
-    def __init__(self, name: str, reactor: Any = _reactor) -> None:
+    def __init__(
+        self, name: str, reactor: Any = _reactor, tls: Optional[Any] = None
+    ) -> None:
+        """
+        :param tls: a Twisted TLS context factory: serve HTTPS with it.
+        """
         self.name = name
         self.reactor = reactor
+        self.tls = tls
         self.seen: List[Seen] = []
         self.connections = 0
         self.streams_cut = 0
@@ -155,9 +171,14 @@ class UpstreamServer:
         self.site.requestFactory = Request
 
     def start(self) -> None:
-        self._port = self.reactor.listenTCP(
-            self.port_number, self.site, interface="127.0.0.1"
-        )
+        if self.tls is not None:
+            self._port = self.reactor.listenSSL(
+                self.port_number, self.site, self.tls, interface="127.0.0.1"
+            )
+        else:
+            self._port = self.reactor.listenTCP(
+                self.port_number, self.site, interface="127.0.0.1"
+            )
         self.port_number = self._port.getHost().port  # type: ignore[union-attr]
 
     @property
