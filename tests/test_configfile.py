@@ -22,9 +22,9 @@ from gourmet.config import (
 )
 from gourmet.configfile import ConfigError, load_config, parse_config
 from gourmet.origin import parse_origin
+from tests.reference import reference_config
 
 ETC = Path(__file__).parents[1] / "etc"
-REFERENCE_README = Path("/work/shared/reference/gourmet-go-README.md")
 
 SERVER = 'path = "127.0.0.1:9001"'
 LOCATION = 'location = "^/"\nupstream = "b"'
@@ -61,8 +61,7 @@ def test_reference_readme_loads() -> None:
     """
     The original Gourmet's documented configuration loads as written.
     """
-    text = REFERENCE_README.read_text(encoding="utf-8")
-    toml = text.split("```toml\n", 1)[1].split("```", 1)[0]
+    toml = reference_config()
     loaded = parse_config(toml, "README.md")
     backend, front = loaded.upstreams
     assert (backend.name, backend.balancer, backend.provider) == (

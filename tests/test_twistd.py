@@ -21,10 +21,9 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.web.client import HTTPConnectionPool
 
+from tests.reference import reference_config
+
 TWISTD = [str(Path(sys.executable).with_name("twistd"))]
-REFERENCE_README = (
-    Path(__file__).resolve().parents[2] / "shared/reference/gourmet-go-README.md"
-)
 
 
 def sleep(seconds: float) -> Deferred[None]:
@@ -95,14 +94,6 @@ def processes() -> Iterator[List[Twistd]]:
     for process in started:
         process.stop()
         pytest_twisted.blockon(process.pool.closeCachedConnections())
-
-
-def reference_config() -> str:
-    """
-    The configuration block of the Go original's README, verbatim.
-    """
-    text = REFERENCE_README.read_text()
-    return text.split("```toml\n", 1)[1].split("```", 1)[0]
 
 
 @pytest_twisted.ensureDeferred
