@@ -102,7 +102,7 @@ async def run(total: int, rate: int) -> int:
         f"[upstreams.b]\n[[upstreams.b.servers]]\npath = '{upstream.address}'\n"
         f"[server]\nlisten = ['tcp:{port}:interface=127.0.0.1']\n"
         "[[server.locations]]\nlocation = '/'\nupstream = 'b'\n"
-        "[log]\naccess_log = 'off'\n"
+        "[log]\naccess_log = 'off'\n[admin]\nlisten = 'off'\n"
     )
     twistd = Path(sys.executable).with_name("twistd")
     gourmet = subprocess.Popen(

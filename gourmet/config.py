@@ -7,8 +7,9 @@ and points here.
 
 from __future__ import annotations
 
+import ipaddress
 import re
-from typing import Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 from attrs import field, frozen
 
@@ -126,6 +127,99 @@ class DemoConfig:
     listen: Tuple[str, ...] = ()
 
 
+def is_loopback_host(host: str) -> bool:
+    """
+    Whether ``host`` (an address, or ``localhost``) is on loopback only.
+    """
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _endpoint_arguments(description: str) -> Iterator[Tuple[Optional[str], str]]:
+    """
+    The arguments of a Twisted endpoint string as Twisted reads them:
+    ``(None, value)`` for a positional one and ``(key, value)`` for a keyword
+    one; a backslash escapes the next character, and only an argument's first
+    ``=`` separates its key.
+    """
+    key: Optional[str] = None
+    current = ""
+    characters = iter(description)
+    for character in characters:
+        if character == ":":
+            yield key, current
+            key, current = None, ""
+        elif character == "=" and key is None:
+            key, current = current, ""
+        elif character == "\\":
+            current += next(characters, "")
+        else:
+            current += character
+    yield key, current
+
+
+#: The positional arguments of the endpoint types that take an interface, up
+#: to the interface, as Twisted's parsers name them.
+_POSITIONAL: Dict[str, Tuple[str, ...]] = {
+    "tcp": ("port", "interface"),
+    "tcp6": ("port", "backlog", "interface"),
+    "ssl": ("port", "privateKey", "certKey", "sslmethod", "interface"),
+}
+
+
+def endpoint_is_loopback(description: str) -> bool:
+    """
+    Whether a server endpoint string listens on loopback only: a ``unix:``
+    socket, or a ``tcp:``, ``tcp6:`` or ``ssl:`` one whose interface is a
+    loopback address or ``localhost``.  Anything else (no interface means
+    every one; ``systemd:`` sockets could be anywhere) is not.
+    """
+    (kind_key, kind), *arguments = _endpoint_arguments(description)
+    if kind_key is None and kind == "unix":
+        return True
+    names = _POSITIONAL.get(kind, ()) if kind_key is None else ()
+    positional = [value for key, value in arguments if key is None]
+    values = dict(zip(names, positional))
+    # A keyword given twice: the last one counts, as for Twisted.
+    values.update((key, value) for key, value in arguments if key is not None)
+    return bool(names) and is_loopback_host(values.get("interface", ""))
+
+
+@frozen
+class AdminConfig:
+    """
+    The admin console's listener and credentials.
+    """
+
+    #: A Twisted endpoint string; None turns the console off.
+    listen: Optional[str] = "tcp:8081:interface=127.0.0.1"
+    #: The bearer token for the JSON API (from ``token`` or ``token_file``).
+    token: Optional[str] = None
+    #: User name → password hash (:mod:`gourmet.passwords`) for the browser.
+    users: Tuple[Tuple[str, str], ...] = ()
+    #: Host header names accepted besides localhost and loopback addresses.
+    hosts: Tuple[str, ...] = ()
+
+    @property
+    def has_credentials(self) -> bool:
+        """
+        Whether anyone can sign in: without credentials the console is
+        read-only.
+        """
+        return self.token is not None or bool(self.users)
+
+    @property
+    def loopback(self) -> bool:
+        """
+        Whether the console listens on loopback only.
+        """
+        return self.listen is not None and endpoint_is_loopback(self.listen)
+
+
 @frozen
 class GourmetConfig:
     """
@@ -137,6 +231,7 @@ class GourmetConfig:
     server: FrontendConfig
     log: LogConfig = field(factory=LogConfig)
     demo: DemoConfig = field(factory=DemoConfig)
+    admin: AdminConfig = field(factory=AdminConfig)
 
     def upstream(self, name: str) -> UpstreamConfig:
         for upstream in self.upstreams:

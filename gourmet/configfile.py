@@ -17,7 +17,6 @@ call that builds its configuration object, so the default in
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import json
 import math
 import operator
@@ -36,9 +35,11 @@ from typing import (
     TypeVar,
 )
 
+from gourmet import passwords
 from gourmet.balancers import BALANCERS
 from gourmet.config import (
     MAX_WEIGHT,
+    AdminConfig,
     DemoConfig,
     FrontendConfig,
     GourmetConfig,
@@ -46,6 +47,7 @@ from gourmet.config import (
     LogConfig,
     ServerConfig,
     UpstreamConfig,
+    is_loopback_host,
 )
 from gourmet.origin import parse_origin
 
@@ -295,7 +297,7 @@ def _demo_address(value: Any) -> str:
         host = parse_origin(text).host if _HOST_PORT.match(text) else ""
     except ValueError:
         host = ""
-    if not _is_loopback(host):
+    if not is_loopback_host(host):
         raise _Invalid(
             'expected "host:port" with a loopback host (127.x.x.x, [::1] or'
             f" localhost) and a port from 1 to 65535, got {_show(value)}"
@@ -303,13 +305,88 @@ def _demo_address(value: Any) -> str:
     return text
 
 
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
+def _admin_listen(value: Any) -> Optional[str]:
+    """
+    A Twisted endpoint string, or ``"off"``.
+    """
+    text = _string(value)
+    return None if text == "off" else text
+
+
+_MIN_TOKEN = 16
+_TOKEN = re.compile(r"\A[!-~]+\Z")
+
+
+def _token(value: Any) -> str:
+    """
+    A bearer token: it goes in an HTTP header, so printable ASCII only.
+    """
+    if isinstance(value, str) and len(value) >= _MIN_TOKEN and _TOKEN.match(value):
+        return value
+    # Never show the value: it is a secret, and errors go to logs.
+    raise _Invalid(
+        f"expected a string of at least {_MIN_TOKEN} characters, printable ASCII"
+        " without spaces"
+    )
+
+
+def _token_file(base_dir: str) -> Kind[str]:
+    """
+    A file holding a token, which may end with a newline.
+    """
+    existing = _existing_file(base_dir)
+
+    def token_file(value: Any) -> str:
+        path = existing(value)
+        try:
+            with open(path, encoding="utf-8") as file:
+                text = file.read()
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or error
+            raise _Invalid(f"cannot read {path}: {reason}") from None
+        try:
+            return _token(text.strip())
+        except _Invalid as error:
+            raise _Invalid(f"{path}: {error.message}") from None
+
+    return token_file
+
+
+def _user_name(value: Any) -> str:
+    """
+    A name Basic authentication can carry: no colon, no control characters.
+    """
+    name = _string(value)
+    if ":" in name or not name.isprintable():
+        raise _Invalid(
+            f"expected a user name without ':' or control characters, got {_show(name)}"
+        )
+    return name
+
+
+def _password_hash(value: Any) -> str:
+    text = _string(value)
     try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+        passwords.check_hash(text)
+    except ValueError as error:
+        raise _Invalid(str(error)) from None
+    return text
+
+
+_HOST_NAME = re.compile(r"\A(?:[^\s:\[\]]+|\[[0-9A-Fa-f:.]+\])\Z")
+
+
+def _host_name(value: Any) -> str:
+    """
+    A name the Host header may carry, which the console compares without
+    the port.
+    """
+    text = _string(value)
+    if not _HOST_NAME.match(text):
+        raise _Invalid(
+            f"expected a host name or [IPv6 address] without a port, got {_show(text)}"
+        )
+    return text.lower()
 
 
 def _upstream_name(defined: Collection[str]) -> Kind[str]:
@@ -344,13 +421,31 @@ class _Table:
     def error(self, name: str, message: str) -> ConfigError:
         return ConfigError(self._source, self.key(name), message)
 
-    def _convert(self, name: str, kind: Kind[_T]) -> _T:
+    def _check(self, name: str, kind: Kind[_T], value: Any) -> _T:
+        """
+        ``value`` checked by ``kind``, with errors at ``name``.
+        """
         try:
-            return kind(self._data[name])
+            return kind(value)
         except _Invalid as error:
             raise ConfigError(
                 self._source, self.key(name) + error.at, error.message
             ) from None
+
+    def _convert(self, name: str, kind: Kind[_T]) -> _T:
+        return self._check(name, kind, self._data[name])
+
+    def _present(self, names: Tuple[str, ...], at: str) -> List[str]:
+        """
+        Which of ``names``, ways of giving one setting, are present: at most
+        one may be, or there is an error at ``at``.
+        """
+        self._asked.update(names)
+        present = [each for each in names if each in self._data]
+        if len(present) > 1:
+            listed = " or ".join(repr(each) for each in names)
+            raise self.error(at, f"give either {listed}, not both")
+        return present
 
     def _missing(self, name: str, expected: str) -> ConfigError:
         """
@@ -393,13 +488,19 @@ class _Table:
         (another spelling of it, as the original Gourmet had).
         """
         spellings = (name,) if alias is None else (name, alias)
-        self._asked.update(spellings)
-        present = [each for each in spellings if each in self._data]
-        if len(present) > 1:
-            raise self.error(name, f"give either {name!r} or {alias!r}, not both")
+        present = self._present(spellings, at=name)
         if not present:
             raise self._missing(name, expected)
         return self._convert(present[0], kind)
+
+    def either(self, at: str, **kinds: Kind[_T]) -> Optional[_T]:
+        """
+        The value of whichever key of ``kinds`` is present, each a way of
+        giving one setting (a value, or a file holding it); ``None`` when none
+        is.  When more than one is, the error is at ``at``.
+        """
+        present = self._present(tuple(kinds), at)
+        return self._convert(present[0], kinds[present[0]]) if present else None
 
     def table(self, name: str, expected: Optional[str] = None) -> _Table:
         """
@@ -438,6 +539,17 @@ class _Table:
         return [
             (name, _Table(value, self.key(name), self._source))
             for name, value in self._data.items()
+        ]
+
+    def entries(self, name: Kind[str], kind: Kind[_T]) -> List[Tuple[str, _T]]:
+        """
+        Every key of a table whose keys are names, checked by ``name``, each
+        with its value, checked by ``kind``.
+        """
+        self._asked.update(self._data)
+        return [
+            (self._check(each, name, each), self._convert(each, kind))
+            for each in self._data
         ]
 
     def done(self) -> None:
@@ -532,6 +644,21 @@ def _frontend(
     return FrontendConfig(locations=locations, **values)
 
 
+def _admin(table: _Table, base_dir: str) -> AdminConfig:
+    token = table.either("token_file", token=_token, token_file=_token_file(base_dir))
+    values = table.fields(listen=_admin_listen, hosts=_array(_host_name))
+    users = tuple(table.table("users").entries(_user_name, _password_hash))
+    table.done()
+    admin = AdminConfig(token=token, users=users, **values)
+    if admin.listen is not None and not admin.loopback and not admin.has_credentials:
+        raise table.error(
+            "listen",
+            "an admin listener that is not on loopback needs credentials: set"
+            " admin.token, admin.token_file or [admin.users]",
+        )
+    return admin
+
+
 def _gourmet(document: _Table, source: str, base_dir: str) -> GourmetConfig:
     upstreams = _upstreams(document)
     names = [upstream.name for upstream in upstreams]
@@ -541,6 +668,7 @@ def _gourmet(document: _Table, source: str, base_dir: str) -> GourmetConfig:
         access_log_format=_choice(("combined", "json")),
     )
     demo = document.table("demo").only(listen=_array(_demo_address))
+    admin = _admin(document.table("admin"), base_dir)
     document.done()
     return GourmetConfig(
         source=source,
@@ -548,6 +676,7 @@ def _gourmet(document: _Table, source: str, base_dir: str) -> GourmetConfig:
         server=server,
         log=LogConfig(**log),
         demo=DemoConfig(**demo),
+        admin=admin,
     )
 
 

@@ -168,6 +168,7 @@ class ProxyExchange:
         self.record: ProxyRecord = request.gourmet_record
         self.upstream = location.upstream
         self.pool = location.pool
+        self.clock = location.clock
         self.error_pages = location.error_pages
         config = self.upstream.config
         self.config = config
@@ -183,6 +184,7 @@ class ProxyExchange:
         self.tries_left = config.tries or len(self.upstream.servers)
         self.tried: List[Server] = []
         self.server: Optional[Server] = None
+        self.attempt_started = 0.0
         self.connecting: Optional[Deferred[UpstreamConnection]] = None
         self.connection: Optional[UpstreamConnection] = None
         self.replaced_stale = False
@@ -201,6 +203,7 @@ class ProxyExchange:
         self.tries_left -= 1
         self.tried.append(server)
         self.server = server
+        self.attempt_started = self.clock.seconds()
         self.record.upstreams.append(server.name)
         server.attempt_started()
         self._connect(server)
@@ -251,7 +254,7 @@ class ProxyExchange:
         timed_out = isinstance(error, (ReadTimeout, ConnectTimeout))
         self.record.upstream_statuses.append("504" if timed_out else "502")
         description = describe(error)
-        server.failed(description)
+        server.failed(description, responded=False)
         self._end_attempt()
         self.log.info(
             "{method} {target} to {server} failed: {error}",
@@ -286,6 +289,7 @@ class ProxyExchange:
         assert server is not None
         status = head.status
         self.record.upstream_statuses.append(str(status))
+        server.responded(status, self.clock.seconds() - self.attempt_started)
         if status not in self.config.fail_status:
             server.succeeded()
         else:

@@ -7,12 +7,14 @@ from __future__ import annotations
 from typing import Any, Dict, Optional
 
 from twisted.application import strports
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet.defer import DeferredList, ensureDeferred
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
+from twisted.web.server import Site
 
 from gourmet.accesslog import AccessLog
+from gourmet.admin import admin_site
 from gourmet.config import DEFAULT_CONFIG_PATH, GourmetConfig
 from gourmet.configfile import ConfigError, load_config
 from gourmet.demo import demo_service
@@ -54,6 +56,8 @@ class GourmetService(MultiService):
         self.upstreams = upstreams
         self.pools = pools
         self.site = site
+        self.admin_site: Optional[Site] = None
+        self.admin_listener: Optional[Service] = None
         self._log_observer = log_observer
 
     def setServiceParent(self, parent: Any) -> None:
@@ -70,6 +74,15 @@ class GourmetService(MultiService):
             count=len(self.upstreams),
             source=self.config.source,
         )
+        admin = self.config.admin
+        if admin.listen is not None:
+            self.log.info(
+                "admin console on {endpoint} ({mode})",
+                endpoint=admin.listen,
+                mode="changes allowed with credentials"
+                if admin.has_credentials
+                else "read-only: no credentials configured",
+            )
         super().startService()
 
     def stopService(self) -> Any:
@@ -118,16 +131,30 @@ def build_service(
     access_log.setServiceParent(service)
     for index, description in enumerate(frontend.endpoints):
         key = f"server.listen[{index}]" if frontend.listen else "server.port"
-        try:
-            listener = strports.service(description, site, reactor=reactor)
-        except (ValueError, KeyError, TypeError) as error:
-            raise ConfigError(
-                config.source, key, f"not a Twisted endpoint string: {error}"
-            ) from None
-        listener.setServiceParent(service)
+        _listener(config, key, description, site, reactor).setServiceParent(service)
+    if config.admin.listen is not None:
+        service.admin_site = admin_site(config, upstreams, reactor)
+        service.admin_listener = _listener(
+            config, "admin.listen", config.admin.listen, service.admin_site, reactor
+        )
+        service.admin_listener.setServiceParent(service)
     if config.demo.listen:
         demo_service(reactor, config.demo.listen).setServiceParent(service)
     return service
+
+
+def _listener(
+    config: GourmetConfig, key: str, description: str, site: Site, reactor: Any
+) -> Service:
+    try:
+        listener: Service = strports.service(description, site, reactor=reactor)
+    except (ValueError, KeyError, TypeError) as error:
+        raise ConfigError(
+            config.source, key, f"not a Twisted endpoint string: {error}"
+        ) from None
+    # A port already in use stops start-up with an error, not a log line.
+    listener._raiseSynchronously = True  # type: ignore[attr-defined]
+    return listener
 
 
 def _error_page(config: GourmetConfig) -> Optional[str]:

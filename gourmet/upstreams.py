@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import random
+import re
 from typing import Collection, List, Optional
 
 from twisted.internet.interfaces import IReactorTime
@@ -18,6 +19,7 @@ from twisted.logger import Logger
 from gourmet.balancers import BALANCERS, IBalancer
 from gourmet.config import MAX_WEIGHT, ServerConfig, UpstreamConfig
 from gourmet.health import PassiveHealth
+from gourmet.stats import ServerStats, UpstreamStats
 
 
 class AdminState(enum.Enum):
@@ -43,16 +45,26 @@ class Server:
 
     log = Logger()
 
-    def __init__(self, config: ServerConfig, health: PassiveHealth) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        health: PassiveHealth,
+        server_id: str,
+        upstream_stats: UpstreamStats,
+        clock: IReactorTime,
+    ) -> None:
         self.config = config
         self.origin = config.origin
         self.name = config.path
+        self.id = server_id
         self.health = health
         self.admin_state = AdminState.UP
         self.weight_override: Optional[int] = None
         self.active = 0
         self.requests = 0
         self.failures = 0
+        self.stats = ServerStats(clock)
+        self._upstream_stats = upstream_stats
 
     @property
     def configured_weight(self) -> int:
@@ -85,6 +97,17 @@ class Server:
         self.active += 1
         self.requests += 1
         self.health.request_started()
+        self.stats.requests.add()
+        self._upstream_stats.requests.add()
+
+    def responded(self, status: int, seconds: float) -> None:
+        """
+        A response head arrived, ``seconds`` after the attempt started.
+        """
+        stats = self.stats
+        stats.statuses[f"{status // 100}xx"] += 1
+        stats.latency.add(seconds)
+        self._upstream_stats.response_time.observe(seconds)
 
     def succeeded(self) -> None:
         """
@@ -92,13 +115,20 @@ class Server:
         """
         self.health.succeeded()
 
-    def failed(self, error: str) -> None:
+    def failed(self, error: str, responded: bool = True) -> None:
         """
         Count a failure against the server: a connect error, timeout, reset,
         invalid response or failure status, described by ``error``.
+
+        :param responded: whether a response head arrived (and was counted
+            by :meth:`responded`); if not, the request counts as failed.
         """
         self.failures += 1
         self.health.failed(error)
+        self.stats.errors.add()
+        self._upstream_stats.errors.add()
+        if not responded:
+            self.stats.statuses["failed"] += 1
 
     def attempt_finished(self) -> None:
         """
@@ -123,8 +153,10 @@ class Upstream:
     ) -> None:
         self.config = config
         self.name = config.name
+        self.stats = UpstreamStats(clock)
         # nginx: a server alone in its group is never considered unavailable.
         alone = len(config.servers) == 1
+        ids = server_ids([server.path for server in config.servers])
         self.servers: List[Server] = [
             Server(
                 server,
@@ -134,8 +166,11 @@ class Upstream:
                     max_fail=0 if alone else server.max_fail,
                     fail_timeout=server.fail_timeout,
                 ),
+                server_id,
+                self.stats,
+                clock,
             )
-            for server in config.servers
+            for server, server_id in zip(config.servers, ids)
         ]
         self.balancer: IBalancer = BALANCERS[config.balancer](rng or random.Random())
 
@@ -160,7 +195,28 @@ class Upstream:
         return self.balancer.pick(candidates)
 
     def server(self, name: str) -> Server:
+        """
+        The server whose ``id`` or address is ``name``.
+        """
         for server in self.servers:
-            if server.name == name:
+            if name in (server.id, server.name):
                 return server
         raise KeyError(name)
+
+
+def server_ids(paths: List[str]) -> List[str]:
+    """
+    Ids for servers that are safe in a URL and stay the same as long as the
+    configuration does: the address with other characters turned into
+    ``-`` (``https://api:8443`` is ``https-api-8443``), numbered when two
+    servers would get the same one.
+    """
+    ids: List[str] = []
+    for path in paths:
+        base = re.sub(r"[^A-Za-z0-9._]+", "-", path).strip("-") or "server"
+        candidate, number = base, 1
+        while candidate in ids:
+            number += 1
+            candidate = f"{base}-{number}"
+        ids.append(candidate)
+    return ids

@@ -5,7 +5,7 @@ servers on loopback.
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Callable, List
+from typing import Any, AsyncIterator, Callable, List, Optional
 
 import pytest_twisted
 import treq
@@ -18,6 +18,8 @@ from tests.upstreams import UpstreamServer
 
 #: A listen setting for a free loopback port.
 LISTEN = 'listen = ["tcp:0:interface=127.0.0.1"]'
+#: The admin console's listen setting for a free loopback port.
+ADMIN_LISTEN = "tcp:0:interface=127.0.0.1"
 
 
 class RunningGourmet:
@@ -30,6 +32,7 @@ class RunningGourmet:
         self.service = service
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+        self.admin_url: Optional[str] = None
         self.pool = HTTPConnectionPool(reactor, persistent=False)
 
     def get(self, path: str, **kwargs: Any) -> Any:
@@ -70,6 +73,9 @@ async def gourmet() -> AsyncIterator[Callable[[str], Any]]:
     running: List[RunningGourmet] = []
 
     async def start(text: str) -> RunningGourmet:
+        if "[admin]" not in text:
+            # The console on a free port, not the default 8081.
+            text += f"\n[admin]\nlisten = {ADMIN_LISTEN!r}\n"
         config = parse_config(text, "test.toml")
         service = build_service(config, reactor)
         service.startService()
@@ -77,6 +83,9 @@ async def gourmet() -> AsyncIterator[Callable[[str], Any]]:
         listener = next(child for child in service if hasattr(child, "_waitingForPort"))
         port = await listener._waitingForPort
         instance = RunningGourmet(service, port.getHost().port)
+        if service.admin_listener is not None:
+            admin_port = await service.admin_listener._waitingForPort  # type: ignore[attr-defined]
+            instance.admin_url = f"http://127.0.0.1:{admin_port.getHost().port}"
         running.append(instance)
         return instance
 

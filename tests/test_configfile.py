@@ -13,21 +13,26 @@ import pytest
 
 from gourmet.balancers import BALANCERS
 from gourmet.config import (
+    AdminConfig,
     DemoConfig,
     FrontendConfig,
     GourmetConfig,
     LogConfig,
     ServerConfig,
     UpstreamConfig,
+    endpoint_is_loopback,
 )
 from gourmet.configfile import ConfigError, load_config, parse_config
 from gourmet.origin import parse_origin
+from gourmet.passwords import hash_password, verify_password
 from tests.reference import reference_config
 
 ETC = Path(__file__).parents[1] / "etc"
 
 SERVER = 'path = "127.0.0.1:9001"'
 LOCATION = 'location = "^/"\nupstream = "b"'
+TOKEN = "0123456789abcdef"
+PASSWORD_HASH = hash_password("s3cret", salt=bytes(16))
 
 
 def config(
@@ -96,6 +101,7 @@ def test_example_with_every_option_loads() -> None:
     assert loaded.server.listen == ("tcp:8080:interface=127.0.0.1",)
     assert loaded.server.max_body_size == 1024 * 1024
     assert routes(loaded) == [("^/api/(.+/?)", "backend"), ("^/", "front")]
+    assert loaded.admin == AdminConfig()
 
 
 def test_demo_loads() -> None:
@@ -109,6 +115,15 @@ def test_demo_loads() -> None:
         True,
         False,
     ]
+    admin = loaded.admin
+    assert (admin.listen, admin.token) == (
+        "tcp:8081:interface=127.0.0.1",
+        "demo-token-change-me",
+    )
+    assert admin.loopback
+    ((user, encoded),) = admin.users
+    assert user == "admin"
+    assert verify_password("gourmet", encoded)
 
 
 def test_defaults_are_the_models() -> None:
@@ -124,6 +139,125 @@ def test_defaults_are_the_models() -> None:
     assert loaded.demo == DemoConfig()
     location = loaded.server.locations[0]
     assert (location.host, location.pass_match) == (None, False)
+
+
+def test_admin_defaults_to_a_read_only_console_on_loopback() -> None:
+    admin = parse_config(config(), "test.toml").admin
+    assert admin == AdminConfig()
+    assert admin.listen == "tcp:8081:interface=127.0.0.1"
+    assert admin.loopback
+    assert not admin.has_credentials
+
+
+def test_every_admin_option() -> None:
+    admin = f"""
+        [admin]
+        listen = "tcp:9443:interface=0.0.0.0"
+        token = "{TOKEN}"
+        hosts = ["Gourmet.Example.COM", "[::1]"]
+        [admin.users]
+        alice = "{PASSWORD_HASH}"
+        "bob smith" = "{PASSWORD_HASH}"
+    """
+    loaded = parse_config(config(tail=admin), "test.toml").admin
+    assert loaded == AdminConfig(
+        listen="tcp:9443:interface=0.0.0.0",
+        token=TOKEN,
+        users=(("alice", PASSWORD_HASH), ("bob smith", PASSWORD_HASH)),
+        hosts=("gourmet.example.com", "[::1]"),
+    )
+    assert (loaded.loopback, loaded.has_credentials) == (False, True)
+
+
+def test_admin_off() -> None:
+    text = config(tail='[admin]\nlisten = "off"')
+    admin = parse_config(text, "test.toml").admin
+    assert (admin.listen, admin.loopback) == (None, False)
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [f'token = "{TOKEN}"', f'[admin.users]\nalice = "{PASSWORD_HASH}"'],
+    ids=["token", "users"],
+)
+def test_admin_listens_beyond_loopback_with_credentials(credentials: str) -> None:
+    text = config(tail=f'[admin]\nlisten = "tcp:8081"\n{credentials}')
+    admin = parse_config(text, "test.toml").admin
+    assert (admin.listen, admin.has_credentials) == ("tcp:8081", True)
+
+
+def test_admin_token_file_is_relative_to_the_file(tmp_path: Path) -> None:
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "admin.token").write_text(f"  {TOKEN}\n")
+    path = tmp_path / "gourmet.toml"
+    path.write_text(config(tail='[admin]\ntoken_file = "secrets/admin.token"'))
+    assert load_config(str(path)).admin.token == TOKEN
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"short\n", "{}: expected a string of at least 16 characters"),
+        (b"\n", "{}: expected a string of at least 16 characters"),
+        (b"with a space in it\n", "{}: expected a string of at least 16"),
+        (b"\xff" * 20, "cannot read {}: 'utf-8' codec can't decode"),
+    ],
+    ids=["short", "empty", "spaces", "not utf-8"],
+)
+def test_admin_token_file_refused(tmp_path: Path, content: bytes, message: str) -> None:
+    token = tmp_path / "admin.token"
+    token.write_bytes(content)
+    path = tmp_path / "gourmet.toml"
+    path.write_text(config(tail='[admin]\ntoken_file = "admin.token"'))
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path))
+    assert caught.value.key == "admin.token_file"
+    assert caught.value.message.startswith(message.format(token))
+
+
+def test_admin_token_is_never_shown() -> None:
+    text = config(tail='[admin]\ntoken = "hunter2"')
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "test.toml")
+    assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("description", "loopback"),
+    [
+        ("tcp:8081:interface=127.0.0.1", True),
+        ("tcp:port=8081:interface=127.0.0.2", True),
+        ("tcp:8081:interface=\\:\\:1", True),
+        ("tcp:8081:interface=localhost", True),
+        ("tcp:8081:interface=LOCALHOST", True),
+        ("tcp:8081:127.0.0.1", True),
+        ("tcp:interface=127.0.0.1:port=8081", True),
+        ("tcp6:8081:interface=\\:\\:1", True),
+        ("tcp6:8081:50:\\:\\:1", True),
+        ("ssl:8443:interface=127.0.0.1:privateKey=k.pem", True),
+        ("ssl:8443:k.pem:c.pem:SSLv23_METHOD:127.0.0.1", True),
+        ("unix:/run/g.sock", True),
+        ("unix:address=/run/g.sock:mode=600", True),
+        ("tcp:8081", False),
+        ("tcp:8081:interface=", False),
+        ("tcp:8081:interface=0.0.0.0", False),
+        ("tcp:8081:interface=10.0.0.1", False),
+        ("tcp:8081:interface=127.0.0.1:interface=0.0.0.0", False),
+        ("tcp:8081:interface=::", False),
+        ("tcp6:8081", False),
+        ("ssl:8443:privateKey=k.pem", False),
+        ("ssl:8443:k.pem:interface=127.0.0.1", True),
+        ("ssl:8443:k.pem:127.0.0.1", False),
+        ("systemd:domain=INET:index=0", False),
+        ("TCP:8081:interface=127.0.0.1", False),
+        ("le:/certs:tcp:8081:interface=127.0.0.1", False),
+        ("8081", False),
+        ("port=8081", False),
+        ("", False),
+    ],
+)
+def test_endpoint_is_loopback(description: str, loopback: bool) -> None:
+    assert endpoint_is_loopback(description) is loopback
 
 
 def test_every_upstream_option() -> None:
@@ -302,6 +436,81 @@ BAD = [
         ' 65535, got "0.0.0.0:9002"',
     ),
     (config(tail='[demo]\nlisten = ["localhost"]'), "demo.listen[0]", '"host:port"'),
+    # The admin console.
+    (config(tail='[admin]\nlisten = ""'), "admin.listen", "non-empty string"),
+    (
+        config(tail='[admin]\nlisten = "tcp:8081"'),
+        "admin.listen",
+        "an admin listener that is not on loopback needs credentials: set"
+        " admin.token, admin.token_file or [admin.users]",
+    ),
+    (
+        config(tail='[admin]\nlisten = "tcp:8081:interface=0.0.0.0"\n[admin.users]'),
+        "admin.listen",
+        "needs credentials",
+    ),
+    (
+        config(tail='[admin]\ntoken = "short"'),
+        "admin.token",
+        "expected a string of at least 16 characters",
+    ),
+    (
+        config(tail="[admin]\ntoken = 1234567890123456789"),
+        "admin.token",
+        "expected a string of at least 16 characters",
+    ),
+    (
+        config(tail='[admin]\ntoken = "a token with spaces in it"'),
+        "admin.token",
+        "printable ASCII without spaces",
+    ),
+    (
+        config(tail=f'[admin]\ntoken = "{TOKEN}"\ntoken_file = "admin.token"'),
+        "admin.token_file",
+        "give either 'token' or 'token_file', not both",
+    ),
+    (
+        config(tail='[admin]\ntoken_file = "no-such.token"'),
+        "admin.token_file",
+        "no such file: " + os.path.abspath("no-such.token"),
+    ),
+    (
+        config(tail='[admin.users]\nalice = "s3cret"'),
+        "admin.users.alice",
+        "expected a hash made by `python -m gourmet.passwords`: scrypt$N$r$p$salt$hash",
+    ),
+    (
+        config(tail='[admin.users]\nalice = ""'),
+        "admin.users.alice",
+        "expected a non-empty string",
+    ),
+    (
+        config(tail=f'[admin.users]\n"" = "{PASSWORD_HASH}"'),
+        'admin.users.""',
+        "expected a non-empty string",
+    ),
+    (
+        config(tail=f'[admin.users]\n"a:b" = "{PASSWORD_HASH}"'),
+        'admin.users."a:b"',
+        "expected a user name without ':' or control characters",
+    ),
+    (config(tail='[admin]\nusers = "alice"'), "admin.users", "expected a table"),
+    (
+        config(tail='[admin]\nhosts = ["gourmet.example", ""]'),
+        "admin.hosts[1]",
+        "non-empty string",
+    ),
+    (
+        config(tail='[admin]\nhosts = ["gourmet.example:8081"]'),
+        "admin.hosts[0]",
+        "expected a host name or [IPv6 address] without a port",
+    ),
+    (
+        config(tail=f'[admin]\ntokne = "{TOKEN}"'),
+        "admin.tokne",
+        "unknown key; did you mean 'token'?",
+    ),
+    (config(tail="[admin]\nport = 8081"), "admin.port", "unknown key"),
     # Locations.
     (
         config(location='location = "^/"\npath = "^/"\nupstream = "b"'),

@@ -107,6 +107,8 @@ async def test_reference_configuration_runs_under_twistd(
     port = free_port()
     text = text.replace("port=80", f"port={port}")
     assert "foo.bar" not in text
+    admin_port = free_port()
+    text += f'\n[admin]\nlisten = "tcp:{admin_port}:interface=127.0.0.1"\n'
     config = tmp_path / "gourmet.toml"
     config.write_text(text)
     gourmet = Twistd(config, port)
@@ -124,6 +126,16 @@ async def test_reference_configuration_runs_under_twistd(
     response = await gourmet.get("/elsewhere")
     assert response.code == 404
     await response.content()
+    # The admin console of the same process counts what went where.
+    console = await treq.get(
+        f"http://127.0.0.1:{admin_port}/api/upstreams/backend", pool=gourmet.pool
+    )
+    counted = {s["address"]: s["requests"] for s in (await console.json())["servers"]}
+    assert counted == {
+        servers[0].address: 5,
+        servers[1].address: 1,
+        servers[2].address: 1,
+    }
     # twistd shuts down cleanly, then re-raises SIGTERM so that its exit
     # status says why it stopped (systemd counts that as a clean stop).
     assert gourmet.stop() == -signal.SIGTERM
@@ -194,7 +206,7 @@ async def test_slow_client_does_not_make_the_proxy_buffer(
         f"[upstreams.b]\n[[upstreams.b.servers]]\npath='{server.address}'\n"
         f"[server]\nlisten=['tcp:{port}:interface=127.0.0.1']\n"
         "[[server.locations]]\nlocation='/'\nupstream='b'\n"
-        "[log]\naccess_log='off'\n"
+        "[log]\naccess_log='off'\n[admin]\nlisten='off'\n"
     )
     gourmet = Twistd(config, port)
     processes.append(gourmet)

@@ -1,0 +1,313 @@
+"""
+The admin console: a Klein app on its own listener that shows every
+upstream's servers live and lets an operator change a server's weight,
+drain, disable and enable it, through a web page or a JSON API.
+
+It holds the very objects the proxy balances over, so a change applies to
+the next request.  Who may do what is decided in :mod:`gourmet.adminauth`.
+"""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+from importlib import resources
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from klein import Klein
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Site
+from werkzeug.exceptions import HTTPException
+
+from gourmet.adminauth import REALM, SECURITY_HEADERS, AdminSecurity, Refused
+from gourmet.config import MAX_WEIGHT, GourmetConfig
+from gourmet.metrics import MetricsResource, metrics_registry
+from gourmet.upstreams import AdminState, Server, Upstream
+from gourmet.views import upstream_view
+
+#: The console's own files, served from the package.
+_STATIC: Dict[str, Tuple[str, bytes]] = {
+    "admin.js": ("admin.js", b"text/javascript; charset=utf-8"),
+    "admin.css": ("admin.css", b"text/css; charset=utf-8"),
+}
+_STATES = {state.value: state for state in AdminState}
+
+
+def _static(name: str) -> bytes:
+    return resources.files("gourmet").joinpath("static").joinpath(name).read_bytes()
+
+
+def _json(request: Any, document: Any, status: int = 200) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    return json.dumps(document).encode("utf-8") + b"\n"
+
+
+def error_document(status: int, description: str) -> Dict[str, Any]:
+    return {
+        "status": status,
+        "status_text": HTTPStatus(status).phrase,
+        "description": description,
+    }
+
+
+class AdminApp:
+    """
+    The console's routes, as methods of an object that holds the running
+    upstreams (never module globals).
+    """
+
+    app = Klein()
+    log = Logger()
+
+    def __init__(
+        self,
+        config: GourmetConfig,
+        upstreams: Mapping[str, Upstream],
+        security: AdminSecurity,
+    ) -> None:
+        self.config = config
+        self.upstreams = upstreams
+        self.security = security
+        self._metrics = MetricsResource(metrics_registry(upstreams))
+        self._locations: Dict[str, List[str]] = {}
+        for location in config.server.locations:
+            patterns = self._locations.setdefault(location.upstream, [])
+            patterns.append(location.pattern.pattern)
+
+    # -- the page -------------------------------------------------------------
+
+    @app.route("/", methods=["GET"])
+    def page(self, request: Any) -> bytes:
+        self.security.may_read(request)
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        return _static("admin.html")
+
+    @app.route("/static/<name>", methods=["GET"])
+    def static(self, request: Any, name: str) -> bytes:
+        if name not in _STATIC:
+            raise Refused(404, f"No file {name!r}.")
+        filename, content_type = _STATIC[name]
+        request.setHeader(b"content-type", content_type)
+        return _static(filename)
+
+    @app.route("/login", methods=["GET"])
+    def login(self, request: Any) -> bytes:
+        """
+        Asks the browser for credentials (it then sends them with every
+        request to the console), and goes back to the page.
+        """
+        principal = self.security.principal(request)
+        if principal is None:
+            raise Refused(401, "Sign in to make changes.", challenge=True)
+        request.redirect(b"/")
+        return b""
+
+    # -- the API ---------------------------------------------------------------
+
+    @app.route("/api/session", methods=["GET"])
+    def session(self, request: Any) -> bytes:
+        principal = self.security.may_read(request)
+        return _json(
+            request,
+            {
+                "user": principal.name if principal else None,
+                "csrf_token": (
+                    self.security.csrf_token(principal) if principal else None
+                ),
+                "can_change": principal is not None,
+                "sign_in": bool(self.config.admin.users) and principal is None,
+                "max_weight": MAX_WEIGHT,
+            },
+        )
+
+    @app.route("/api/upstreams", methods=["GET"])
+    def list_upstreams(self, request: Any) -> bytes:
+        self.security.may_read(request)
+        return _json(
+            request,
+            {
+                "upstreams": [
+                    self._view(upstream) for upstream in self.upstreams.values()
+                ]
+            },
+        )
+
+    @app.route("/api/upstreams/<name>", methods=["GET"])
+    def one_upstream(self, request: Any, name: str) -> bytes:
+        self.security.may_read(request)
+        return _json(request, self._view(self._upstream(name)))
+
+    @app.route("/api/upstreams/<name>/servers/<server_id>", methods=["PATCH", "POST"])
+    def change_server(self, request: Any, name: str, server_id: str) -> bytes:
+        principal = self.security.may_change(request)
+        upstream = self._upstream(name)
+        server = self._server(upstream, server_id)
+        content_type = (request.getHeader(b"content-type") or b"").split(b";")[0]
+        if content_type.strip().lower() != b"application/json":
+            raise Refused(415, "Send the change as application/json.")
+        weight, state = parse_change(request.content.read())
+        before = _settings(server)
+        if weight is not _UNCHANGED:
+            server.set_weight(weight)  # type: ignore[arg-type]
+        if state is not None:
+            server.admin_state = state
+        self.log.info(
+            "admin: {who} from {client} changed {upstream}/{server}: {change}",
+            who=principal.name,
+            client=getattr(request.getClientAddress(), "host", "-"),
+            upstream=upstream.name,
+            server=server.name,
+            change=_describe_change(before, _settings(server)),
+        )
+        view = self._view(upstream)
+        (changed,) = (each for each in view["servers"] if each["id"] == server.id)
+        return _json(request, changed)
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics(self, request: Any) -> IResource:
+        self.security.may_read(request)
+        return self._metrics
+
+    # -- errors -----------------------------------------------------------------
+
+    @app.handle_errors(Refused)
+    def refused(self, request: Any, failure: Failure) -> bytes:
+        error = failure.value
+        assert isinstance(error, Refused)
+        if error.challenge and self.config.admin.users:
+            request.setHeader(b"www-authenticate", REALM)
+        return _json(request, error_document(error.status, error.message), error.status)
+
+    @app.handle_errors(HTTPException)
+    def routing_error(self, request: Any, failure: Failure) -> bytes:
+        error = failure.value
+        assert isinstance(error, HTTPException)
+        status = error.code or 500
+        if status == 405 and error.response is None:
+            request.setHeader(b"allow", b", ".join(_allowed(error)))
+        description = "No such page." if status == 404 else HTTPStatus(status).phrase
+        return _json(request, error_document(status, description), status)
+
+    # -- helpers ------------------------------------------------------------------
+
+    def _view(self, upstream: Upstream) -> Dict[str, Any]:
+        return upstream_view(upstream, self._locations.get(upstream.name, []))
+
+    def _upstream(self, name: str) -> Upstream:
+        upstream = self.upstreams.get(name)
+        if upstream is None:
+            raise Refused(404, f"No upstream named {name!r}.")
+        return upstream
+
+    @staticmethod
+    def _server(upstream: Upstream, server_id: str) -> Server:
+        try:
+            return upstream.server(server_id)
+        except KeyError:
+            raise Refused(
+                404, f"Upstream {upstream.name!r} has no server {server_id!r}."
+            ) from None
+
+
+_UNCHANGED = object()
+
+
+def parse_change(body: bytes) -> Tuple[object, Optional[AdminState]]:
+    """
+    The weight (an int, None to go back to the configured one, or
+    ``_UNCHANGED``) and the state (or None) a PATCH body asks for.
+
+    :raises Refused: 400 for anything else, saying what was expected.
+    """
+    try:
+        change = json.loads(body)
+    except ValueError:
+        raise Refused(400, "The body is not JSON.") from None
+    if not isinstance(change, dict) or not change:
+        raise Refused(400, 'Expected a JSON object with "weight" and/or "state".')
+    unknown = sorted(set(change) - {"weight", "state"})
+    if unknown:
+        raise Refused(400, f"Unknown field {unknown[0]!r}: expected weight or state.")
+    weight = change.get("weight", _UNCHANGED)
+    if weight is not _UNCHANGED and weight is not None and not _valid_weight(weight):
+        raise Refused(
+            400,
+            f"weight must be a whole number from 0 to {MAX_WEIGHT} "
+            f"(or null for the configured weight), got {json.dumps(weight)}.",
+        )
+    state = change.get("state")
+    if state is not None and state not in _STATES:
+        raise Refused(
+            400, f"state must be one of up, drain, disabled, got {json.dumps(state)}."
+        )
+    return weight, _STATES[state] if state is not None else None
+
+
+def _valid_weight(weight: object) -> bool:
+    return (
+        isinstance(weight, int)
+        and not isinstance(weight, bool)
+        and 0 <= weight <= MAX_WEIGHT
+    )
+
+
+def _settings(server: Server) -> Dict[str, Any]:
+    return {"weight": server.weight, "state": server.admin_state.value}
+
+
+def _describe_change(before: Dict[str, Any], after: Dict[str, Any]) -> str:
+    changes = [
+        f"{key} {before[key]} -> {after[key]}"
+        for key in before
+        if before[key] != after[key]
+    ]
+    return ", ".join(changes) or "nothing"
+
+
+def _allowed(error: HTTPException) -> List[bytes]:
+    methods = getattr(error, "valid_methods", None) or []
+    return [method.encode("ascii") for method in methods]
+
+
+class AdminResource(Resource):
+    """
+    The Klein app behind the checks every request gets first: the Host
+    header, and the security headers on every answer.
+    """
+
+    isLeaf = True
+
+    def __init__(self, admin: AdminApp) -> None:
+        super().__init__()
+        self.admin = admin
+        self.wrapped = admin.app.resource()
+
+    def render(self, request: Any) -> Any:
+        for name, value in SECURITY_HEADERS.items():
+            request.setHeader(name, value)
+        try:
+            self.admin.security.check_host(request)
+        except Refused as error:
+            return _json(
+                request, error_document(error.status, error.message), error.status
+            )
+        return self.wrapped.render(request)
+
+
+def admin_site(
+    config: GourmetConfig,
+    upstreams: Mapping[str, Upstream],
+    reactor: Any,
+    security: Optional[AdminSecurity] = None,
+) -> Site:
+    """
+    The console's site, for its own listener.
+    """
+    admin = AdminApp(config, upstreams, security or AdminSecurity(config.admin))
+    site = Site(AdminResource(admin), reactor=reactor)
+    site.displayTracebacks = False
+    site.noisy = False
+    return site

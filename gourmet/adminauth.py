@@ -1,0 +1,183 @@
+"""
+Who may read and change what through the admin console, and the defences a
+web page that changes a running proxy needs: credentials, a CSRF token for
+browsers, a Host check against DNS rebinding, and headers that keep the page
+out of frames and foreign scripts.
+
+- The API takes ``Authorization: Bearer <token>``; a token is never sent by a
+  browser on its own, so it needs no CSRF token.
+- Browsers sign in with HTTP Basic authentication against ``[admin.users]``.
+  A browser attaches those credentials to any request to this origin, even
+  one a hostile page makes it send, so every change made with them must
+  also carry ``X-CSRF-Token`` (which only our own page can read) and must
+  not come from another origin.
+- Reading needs no credentials on a loopback listener, and credentials
+  otherwise; changing always needs them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+from typing import Any, Dict, Optional, Set, Tuple
+
+from attrs import frozen
+
+from gourmet.config import AdminConfig
+from gourmet.passwords import PasswordChecker
+
+#: Headers on every admin response.
+SECURITY_HEADERS: Dict[bytes, bytes] = {
+    b"x-frame-options": b"DENY",
+    b"content-security-policy": (
+        b"default-src 'none'; script-src 'self'; style-src 'self'; "
+        b"img-src 'self' data:; connect-src 'self'; base-uri 'none'; "
+        b"form-action 'self'; frame-ancestors 'none'"
+    ),
+    b"x-content-type-options": b"nosniff",
+    b"referrer-policy": b"no-referrer",
+    b"cache-control": b"no-store",
+}
+REALM = b'Basic realm="Gourmet admin", charset="UTF-8"'
+_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+
+
+class Refused(Exception):
+    """
+    The request may not go on: answer ``status`` with ``message``.
+    """
+
+    def __init__(self, status: int, message: str, challenge: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        #: Whether to ask the browser for credentials (401 with Basic).
+        self.challenge = challenge
+
+
+@frozen
+class Principal:
+    """
+    Who made a request: a user name, or ``"token"`` for the bearer token.
+    """
+
+    name: str
+    by_token: bool
+
+
+class AdminSecurity:
+    """
+    The checks for one admin listener.
+
+    :param secret: keys the CSRF tokens; random for each run by default, so
+        a restart signs every browser out of making changes until it reloads.
+    """
+
+    def __init__(self, config: AdminConfig, secret: Optional[bytes] = None) -> None:
+        self.config = config
+        self._token = config.token.encode("utf-8") if config.token else None
+        self._passwords = PasswordChecker(dict(config.users))
+        self._secret = secret or os.urandom(32)
+        self.allowed_hosts: Set[str] = set(_LOOPBACK_HOSTS) | {
+            host.lower() for host in config.hosts
+        }
+
+    # -- Host ---------------------------------------------------------------
+
+    def check_host(self, request: Any) -> None:
+        """
+        Refuse a Host header not configured: a page on a hostile domain that
+        resolves to 127.0.0.1 (DNS rebinding) must not reach the console.
+        """
+        host = request.getHeader(b"host")
+        if host is None:
+            raise Refused(400, "The request has no Host header.")
+        name = _host_name(host.decode("latin-1").lower())
+        if name not in self.allowed_hosts:
+            raise Refused(
+                403,
+                f"Host {name!r} is not one of this console's names; "
+                "add it to [admin] hosts.",
+            )
+
+    # -- credentials ----------------------------------------------------------
+
+    def principal(self, request: Any) -> Optional[Principal]:
+        """
+        Who the request's credentials say it is; None without credentials.
+
+        :raises Refused: 401 for credentials that are wrong.
+        """
+        header = request.getHeader(b"authorization")
+        if not header:
+            return None
+        scheme, _, value = header.partition(b" ")
+        scheme = scheme.lower()
+        if scheme == b"bearer" and self._token is not None:
+            if hmac.compare_digest(value.strip(), self._token):
+                return Principal("token", by_token=True)
+        elif scheme == b"basic" and self.config.users:
+            user, password = _basic(value)
+            if user is not None and self._passwords.check(user, password):
+                return Principal(user, by_token=False)
+        raise Refused(401, "The credentials are not valid.", challenge=True)
+
+    def may_read(self, request: Any) -> Optional[Principal]:
+        principal = self.principal(request)
+        if principal is None and not self.config.loopback:
+            raise Refused(401, "Credentials are needed.", challenge=True)
+        return principal
+
+    def may_change(self, request: Any) -> Principal:
+        """
+        :raises Refused: 401 without credentials, 403 for a browser request
+            without the CSRF token or from another origin.
+        """
+        if not self.config.has_credentials:
+            raise Refused(
+                403,
+                "Changes are turned off: configure [admin] token or "
+                "[admin.users] to allow them.",
+            )
+        principal = self.principal(request)
+        if principal is None:
+            raise Refused(401, "Credentials are needed to make changes.", True)
+        if not principal.by_token:
+            self._check_same_origin(request, principal)
+        return principal
+
+    # -- CSRF -----------------------------------------------------------------
+
+    def csrf_token(self, principal: Principal) -> str:
+        digest = hmac.new(self._secret, principal.name.encode("utf-8"), hashlib.sha256)
+        return digest.hexdigest()
+
+    def _check_same_origin(self, request: Any, principal: Principal) -> None:
+        sent = (request.getHeader(b"x-csrf-token") or b"").decode("latin-1")
+        if not hmac.compare_digest(sent, self.csrf_token(principal)):
+            raise Refused(403, "The CSRF token is missing or wrong; reload the page.")
+        origin = request.getHeader(b"origin")
+        host = request.getHeader(b"host") or b""
+        if origin is not None and origin.split(b"://", 1)[-1].lower() != host.lower():
+            raise Refused(403, "Changes from another origin are refused.")
+        site = request.getHeader(b"sec-fetch-site")
+        if site is not None and site not in (b"same-origin", b"none"):
+            raise Refused(403, "Changes from another site are refused.")
+
+
+def _host_name(host: str) -> str:
+    if host.startswith("["):
+        return host.split("]", 1)[0] + "]"
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _basic(value: bytes) -> Tuple[Optional[str], str]:
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None, ""
+    user, colon, password = decoded.partition(":")
+    return (user, password) if colon else (None, "")

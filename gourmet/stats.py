@@ -1,0 +1,162 @@
+"""
+Traffic figures kept as requests pass, cheap to update and read on demand
+by the admin console and the metrics: counts per second over the last few
+minutes, recent response times, and a response-time histogram.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import Counter
+from typing import List, Optional, Sequence, Tuple
+
+from twisted.internet.interfaces import IReactorTime
+
+#: Seconds of per-second history kept (the console's chart).
+HISTORY_SECONDS = 300
+#: Response times kept for the recent average and percentile.
+LATENCY_SAMPLES = 256
+#: Histogram bucket bounds in seconds (Prometheus's defaults, extended).
+BUCKETS: Tuple[float, ...] = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+
+
+class PerSecond:
+    """
+    Event counts for each of the last ``span`` seconds, in a ring: adding is
+    a few operations, and seconds nobody counted in read as zero.
+    """
+
+    def __init__(self, clock: IReactorTime, span: int = HISTORY_SECONDS) -> None:
+        self._clock = clock
+        self._span = span
+        self._counts = [0] * span
+        self._seconds = [-1] * span
+
+    def add(self, count: int = 1) -> None:
+        second = int(self._clock.seconds())
+        slot = second % self._span
+        if self._seconds[slot] != second:
+            self._seconds[slot] = second
+            self._counts[slot] = 0
+        self._counts[slot] += count
+
+    def series(self, seconds: int) -> List[int]:
+        """
+        The counts of the last ``seconds`` whole seconds, oldest first; the
+        current, unfinished second is left out.
+        """
+        now = int(self._clock.seconds())
+        result = []
+        for second in range(now - seconds, now):
+            slot = second % self._span
+            result.append(self._counts[slot] if self._seconds[slot] == second else 0)
+        return result
+
+    def total(self, seconds: int) -> int:
+        return sum(self.series(seconds))
+
+
+class RecentLatency:
+    """
+    The last ``size`` response times, for an average and a percentile that
+    follow what the server does now rather than since it started.
+    """
+
+    def __init__(self, size: int = LATENCY_SAMPLES) -> None:
+        self._size = size
+        self._samples: List[float] = []
+        self._next = 0
+
+    def add(self, seconds: float) -> None:
+        if len(self._samples) < self._size:
+            self._samples.append(seconds)
+        else:
+            self._samples[self._next] = seconds
+            self._next = (self._next + 1) % self._size
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    def mean(self) -> Optional[float]:
+        samples = self._samples
+        return sum(samples) / len(samples) if samples else None
+
+    def percentile(self, fraction: float) -> Optional[float]:
+        """
+        The nearest-rank percentile: ``percentile(0.95)`` is a time no more
+        than 5% of the samples exceed.
+        """
+        if not self._samples:
+            return None
+        ordered = sorted(self._samples)
+        rank = max(math.ceil(fraction * len(ordered)), 1)
+        return ordered[rank - 1]
+
+
+class Histogram:
+    """
+    Cumulative-on-read response-time histogram, as Prometheus exposes it.
+    """
+
+    def __init__(self, bounds: Sequence[float] = BUCKETS) -> None:
+        self.bounds = tuple(bounds)
+        self._counts = [0] * (len(self.bounds) + 1)
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self._counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.count += 1
+        self.sum += seconds
+
+    def cumulative(self) -> List[Tuple[str, int]]:
+        """
+        ``(upper bound, observations at or below it)`` pairs, ``+Inf`` last.
+        """
+        result = []
+        running = 0
+        for bound, count in zip((*map(repr, self.bounds), "+Inf"), self._counts):
+            running += count
+            result.append((bound, running))
+        return result
+
+
+class ServerStats:
+    """
+    What one server did lately and in all.
+
+    :ivar statuses: responses by status class (``"2xx"``...), and
+        ``"failed"`` for requests that got no usable response.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self.requests = PerSecond(clock)
+        self.errors = PerSecond(clock)
+        self.latency = RecentLatency()
+        self.statuses: Counter[str] = Counter()
+
+
+class UpstreamStats:
+    """
+    The same for a whole upstream, plus its response-time histogram.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self.requests = PerSecond(clock)
+        self.errors = PerSecond(clock)
+        self.response_time = Histogram()

@@ -1,0 +1,99 @@
+"""
+Changes made through the admin API steer real traffic: Gourmet in this
+process, real upstream servers on loopback, the console on its own port.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any, Dict, List, Union
+
+import pytest_twisted
+import treq
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
+from tests.conftest import LISTEN
+from tests.upstreams import UpstreamServer
+
+TOKEN = "a-token-of-twenty-chars"
+HEADERS: Dict[Union[bytes, str], Union[bytes, str]] = {
+    "Authorization": f"Bearer {TOKEN}",
+    "Content-Type": "application/json",
+}
+
+
+def config(servers: List[UpstreamServer]) -> str:
+    lines = ["[upstreams.backend]"]
+    for server in servers:
+        lines += ["[[upstreams.backend.servers]]", f'path = "{server.address}"']
+    lines += [
+        "[server]",
+        LISTEN,
+        "[[server.locations]]",
+        'location = "^/"',
+        'upstream = "backend"',
+        "[log]",
+        'access_log = "off"',
+        "[admin]",
+        'listen = "tcp:0:interface=127.0.0.1"',
+        f'token = "{TOKEN}"',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+async def patch(running: Any, server: UpstreamServer, change: Any) -> Any:
+    server_id = server.address.replace(":", "-")
+    response = await treq.request(
+        "PATCH",
+        f"{running.admin_url}/api/upstreams/backend/servers/{server_id}",
+        data=json.dumps(change).encode(),
+        headers=HEADERS,
+        pool=running.pool,
+    )
+    assert response.code == 200, await response.text()
+    return await response.json()
+
+
+async def split(running: Any, count: int) -> Counter[str]:
+    answered: Counter[str] = Counter()
+    for _ in range(count):
+        response = await running.get("/x")
+        answered[(await response.json())["server"]] += 1
+    return answered
+
+
+@pytest_twisted.ensureDeferred
+async def test_weight_3_to_1_splits_traffic_300_100(
+    gourmet: Any, make_upstreams: Any
+) -> None:
+    a, b = make_upstreams("a", "b")
+    running = await gourmet(config([a, b]))
+    assert await split(running, 40) == {"a": 20, "b": 20}
+    changed = await patch(running, a, {"weight": 3})
+    assert (changed["weight"], changed["configured_weight"]) == (3, 1)
+    answered = await split(running, 400)
+    assert 285 <= answered["a"] <= 315, answered
+    assert answered["a"] + answered["b"] == 400
+
+
+@pytest_twisted.ensureDeferred
+async def test_weight_0_lets_in_flight_requests_finish(
+    gourmet: Any, make_upstreams: Any
+) -> None:
+    a, b = make_upstreams("a", "b")
+    running = await gourmet(config([a, b]))
+    # Round robin sends the first request to a, the second (slow) one to b.
+    await split(running, 1)
+    slow = running.get("/slow/0.5")
+    for _ in range(100):
+        if b.seen:
+            break
+        await deferLater(reactor, 0.01)
+    assert b.seen, "the slow request did not reach b"
+    await patch(running, b, {"weight": 0})
+    assert await split(running, 20) == {"a": 20}
+    response = await slow
+    assert response.code == 200
+    assert await response.text() == "late from b"
