@@ -9,6 +9,7 @@ from typing import Any, Dict, Optional
 from twisted.application import strports
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import DeferredList, ensureDeferred
+from twisted.internet.error import CannotListenError
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.web.server import Site
@@ -66,6 +67,19 @@ class GourmetService(MultiService):
         if self._log_observer is not None and hasattr(parent, "setComponent"):
             parent.setComponent(ILogObserver, self._log_observer)
         super().setServiceParent(parent)
+
+    def privilegedStartService(self) -> None:
+        # Listening happens here: a port in use or a socket not permitted
+        # stops start-up with one line, not a traceback.
+        try:
+            super().privilegedStartService()
+        except CannotListenError as error:
+            self.log.critical(
+                "gourmet: {source}: cannot start: {error}",
+                source=self.config.source,
+                error=error,
+            )
+            raise SystemExit(1) from None
 
     def startService(self) -> None:
         self.log.info(

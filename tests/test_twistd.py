@@ -247,3 +247,27 @@ def test_twistd_lists_the_plugin_and_its_config_option() -> None:
     usage = result.stdout.decode()
     assert "--config=" in usage
     assert "/etc/gourmet/gourmet.toml" in usage
+
+
+def test_a_port_in_use_stops_twistd_with_one_clear_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "gourmet.toml"
+        config.write_text(
+            "[upstreams.b]\n[[upstreams.b.servers]]\npath='127.0.0.1:1'\n"
+            f"[server]\nlisten=['tcp:{free_port()}:interface=127.0.0.1']\n"
+            "[[server.locations]]\nlocation='/'\nupstream='b'\n"
+            f"[admin]\nlisten='tcp:{port}:interface=127.0.0.1'\n"
+        )
+        result = subprocess.run(
+            [*TWISTD, "-n", "--pidfile=", "gourmet", "--config", str(config)],
+            capture_output=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+    assert result.returncode == 1
+    stderr = result.stderr.decode()
+    assert f"cannot start: Couldn't listen on 127.0.0.1:{port}" in stderr
+    assert "Traceback" not in stderr
