@@ -255,7 +255,11 @@ def _valid_weight(weight: object) -> bool:
 
 
 def _settings(server: Server) -> Dict[str, Any]:
-    return {"weight": server.weight, "state": server.admin_state.value}
+    # The weight the server has when up: a drained server's is 0 only for now.
+    weight = server.weight_override
+    if weight is None:
+        weight = server.configured_weight
+    return {"weight": weight, "state": server.admin_state.value}
 
 
 def _describe_change(before: Dict[str, Any], after: Dict[str, Any]) -> str:

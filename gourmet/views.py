@@ -48,6 +48,7 @@ def server_view(server: Server, upstream_recent: int) -> Dict[str, Any]:
         "weight": server.weight,
         "configured_weight": server.configured_weight,
         "weight_overridden": server.weight_override is not None,
+        "weight_override": server.weight_override,
         "active": server.active,
         "requests": server.requests,
         "failures": server.failures,

@@ -1,0 +1,713 @@
+"""
+The admin console as an operator uses it: a real browser (Debian's
+chromium, driven by Playwright) on the page a real ``twistd gourmet``
+process serves, balancing real traffic over two upstream servers that run
+in processes of their own (so that one can be killed and started again).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from base64 import b64encode
+from collections import Counter
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Protocol
+
+import pytest
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    ConsoleMessage,
+    Locator,
+    Page,
+    expect,
+    sync_playwright,
+)
+
+from gourmet.passwords import hash_password
+from gourmet.upstreams import server_ids
+from tests.test_twistd import TWISTD, free_port
+
+ROOT = Path(__file__).parents[1]
+SCREENSHOT = ROOT / "docs" / "admin-console.png"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+USER = "admin"
+PASSWORD = "s3cret-pass"
+TOKEN = "a-token-of-at-least-16-chars"
+#: How long a process may take to start listening.
+START_SECONDS = 20.0
+#: The servers' fail_timeout in the configuration.
+FAIL_TIMEOUT = 1.0
+
+
+# -- processes ----------------------------------------------------------------
+
+
+def wait_listening(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+    """
+    Wait until ``port`` on loopback accepts connections.
+
+    :raises AssertionError: if the process exits first, or it takes too long.
+    """
+    deadline = time.monotonic() + START_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"exited with {process.returncode}: {log.read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), 0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listening on port {port}: {log.read_text()}")
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> Optional[int]:
+    """
+    SIGTERM, and SIGKILL if that is not enough within 10 s.
+    """
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+    return process.returncode
+
+
+class UpstreamProcess:
+    """
+    ``python -m tests.upstream_process PORT NAME``, which can be stopped and
+    started again on the same port.
+    """
+
+    def __init__(self, name: str, port: int, directory: Path) -> None:
+        self.name = name
+        self.port = port
+        self.address = f"127.0.0.1:{port}"
+        #: The server's id in the admin API, made from its address.
+        (self.id,) = server_ids([self.address])
+        self.log = directory / f"upstream-{name}.log"
+        self.process: Optional[subprocess.Popen[bytes]] = None
+
+    def start(self) -> None:
+        assert self.process is None or self.process.poll() is not None
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.upstream_process",
+                    str(self.port),
+                    self.name,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
+        wait_listening(self.port, self.process, self.log)
+
+    def stop(self) -> Optional[int]:
+        """
+        Stop the server; its exit status (0 when SIGTERM stopped it cleanly).
+        """
+        if self.process is None:
+            return None
+        return stop_process(self.process)
+
+
+class GourmetProcess:
+    """
+    ``twistd -n --pidfile= gourmet --config FILE``, listening on ``port``
+    and its console on ``admin_port``.
+    """
+
+    def __init__(self, config: Path, port: int, admin_port: int) -> None:
+        self.log = config.with_suffix(".log")
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                [*TWISTD, "-n", "--pidfile=", "gourmet", "--config", str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=config.parent,
+            )
+        try:
+            wait_listening(port, self.process, self.log)
+            wait_listening(admin_port, self.process, self.log)
+        except BaseException:
+            stop_process(self.process)
+            raise
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
+CONFIG = """\
+[upstreams.backend]
+balancer = "round_robin"
+max_fail = 1
+fail_timeout = {fail_timeout}
+
+[[upstreams.backend.servers]]
+path = "{a}"
+weight = 1
+
+[[upstreams.backend.servers]]
+path = "{b}"
+weight = 1
+
+[server]
+listen = ["tcp:{port}:interface=127.0.0.1"]
+
+[[server.locations]]
+location = "^/"
+upstream = "backend"
+
+[log]
+access_log = "off"
+
+[admin]
+listen = "tcp:{admin_port}:interface=127.0.0.1"
+token = "{token}"
+
+[admin.users]
+{user} = "{password_hash}"
+"""
+
+
+class Deployment:
+    """
+    Gourmet balancing ``backend`` over upstreams ``a`` and ``b``.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.a = UpstreamProcess("alpha", free_port(), directory)
+        self.b = UpstreamProcess("beta", free_port(), directory)
+        self.password_hash = hash_password(PASSWORD)
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.admin_url = f"http://127.0.0.1:{self.admin_port}"
+        self.config = directory / "gourmet.toml"
+        self.config.write_text(
+            CONFIG.format(
+                fail_timeout=FAIL_TIMEOUT,
+                a=self.a.address,
+                b=self.b.address,
+                port=self.port,
+                admin_port=self.admin_port,
+                token=TOKEN,
+                user=USER,
+                password_hash=self.password_hash,
+            )
+        )
+        self.gourmet: Optional[GourmetProcess] = None
+
+    def start(self) -> None:
+        self.a.start()
+        self.b.start()
+        self.start_gourmet()
+
+    def start_gourmet(self) -> None:
+        self.gourmet = GourmetProcess(self.config, self.port, self.admin_port)
+
+    def stop_gourmet(self) -> None:
+        if self.gourmet is not None:
+            self.gourmet.stop()
+
+    def stop(self) -> None:
+        # Gourmet first, so it sees no upstream go away.
+        self.stop_gourmet()
+        self.a.stop()
+        self.b.stop()
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[Deployment]:
+    running = Deployment(tmp_path)
+    try:
+        running.start()
+        yield running
+    finally:
+        running.stop()
+
+
+# -- traffic --------------------------------------------------------------------
+
+
+def send_requests(port: int, count: int, timeout: float = 5.0) -> Counter[str]:
+    """
+    Send ``count`` requests through Gourmet one after the other, and count
+    which server answered each (or what went wrong).
+    """
+    answered: Counter[str] = Counter()
+    for index in range(count):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        try:
+            connection.request("GET", f"/traffic/{index}")
+            response = connection.getresponse()
+            body = response.read()
+            if response.status == 200:
+                answered[json.loads(body)["server"]] += 1
+            else:
+                answered[f"status {response.status}"] += 1
+        except (OSError, http.client.HTTPException) as error:
+            answered[f"error {type(error).__name__}"] += 1
+        finally:
+            connection.close()
+    return answered
+
+
+class Traffic:
+    """
+    Requests through Gourmet in a background thread, one every
+    ``interval`` seconds, until stopped or ``limit`` requests or
+    ``seconds`` have gone by.
+    """
+
+    def __init__(
+        self, port: int, interval: float = 0.02, limit: int = 2000, seconds: float = 40
+    ) -> None:
+        self.port = port
+        self.interval = interval
+        self.limit = limit
+        self.seconds = seconds
+        self.answered: Counter[str] = Counter()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.seconds
+        sent = 0
+        while not self._stopped.is_set() and sent < self.limit:
+            if time.monotonic() > deadline:
+                break
+            self.answered.update(send_requests(self.port, 1, timeout=2.0))
+            sent += 1
+            self._stopped.wait(self.interval)
+
+    def wait(self) -> None:
+        """
+        Wait for the limit in requests or seconds to be reached.
+        """
+        self._thread.join(self.seconds + 10)
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stopped.set()
+        self._thread.join(10)
+        assert not self._thread.is_alive()
+
+
+def wait_until(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+class Answer(NamedTuple):
+    status: int
+    headers: http.client.HTTPMessage
+    text: str
+
+
+def raw_get(url: str, path: str, authorization: Optional[str] = None) -> Answer:
+    """
+    A GET's answer as it comes over the wire.
+    """
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        headers = {"Authorization": authorization} if authorization else {}
+        connection.request("GET", path, headers=headers)
+        response = connection.getresponse()
+        text = response.read().decode("utf-8")
+        return Answer(response.status, response.headers, text)
+    finally:
+        connection.close()
+
+
+# -- the browser ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    # Not a skip: a machine without the browser must not pass quietly.
+    assert Path(CHROMIUM).exists(), f"needs {CHROMIUM}: ./dev setup installs it"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+#: Runs in every page before its own scripts: notes the policy violations.
+RECORD_CSP_VIOLATIONS = """
+window.cspViolations = [];
+document.addEventListener("securitypolicyviolation", (event) => {
+  window.cspViolations.push(event.violatedDirective + " " + event.blockedURI);
+});
+"""
+
+
+class Console:
+    """
+    The console open in a browser tab, and what went wrong in it.
+    """
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        self.errors: List[str] = []
+        page.on("console", self._console)
+        page.on("pageerror", lambda error: self.errors.append(f"pageerror: {error}"))
+
+    def _console(self, message: ConsoleMessage) -> None:
+        if message.type == "error":
+            self.errors.append(f"console: {message.text}")
+
+    def row(self, server: UpstreamProcess, upstream: str = "backend") -> Locator:
+        return self.page.locator(
+            f'tr[data-upstream="{upstream}"][data-server="{server.id}"]'
+        )
+
+    def button(self, server: UpstreamProcess, action: str) -> Locator:
+        return self.row(server).locator(f'button[data-action="{action}"]')
+
+    def refreshes(self) -> int:
+        count = self.page.locator("#upstreams").get_attribute("data-refreshes")
+        return int(count or 0)
+
+    def wait_for_refreshes(self, count: int) -> None:
+        """
+        Wait until the page fetched the servers ``count`` more times.
+        """
+        target = self.refreshes() + count
+        deadline = time.monotonic() + 2.0 * count + 3
+        while self.refreshes() < target:
+            assert time.monotonic() < deadline, "the page stopped refreshing"
+            self.page.wait_for_timeout(50)
+
+    def csp_violations(self) -> List[str]:
+        violations: List[str] = self.page.evaluate("window.cspViolations")
+        return violations
+
+
+class OpenConsole(Protocol):
+    def __call__(
+        self, signed_in: bool = True, width: int = 1280, height: int = 900
+    ) -> Console: ...
+
+
+@pytest.fixture
+def open_console(browser: Browser, deployment: Deployment) -> Iterator[OpenConsole]:
+    """
+    ``open_console()`` opens the console signed in (through /login, as a
+    browser does after the Basic challenge); ``signed_in=False`` without
+    credentials.
+    """
+    contexts: List[BrowserContext] = []
+
+    def open_(signed_in: bool = True, width: int = 1280, height: int = 900) -> Console:
+        context = browser.new_context(
+            base_url=deployment.admin_url,
+            viewport={"width": width, "height": height},
+            http_credentials=(
+                {"username": USER, "password": PASSWORD} if signed_in else None
+            ),
+        )
+        contexts.append(context)
+        context.set_default_timeout(10_000)
+        context.add_init_script(RECORD_CSP_VIOLATIONS)
+        console = Console(context.new_page())
+        page = console.page
+        page.goto("/login" if signed_in else "/")
+        # /login sent the browser back to the console.
+        assert page.url == deployment.admin_url + "/"
+        expect(page.locator("tr[data-server]")).to_have_count(2)
+        if signed_in:
+            expect(page.locator("#session")).to_have_text(f"Signed in as {USER}")
+        return console
+
+    yield open_
+    for context in contexts:
+        context.close()
+
+
+def state_badge(console: Console, server: UpstreamProcess) -> Locator:
+    return console.row(server).locator(".state")
+
+
+# -- the tests ----------------------------------------------------------------------
+
+
+def test_clicking_changes_the_split(
+    deployment: Deployment, open_console: OpenConsole
+) -> None:
+    """
+    Setting a weight and draining a server, each with a click, changes
+    where the very next requests go; the page says what it did.
+    """
+    console = open_console()
+    page = console.page
+    a, b = deployment.a, deployment.b
+    row_a = console.row(a)
+    expect(row_a.locator(".weight-now")).to_have_text("1")
+
+    row_a.locator("input[name=weight]").fill("3")
+    console.button(a, "set-weight").click()
+
+    expect(page.locator("#status")).to_have_text(f"backend / {a.address}: weight 1 → 3")
+    expect(row_a.locator(".weight-now")).to_have_text("3")
+    expect(row_a.locator(".weight-note")).to_have_text("configured 1 (override)")
+    split = send_requests(deployment.port, 400)
+    assert 285 <= split[a.name] <= 315, split
+    assert split[a.name] + split[b.name] == 400, split
+
+    console.button(b, "drain").click()
+
+    expect(page.locator("#status")).to_have_text(
+        f"backend / {b.address}: state up → drain"
+    )
+    expect(state_badge(console, b)).to_have_attribute("data-state", "drain")
+    assert send_requests(deployment.port, 50) == {a.name: 50}
+    # A few seconds of steady traffic, for the chart in the picture.
+    with Traffic(deployment.port, seconds=3) as traffic:
+        traffic.wait()
+    assert set(traffic.answered) == {a.name}, traffic.answered
+
+    # The page shows an en dash for a share it does not know yet.
+    expect(row_a.locator(".share-percent")).not_to_have_text("\N{EN DASH}")
+    expect(page.locator(".peak")).not_to_have_text("peak 0/s")
+    console.wait_for_refreshes(1)
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT))
+
+
+def test_a_server_that_stops_shows_down_then_up_again(
+    deployment: Deployment, open_console: OpenConsole
+) -> None:
+    """
+    Passive health as the operator sees it: a server killed while traffic
+    flows is shown down with the error within 2 s, and up once it is back.
+    """
+    console = open_console()
+    b = deployment.b
+    badge = state_badge(console, b)
+    expect(badge).to_have_attribute("data-state", "up")
+    expect(console.row(b).locator(".last-error")).to_be_hidden()
+
+    with Traffic(deployment.port) as traffic:
+        wait_until(lambda: traffic.answered[b.name] >= 5, 10, "traffic to reach b")
+        assert b.stop() == 0, b.log.read_text()
+        killed = time.monotonic()
+
+        expect(badge).to_have_attribute("data-state", "down", timeout=2000)
+        last_error = console.row(b).locator(".last-error")
+        expect(last_error).to_be_visible(
+            timeout=max(killed + 2 - time.monotonic(), 0.1) * 1000
+        )
+        assert time.monotonic() - killed <= 2.0
+        assert "connect" in last_error.inner_text().lower()
+        expect(console.row(b).locator(".down-times")).to_contain_text("since ")
+
+        b.start()
+        restarted = time.monotonic()
+        answered_before = traffic.answered[b.name]
+
+        expect(badge).to_have_attribute(
+            "data-state", "up", timeout=(FAIL_TIMEOUT + 3) * 1000
+        )
+        assert time.monotonic() - restarted <= FAIL_TIMEOUT + 3
+        expect(console.row(b).locator(".last-error")).to_be_hidden()
+        wait_until(
+            lambda: traffic.answered[b.name] > answered_before, 5, "traffic to b again"
+        )
+    # Gourmet tried the other server: no client saw the outage.
+    assert set(traffic.answered) == {deployment.a.name, b.name}, traffic.answered
+
+
+def test_without_signing_in_the_console_is_read_only(
+    deployment: Deployment, open_console: OpenConsole
+) -> None:
+    """
+    Without credentials the page shows everything but changes nothing,
+    offers to sign in, and no secret reaches it.
+    """
+    console = open_console(signed_in=False)
+    page = console.page
+
+    expect(page.locator("tr[data-server] .address")).to_have_text(
+        [deployment.a.address, deployment.b.address]
+    )
+    controls = page.locator("tr[data-server] button, tr[data-server] input")
+    assert controls.count() == 2 * 6
+    for control in controls.all():
+        expect(control).to_be_disabled()
+    sign_in = page.locator("a", has_text="Sign in")
+    expect(sign_in).to_have_attribute("href", "/login")
+    expect(page.locator("#read-only")).to_be_visible()
+    expect(page.locator("#session")).not_to_contain_text("Signed in")
+    # Following the link, a browser is asked for credentials.
+    login = raw_get(deployment.admin_url, "/login")
+    assert login.status == 401
+    assert login.headers["WWW-Authenticate"].startswith("Basic ")
+
+    # No secret reaches the page, signed in or not.
+    secrets = [TOKEN, PASSWORD, deployment.password_hash]
+    secrets += deployment.password_hash.split("$")[-2:]  # salt and hash alone
+    basic = "Basic " + b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    answers = [page.content()]
+    for authorization in (None, basic):
+        for path in ("/", "/api/session", "/api/upstreams"):
+            answer = raw_get(deployment.admin_url, path, authorization)
+            assert answer.status == 200, (path, answer.text)
+            answers.append(answer.text)
+    for text in answers:
+        for secret in secrets:
+            assert secret not in text
+    # The page's idea of "read-only" is the server's too.
+    session = json.loads(raw_get(deployment.admin_url, "/api/session").text)
+    assert session["can_change"] is False
+    assert session["csrf_token"] is None
+
+
+def test_the_console_fits_a_phone_screen(
+    deployment: Deployment, open_console: OpenConsole
+) -> None:
+    """
+    On a phone the page is no wider than the screen: the servers' table
+    scrolls sideways inside its own box.
+    """
+    console = open_console(width=390, height=844)
+    page = console.page
+    console.wait_for_refreshes(1)
+
+    page_width = page.evaluate("document.documentElement.scrollWidth")
+    assert page_width <= 390
+    # The table is wider than the screen, and scrolls inside its own box.
+    box: Dict[str, int] = page.locator(".table-scroll").evaluate(
+        "box => ({scroll: box.scrollWidth, client: box.clientWidth})"
+    )
+    assert box["client"] <= 390
+    assert box["scroll"] > box["client"]
+    console.button(deployment.a, "drain").scroll_into_view_if_needed()
+    expect(console.button(deployment.a, "drain")).to_be_in_viewport()
+
+
+def test_the_page_has_no_errors_and_no_policy_violations(
+    deployment: Deployment, open_console: OpenConsole
+) -> None:
+    """
+    Nothing the page does breaks its Content-Security-Policy, or logs an
+    error: loading, refreshing, and making changes.
+    """
+    console = open_console()
+    b = deployment.b
+    console.wait_for_refreshes(2)
+    console.button(b, "disable").click()
+    expect(state_badge(console, b)).to_have_attribute("data-state", "disabled")
+    console.button(b, "enable").click()
+    expect(state_badge(console, b)).to_have_attribute("data-state", "up")
+    console.wait_for_refreshes(2)
+
+    assert console.errors == []
+    assert console.csp_violations() == []
+
+
+def test_refreshing_leaves_a_weight_being_typed_alone(
+    deployment: Deployment, open_console: OpenConsole
+) -> None:
+    """
+    The page refreshes every second, but a weight being typed survives it;
+    Enter sends it, and Reset goes back to the configured weight.
+    """
+    console = open_console()
+    page = console.page
+    a = deployment.a
+    row = console.row(a)
+    field = row.locator("input[name=weight]")
+
+    field.fill("7")
+    console.wait_for_refreshes(2)
+    expect(field).to_have_value("7")
+    expect(field).to_be_focused()
+    expect(row.locator(".weight-now")).to_have_text("1")
+
+    field.press("Enter")
+
+    expect(page.locator("#status")).to_have_text(f"backend / {a.address}: weight 1 → 7")
+    expect(row.locator(".weight-now")).to_have_text("7")
+
+    console.button(a, "reset").click()
+
+    expect(page.locator("#status")).to_have_text(
+        f"backend / {a.address}: weight 7 → 1 (configured)"
+    )
+    expect(row.locator(".weight-now")).to_have_text("1")
+    expect(row.locator(".weight-note")).to_be_hidden()
+    expect(console.button(a, "reset")).to_be_disabled()
+    assert console.errors == []
+
+
+def test_the_page_rides_out_a_restart_of_gourmet(
+    deployment: Deployment, open_console: OpenConsole
+) -> None:
+    """
+    While Gourmet is away the page says so and keeps trying; once it is
+    back the page recovers by itself, and changes work again with the new
+    process's CSRF token, even after a restart the page did not notice.
+    """
+    console = open_console()
+    page = console.page
+    a, b = deployment.a, deployment.b
+    banner = page.locator("#connection")
+    expect(banner).to_be_hidden()
+
+    deployment.stop_gourmet()
+
+    expect(banner).to_be_visible(timeout=5000)
+    expect(banner).to_have_text("Connection lost, retrying…")
+    expect(page.locator("#upstreams")).to_have_class(re.compile(r"\bstale\b"))
+    expect(page.locator("tr[data-server]")).to_have_count(2)
+
+    deployment.start_gourmet()
+
+    expect(banner).to_be_hidden(timeout=5000)
+    console.button(a, "drain").click()
+    expect(page.locator("#status")).to_have_text(
+        f"backend / {a.address}: state up → drain"
+    )
+    expect(state_badge(console, a)).to_have_attribute("data-state", "drain")
+
+    # Quicker than a refresh: the page may still hold the old CSRF token.
+    deployment.stop_gourmet()
+    deployment.start_gourmet()
+    console.button(b, "drain").click()
+    expect(page.locator("#status")).to_have_text(
+        f"backend / {b.address}: state up → drain"
+    )
+    expect(state_badge(console, b)).to_have_attribute("data-state", "drain")

@@ -1,0 +1,35 @@
+"""
+The README is what a newcomer reads first: it must render, show the
+console's screenshot, and start with the two commands that work.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import docutils.core
+import docutils.nodes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_renders_without_warnings() -> None:
+    errors = io.StringIO()
+    document = docutils.core.publish_doctree(
+        (ROOT / "README.rst").read_text(encoding="utf-8"),
+        settings_overrides={"warning_stream": errors, "report_level": 2},
+    )
+    assert errors.getvalue() == ""
+    images = [node["uri"] for node in document.findall(docutils.nodes.image)]
+    assert "docs/admin-console.png" in images
+    for uri in images:
+        assert (ROOT / uri).is_file(), uri
+
+
+def test_quick_start_is_two_commands() -> None:
+    text = (ROOT / "README.rst").read_text(encoding="utf-8")
+    quick_start = text.split("Quick start\n-----------\n", 1)[1]
+    block = quick_start.split("::\n\n", 1)[1].split("\n\n", 1)[0]
+    commands = [line.split("#")[0].strip() for line in block.splitlines()]
+    assert commands == ["./dev demo", "./dev test"]
