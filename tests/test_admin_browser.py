@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import signal
 import socket
@@ -37,6 +38,9 @@ from gourmet.upstreams import server_ids
 from tests.test_twistd import TWISTD, free_port
 
 ROOT = Path(__file__).parents[1]
+#: The README's picture of the console; set GOURMET_SCREENSHOT=1 to take it
+#: again (otherwise it goes to the test's temporary folder, leaving the
+#: checkout as it was).
 SCREENSHOT = ROOT / "docs" / "admin-console.png"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -465,7 +469,7 @@ def state_badge(console: Console, server: UpstreamProcess) -> Locator:
 
 
 def test_clicking_changes_the_split(
-    deployment: Deployment, open_console: OpenConsole
+    deployment: Deployment, open_console: OpenConsole, tmp_path: Path
 ) -> None:
     """
     Setting a weight and draining a server, each with a click, changes
@@ -503,8 +507,12 @@ def test_clicking_changes_the_split(
     expect(row_a.locator(".share-percent")).not_to_have_text("\N{EN DASH}")
     expect(page.locator(".peak")).not_to_have_text("peak 0/s")
     console.wait_for_refreshes(1)
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT))
+    target = (
+        SCREENSHOT if os.environ.get("GOURMET_SCREENSHOT") else tmp_path / "console.png"
+    )
+    target.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(target))
+    assert target.stat().st_size > 10_000  # a real picture, not a blank page
 
 
 def test_a_server_that_stops_shows_down_then_up_again(
