@@ -63,6 +63,8 @@ class UpstreamConfig:
     keepalive: int = 32
     #: Seconds an idle keep-alive connection is kept.
     keepalive_timeout: float = 60.0
+    #: Seconds from sending a request until the response head has arrived.
+    header_timeout: float = 60.0
 
 
 @frozen
@@ -98,6 +100,24 @@ class FrontendConfig:
     listen: Tuple[str, ...] = ()
     max_body_size: int = 1024 * 1024
     error_page: Optional[str] = None
+    #: Longest request line in bytes (414 beyond).
+    max_request_line: int = 8192
+    #: Largest request head (request line and headers) in bytes (431 beyond).
+    max_header_size: int = 32768
+    #: Most header lines in a request (431 beyond).
+    max_headers: int = 100
+    #: Seconds a client has to send a whole request head (408 after).
+    header_timeout: float = 10.0
+    #: Slowest request body accepted, in bytes per second averaged from the
+    #: end of the head (408 below it); 0 turns the check off.
+    body_min_rate: int = 1024
+    #: Seconds an idle keep-alive client connection is kept open.
+    idle_timeout: float = 75.0
+    #: Client connections served at once; more are refused (0: no limit).
+    max_connections: int = 10000
+    #: Addresses or networks (CIDR) of proxies in front of Gourmet whose
+    #: X-Forwarded-For and Forwarded headers are believed.
+    trusted_proxies: Tuple[str, ...] = ()
 
     @property
     def endpoints(self) -> Tuple[str, ...]:

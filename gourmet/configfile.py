@@ -17,6 +17,7 @@ call that builds its configuration object, so the default in
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import math
 import operator
@@ -376,6 +377,17 @@ def _password_hash(value: Any) -> str:
 _HOST_NAME = re.compile(r"\A(?:[^\s:\[\]]+|\[[0-9A-Fa-f:.]+\])\Z")
 
 
+def _network(value: Any) -> str:
+    text = _string(value)
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise _Invalid(
+            f"expected an IP address or network such as 10.0.0.0/8, got {_show(value)}"
+        ) from None
+    return text
+
+
 def _host_name(value: Any) -> str:
     """
     A name the Host header may carry, which the console compares without
@@ -577,6 +589,7 @@ _UPSTREAM: Dict[str, Kind[Any]] = {
     "preserve_host": _boolean,
     "keepalive": _whole(0),
     "keepalive_timeout": _number(0, inclusive=True),
+    "header_timeout": _number(0),
 }
 
 _UPSTREAM_NAME = re.compile(r"\A[A-Za-z0-9_.-]+\Z")
@@ -636,6 +649,14 @@ def _frontend(
         listen=_array(_string),
         max_body_size=_size,
         error_page=_existing_file(base_dir),
+        max_request_line=_whole(256, 1024 * 1024),
+        max_header_size=_whole(1024, 1024 * 1024),
+        max_headers=_whole(1, 10000),
+        header_timeout=_number(0),
+        body_min_rate=_whole(0),
+        idle_timeout=_number(0),
+        max_connections=_whole(0),
+        trusted_proxies=_array(_network),
     )
     locations = tuple(
         _location(location, upstreams) for location in table.tables("locations")

@@ -362,6 +362,17 @@ def test_access_log_targets_kept(target: str) -> None:
 
 
 BAD = [
+    # Limits and trust (issue 4).
+    (config(frontend="max_headers = 0"), "server.max_headers", "from 1 to 10000"),
+    (config(frontend="max_request_line = 10"), "server.max_request_line", "got 10"),
+    (config(frontend="header_timeout = 0"), "server.header_timeout", "above 0"),
+    (config(frontend="body_min_rate = -1"), "server.body_min_rate", "got -1"),
+    (
+        config(frontend='trusted_proxies = ["10.0.0.0/8", "nope"]'),
+        "server.trusted_proxies[1]",
+        'expected an IP address or network such as 10.0.0.0/8, got "nope"',
+    ),
+    (config(upstream="header_timeout = -1"), "upstreams.b.header_timeout", "got -1"),
     # Values of the wrong type or out of range.
     (
         config(server=SERVER + "\nweight = -1"),
@@ -657,3 +668,24 @@ def test_missing_file(tmp_path: Path) -> None:
 )
 def test_error_is_one_line(error: ConfigError, line: str) -> None:
     assert str(error) == line
+
+
+def test_limits_and_trusted_proxies() -> None:
+    loaded = parse_config(
+        config(
+            upstream="header_timeout = 5",
+            frontend=(
+                "max_request_line = 4096\nmax_header_size = 8192\nmax_headers = 50\n"
+                "header_timeout = 3\nbody_min_rate = 0\nidle_timeout = 30\n"
+                'max_connections = 100\ntrusted_proxies = ["10.0.0.0/8", "::1"]'
+            ),
+        ),
+        "test.toml",
+    )
+    server = loaded.server
+    assert (server.max_request_line, server.max_header_size) == (4096, 8192)
+    assert (server.max_headers, server.header_timeout) == (50, 3)
+    assert (server.body_min_rate, server.idle_timeout) == (0, 30)
+    assert server.max_connections == 100
+    assert server.trusted_proxies == ("10.0.0.0/8", "::1")
+    assert loaded.upstreams[0].header_timeout == 5
