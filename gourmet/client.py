@@ -35,6 +35,10 @@ SMALL_BODY = 64 * 1024
 MAX_HEAD = 64 * 1024
 #: The longest chunk-size line accepted.
 MAX_CHUNK_LINE = 4096
+#: The most header lines accepted in a response head.  Real servers send
+#: a few dozen; thousands of short ones fit in MAX_HEAD and would cost a
+#: list entry each, for every client that gets them.
+MAX_HEADERS = 200
 
 _STATUS_LINE = re.compile(rb"\AHTTP/1\.([01]) ([1-5][0-9][0-9])(?: ([^\r\n]*))?\Z")
 _HEADER = re.compile(rb"\A([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*?)[ \t]*\Z")
@@ -63,6 +67,13 @@ class ConnectTimeout(ConnectFailed):
 class ReadTimeout(UpstreamError):
     """
     The server sent nothing for ``read_timeout`` seconds.
+    """
+
+
+class HeaderTimeout(ReadTimeout):
+    """
+    The response head was not complete ``header_timeout`` seconds after the
+    request was sent.
     """
 
 
@@ -197,6 +208,8 @@ class UpstreamConnection(Protocol):
         self._body_sent = True
         self._sender: Optional[FileSender] = None
         self._timeout = 0.0
+        self._header_timeout = 0.0
+        self._sent_at = 0.0
         self._timer: Optional[IDelayedCall] = None
         self._last_read = 0.0
         self._paused = False
@@ -241,10 +254,19 @@ class UpstreamConnection(Protocol):
     # -- sending --------------------------------------------------------
 
     def send(
-        self, request: UpstreamRequest, receiver: IResponseReceiver, read_timeout: float
+        self,
+        request: UpstreamRequest,
+        receiver: IResponseReceiver,
+        read_timeout: float,
+        header_timeout: Optional[float] = None,
     ) -> None:
         """
         Send ``request``; ``receiver`` hears about the response.
+
+        :param read_timeout: the longest silence from the server, before and
+            after the response head.
+        :param header_timeout: the longest wait, once the request is sent,
+            for the whole response head; ``read_timeout`` when None.
         """
         assert self._state == _State.IDLE and self.transport is not None
         self.requests += 1
@@ -254,8 +276,13 @@ class UpstreamConnection(Protocol):
         self._got_bytes = False
         self._paused = False
         self._timeout = read_timeout
-        self._last_read = self.clock.seconds()
-        self._timer = self.clock.callLater(read_timeout, self._check_timeout)
+        if header_timeout is None:
+            header_timeout = read_timeout
+        self._header_timeout = header_timeout
+        self._sent_at = self._last_read = self.clock.seconds()
+        self._timer = self.clock.callLater(
+            min(read_timeout, header_timeout), self._check_timeout
+        )
         lines = [b"%s %s HTTP/1.1" % (request.method, request.target)]
         lines.extend(b"%s: %s" % header for header in request.headers)
         body = request.body
@@ -280,7 +307,8 @@ class UpstreamConnection(Protocol):
         def sent(_: object) -> None:
             self._sender = None
             self._body_sent = True
-            self._last_read = self.clock.seconds()
+            # The server's time to answer starts once it has the request.
+            self._sent_at = self._last_read = self.clock.seconds()
 
         sending.addCallbacks(sent, lambda _: None)
 
@@ -327,14 +355,27 @@ class UpstreamConnection(Protocol):
         # While the body is still going out or the client holds the response
         # back, the server is not the one keeping us waiting.
         now = self.clock.seconds()
-        due = self._last_read + self._timeout
-        if self._paused or not self._body_sent:
+        if not self._body_sent:
+            # Back in time for the head's deadline, which starts once sent.
+            due = now + min(self._timeout, self._header_timeout)
+        elif self._paused:
             due = now + self._timeout
+        else:
+            due = self._last_read + self._timeout
+        head_due = self._sent_at + self._header_timeout
+        waiting_for_head = self._state == _State.HEAD and self._body_sent
+        if waiting_for_head:
+            due = min(due, head_due)
         if now < due:
             self._timer = self.clock.callLater(due - now, self._check_timeout)
             return
         self._timer = None
-        self._fail(ReadTimeout(f"no response bytes for {self._timeout:g} s"))
+        if waiting_for_head and now >= head_due:
+            self._fail(
+                HeaderTimeout(f"no response head within {self._header_timeout:g} s")
+            )
+        else:
+            self._fail(ReadTimeout(f"no response bytes for {self._timeout:g} s"))
 
     def _stop_timer(self) -> None:
         if self._timer is not None:
@@ -401,6 +442,13 @@ class UpstreamConnection(Protocol):
         if self._request_method == b"HEAD" or head.status in _NO_BODY_STATUSES:
             self._state = _State.LENGTH
             self._left = 0
+            # A 204 may not announce a body (RFC 9110, 8.6 and 9112, 6.1); one
+            # that does may send it too, and the connection cannot be trusted.
+            # HEAD and 304 responses announce the body they leave out; bytes
+            # that follow them anyway end the connection in _parse_length or
+            # dataReceived.
+            if head.status == 204 and (head.content_length or head.chunked):
+                self._keep_alive = False
         elif head.chunked:
             self._state = _State.CHUNK_SIZE
         elif head.content_length is not None:
@@ -510,6 +558,8 @@ def parse_head(raw: bytes) -> ResponseHead:
         framing is certain.
     """
     lines = raw.split(b"\r\n")
+    if len(lines) > MAX_HEADERS + 1:
+        raise InvalidResponse(f"more than {MAX_HEADERS} header lines")
     status_line = _STATUS_LINE.match(lines[0])
     if status_line is None:
         raise InvalidResponse(f"bad status line {lines[0][:60]!r}")

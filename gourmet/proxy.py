@@ -7,7 +7,7 @@ trying another server while nothing has been sent to the client yet.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any, Iterable, List, Optional
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IPushProducer, IReactorTime
@@ -23,6 +23,7 @@ from gourmet.client import (
     ConnectFailed,
     ConnectionClosed,
     ConnectTimeout,
+    HeaderTimeout,
     IResponseReceiver,
     ReadTimeout,
     ResponseHead,
@@ -31,7 +32,12 @@ from gourmet.client import (
     UpstreamRequest,
 )
 from gourmet.errors import ErrorPages
-from gourmet.headers import connection_tokens, upstream_request_headers
+from gourmet.headers import (
+    HOP_BY_HOP,
+    TrustedProxies,
+    connection_tokens,
+    upstream_request_headers,
+)
 from gourmet.pool import ConnectionPool
 from gourmet.upstreams import Server, Upstream
 
@@ -39,17 +45,9 @@ from gourmet.upstreams import Server, Upstream
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 #: Methods whose request carries a Content-Length even when empty.
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
-_HOP_BY_HOP_RESPONSE = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"content-length",
-    }
+_NO_UPGRADE = (
+    "Gourmet does not proxy WebSocket connections: the Upgrade to websocket"
+    " was refused."
 )
 
 
@@ -61,6 +59,8 @@ def describe(error: BaseException) -> str:
         return "connect timed out"
     if isinstance(error, ConnectFailed):
         return f"connect failed: {error}"
+    if isinstance(error, HeaderTimeout):
+        return "response head timed out"
     if isinstance(error, ReadTimeout):
         return "read timed out"
     if isinstance(error, ConnectionClosed):
@@ -82,6 +82,9 @@ class LocationResource(ReverseProxyResource):
     here the balancer chooses a server for every request, so ``host`` and
     ``port`` only name the upstream, and the stock ``ProxyClient`` is not
     used at all.
+
+    :param trusted_proxies: addresses or networks of the proxies in front
+        of Gourmet whose forwarding headers are believed.
     """
 
     isLeaf = True
@@ -93,6 +96,7 @@ class LocationResource(ReverseProxyResource):
         error_pages: ErrorPages,
         clock: IReactorTime,
         max_body_size: int = 0,
+        trusted_proxies: Iterable[str] = (),
     ) -> None:
         super().__init__(upstream.name, 0, b"", reactor=clock)
         self.upstream = upstream
@@ -100,11 +104,17 @@ class LocationResource(ReverseProxyResource):
         self.error_pages = error_pages
         self.clock = clock
         self.max_body_size = max_body_size
+        self.trusted_proxies = TrustedProxies(trusted_proxies)
 
     def getChild(self, path: bytes, request: Any) -> LocationResource:
         return self
 
     def render(self, request: Any) -> Any:
+        if _asks_for_websocket(request):
+            # There is no tunnel to hand the connection to: say so at once
+            # rather than forward a handshake that cannot complete.
+            self.error_pages.render(request, 501, _NO_UPGRADE)
+            return NOT_DONE_YET
         body = request.content
         body.seek(0, 2)
         length = body.tell()
@@ -124,6 +134,7 @@ class LocationResource(ReverseProxyResource):
             client_ip=client_ip,
             scheme=b"https" if request.isSecure() else b"http",
             via=b"%s gourmet" % request.clientproto[5:],
+            trusted=self.trusted_proxies,
         )
         exchange = ProxyExchange(
             request,
@@ -137,6 +148,21 @@ class LocationResource(ReverseProxyResource):
         )
         exchange.start()
         return NOT_DONE_YET
+
+
+def _asks_for_websocket(request: Any) -> bool:
+    """
+    Whether ``request`` asks to upgrade to WebSocket.  Other upgrades (such
+    as ``h2c``) are ignored, as RFC 9110 (7.8) allows: the request is
+    proxied as plain HTTP/1.1 without its ``Upgrade`` header.
+    """
+    upgrade = request.requestHeaders.getRawHeaders(b"upgrade")
+    if upgrade is None:
+        return False
+    # A protocol may carry a version: "websocket/13".
+    return any(
+        token.partition(b"/")[0] == b"websocket" for token in connection_tokens(upgrade)
+    )
 
 
 @implementer(IResponseReceiver, IPushProducer)
@@ -228,7 +254,8 @@ class ProxyExchange:
             body=self.body,
             body_length=self.body_length,
         )
-        connection.send(request, self, self.config.read_timeout)
+        config = self.config
+        connection.send(request, self, config.read_timeout, config.header_timeout)
 
     def _connect_failed(self, reason: Failure) -> None:
         self.connecting = None
@@ -325,7 +352,7 @@ class ProxyExchange:
         has_date = False
         for name, value in head.headers:
             lower = name.lower()
-            if lower in _HOP_BY_HOP_RESPONSE or lower in named:
+            if lower in HOP_BY_HOP or lower in named:
                 continue
             has_date = has_date or lower == b"date"
             headers.addRawHeader(name, value)
@@ -333,8 +360,13 @@ class ProxyExchange:
             headers.setRawHeaders(
                 b"date", request.responseHeaders.getRawHeaders(b"date")
             )
-        if head.content_length is not None:
+        # A 204 has no body and may not say it has one (RFC 9110, 8.6).
+        if head.content_length is not None and head.status != 204:
             headers.setRawHeaders(b"content-length", [b"%d" % head.content_length])
+        # twisted.web says here when it will close the client's connection.
+        closing = request.responseHeaders.getRawHeaders(b"connection")
+        if closing:
+            headers.setRawHeaders(b"connection", closing)
         request.responseHeaders = headers
         request.registerProducer(self, True)
 

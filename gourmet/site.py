@@ -1,7 +1,7 @@
 """
 The proxy's web site: the request class that carries what the proxy did for
-the access log, and the root resource that routes each request to its
-location.
+the access log, the root resource that routes each request to its
+location, and the count of client connections.
 """
 
 from __future__ import annotations
@@ -9,16 +9,15 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from gourmet.accesslog import AccessLog, ProxyRecord
+from gourmet.channel import GourmetChannel
+from gourmet.config import FrontendConfig
 from gourmet.errors import ErrorPages
 from gourmet.routing import Router
-
-#: Seconds an idle client connection is kept open, as nginx's
-#: ``keepalive_timeout``.
-CLIENT_IDLE_TIMEOUT = 75
 
 
 class GourmetRequest(Request):
@@ -93,22 +92,66 @@ class RoutingResource(Resource):
 
 class GourmetSite(Site):
     """
-    The proxy site.  It never shows a traceback, and writes Gourmet's own
-    access log rather than Twisted's.
+    The proxy site.  It never shows a traceback, writes Gourmet's own
+    access log rather than Twisted's, and speaks HTTP/1.x to clients
+    through :class:`GourmetChannel` only (never HTTP/2, whose requests
+    would bypass the channel's checks).
+
+    :ivar frontend: the ``[server]`` limits its channels enforce;
+        ``idle_timeout`` is its idle timeout.
+    :ivar open_connections: client connections being served.
     """
 
     requestFactory = GourmetRequest
     displayTracebacks = False
+    # Twisted types this as its HTTP/1-or-2 wrapper's factory; any
+    # callable returning a protocol will do.
+    protocol = GourmetChannel  # type: ignore[assignment]
+    # Not "log": that is the access log method of a Site.
+    logger = Logger()
 
     def __init__(
         self,
         resource: IResource,
         clock: IReactorTime,
         access_log: Optional[AccessLog] = None,
+        frontend: Optional[FrontendConfig] = None,
     ) -> None:
-        super().__init__(resource, reactor=clock, timeout=CLIENT_IDLE_TIMEOUT)
+        if frontend is None:
+            frontend = FrontendConfig(locations=())
+        super().__init__(resource, reactor=clock, timeout=frontend.idle_timeout)
         self.clock = clock
         self.access_log = access_log
+        self.frontend = frontend
+        self.open_connections = 0
+        self._refusing = False
+
+    def connection_opened(self) -> bool:
+        """
+        Count a new client connection, unless ``max_connections`` are
+        open already.
+
+        :return: whether it may be served.
+        """
+        limit = self.frontend.max_connections
+        if limit and self.open_connections >= limit:
+            if not self._refusing:
+                # Once per burst: a flood of refusals must not flood the log.
+                self.logger.warn(
+                    "{limit} client connections open: refusing more",
+                    limit=limit,
+                )
+                self._refusing = True
+            return False
+        self._refusing = False
+        self.open_connections += 1
+        return True
+
+    def connection_closed(self) -> None:
+        """
+        A connection counted by :meth:`connection_opened` is gone.
+        """
+        self.open_connections -= 1
 
     def log(self, request: Any) -> None:
         if self.access_log is not None:

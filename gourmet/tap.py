@@ -135,12 +135,13 @@ def build_service(
             error_pages,
             reactor,
             max_body_size=frontend.max_body_size,
+            trusted_proxies=frontend.trusted_proxies,
         )
         for location in frontend.locations
     ]
     root = RoutingResource(Router(frontend.locations), locations, error_pages)
     access_log = AccessLog(config.log.access_log, config.log.access_log_format, reactor)
-    site = GourmetSite(root, reactor, access_log)
+    site = GourmetSite(root, reactor, access_log, frontend)
     service = GourmetService(config, upstreams, pools, site, log_observer)
     access_log.setServiceParent(service)
     for index, description in enumerate(frontend.endpoints):

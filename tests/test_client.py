@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from typing import Any, AsyncIterator, List, Optional
+from typing import Any, AsyncIterator, Callable, List, Optional, Set, Tuple, Union
 
 import pytest
 import pytest_twisted
@@ -26,10 +26,12 @@ from gourmet.client import (
     ConnectFailed,
     ConnectionClosed,
     ConnectTimeout,
+    HeaderTimeout,
     InvalidResponse,
     IResponseReceiver,
     ReadTimeout,
     ResponseHead,
+    UpstreamConnection,
     UpstreamRequest,
     parse_head,
 )
@@ -67,9 +69,24 @@ class Collector:
         self.done.errback(reason)
 
 
+#: What a scripted server does with a request: bytes to write, None to say
+#: nothing, or a function given the connection's transport (to write in
+#: pieces, stall, or reset the connection).
+Answer = Union[None, bytes, Callable[[Any], None]]
+
+
+def _content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
+
+
 class Scripted(Protocol):
     """
-    Answers each request head it reads with the next scripted response.
+    Reads each request (head and Content-Length body) and answers it with
+    the next scripted answer.
     """
 
     def __init__(self, server: ScriptedServer) -> None:
@@ -78,32 +95,72 @@ class Scripted(Protocol):
 
     def connectionMade(self) -> None:
         self.server.connections += 1
+        self.server.open.add(self)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.server.open.discard(self)
 
     def dataReceived(self, data: bytes) -> None:
         self.buffer += data
         while b"\r\n\r\n" in self.buffer:
-            head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+            head, rest = self.buffer.split(b"\r\n\r\n", 1)
+            length = _content_length(head)
+            if len(rest) < length:
+                return
+            self.buffer = rest[length:]
             self.server.requests.append(head)
-            answer = self.server.responses.pop(0)
-            if answer is not None:
-                self.transport.write(answer)  # type: ignore[union-attr]
-            if self.server.close_after:
-                self.transport.loseConnection()  # type: ignore[union-attr]
+            self.server.bodies.append(rest[:length])
+            self.answer(self.server.responses.pop(0))
+
+    def answer(self, answer: Answer) -> None:
+        transport: Any = self.transport
+        if callable(answer):
+            answer(transport)
+        elif answer is not None:
+            transport.write(answer)
+        if self.server.close_after:
+            transport.loseConnection()
 
 
 class ScriptedServer:
-    def __init__(self, *responses: Optional[bytes], close_after: bool = False):
+    """
+    A raw upstream on loopback that answers the requests it reads with
+    scripted answers, in order, whatever the connection.
+
+    :ivar requests: the request heads read.
+    :ivar bodies: their bodies.
+    :ivar connections: connections accepted.
+    :ivar open: connections still open.
+    """
+
+    def __init__(self, *responses: Answer, close_after: bool = False):
         self.responses = list(responses)
         self.close_after = close_after
         self.requests: List[bytes] = []
+        self.bodies: List[bytes] = []
         self.connections = 0
+        self.open: Set[Scripted] = set()
         self.port: Optional[IListeningPort] = None
 
     def start(self) -> Origin:
         factory: Any = ServerFactory.forProtocol(lambda: Scripted(self))
         self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-        address: Any = self.port.getHost()
-        return parse_origin(f"127.0.0.1:{address.port}")
+        return parse_origin(self.address)
+
+    @property
+    def address(self) -> str:
+        assert self.port is not None
+        return f"127.0.0.1:{self.port.getHost().port}"  # type: ignore[attr-defined]
+
+    async def stop(self) -> None:
+        """
+        Stop listening and reset the connections still open.
+        """
+        if self.port is not None:
+            await maybeDeferred(self.port.stopListening)
+        for protocol in list(self.open):
+            transport: Any = protocol.transport
+            transport.abortConnection()
 
 
 @pytest_twisted.async_yield_fixture
@@ -124,8 +181,7 @@ async def scripted() -> AsyncIterator[Any]:
 
     yield start
     for server in servers:
-        assert server.port is not None
-        await maybeDeferred(server.port.stopListening)
+        await server.stop()
 
 
 async def fetch(
@@ -135,6 +191,7 @@ async def fetch(
     method: bytes = b"GET",
     body: Optional[bytes] = None,
     read_timeout: float = 10,
+    header_timeout: Optional[float] = None,
 ) -> Collector:
     connection = await pool.acquire(origin)
     collector = Collector()
@@ -148,6 +205,7 @@ async def fetch(
         ),
         collector,
         read_timeout,
+        header_timeout,
     )
     return await collector.done
 
@@ -210,6 +268,21 @@ FRAMINGS = [
         True,
     ),
     (b"HTTP/1.1 204 No Content\r\n\r\n", b"", True),
+    (b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n", b"", True),
+    # A 204 that announces a body may well send it: never reused.
+    (b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n", b"", False),
+    (b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n", b"", False),
+    # Bytes after a response that has no body: never reused.
+    (b"HTTP/1.1 204 No Content\r\n\r\nhello", b"", False),
+    (b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n", b"", True),
+    (b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\nhello", b"", False),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA", b"ok", False),
+    (
+        # MAX_HEADERS header lines, which is fine.
+        b"HTTP/1.1 200 OK\r\n" + b"X-Many: h\r\n" * 199 + b"Content-Length: 0\r\n\r\n",
+        b"",
+        True,
+    ),
     (
         b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
         b"ok",
@@ -257,6 +330,44 @@ async def test_head_response_has_no_body(pool: ConnectionPool, scripted: Any) ->
     assert again.body == b"ok" and server.connections == 1
 
 
+@pytest_twisted.ensureDeferred
+async def test_bytes_after_a_head_response_end_the_connection(
+    pool: ConnectionPool, scripted: Any
+) -> None:
+    server, origin = scripted(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    )
+    collected = await fetch(pool, origin, method=b"HEAD")
+    assert collected.body == b"" and pool.idle_count(origin) == 0
+    again = await fetch(pool, origin)
+    assert again.body == b"ok" and server.connections == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_late_bytes_after_a_304_drop_the_idle_connection(
+    pool: ConnectionPool, scripted: Any
+) -> None:
+    def head_then_body(transport: Any) -> None:
+        transport.write(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n")
+        reactor.callLater(0.05, transport.write, b"hello")
+
+    server, origin = scripted(
+        head_then_body, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    )
+    collected = await fetch(pool, origin)
+    assert collected.head is not None and collected.head.status == 304
+    assert collected.body == b"" and pool.idle_count(origin) == 1
+    for _ in range(100):
+        if pool.idle_count(origin) == 0:
+            break
+        await sleep(0.01)
+    # Bytes nobody asked for: the connection is not trusted again.
+    assert pool.idle_count(origin) == 0
+    again = await fetch(pool, origin)
+    assert again.body == b"ok" and server.connections == 2
+
+
 INVALID = [
     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
@@ -269,6 +380,8 @@ INVALID = [
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n",
     b"HTTP/1.1 200 OK\r\nX: " + b"y" * 70_000,
+    # More header lines than MAX_HEADERS, though short enough for MAX_HEAD.
+    b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 5000 + b"Content-Length: 0\r\n\r\n",
 ]
 
 
@@ -311,6 +424,96 @@ async def test_read_timeout(pool: ConnectionPool, scripted: Any) -> None:
     with pytest.raises(ReadTimeout):
         await fetch(pool, origin, read_timeout=0.2)
     assert pool.idle_count(origin) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_header_timeout(pool: ConnectionPool, scripted: Any) -> None:
+    _, origin = scripted(None)
+    started = reactor.seconds()
+    with pytest.raises(HeaderTimeout):
+        await fetch(pool, origin, read_timeout=30, header_timeout=0.2)
+    assert 0.15 < reactor.seconds() - started < 5
+    assert pool.idle_count(origin) == 0
+
+
+def clocked_connection() -> Tuple[Clock, UpstreamConnection, Collector, List[Failure]]:
+    from twisted.internet.testing import StringTransport
+
+    clock = Clock()
+    connection = UpstreamConnection(
+        parse_origin("127.0.0.1:1"), clock, lambda c: None, lambda c: None
+    )
+    connection.makeConnection(StringTransport())
+    collector = Collector()
+    failures: List[Failure] = []
+    collector.done.addErrback(failures.append)
+    return clock, connection, collector, failures
+
+
+def test_header_timeout_bounds_a_head_that_trickles_in() -> None:
+    """
+    A server that sends its head a byte at a time, never silent for
+    ``read_timeout``, still gets ``header_timeout`` for all of it.
+    """
+    clock, connection, collector, failures = clocked_connection()
+    request = UpstreamRequest(b"GET", b"/", [(b"Host", b"x")])
+    connection.send(request, collector, 5, header_timeout=3)
+    for byte in b"HTTP/1.1 200 OK\r\n":
+        connection.dataReceived(bytes([byte]))
+        clock.advance(0.5)
+        if failures:
+            break
+    assert len(failures) == 1 and failures[0].check(HeaderTimeout)
+    assert clock.seconds() == 3
+
+
+def test_header_timeout_starts_once_the_body_is_sent() -> None:
+    clock, connection, collector, failures = clocked_connection()
+    body = b"x" * 200_000  # sent by a producer, not with the head
+    request = UpstreamRequest(
+        b"POST", b"/", [(b"Host", b"x")], io.BytesIO(body), len(body)
+    )
+    connection.send(request, collector, 5, header_timeout=3)
+    transport: Any = connection.transport
+    # The body going out slowly is not the server's delay.
+    clock.advance(10)
+    assert failures == []
+    while transport.producer is not None:
+        transport.producer.resumeProducing()
+    assert transport.value().endswith(body)
+    clock.advance(2.9)
+    assert failures == []
+    clock.advance(0.2)
+    assert len(failures) == 1 and failures[0].check(HeaderTimeout)
+
+
+def test_after_the_head_only_read_timeout_applies() -> None:
+    clock, connection, collector, failures = clocked_connection()
+    request = UpstreamRequest(b"GET", b"/", [(b"Host", b"x")])
+    connection.send(request, collector, 5, header_timeout=1)
+    clock.advance(0.5)
+    connection.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nab")
+    for _ in range(4):
+        clock.advance(4)
+        connection.dataReceived(b"c")
+    assert failures == [] and collector.received == 6
+    # Silence for read_timeout: the server is too slow after all.
+    clock.advance(5)
+    assert len(failures) == 1 and failures[0].check(ReadTimeout)
+    assert not failures[0].check(HeaderTimeout)
+
+
+def test_read_timeout_still_applies_before_the_head() -> None:
+    """
+    ``read_timeout`` shorter than ``header_timeout`` keeps failing a
+    silent server as fast as it did before there was a header timeout.
+    """
+    clock, connection, collector, failures = clocked_connection()
+    request = UpstreamRequest(b"GET", b"/", [(b"Host", b"x")])
+    connection.send(request, collector, 1, header_timeout=10)
+    clock.advance(1)
+    assert len(failures) == 1 and failures[0].check(ReadTimeout)
+    assert not failures[0].check(HeaderTimeout)
 
 
 @pytest_twisted.ensureDeferred

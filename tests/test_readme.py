@@ -14,13 +14,23 @@ import docutils.nodes
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_readme_renders_without_warnings() -> None:
+def parse(path: Path) -> docutils.nodes.document:
     errors = io.StringIO()
     document = docutils.core.publish_doctree(
-        (ROOT / "README.rst").read_text(encoding="utf-8"),
+        path.read_text(encoding="utf-8"),
         settings_overrides={"warning_stream": errors, "report_level": 2},
     )
-    assert errors.getvalue() == ""
+    assert errors.getvalue() == "", path
+    return document
+
+
+def test_docs_render_without_warnings() -> None:
+    for path in (ROOT / "docs").glob("*.rst"):
+        parse(path)
+
+
+def test_readme_renders_without_warnings() -> None:
+    document = parse(ROOT / "README.rst")
     images = [node["uri"] for node in document.findall(docutils.nodes.image)]
     assert "docs/admin-console.png" in images
     for uri in images:

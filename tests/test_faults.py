@@ -1,0 +1,400 @@
+"""
+Faults on either side of the proxy: upstreams that reset, close, stall or
+never answer; clients that leave mid-upload or mid-download or pipeline
+without reading; every server down.  Each ends with an answer or a cut
+that cannot be mistaken for success, and nothing left open.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from typing import Any, List
+
+import pytest_twisted
+import treq
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults, maybeDeferred
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.web.client import HTTPConnectionPool
+
+from tests import test_rfc
+from tests.test_rfc import OK, gourmet_config, raw_client, request, sleep, wait_for
+
+#: Raw upstreams answering with scripted bytes: the fixture of test_rfc.
+scripted = test_rfc.scripted
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def temp_files() -> int:
+    """
+    Open files of this process in the temporary directory, where
+    twisted.web keeps request bodies over 100 kB.
+    """
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        count += target.startswith(tempfile.gettempdir())
+    return count
+
+
+async def fds_back_to(baseline: int, slack: int = 2) -> None:
+    """
+    Wait for the reactor to close what it should; fail if file descriptors
+    stay above ``baseline``.
+    """
+    try:
+        await wait_for(lambda: open_fds() <= baseline + slack, timeout=5)
+    except AssertionError:
+        raise AssertionError(f"{open_fds()} fds open, {baseline} before") from None
+
+
+def part(length: int) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % length
+
+
+# -- the upstream fails mid-response -------------------------------------
+
+
+def reset_after(data: bytes) -> Any:
+    """
+    An answer that writes ``data``, then resets the connection once the
+    bytes are on their way (an abort in the same turn would drop them).
+    """
+
+    def answer(transport: Any) -> None:
+        transport.write(data)
+        reactor.callLater(0.05, transport.abortConnection)
+
+    return answer
+
+
+@pytest_twisted.ensureDeferred
+async def test_reset_mid_body_is_cut_short_for_the_client(
+    gourmet: Any, scripted: Any
+) -> None:
+    upstream = scripted(reset_after(part(100_000) + b"x" * 1000))
+    running = await gourmet(gourmet_config([upstream.address]))
+    client = await raw_client(running.port)
+    client.send(request())
+    response = await client.response()
+    assert response.status == 200
+    assert response.header(b"content-length") == b"100000"
+    assert not response.complete and len(response.body) == 1000
+    assert client.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_reset_mid_chunked_body_has_no_last_chunk(
+    gourmet: Any, scripted: Any
+) -> None:
+    upstream = scripted(
+        reset_after(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n6\r\n wor"
+        )
+    )
+    running = await gourmet(gourmet_config([upstream.address]))
+    client = await raw_client(running.port)
+    client.send(request())
+    response = await client.response()
+    assert response.status == 200
+    assert response.header(b"transfer-encoding") == b"chunked"
+    assert not response.complete and response.body.startswith(b"hello")
+    assert client.closed
+
+
+# -- keep-alive connections the upstream closed ----------------------------
+
+
+def close_without_answer(transport: Any) -> None:
+    transport.loseConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_get_on_a_connection_the_upstream_closed_is_sent_again(
+    gourmet: Any, scripted: Any
+) -> None:
+    upstream = scripted(OK, close_without_answer, OK)
+    running = await gourmet(gourmet_config([upstream.address]))
+    for _ in range(2):
+        response = await running.get("/")
+        assert (response.code, await response.content()) == (200, b"ok")
+    # The second request went on the kept connection, found it closed, and
+    # went again, once, on a new one.
+    assert len(upstream.requests) == 3 and upstream.connections == 2
+    server = running.upstream("backend").servers[0]
+    assert server.failures == 0 and server.active == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_idle_connection_the_upstream_closes_leaves_the_pool(
+    gourmet: Any, scripted: Any
+) -> None:
+    def answer_then_close(transport: Any) -> None:
+        transport.write(OK)
+        reactor.callLater(0.05, transport.loseConnection)
+
+    upstream = scripted(answer_then_close, OK)
+    running = await gourmet(gourmet_config([upstream.address]))
+    pool = running.service.pools["backend"]
+    assert (await (await running.get("/")).content()) == b"ok"
+    await wait_for(lambda: pool.idle_count() == 0, timeout=2)
+    response = await running.get("/")
+    assert (response.code, await response.content()) == (200, b"ok")
+    assert upstream.connections == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_post_is_never_sent_twice(gourmet: Any, scripted: Any) -> None:
+    upstream = scripted(OK, close_without_answer, OK)
+    running = await gourmet(gourmet_config([upstream.address]))
+    assert (await (await running.get("/")).content()) == b"ok"
+    response = await running.request("POST", "/pay", data=b"pay once")
+    assert response.code == 502
+    await response.content()
+    # It reached the server on the kept connection, which then closed: the
+    # server may have acted on it, so it is not sent again.
+    assert upstream.bodies.count(b"pay once") == 1
+    assert upstream.connections == 1
+
+
+# -- upstreams that stall ------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_response_head_within_header_timeout_is_504(
+    gourmet: Any, scripted: Any
+) -> None:
+    upstream = scripted(None)
+    running = await gourmet(
+        gourmet_config(
+            [upstream.address], upstream_extra="header_timeout = 0.3\nread_timeout = 30"
+        )
+    )
+    # A first request, so that what Gourmet opens once is in the baseline.
+    await (await running.get("/first")).content()
+    baseline = open_fds()
+    upstream.responses.append(None)
+    started = reactor.seconds()
+    response = await running.get("/", headers={"Accept": "application/json"})
+    assert response.code == 504
+    assert 0.25 < reactor.seconds() - started < 3
+    await response.content()
+    await wait_for(lambda: not upstream.open)
+    assert running.service.pools["backend"].idle_count() == 0
+    await fds_back_to(baseline)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stall_after_the_head_cuts_the_response_after_read_timeout(
+    gourmet: Any, scripted: Any
+) -> None:
+    upstream = scripted(part(100) + b"0123456789")
+    running = await gourmet(
+        gourmet_config([upstream.address], upstream_extra="read_timeout = 0.3")
+    )
+    baseline = open_fds()
+    client = await raw_client(running.port)
+    started = reactor.seconds()
+    client.send(request())
+    response = await client.response()
+    assert 0.25 < reactor.seconds() - started < 3
+    assert response.status == 200 and response.body == b"0123456789"
+    assert not response.complete and client.closed
+    assert running.upstream("backend").servers[0].active == 0
+    await wait_for(lambda: not upstream.open)
+    await fds_back_to(baseline)
+
+
+# -- clients that leave --------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_leaving_mid_upload_sends_nothing_upstream(
+    gourmet: Any, make_upstreams: Any
+) -> None:
+    (server,) = make_upstreams("one")
+    running = await gourmet(
+        gourmet_config([server.address], server_extra="max_body_size = 0")
+    )
+    await (await running.get("/warm")).content()
+    baseline, temp_baseline = open_fds(), temp_files()
+    client = await raw_client(running.port)
+    client.send(request(b"/up", b"POST", (b"Content-Length: 5000000",)))
+    client.send(b"x" * 500_000)
+    # twisted.web spools a body that large to a temporary file.
+    await wait_for(lambda: temp_files() > temp_baseline)
+    client.close()
+    await wait_for(lambda: temp_files() == temp_baseline)
+    await fds_back_to(baseline)
+    assert [seen.uri for seen in server.seen] == [b"/warm"]
+    assert server.connections == 1
+    assert running.upstream("backend").servers[0].active == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_leaving_before_the_answer_cancels_the_upstream_request(
+    gourmet: Any, scripted: Any
+) -> None:
+    upstream = scripted(None)
+    running = await gourmet(gourmet_config([upstream.address]))
+    baseline = open_fds()
+    client = await raw_client(running.port)
+    client.send(request(b"/up", b"POST", body=b"y" * 300_000))
+    await wait_for(lambda: upstream.bodies)
+    assert len(upstream.bodies[0]) == 300_000
+    assert running.upstream("backend").servers[0].active == 1
+    client.close()
+    await wait_for(lambda: not upstream.open)
+    assert running.upstream("backend").servers[0].active == 0
+    await fds_back_to(baseline)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_leaving_mid_download_closes_the_upstream_connection(
+    gourmet: Any, make_upstreams: Any
+) -> None:
+    (server,) = make_upstreams("big")
+    running = await gourmet(gourmet_config([server.address]))
+    await (await running.get("/warm")).content()
+    baseline = open_fds()
+    client = await raw_client(running.port)
+    client.send(request(b"/big/50000000"))
+    await wait_for(lambda: len(client.data) > 100_000)
+    client.close()
+    await wait_for(lambda: server.streams_cut == 1)
+    assert running.upstream("backend").servers[0].active == 0
+    assert running.service.pools["backend"].idle_count() == 0
+    await fds_back_to(baseline)
+
+
+def vm_rss() -> int:
+    """
+    This process's resident memory, in bytes.
+    """
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+#: How much resident memory may grow while 1000 clients pipeline requests
+#: for large responses and read none of them.  With backpressure each
+#: connection holds at most a transport buffer or two (64 KiB each) in
+#: Gourmet and in the in-process upstream: about 60 MiB in all, measured.
+#: Without it every response (10 MB each, 10 per client) piles up in
+#: memory: 30 such clients already grew it by over 200 MiB.
+PIPELINING_MEMORY_BOUND = 128 * 1024 * 1024
+
+
+@pytest_twisted.ensureDeferred
+async def test_clients_pipelining_without_reading_use_bounded_memory(
+    gourmet: Any, make_upstreams: Any
+) -> None:
+    (server,) = make_upstreams("big")
+    running = await gourmet(gourmet_config([server.address]))
+    await (await running.get("/warm")).content()
+    clients_count, pipelined = 1000, 10
+    baseline, rss_before = open_fds(), vm_rss()
+    burst = request(b"/big/10000000") * pipelined
+    clients: List[socket.socket] = []
+    for _ in range(clients_count):
+        client = socket.socket()
+        # Small receive buffers: the kernel holds little for a client that
+        # does not read, and Gourmet's own buffering shows.
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        client.settimeout(5)
+        client.connect(("127.0.0.1", running.port))
+        client.sendall(burst)
+        clients.append(client)
+        if len(clients) % 25 == 0:
+            # Let Gourmet accept: the listen backlog is short.
+            await sleep(0.001)
+    try:
+        await wait_for(lambda: len(server.seen) >= clients_count, timeout=15)
+        await sleep(0.5)
+        grown = vm_rss() - rss_before
+        assert grown < PIPELINING_MEMORY_BOUND, f"grew by {grown / 2**20:.0f} MiB"
+    finally:
+        for client in clients:
+            client.close()
+    await wait_for(lambda: running.upstream("backend").servers[0].active == 0, 10)
+    await fds_back_to(baseline)
+
+
+# -- every server down -----------------------------------------------------
+
+
+class Counting(ServerFactory):
+    """
+    A listener that counts the connections made to it and resets each one
+    at once, as a server that is down for this purpose does.
+    """
+
+    noisy = False
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        self.attempts += 1
+        return _Reset()
+
+
+class _Reset(Protocol):
+    def connectionMade(self) -> None:
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_server_down_is_503_without_connection_attempts(
+    gourmet: Any,
+) -> None:
+    listeners = [Counting(), Counting()]
+    ports = [reactor.listenTCP(0, f, interface="127.0.0.1") for f in listeners]
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    try:
+        addresses = [f"127.0.0.1:{p.getHost().port}" for p in ports]  # type: ignore[attr-defined]
+        running = await gourmet(
+            gourmet_config(addresses, upstream_extra="fail_timeout = 1.5")
+        )
+
+        def attempts() -> int:
+            return sum(listener.attempts for listener in listeners)
+
+        async def burst(count: int) -> List[int]:
+            responses = await gatherResults(
+                [
+                    treq.get(running.url + f"/{n}", pool=pool).addCallback(
+                        lambda r: treq.content(r).addCallback(lambda _: r.code)
+                    )
+                    for n in range(count)
+                ]
+            )
+            return list(responses)
+
+        # The first request finds both down, and marks them so.
+        assert await burst(1) == [502]
+        assert attempts() == 2
+        started = reactor.seconds()
+        assert await burst(100) == [503] * 100
+        assert reactor.seconds() - started < 3
+        assert attempts() == 2
+        # After fail_timeout, one trial request per server: no storm.
+        await sleep(1.6)
+        codes = await burst(100)
+        assert set(codes) <= {502, 503} and codes.count(503) >= 98
+        assert attempts() <= 4
+    finally:
+        await pool.closeCachedConnections()
+        for port in ports:
+            await maybeDeferred(port.stopListening)
