@@ -274,7 +274,7 @@ class UpstreamConnection(Protocol):
         self._request_method = request.method
         self._state = _State.HEAD
         self._got_bytes = False
-        self._paused = False
+        self.resume_reading()
         self._timeout = read_timeout
         if header_timeout is None:
             header_timeout = read_timeout
@@ -534,6 +534,10 @@ class UpstreamConnection(Protocol):
         reusable = reusable and self._body_sent and self._state != _State.CLOSED
         if reusable:
             self._state = _State.IDLE
+            # The client may have paused us during the last bytes: an idle
+            # connection must read, to see the server close it, and the next
+            # request's answer must be read.
+            self.resume_reading()
             self._on_idle(self)
         else:
             self._stop_sending()

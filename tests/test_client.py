@@ -675,3 +675,42 @@ def sleep(seconds: float) -> Deferred[None]:
     d: Deferred[None] = Deferred()
     reactor.callLater(seconds, d.callback, None)
     return d
+
+
+class PausingCollector(Collector):
+    """
+    A receiver whose client is slow: it pauses the connection on each piece
+    of the body, as the proxy does when the client's buffers are full.
+    """
+
+    def __init__(self, connection: Any) -> None:
+        super().__init__()
+        self.connection = connection
+
+    def response_data(self, data: bytes) -> None:
+        super().response_data(data)
+        self.connection.pause_reading()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_paused_at_the_end_of_a_response_is_reused_reading(
+    pool: ConnectionPool, make_upstreams: Any
+) -> None:
+    """
+    Found by the soak test: paused during its last bytes, a connection went
+    back to the pool paused, and the next response on it was never read.
+    """
+    (server,) = make_upstreams("one")
+    origin = parse_origin(server.address)
+    connection = await pool.acquire(origin)
+    first = PausingCollector(connection)
+    connection.send(UpstreamRequest(b"GET", b"/a", [(b"Host", b"x")]), first, 10)
+    await first.done
+    again = await pool.acquire(origin)
+    assert again is connection
+    second = Collector()
+    again.send(UpstreamRequest(b"GET", b"/b", [(b"Host", b"x")]), second, 10)
+    timeout = reactor.callLater(5, second.done.cancel)
+    response = await second.done
+    timeout.cancel()
+    assert json.loads(response.body)["uri"] == "/b"
