@@ -5,8 +5,20 @@ servers on loopback.
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Callable, List, Optional
+from typing import (
+    Any,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    List,
+    Optional,
+    Protocol,
+    Tuple,
+    TypeVar,
+)
 
+import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
@@ -14,12 +26,9 @@ from twisted.web.client import HTTPConnectionPool
 
 from gourmet.configfile import parse_config
 from gourmet.tap import GourmetService, build_service
-from tests.upstreams import UpstreamServer
-
-#: A listen setting for a free loopback port.
-LISTEN = 'listen = ["tcp:0:interface=127.0.0.1"]'
-#: The admin console's listen setting for a free loopback port.
-ADMIN_LISTEN = "tcp:0:interface=127.0.0.1"
+from tests.configs import ADMIN_LISTEN, config
+from tests.rawhttp import RawClient
+from tests.upstreams import Answer, ScriptedServer, UpstreamServer
 
 
 class RunningGourmet:
@@ -45,23 +54,63 @@ class RunningGourmet:
         return self.service.upstreams[name]
 
 
+class _Server(Protocol):
+    def start(self) -> object: ...
+
+    async def stop(self) -> None: ...
+
+
+_S = TypeVar("_S", bound=_Server)
+
+
+class Started:
+    """
+    ``started(server)`` starts a server, to be stopped after the test.
+    """
+
+    def __init__(self) -> None:
+        self.servers: List[_Server] = []
+
+    def __call__(self, server: _S) -> _S:
+        server.start()
+        self.servers.append(server)
+        return server
+
+
 @pytest_twisted.async_yield_fixture
-async def make_upstreams() -> AsyncIterator[Callable[..., List[UpstreamServer]]]:
+async def started() -> AsyncIterator[Started]:
+    """
+    Starts servers (see :class:`Started`) and stops them after the test.
+    """
+    servers = Started()
+    yield servers
+    for server in servers.servers:
+        await server.stop()
+
+
+@pytest.fixture
+def make_upstreams(started: Started) -> Callable[..., List[UpstreamServer]]:
     """
     ``make_upstreams("a", "b")`` starts real upstream servers on loopback.
     """
-    started: List[UpstreamServer] = []
 
     def make(*names: str) -> List[UpstreamServer]:
-        servers = [UpstreamServer(name) for name in names]
-        for server in servers:
-            server.start()
-        started.extend(servers)
-        return servers
+        return [started(UpstreamServer(name)) for name in names]
 
-    yield make
-    for server in started:
-        await server.stop()
+    return make
+
+
+@pytest.fixture
+def scripted(started: Started) -> Callable[..., ScriptedServer]:
+    """
+    ``scripted(answer, ...)`` starts a raw upstream on loopback answering
+    the requests it reads with those answers, in order.
+    """
+
+    def start(*answers: Answer, close_after: bool = False) -> ScriptedServer:
+        return started(ScriptedServer(*answers, close_after=close_after))
+
+    return start
 
 
 @pytest_twisted.async_yield_fixture
@@ -93,3 +142,84 @@ async def gourmet() -> AsyncIterator[Callable[[str], Any]]:
     for instance in running:
         await instance.pool.closeCachedConnections()
         await instance.service.stopService()
+
+
+#: ``await proxy(server_extra="", upstream_extra="", name="one")``: see
+#: :func:`proxy`.
+StartProxy = Callable[..., Awaitable[Tuple[UpstreamServer, RunningGourmet]]]
+
+
+@pytest.fixture
+def proxy(gourmet: Any, make_upstreams: Any) -> StartProxy:
+    """
+    ``await proxy(server_extra, upstream_extra, name)`` starts one
+    upstream and Gourmet in front of it (:func:`tests.configs.config` with
+    those extra settings); it gives both.
+    """
+
+    async def start(
+        server_extra: str = "", upstream_extra: str = "", name: str = "one"
+    ) -> Tuple[UpstreamServer, RunningGourmet]:
+        (server,) = make_upstreams(name)
+        text = config(
+            [server], upstream_extra=upstream_extra, server_extra=server_extra
+        )
+        return server, await gourmet(text)
+
+    return start
+
+
+@pytest.fixture
+def scripted_proxy(
+    gourmet: Any, scripted: Callable[..., ScriptedServer]
+) -> Callable[..., Awaitable[Tuple[ScriptedServer, RunningGourmet]]]:
+    """
+    ``await scripted_proxy(answer, ..., upstream_extra="")`` starts a
+    scripted upstream (see :func:`scripted`) and Gourmet in front of it;
+    it gives both.
+    """
+
+    async def start(
+        *answers: Answer, upstream_extra: str = ""
+    ) -> Tuple[ScriptedServer, RunningGourmet]:
+        upstream = scripted(*answers)
+        return upstream, await gourmet(
+            config([upstream], upstream_extra=upstream_extra)
+        )
+
+    return start
+
+
+@pytest.fixture
+def raw_socket() -> Iterator[Callable[[int], RawClient]]:
+    """
+    ``raw_socket(port)`` opens a :class:`tests.rawhttp.RawClient`, closed
+    after the test.
+    """
+    clients: List[RawClient] = []
+
+    def connect(port: int) -> RawClient:
+        clients.append(RawClient(port))
+        return clients[-1]
+
+    yield connect
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def raw_proxy(
+    proxy: StartProxy, raw_socket: Callable[[int], RawClient]
+) -> Callable[..., Awaitable[Tuple[UpstreamServer, RunningGourmet, RawClient]]]:
+    """
+    ``await raw_proxy(server_extra)``: :func:`proxy`, and a raw client
+    connected to Gourmet.
+    """
+
+    async def start(
+        server_extra: str = "",
+    ) -> Tuple[UpstreamServer, RunningGourmet, RawClient]:
+        server, running = await proxy(server_extra)
+        return server, running, raw_socket(running.port)
+
+    return start

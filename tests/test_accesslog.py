@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest_twisted
 
-from tests.test_proxy import config
+from tests.configs import config
 
 
 @pytest_twisted.ensureDeferred

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from typing import Any, Dict, List, Union
+from typing import Any, Dict, Union
 
 import pytest_twisted
 import treq
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
-from tests.conftest import LISTEN
+from tests.configs import ADMIN_LISTEN, config
 from tests.upstreams import UpstreamServer
 
 TOKEN = "a-token-of-twenty-chars"
@@ -24,23 +24,14 @@ HEADERS: Dict[Union[bytes, str], Union[bytes, str]] = {
 }
 
 
-def config(servers: List[UpstreamServer]) -> str:
-    lines = ["[upstreams.backend]"]
-    for server in servers:
-        lines += ["[[upstreams.backend.servers]]", f'path = "{server.address}"']
-    lines += [
-        "[server]",
-        LISTEN,
-        "[[server.locations]]",
-        'location = "^/"',
-        'upstream = "backend"',
-        "[log]",
-        'access_log = "off"',
-        "[admin]",
-        'listen = "tcp:0:interface=127.0.0.1"',
-        f'token = "{TOKEN}"',
-    ]
-    return "\n".join(lines) + "\n"
+#: The console with a token, and no access log.
+ADMIN = f"""
+[log]
+access_log = "off"
+[admin]
+listen = "{ADMIN_LISTEN}"
+token = "{TOKEN}"
+"""
 
 
 async def patch(running: Any, server: UpstreamServer, change: Any) -> Any:
@@ -69,7 +60,7 @@ async def test_weight_3_to_1_splits_traffic_300_100(
     gourmet: Any, make_upstreams: Any
 ) -> None:
     a, b = make_upstreams("a", "b")
-    running = await gourmet(config([a, b]))
+    running = await gourmet(config([a, b]) + ADMIN)
     assert await split(running, 40) == {"a": 20, "b": 20}
     changed = await patch(running, a, {"weight": 3})
     assert (changed["weight"], changed["configured_weight"]) == (3, 1)
@@ -83,7 +74,7 @@ async def test_weight_0_lets_in_flight_requests_finish(
     gourmet: Any, make_upstreams: Any
 ) -> None:
     a, b = make_upstreams("a", "b")
-    running = await gourmet(config([a, b]))
+    running = await gourmet(config([a, b]) + ADMIN)
     # Round robin sends the first request to a, the second (slow) one to b.
     await split(running, 1)
     slow = running.get("/slow/0.5")

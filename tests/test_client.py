@@ -9,16 +9,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from typing import Any, AsyncIterator, Callable, List, Optional, Set, Tuple, Union
+from typing import Any, AsyncIterator, Callable, List, Optional, Tuple
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -37,6 +35,7 @@ from gourmet.client import (
 )
 from gourmet.origin import Origin, parse_origin
 from gourmet.pool import ConnectionPool
+from tests.upstreams import Answer, ScriptedServer
 
 
 @implementer(IResponseReceiver)
@@ -69,100 +68,6 @@ class Collector:
         self.done.errback(reason)
 
 
-#: What a scripted server does with a request: bytes to write, None to say
-#: nothing, or a function given the connection's transport (to write in
-#: pieces, stall, or reset the connection).
-Answer = Union[None, bytes, Callable[[Any], None]]
-
-
-def _content_length(head: bytes) -> int:
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            return int(value)
-    return 0
-
-
-class Scripted(Protocol):
-    """
-    Reads each request (head and Content-Length body) and answers it with
-    the next scripted answer.
-    """
-
-    def __init__(self, server: ScriptedServer) -> None:
-        self.server = server
-        self.buffer = b""
-
-    def connectionMade(self) -> None:
-        self.server.connections += 1
-        self.server.open.add(self)
-
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self.server.open.discard(self)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.buffer += data
-        while b"\r\n\r\n" in self.buffer:
-            head, rest = self.buffer.split(b"\r\n\r\n", 1)
-            length = _content_length(head)
-            if len(rest) < length:
-                return
-            self.buffer = rest[length:]
-            self.server.requests.append(head)
-            self.server.bodies.append(rest[:length])
-            self.answer(self.server.responses.pop(0))
-
-    def answer(self, answer: Answer) -> None:
-        transport: Any = self.transport
-        if callable(answer):
-            answer(transport)
-        elif answer is not None:
-            transport.write(answer)
-        if self.server.close_after:
-            transport.loseConnection()
-
-
-class ScriptedServer:
-    """
-    A raw upstream on loopback that answers the requests it reads with
-    scripted answers, in order, whatever the connection.
-
-    :ivar requests: the request heads read.
-    :ivar bodies: their bodies.
-    :ivar connections: connections accepted.
-    :ivar open: connections still open.
-    """
-
-    def __init__(self, *responses: Answer, close_after: bool = False):
-        self.responses = list(responses)
-        self.close_after = close_after
-        self.requests: List[bytes] = []
-        self.bodies: List[bytes] = []
-        self.connections = 0
-        self.open: Set[Scripted] = set()
-        self.port: Optional[IListeningPort] = None
-
-    def start(self) -> Origin:
-        factory: Any = ServerFactory.forProtocol(lambda: Scripted(self))
-        self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-        return parse_origin(self.address)
-
-    @property
-    def address(self) -> str:
-        assert self.port is not None
-        return f"127.0.0.1:{self.port.getHost().port}"  # type: ignore[attr-defined]
-
-    async def stop(self) -> None:
-        """
-        Stop listening and reset the connections still open.
-        """
-        if self.port is not None:
-            await maybeDeferred(self.port.stopListening)
-        for protocol in list(self.open):
-            transport: Any = protocol.transport
-            transport.abortConnection()
-
-
 @pytest_twisted.async_yield_fixture
 async def pool() -> AsyncIterator[ConnectionPool]:
     pool = ConnectionPool(reactor, max_idle_per_origin=2, idle_timeout=30)
@@ -170,18 +75,21 @@ async def pool() -> AsyncIterator[ConnectionPool]:
     await pool.close()
 
 
-@pytest_twisted.async_yield_fixture
-async def scripted() -> AsyncIterator[Any]:
-    servers: List[ScriptedServer] = []
+@pytest.fixture
+def scripted(
+    scripted: Callable[..., ScriptedServer],
+) -> Callable[..., Tuple[ScriptedServer, Origin]]:
+    """
+    The scripted upstreams of conftest, given with their origins.
+    """
 
-    def start(*responses: Optional[bytes], close_after: bool = False) -> Any:
-        server = ScriptedServer(*responses, close_after=close_after)
-        servers.append(server)
-        return server, server.start()
+    def start(
+        *answers: Answer, close_after: bool = False
+    ) -> Tuple[ScriptedServer, Origin]:
+        server = scripted(*answers, close_after=close_after)
+        return server, parse_origin(server.address)
 
-    yield start
-    for server in servers:
-        await server.stop()
+    return start
 
 
 async def fetch(
@@ -316,32 +224,46 @@ async def test_body_until_close(pool: ConnectionPool, scripted: Any) -> None:
     assert pool.idle_count(origin) == 0
 
 
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+async def head_then_get(
+    pool: ConnectionPool, scripted: Any, answer: bytes
+) -> Tuple[Collector, int, int]:
+    """
+    A HEAD request answered with ``answer``, then a GET answered ``ok``.
+
+    :return: what the HEAD collected, the idle connections after it, and
+        the connections the server accepted for both.
+    """
+    server, origin = scripted(answer, OK)
+    collected = await fetch(pool, origin, method=b"HEAD")
+    idle = pool.idle_count(origin)
+    again = await fetch(pool, origin)
+    assert again.body == b"ok"
+    return collected, idle, server.connections
+
+
 @pytest_twisted.ensureDeferred
 async def test_head_response_has_no_body(pool: ConnectionPool, scripted: Any) -> None:
-    server, origin = scripted(
-        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n",
-        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    collected, _, connections = await head_then_get(
+        pool, scripted, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n"
     )
-    collected = await fetch(pool, origin, method=b"HEAD")
     assert collected.head is not None and collected.head.content_length == 100
     assert collected.body == b""
     # Not waiting for 100 bytes: the next response on the connection reads.
-    again = await fetch(pool, origin)
-    assert again.body == b"ok" and server.connections == 1
+    assert connections == 1
 
 
 @pytest_twisted.ensureDeferred
 async def test_bytes_after_a_head_response_end_the_connection(
     pool: ConnectionPool, scripted: Any
 ) -> None:
-    server, origin = scripted(
-        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
-        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    collected, idle, connections = await head_then_get(
+        pool, scripted, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
     )
-    collected = await fetch(pool, origin, method=b"HEAD")
-    assert collected.body == b"" and pool.idle_count(origin) == 0
-    again = await fetch(pool, origin)
-    assert again.body == b"ok" and server.connections == 2
+    assert collected.body == b"" and idle == 0
+    assert connections == 2
 
 
 @pytest_twisted.ensureDeferred
@@ -352,9 +274,7 @@ async def test_late_bytes_after_a_304_drop_the_idle_connection(
         transport.write(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n")
         reactor.callLater(0.05, transport.write, b"hello")
 
-    server, origin = scripted(
-        head_then_body, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-    )
+    server, origin = scripted(head_then_body, OK)
     collected = await fetch(pool, origin)
     assert collected.head is not None and collected.head.status == 304
     assert collected.body == b"" and pool.idle_count(origin) == 1
@@ -437,8 +357,10 @@ async def test_header_timeout(pool: ConnectionPool, scripted: Any) -> None:
 
 
 def clocked_connection() -> Tuple[Clock, UpstreamConnection, Collector, List[Failure]]:
-    from twisted.internet.testing import StringTransport
-
+    """
+    An upstream connection on a Clock and an in-memory transport, a
+    collector for its response, and the list its failure goes to.
+    """
     clock = Clock()
     connection = UpstreamConnection(
         parse_origin("127.0.0.1:1"), clock, lambda c: None, lambda c: None
@@ -634,19 +556,7 @@ def test_read_timeout_waits_while_paused() -> None:
     A client holding the response back is not the server being slow.
     Driven by a Clock: the point is timer arithmetic, not sockets.
     """
-    from twisted.internet.testing import StringTransport
-
-    from gourmet.client import UpstreamConnection
-
-    clock = Clock()
-    connection = UpstreamConnection(
-        parse_origin("127.0.0.1:1"), clock, lambda c: None, lambda c: None
-    )
-    transport = StringTransport()
-    connection.makeConnection(transport)
-    collector = Collector()
-    failures: List[Failure] = []
-    collector.done.addErrback(failures.append)
+    clock, connection, collector, failures = clocked_connection()
     connection.send(UpstreamRequest(b"GET", b"/", [(b"Host", b"x")]), collector, 5)
     connection.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nab")
     connection.pause_reading()

@@ -19,11 +19,9 @@ from twisted.internet.defer import gatherResults, maybeDeferred
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.web.client import HTTPConnectionPool
 
-from tests import test_rfc
-from tests.test_rfc import OK, gourmet_config, raw_client, request, sleep, wait_for
-
-#: Raw upstreams answering with scripted bytes: the fixture of test_rfc.
-scripted = test_rfc.scripted
+from tests.configs import config
+from tests.rawhttp import sleep
+from tests.test_rfc import OK, Response, raw_client, request, wait_for
 
 
 def open_fds() -> int:
@@ -56,6 +54,15 @@ async def fds_back_to(baseline: int, slack: int = 2) -> None:
         raise AssertionError(f"{open_fds()} fds open, {baseline} before") from None
 
 
+async def warm(running: Any, path: str = "/warm") -> int:
+    """
+    Send Gourmet a first request, so that what it opens once is in the
+    baseline: the file descriptors open after it.
+    """
+    await (await running.get(path)).content()
+    return open_fds()
+
+
 def part(length: int) -> bytes:
     return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % length
 
@@ -76,39 +83,34 @@ def reset_after(data: bytes) -> Any:
     return answer
 
 
-@pytest_twisted.ensureDeferred
-async def test_reset_mid_body_is_cut_short_for_the_client(
-    gourmet: Any, scripted: Any
-) -> None:
-    upstream = scripted(reset_after(part(100_000) + b"x" * 1000))
-    running = await gourmet(gourmet_config([upstream.address]))
-    client = await raw_client(running.port)
-    client.send(request())
+async def cut_short(scripted_proxy: Any, data: bytes) -> Response:
+    """
+    What a raw client reads when the upstream writes ``data`` then resets
+    the connection: a 200, cut short, on a connection Gourmet closed.
+    """
+    _, running = await scripted_proxy(reset_after(data))
+    client = await raw_client(running.port, request())
     response = await client.response()
     assert response.status == 200
+    assert not response.complete and client.closed
+    return response
+
+
+@pytest_twisted.ensureDeferred
+async def test_reset_mid_body_is_cut_short_for_the_client(scripted_proxy: Any) -> None:
+    response = await cut_short(scripted_proxy, part(100_000) + b"x" * 1000)
     assert response.header(b"content-length") == b"100000"
-    assert not response.complete and len(response.body) == 1000
-    assert client.closed
+    assert len(response.body) == 1000
 
 
 @pytest_twisted.ensureDeferred
-async def test_reset_mid_chunked_body_has_no_last_chunk(
-    gourmet: Any, scripted: Any
-) -> None:
-    upstream = scripted(
-        reset_after(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-            b"5\r\nhello\r\n6\r\n wor"
-        )
+async def test_reset_mid_chunked_body_has_no_last_chunk(scripted_proxy: Any) -> None:
+    response = await cut_short(
+        scripted_proxy,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n wor",
     )
-    running = await gourmet(gourmet_config([upstream.address]))
-    client = await raw_client(running.port)
-    client.send(request())
-    response = await client.response()
-    assert response.status == 200
     assert response.header(b"transfer-encoding") == b"chunked"
-    assert not response.complete and response.body.startswith(b"hello")
-    assert client.closed
+    assert response.body.startswith(b"hello")
 
 
 # -- keep-alive connections the upstream closed ----------------------------
@@ -120,10 +122,9 @@ def close_without_answer(transport: Any) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_a_get_on_a_connection_the_upstream_closed_is_sent_again(
-    gourmet: Any, scripted: Any
+    scripted_proxy: Any,
 ) -> None:
-    upstream = scripted(OK, close_without_answer, OK)
-    running = await gourmet(gourmet_config([upstream.address]))
+    upstream, running = await scripted_proxy(OK, close_without_answer, OK)
     for _ in range(2):
         response = await running.get("/")
         assert (response.code, await response.content()) == (200, b"ok")
@@ -136,14 +137,13 @@ async def test_a_get_on_a_connection_the_upstream_closed_is_sent_again(
 
 @pytest_twisted.ensureDeferred
 async def test_an_idle_connection_the_upstream_closes_leaves_the_pool(
-    gourmet: Any, scripted: Any
+    scripted_proxy: Any,
 ) -> None:
     def answer_then_close(transport: Any) -> None:
         transport.write(OK)
         reactor.callLater(0.05, transport.loseConnection)
 
-    upstream = scripted(answer_then_close, OK)
-    running = await gourmet(gourmet_config([upstream.address]))
+    upstream, running = await scripted_proxy(answer_then_close, OK)
     pool = running.service.pools["backend"]
     assert (await (await running.get("/")).content()) == b"ok"
     await wait_for(lambda: pool.idle_count() == 0, timeout=2)
@@ -153,9 +153,8 @@ async def test_an_idle_connection_the_upstream_closes_leaves_the_pool(
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_post_is_never_sent_twice(gourmet: Any, scripted: Any) -> None:
-    upstream = scripted(OK, close_without_answer, OK)
-    running = await gourmet(gourmet_config([upstream.address]))
+async def test_a_post_is_never_sent_twice(scripted_proxy: Any) -> None:
+    upstream, running = await scripted_proxy(OK, close_without_answer, OK)
     assert (await (await running.get("/")).content()) == b"ok"
     response = await running.request("POST", "/pay", data=b"pay once")
     assert response.code == 502
@@ -171,17 +170,12 @@ async def test_a_post_is_never_sent_twice(gourmet: Any, scripted: Any) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_no_response_head_within_header_timeout_is_504(
-    gourmet: Any, scripted: Any
+    scripted_proxy: Any,
 ) -> None:
-    upstream = scripted(None)
-    running = await gourmet(
-        gourmet_config(
-            [upstream.address], upstream_extra="header_timeout = 0.3\nread_timeout = 30"
-        )
+    upstream, running = await scripted_proxy(
+        None, upstream_extra="header_timeout = 0.3\nread_timeout = 30"
     )
-    # A first request, so that what Gourmet opens once is in the baseline.
-    await (await running.get("/first")).content()
-    baseline = open_fds()
+    baseline = await warm(running, "/first")
     upstream.responses.append(None)
     started = reactor.seconds()
     response = await running.get("/", headers={"Accept": "application/json"})
@@ -195,11 +189,10 @@ async def test_no_response_head_within_header_timeout_is_504(
 
 @pytest_twisted.ensureDeferred
 async def test_a_stall_after_the_head_cuts_the_response_after_read_timeout(
-    gourmet: Any, scripted: Any
+    scripted_proxy: Any,
 ) -> None:
-    upstream = scripted(part(100) + b"0123456789")
-    running = await gourmet(
-        gourmet_config([upstream.address], upstream_extra="read_timeout = 0.3")
+    upstream, running = await scripted_proxy(
+        part(100) + b"0123456789", upstream_extra="read_timeout = 0.3"
     )
     baseline = open_fds()
     client = await raw_client(running.port)
@@ -218,17 +211,12 @@ async def test_a_stall_after_the_head_cuts_the_response_after_read_timeout(
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_client_leaving_mid_upload_sends_nothing_upstream(
-    gourmet: Any, make_upstreams: Any
-) -> None:
-    (server,) = make_upstreams("one")
-    running = await gourmet(
-        gourmet_config([server.address], server_extra="max_body_size = 0")
+async def test_a_client_leaving_mid_upload_sends_nothing_upstream(proxy: Any) -> None:
+    server, running = await proxy("max_body_size = 0")
+    baseline, temp_baseline = await warm(running), temp_files()
+    client = await raw_client(
+        running.port, request(b"/up", b"POST", (b"Content-Length: 5000000",))
     )
-    await (await running.get("/warm")).content()
-    baseline, temp_baseline = open_fds(), temp_files()
-    client = await raw_client(running.port)
-    client.send(request(b"/up", b"POST", (b"Content-Length: 5000000",)))
     client.send(b"x" * 500_000)
     # twisted.web spools a body that large to a temporary file.
     await wait_for(lambda: temp_files() > temp_baseline)
@@ -242,13 +230,13 @@ async def test_a_client_leaving_mid_upload_sends_nothing_upstream(
 
 @pytest_twisted.ensureDeferred
 async def test_a_client_leaving_before_the_answer_cancels_the_upstream_request(
-    gourmet: Any, scripted: Any
+    scripted_proxy: Any,
 ) -> None:
-    upstream = scripted(None)
-    running = await gourmet(gourmet_config([upstream.address]))
+    upstream, running = await scripted_proxy(None)
     baseline = open_fds()
-    client = await raw_client(running.port)
-    client.send(request(b"/up", b"POST", body=b"y" * 300_000))
+    client = await raw_client(
+        running.port, request(b"/up", b"POST", body=b"y" * 300_000)
+    )
     await wait_for(lambda: upstream.bodies)
     assert len(upstream.bodies[0]) == 300_000
     assert running.upstream("backend").servers[0].active == 1
@@ -260,14 +248,11 @@ async def test_a_client_leaving_before_the_answer_cancels_the_upstream_request(
 
 @pytest_twisted.ensureDeferred
 async def test_a_client_leaving_mid_download_closes_the_upstream_connection(
-    gourmet: Any, make_upstreams: Any
+    proxy: Any,
 ) -> None:
-    (server,) = make_upstreams("big")
-    running = await gourmet(gourmet_config([server.address]))
-    await (await running.get("/warm")).content()
-    baseline = open_fds()
-    client = await raw_client(running.port)
-    client.send(request(b"/big/50000000"))
+    server, running = await proxy(name="big")
+    baseline = await warm(running)
+    client = await raw_client(running.port, request(b"/big/50000000"))
     await wait_for(lambda: len(client.data) > 100_000)
     client.close()
     await wait_for(lambda: server.streams_cut == 1)
@@ -298,13 +283,11 @@ PIPELINING_MEMORY_BOUND = 128 * 1024 * 1024
 
 @pytest_twisted.ensureDeferred
 async def test_clients_pipelining_without_reading_use_bounded_memory(
-    gourmet: Any, make_upstreams: Any
+    proxy: Any,
 ) -> None:
-    (server,) = make_upstreams("big")
-    running = await gourmet(gourmet_config([server.address]))
-    await (await running.get("/warm")).content()
+    server, running = await proxy(name="big")
+    baseline, rss_before = await warm(running), vm_rss()
     clients_count, pipelined = 1000, 10
-    baseline, rss_before = open_fds(), vm_rss()
     burst = request(b"/big/10000000") * pipelined
     clients: List[socket.socket] = []
     for _ in range(clients_count):
@@ -364,9 +347,7 @@ async def test_every_server_down_is_503_without_connection_attempts(
     pool = HTTPConnectionPool(reactor, persistent=False)
     try:
         addresses = [f"127.0.0.1:{p.getHost().port}" for p in ports]  # type: ignore[attr-defined]
-        running = await gourmet(
-            gourmet_config(addresses, upstream_extra="fail_timeout = 1.5")
-        )
+        running = await gourmet(config(addresses, upstream_extra="fail_timeout = 1.5"))
 
         def attempts() -> int:
             return sum(listener.attempts for listener in listeners)

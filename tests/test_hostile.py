@@ -22,28 +22,14 @@ from gourmet.channel import (
     check_request_line,
     refusal,
 )
-from tests.conftest import LISTEN
+from tests.configs import config
 from tests.rawhttp import RawClient, sleep, status_of
-from tests.upstreams import UpstreamServer
 
 HOST = b"Host: example.com\r\n"
 
 
-def config(server: UpstreamServer, server_extra: str = "") -> str:
-    return f"""
-[upstreams.backend]
-    [[upstreams.backend.servers]]
-        path = "{server.address}"
-[server]
-    {LISTEN}
-    max_body_size = 1000
-    header_timeout = 0.5
-    body_min_rate = 1000
-    {server_extra}
-    [[server.locations]]
-        location = "^/"
-        upstream = "backend"
-"""
+#: The limits every request here meets.
+LIMITS = "max_body_size = 1000\nheader_timeout = 0.5\nbody_min_rate = 1000"
 
 
 def get(*headers: bytes, target: bytes = b"/", version: bytes = b"HTTP/1.1") -> bytes:
@@ -60,6 +46,16 @@ def chunked(body: bytes) -> bytes:
 
 def header(name: bytes, value: bytes) -> bytes:
     return name + b": " + value + b"\r\n"
+
+
+def cases(table: List[Tuple[str, bytes, Any]]) -> List[Any]:
+    """
+    The rows of a table of (name, request bytes, expected) as parameters
+    named by their first column.
+    """
+    return [
+        pytest.param(request, expected, id=name) for name, request, expected in table
+    ]
 
 
 #: (name, exact request bytes, the status Gourmet answers)
@@ -298,23 +294,14 @@ HOSTILE: List[Tuple[str, bytes, int]] = [
 ]
 
 
-@pytest.mark.parametrize(
-    "request_bytes, expected",
-    [case[1:] for case in HOSTILE],
-    ids=[case[0] for case in HOSTILE],
-)
+@pytest.mark.parametrize("request_bytes, expected", cases(HOSTILE))
 @pytest_twisted.ensureDeferred
 async def test_hostile_request_is_refused_and_reaches_no_upstream(
-    gourmet: Any, make_upstreams: Any, request_bytes: bytes, expected: int
+    raw_proxy: Any, request_bytes: bytes, expected: int
 ) -> None:
-    (server,) = make_upstreams("one")
-    running = await gourmet(config(server))
-    client = RawClient(running.port)
-    try:
-        await client.send(request_bytes)
-        reply = await client.read_until_closed(timeout=5)
-    finally:
-        client.close()
+    server, _, client = await raw_proxy(LIMITS)
+    await client.send(request_bytes)
+    reply = await client.read_until_closed(timeout=5)
     assert status_of(reply) == expected, reply[:200]
     assert reply == refusal(expected)
     assert client.closed
@@ -322,13 +309,13 @@ async def test_hostile_request_is_refused_and_reaches_no_upstream(
     assert server.connections == 0
 
 
-async def exchange(running: Any, request_bytes: bytes) -> Tuple[int, Any]:
-    client = RawClient(running.port)
-    try:
-        await client.send(request_bytes)
-        reply = await client.read_response()
-    finally:
-        client.close()
+async def exchange(client: RawClient, request_bytes: bytes) -> Tuple[int, Any]:
+    """
+    The status of the answer to ``request_bytes``, and its body (as JSON
+    when it is a 200 with one).
+    """
+    await client.send(request_bytes)
+    reply = await client.read_response()
     head, _, body = reply.partition(b"\r\n\r\n")
     status = status_of(head)
     assert status is not None, reply[:200]
@@ -385,18 +372,13 @@ ACCEPTED: List[Tuple[str, bytes, bytes]] = [
 ]
 
 
-@pytest.mark.parametrize(
-    "request_bytes, body",
-    [case[1:] for case in ACCEPTED],
-    ids=[case[0] for case in ACCEPTED],
-)
+@pytest.mark.parametrize("request_bytes, body", cases(ACCEPTED))
 @pytest_twisted.ensureDeferred
 async def test_well_formed_request_reaches_the_upstream_once(
-    gourmet: Any, make_upstreams: Any, request_bytes: bytes, body: bytes
+    raw_proxy: Any, request_bytes: bytes, body: bytes
 ) -> None:
-    (server,) = make_upstreams("one")
-    running = await gourmet(config(server))
-    status, answer = await exchange(running, request_bytes)
+    server, _, client = await raw_proxy(LIMITS)
+    status, answer = await exchange(client, request_bytes)
     assert status == 200
     assert answer["body_length"] == len(body)
     assert len(server.seen) == 1
@@ -411,25 +393,19 @@ async def test_well_formed_request_reaches_the_upstream_once(
 
 
 @pytest_twisted.ensureDeferred
-async def test_options_star_is_answered_by_gourmet(
-    gourmet: Any, make_upstreams: Any
-) -> None:
-    (server,) = make_upstreams("one")
-    running = await gourmet(config(server))
-    status, _ = await exchange(running, b"OPTIONS * HTTP/1.1\r\n" + HOST + b"\r\n")
+async def test_options_star_is_answered_by_gourmet(raw_proxy: Any) -> None:
+    server, _, client = await raw_proxy(LIMITS)
+    status, _ = await exchange(client, b"OPTIONS * HTTP/1.1\r\n" + HOST + b"\r\n")
     # Twisted answers it: it asks about Gourmet, not about a resource.
     assert status == 200
     assert server.seen == []
 
 
 @pytest_twisted.ensureDeferred
-async def test_absolute_target_goes_upstream_in_origin_form(
-    gourmet: Any, make_upstreams: Any
-) -> None:
-    (server,) = make_upstreams("one")
-    running = await gourmet(config(server))
+async def test_absolute_target_goes_upstream_in_origin_form(raw_proxy: Any) -> None:
+    server, _, client = await raw_proxy(LIMITS)
     status, answer = await exchange(
-        running, get(HOST, target=b"http://example.com/a/b?c=1")
+        client, get(HOST, target=b"http://example.com/a/b?c=1")
     )
     assert status == 200
     assert answer["uri"] == "/a/b?c=1"
@@ -437,23 +413,16 @@ async def test_absolute_target_goes_upstream_in_origin_form(
 
 
 @pytest_twisted.ensureDeferred
-async def test_pipelined_requests_are_each_checked(
-    gourmet: Any, make_upstreams: Any
-) -> None:
-    (server,) = make_upstreams("one")
-    running = await gourmet(config(server))
-    client = RawClient(running.port)
-    try:
-        await client.send(
-            get(HOST, target=b"/first")
-            + post(b"Content-Length: 5\r\n", body=b"hello")
-            + get(HOST, b"Content-Length: 1\r\nContent-Length: 1\r\n", target=b"/bad")
-        )
-        first = await client.read_response()
-        second = await client.read_response()
-        third = await client.read_until_closed()
-    finally:
-        client.close()
+async def test_pipelined_requests_are_each_checked(raw_proxy: Any) -> None:
+    server, _, client = await raw_proxy(LIMITS)
+    await client.send(
+        get(HOST, target=b"/first")
+        + post(b"Content-Length: 5\r\n", body=b"hello")
+        + get(HOST, b"Content-Length: 1\r\nContent-Length: 1\r\n", target=b"/bad")
+    )
+    first = await client.read_response()
+    second = await client.read_response()
+    third = await client.read_until_closed()
     assert status_of(first) == status_of(second) == 200
     assert third == refusal(400)
     assert client.closed
@@ -470,7 +439,11 @@ async def test_pipelined_requests_are_each_checked(
 )
 @pytest_twisted.ensureDeferred
 async def test_request_replayed_after_a_synchronous_answer_is_checked(
-    gourmet: Any, make_upstreams: Any, second: bytes, answers: List[int]
+    gourmet: Any,
+    make_upstreams: Any,
+    raw_socket: Any,
+    second: bytes,
+    answers: List[int],
 ) -> None:
     """
     A request that arrived while the one before was handled is parsed when
@@ -478,37 +451,26 @@ async def test_request_replayed_after_a_synchronous_answer_is_checked(
     its body when the answer is immediate (a 404).
     """
     (server,) = make_upstreams("one")
-    running = await gourmet(config(server).replace('"^/"', '"^/app"'))
-    client = RawClient(running.port)
-    try:
-        await client.send(
-            b"POST /nowhere HTTP/1.1\r\n" + HOST + b"Content-Length: 5\r\n\r\nhel"
-        )
-        await sleep(0.05)
-        await client.send(b"lo" + second)
-        replies = [await client.read_response() for _ in answers]
-        assert await client.read_until_closed() == b""
-    finally:
-        client.close()
+    text = config([server], server_extra=LIMITS).replace('"^/"', '"^/app"')
+    client = raw_socket((await gourmet(text)).port)
+    await client.send(
+        b"POST /nowhere HTTP/1.1\r\n" + HOST + b"Content-Length: 5\r\n\r\nhel"
+    )
+    await sleep(0.05)
+    await client.send(b"lo" + second)
+    replies = [await client.read_response() for _ in answers]
+    assert await client.read_until_closed() == b""
     assert [status_of(reply) for reply in replies] == answers
     assert client.closed
     assert server.seen == []
 
 
 @pytest_twisted.ensureDeferred
-async def test_huge_chunk_size_without_a_body_limit_is_refused(
-    gourmet: Any, make_upstreams: Any
-) -> None:
-    (server,) = make_upstreams("one")
-    running = await gourmet(
-        config(server).replace("max_body_size = 1000", "max_body_size = 0")
-    )
-    client = RawClient(running.port)
-    try:
-        await client.send(chunked(b"1" * 20 + b"\r\nhello\r\n"))
-        assert await client.read_until_closed() == refusal(400)
-    finally:
-        client.close()
+async def test_huge_chunk_size_without_a_body_limit_is_refused(raw_proxy: Any) -> None:
+    limits = LIMITS.replace("max_body_size = 1000", "max_body_size = 0")
+    server, _, client = await raw_proxy(limits)
+    await client.send(chunked(b"1" * 20 + b"\r\nhello\r\n"))
+    assert await client.read_until_closed() == refusal(400)
     assert server.seen == []
 
 

@@ -11,7 +11,7 @@ import json
 import os
 import socket
 from collections import Counter
-from typing import Any, List
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -20,37 +20,13 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.web.client import ResponseFailed
 
-from tests.conftest import LISTEN
-from tests.upstreams import UpstreamServer
+from tests.configs import LISTEN, config
 
 
 def sleep(seconds: float) -> Deferred[None]:
     d: Deferred[None] = Deferred()
     reactor.callLater(seconds, d.callback, None)
     return d
-
-
-def config(
-    servers: List[UpstreamServer],
-    weights: Any = None,
-    upstream_extra: str = "",
-    server_extra: str = "",
-) -> str:
-    lines = ["[upstreams.backend]", upstream_extra]
-    for index, server in enumerate(servers):
-        lines.append("[[upstreams.backend.servers]]")
-        lines.append(f'path = "{server.address}"')
-        if weights:
-            lines.append(f"weight = {weights[index]}")
-    lines += [
-        "[server]",
-        LISTEN,
-        server_extra,
-        "[[server.locations]]",
-        'location = "^/"',
-        'upstream = "backend"',
-    ]
-    return "\n".join(lines) + "\n"
 
 
 async def json_body(response: Any) -> Any:

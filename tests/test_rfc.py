@@ -7,26 +7,18 @@ Gourmet, everything on loopback and every wait bounded.
 from __future__ import annotations
 
 import json
-from typing import Any, AsyncIterator, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
-from tests.conftest import LISTEN
-from tests.test_client import Answer, ScriptedServer
+from tests.rawhttp import sleep
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-
-
-def sleep(seconds: float) -> Deferred[None]:
-    d: Deferred[None] = Deferred()
-    reactor.callLater(seconds, d.callback, None)
-    return d
 
 
 async def wait_for(condition: Callable[[], object], timeout: float = 5.0) -> None:
@@ -39,23 +31,6 @@ async def wait_for(condition: Callable[[], object], timeout: float = 5.0) -> Non
         if reactor.seconds() > deadline:
             raise AssertionError(f"not true after {timeout} s: {condition}")
         await sleep(0.005)
-
-
-def gourmet_config(
-    addresses: List[str], upstream_extra: str = "", server_extra: str = ""
-) -> str:
-    lines = ["[upstreams.backend]", upstream_extra]
-    for address in addresses:
-        lines += ["[[upstreams.backend.servers]]", f'path = "{address}"']
-    lines += [
-        "[server]",
-        LISTEN,
-        server_extra,
-        "[[server.locations]]",
-        'location = "^/"',
-        'upstream = "backend"',
-    ]
-    return "\n".join(lines) + "\n"
 
 
 class RawClient(Protocol):
@@ -96,9 +71,15 @@ class RawClient(Protocol):
         return response
 
 
-async def raw_client(port: int) -> RawClient:
+async def raw_client(port: int, data: bytes = b"") -> RawClient:
+    """
+    A raw client connected to ``port``, that has sent ``data``.
+    """
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5)
-    return await connectProtocol(endpoint, RawClient())
+    client = await connectProtocol(endpoint, RawClient())
+    if data:
+        client.send(data)
+    return client
 
 
 class Response:
@@ -184,24 +165,6 @@ def _dechunk(data: bytes) -> Tuple[bytes, Optional[bytes]]:
         data = data[start + size + 2 :]
 
 
-@pytest_twisted.async_yield_fixture
-async def scripted() -> AsyncIterator[Callable[..., ScriptedServer]]:
-    """
-    ``scripted(answer, ...)`` starts a raw upstream answering in order.
-    """
-    servers: List[ScriptedServer] = []
-
-    def start(*answers: Answer, close_after: bool = False) -> ScriptedServer:
-        server = ScriptedServer(*answers, close_after=close_after)
-        server.start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        await server.stop()
-
-
 def request(
     target: bytes = b"/",
     method: bytes = b"GET",
@@ -218,13 +181,10 @@ def request(
 
 
 @pytest_twisted.ensureDeferred
-async def test_hop_by_hop_request_headers_are_not_forwarded(
-    gourmet: Any, make_upstreams: Any
-) -> None:
-    (server,) = make_upstreams("one")
-    running = await gourmet(gourmet_config([server.address]))
-    client = await raw_client(running.port)
-    client.send(
+async def test_hop_by_hop_request_headers_are_not_forwarded(proxy: Any) -> None:
+    server, running = await proxy()
+    client = await raw_client(
+        running.port,
         b"POST /in HTTP/1.1\r\nHost: shop.example\r\n"
         b"Connection: X-A\r\n"
         b"Connection: keep-alive, X-B ,Upgrade, HTTP2-Settings\r\n"
@@ -233,7 +193,7 @@ async def test_hop_by_hop_request_headers_are_not_forwarded(
         b"TE: trailers\r\nTrailer: X-Checksum\r\n"
         b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n"
-        b"5\r\nhello\r\n0\r\n\r\n"
+        b"5\r\nhello\r\n0\r\n\r\n",
     )
     response = await client.response()
     client.close()
@@ -261,9 +221,9 @@ async def test_hop_by_hop_request_headers_are_not_forwarded(
 
 @pytest_twisted.ensureDeferred
 async def test_hop_by_hop_response_headers_are_not_forwarded(
-    gourmet: Any, scripted: Any
+    scripted_proxy: Any,
 ) -> None:
-    upstream = scripted(
+    _, running = await scripted_proxy(
         b"HTTP/1.1 200 OK\r\n"
         b"Connection: X-A\r\n"
         b"Connection: keep-alive, X-B\r\n"
@@ -272,9 +232,7 @@ async def test_hop_by_hop_response_headers_are_not_forwarded(
         b"TE: trailers\r\nTrailer: X-Checksum\r\nUpgrade: h2c\r\n"
         b"Content-Length: 2\r\n\r\nok"
     )
-    running = await gourmet(gourmet_config([upstream.address]))
-    client = await raw_client(running.port)
-    client.send(request())
+    client = await raw_client(running.port, request())
     response = await client.response()
     client.close()
     assert response.status == 200 and response.body == b"ok"
@@ -293,44 +251,49 @@ SPOOFING = {
 }
 
 
-@pytest_twisted.ensureDeferred
-async def test_an_untrusted_client_cannot_say_who_it_is(
-    gourmet: Any, make_upstreams: Any
-) -> None:
-    (server,) = make_upstreams("one")
-    running = await gourmet(
-        gourmet_config(
-            [server.address], server_extra='trusted_proxies = ["10.0.0.0/8"]'
-        )
-    )
+async def forwarding_seen(proxy: Any, trusted: str) -> Dict[bytes, object]:
+    """
+    The forwarding headers an upstream receives when a client on 127.0.0.1
+    sends ``SPOOFING`` to Gourmet with ``trusted_proxies = trusted``:
+    each joined, but ``Forwarded`` as its lines.
+    """
+    server, running = await proxy(f"trusted_proxies = {trusted}")
     await (await running.get("/", headers=SPOOFING)).content()
     seen = server.seen[-1]
-    assert seen.header(b"x-forwarded-for") == b"127.0.0.1"
-    assert seen.header(b"x-real-ip") == b"127.0.0.1"
-    assert seen.header(b"x-forwarded-host") == b"shop.example"
-    assert seen.header(b"x-forwarded-proto") == b"http"
-    assert seen.headers[b"forwarded"] == [b"for=127.0.0.1;proto=http;host=shop.example"]
+    names = (
+        b"x-forwarded-for",
+        b"x-real-ip",
+        b"x-forwarded-host",
+        b"x-forwarded-proto",
+    )
+    found: Dict[bytes, object] = {name: seen.header(name) for name in names}
+    found[b"forwarded"] = seen.headers.get(b"forwarded")
+    return found
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_trusted_proxy_is_believed(gourmet: Any, make_upstreams: Any) -> None:
-    (server,) = make_upstreams("one")
-    running = await gourmet(
-        gourmet_config(
-            [server.address],
-            server_extra='trusted_proxies = ["127.0.0.1", "10.0.0.0/8"]',
-        )
-    )
-    await (await running.get("/", headers=SPOOFING)).content()
-    seen = server.seen[-1]
-    assert seen.header(b"x-forwarded-for") == b"203.0.113.9, 10.0.0.2, 127.0.0.1"
-    # Right to left past 127.0.0.1 and 10.0.0.2, both trusted.
-    assert seen.header(b"x-real-ip") == b"203.0.113.9"
-    assert seen.header(b"x-forwarded-host") == b"evil.example"
-    assert seen.header(b"x-forwarded-proto") == b"https"
-    assert seen.headers[b"forwarded"] == [
-        b"for=6.6.6.6;proto=https, for=127.0.0.1;proto=http;host=shop.example"
-    ]
+async def test_an_untrusted_client_cannot_say_who_it_is(proxy: Any) -> None:
+    assert await forwarding_seen(proxy, '["10.0.0.0/8"]') == {
+        b"x-forwarded-for": b"127.0.0.1",
+        b"x-real-ip": b"127.0.0.1",
+        b"x-forwarded-host": b"shop.example",
+        b"x-forwarded-proto": b"http",
+        b"forwarded": [b"for=127.0.0.1;proto=http;host=shop.example"],
+    }
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_trusted_proxy_is_believed(proxy: Any) -> None:
+    assert await forwarding_seen(proxy, '["127.0.0.1", "10.0.0.0/8"]') == {
+        b"x-forwarded-for": b"203.0.113.9, 10.0.0.2, 127.0.0.1",
+        # Right to left past 127.0.0.1 and 10.0.0.2, both trusted.
+        b"x-real-ip": b"203.0.113.9",
+        b"x-forwarded-host": b"evil.example",
+        b"x-forwarded-proto": b"https",
+        b"forwarded": [
+            b"for=6.6.6.6;proto=https, for=127.0.0.1;proto=http;host=shop.example"
+        ],
+    }
 
 
 # -- responses that have no body -----------------------------------------
@@ -346,12 +309,10 @@ NO_BODY = [
 @pytest.mark.parametrize(("method", "answer"), NO_BODY)
 @pytest_twisted.ensureDeferred
 async def test_a_body_on_a_response_without_one_never_reaches_the_client(
-    gourmet: Any, scripted: Any, method: bytes, answer: bytes
+    scripted_proxy: Any, method: bytes, answer: bytes
 ) -> None:
-    upstream = scripted(answer, OK)
-    running = await gourmet(gourmet_config([upstream.address]))
-    client = await raw_client(running.port)
-    client.send(request(method=method))
+    upstream, running = await scripted_proxy(answer, OK)
+    client = await raw_client(running.port, request(method=method))
     await wait_for(lambda: b"\r\n\r\n" in client.data)
     await sleep(0.1)
     # The head and nothing else: the next bytes would be read as the
@@ -375,15 +336,12 @@ async def test_a_body_on_a_response_without_one_never_reaches_the_client(
 
 
 @pytest_twisted.ensureDeferred
-async def test_expect_100_continue_then_another_request(
-    gourmet: Any, make_upstreams: Any
-) -> None:
-    (server,) = make_upstreams("one")
-    running = await gourmet(gourmet_config([server.address]))
-    client = await raw_client(running.port)
-    client.send(
+async def test_expect_100_continue_then_another_request(proxy: Any) -> None:
+    server, running = await proxy()
+    client = await raw_client(
+        running.port,
         b"POST /upload HTTP/1.1\r\nHost: shop.example\r\n"
-        b"Content-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+        b"Content-Length: 5\r\nExpect: 100-continue\r\n\r\n",
     )
     await wait_for(lambda: b"\r\n\r\n" in client.data)
     assert client.data == b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -406,11 +364,8 @@ async def test_expect_100_continue_then_another_request(
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_websocket_handshake_gets_501_at_once(
-    gourmet: Any, make_upstreams: Any
-) -> None:
-    (server,) = make_upstreams("one")
-    running = await gourmet(gourmet_config([server.address]))
+async def test_a_websocket_handshake_gets_501_at_once(proxy: Any) -> None:
+    server, running = await proxy()
     client = await raw_client(running.port)
     started = reactor.seconds()
     client.send(
@@ -451,10 +406,9 @@ BROKEN = {
 @pytest.mark.parametrize("answer", BROKEN.values(), ids=list(BROKEN))
 @pytest_twisted.ensureDeferred
 async def test_broken_framing_is_502_and_the_connection_is_dropped(
-    gourmet: Any, scripted: Any, answer: bytes
+    scripted_proxy: Any, answer: bytes
 ) -> None:
-    upstream = scripted(answer, OK)
-    running = await gourmet(gourmet_config([upstream.address]))
+    upstream, running = await scripted_proxy(answer, OK)
     response = await running.get("/", headers={"Accept": "application/json"})
     assert response.code == 502
     assert json.loads(await response.content())["status"] == 502
@@ -465,13 +419,9 @@ async def test_broken_framing_is_502_and_the_connection_is_dropped(
 
 
 @pytest_twisted.ensureDeferred
-async def test_connection_close_from_the_client_is_answered_in_kind(
-    gourmet: Any, make_upstreams: Any
-) -> None:
-    (server,) = make_upstreams("one")
-    running = await gourmet(gourmet_config([server.address]))
-    client = await raw_client(running.port)
-    client.send(request(headers=(b"Connection: close",)))
+async def test_connection_close_from_the_client_is_answered_in_kind(proxy: Any) -> None:
+    _, running = await proxy()
+    client = await raw_client(running.port, request(headers=(b"Connection: close",)))
     response = await client.response()
     client.close()
     assert response.status == 200

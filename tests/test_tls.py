@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.internet import ssl
 
-from tests.conftest import LISTEN
+from tests.configs import LISTEN
 from tests.upstreams import UpstreamServer
 
 Key = ec.EllipticCurvePrivateKey

@@ -1,20 +1,24 @@
 """
-Real upstream HTTP servers for the tests: Twisted sites on loopback port 0
-that record what reaches them.
+Upstream servers for the tests on loopback port 0, that record what
+reaches them: real HTTP servers (Twisted sites), and scripted ones that
+answer with exact bytes, for the responses no sane server sends.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional, Set, Union
 
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from gourmet.origin import Origin, parse_origin
 
 
 class Seen:
@@ -199,3 +203,97 @@ class UpstreamServer:
             if transport is not None and transport.connected:
                 transport.abortConnection()
         self.site.protocols.clear()
+
+
+#: What a scripted server does with a request: bytes to write, None to say
+#: nothing, or a function given the connection's transport (to write in
+#: pieces, stall, or reset the connection).
+Answer = Union[None, bytes, Callable[[Any], None]]
+
+
+def _content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
+
+
+class Scripted(Protocol):
+    """
+    Reads each request (head and Content-Length body) and answers it with
+    the next scripted answer.
+    """
+
+    def __init__(self, server: ScriptedServer) -> None:
+        self.server = server
+        self.buffer = b""
+
+    def connectionMade(self) -> None:
+        self.server.connections += 1
+        self.server.open.add(self)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.server.open.discard(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\r\n\r\n" in self.buffer:
+            head, rest = self.buffer.split(b"\r\n\r\n", 1)
+            length = _content_length(head)
+            if len(rest) < length:
+                return
+            self.buffer = rest[length:]
+            self.server.requests.append(head)
+            self.server.bodies.append(rest[:length])
+            self.answer(self.server.responses.pop(0))
+
+    def answer(self, answer: Answer) -> None:
+        transport: Any = self.transport
+        if callable(answer):
+            answer(transport)
+        elif answer is not None:
+            transport.write(answer)
+        if self.server.close_after:
+            transport.loseConnection()
+
+
+class ScriptedServer:
+    """
+    A raw upstream on loopback that answers the requests it reads with
+    scripted answers, in order, whatever the connection.
+
+    :ivar requests: the request heads read.
+    :ivar bodies: their bodies.
+    :ivar connections: connections accepted.
+    :ivar open: connections still open.
+    """
+
+    def __init__(self, *responses: Answer, close_after: bool = False):
+        self.responses = list(responses)
+        self.close_after = close_after
+        self.requests: List[bytes] = []
+        self.bodies: List[bytes] = []
+        self.connections = 0
+        self.open: Set[Scripted] = set()
+        self.port: Optional[IListeningPort] = None
+
+    def start(self) -> Origin:
+        factory: Any = ServerFactory.forProtocol(lambda: Scripted(self))
+        self.port = _reactor.listenTCP(0, factory, interface="127.0.0.1")
+        return parse_origin(self.address)
+
+    @property
+    def address(self) -> str:
+        assert self.port is not None
+        return f"127.0.0.1:{self.port.getHost().port}"  # type: ignore[attr-defined]
+
+    async def stop(self) -> None:
+        """
+        Stop listening and reset the connections still open.
+        """
+        if self.port is not None:
+            await maybeDeferred(self.port.stopListening)
+        for protocol in list(self.open):
+            transport: Any = protocol.transport
+            transport.abortConnection()
