@@ -1,0 +1,96 @@
+"""
+The comparison as a PNG chart for the README, drawn with matplotlib.
+
+matplotlib is a benchmark tool, not a Gourmet dependency: ``./dev bench``
+and tox's ``bench`` environment install it.  It is imported by name so that
+type checking does not need it installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+#: (figure key, panel title) in the order drawn.
+PANELS: List[Tuple[str, str]] = [
+    ("small_rps", "small body: requests/s (higher is better)"),
+    ("small_p99_ms", "small body: p99 latency, ms (lower is better)"),
+    ("large_mbps", "1 MiB body: MB/s (higher is better)"),
+    ("slow_peak_mib", "slow client: peak RSS, MiB (lower is better)"),
+]
+
+#: The issue's absolute targets, drawn as dashed lines.
+GOAL_LINES: Dict[str, Tuple[float, str]] = {
+    "small_p99_ms": (3.0, "target (PyPy): < 3 ms"),
+    "slow_peak_mib": (100.0, "target: < 100 MiB"),
+}
+
+COLOURS = ["#9e9e9e", "#2e7d32", "#c62828", "#1565c0", "#6a1b9a"]
+
+
+def _pyplot() -> Optional[Any]:
+    try:
+        matplotlib = importlib.import_module("matplotlib")
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    return importlib.import_module("matplotlib.pyplot")
+
+
+def draw(
+    path: Path,
+    labels: Dict[str, str],
+    medians: Dict[str, Dict[str, Optional[float]]],
+    title: str,
+) -> Optional[str]:
+    """
+    Writes the chart to ``path``; returns why not if matplotlib is missing.
+
+    :param labels: target key to the name shown, in the order drawn.
+    :param medians: target key to figure key to its median (None: not
+        measured).
+    """
+    pyplot = _pyplot()
+    if pyplot is None:
+        return "matplotlib is not installed (./dev bench installs it)"
+    figure, axes = pyplot.subplots(2, 2, figsize=(11, 7.5))
+    for axis, (key, panel_title) in zip(axes.flat, PANELS):
+        _panel(axis, key, panel_title, labels, medians)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)
+    return None
+
+
+def _panel(
+    axis: Any,
+    key: str,
+    title: str,
+    labels: Dict[str, str],
+    medians: Dict[str, Dict[str, Optional[float]]],
+) -> None:
+    names, values, colours = [], [], []
+    for (target, label), colour in zip(labels.items(), COLOURS):
+        value = medians.get(target, {}).get(key)
+        if value is not None:
+            names.append(label.replace(" ", "\n", 1))
+            values.append(value)
+            colours.append(colour)
+    bars = axis.bar(names, values, color=colours)
+    axis.bar_label(bars, labels=[_short(v) for v in values], fontsize=8)
+    if key in GOAL_LINES:
+        level, label = GOAL_LINES[key]
+        axis.axhline(level, color="#444444", linestyle="--", linewidth=1, label=label)
+        axis.legend(fontsize=8, loc="best")
+    axis.set_title(title, fontsize=10)
+    axis.tick_params(axis="x", labelsize=8)
+    axis.margins(y=0.15)
+
+
+def _short(value: float) -> str:
+    if value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}"

@@ -1,0 +1,679 @@
+"""
+Gourmet beside nginx and Twisted's stock proxy: one machine, one run.
+
+Sets up, on loopback only: Debian's nginx serving a small body and 1 MiB
+on two ports (the upstream; alone, it is the limit); nginx load-balancing
+in front of both (the peer); Twisted's stock ``ReverseProxyResource`` in
+front of one (the Python baseline); and Gourmet under ``twistd`` on CPython
+and, when Debian's ``pypy3`` is installed, on PyPy.  ``wrk`` loads each in
+turn for several rounds; then a slow client downloads a large response
+through every proxy at once while their memory is watched.  Prints a table
+of medians with ratios to nginx and to stock Twisted, and saves it as JSON
+and a PNG chart.
+
+    ./dev bench            # installs nginx, wrk, pypy3 and matplotlib first
+    ./dev bench --quick    # a minute or two, to try it out
+    .venv/bin/python -m benchmarks.compare --help
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from attrs import asdict, evolve, frozen
+
+import twisted
+from benchmarks import chart, nginx, pypy_env, report, slow_download, wrk
+from benchmarks.processes import REPO, Server, ServerFailed, can_pin, pinned
+from benchmarks.slow_client import free_port, size
+
+#: With CPU pinning: the proxies on one core, the load and the upstream on
+#: the other.
+PROXY_CPU = 1
+LOAD_CPU = 0
+
+BODIES = {"small": nginx.SMALL_PATH, "large": nginx.LARGE_PATH}
+PROXIES = ["nginx", "stock", "cpython", "pypy"]
+
+
+@frozen
+class Settings:
+    rounds: int = 3
+    duration: int = 10
+    warmup: int = 3
+    connections: int = 32
+    slow_size: int = size("300M")
+    slow_rate: int = size("1M")
+    pin: bool = True
+    pypy_venv: Optional[Path] = REPO / ".venv-pypy"
+    out: Optional[Path] = None
+    chart: Optional[Path] = None
+    keep_temp: bool = False
+
+
+QUICK = {
+    "rounds": 1,
+    "duration": 3,
+    "warmup": 1,
+    "slow_size": size("30M"),
+    "slow_rate": size("4M"),
+}
+
+
+def log(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+# --- The servers --------------------------------------------------------------
+
+
+def gourmet_config(
+    port: int, admin_port: int, upstream_ports: List[int], access_log: Path
+) -> str:
+    """
+    Gourmet as users run it: an access log to a file, the admin console
+    (and its metrics) on loopback, passive health on, keep-alive upstreams.
+    """
+    servers = "".join(
+        f"[[upstreams.bench.servers]]\npath = '127.0.0.1:{p}'\n" for p in upstream_ports
+    )
+    return (
+        "[upstreams.bench]\nbalancer = 'round_robin'\nkeepalive = 32\n"
+        "max_fail = 1\nfail_timeout = 10\n"
+        + servers
+        + f"[server]\nlisten = ['tcp:{port}:interface=127.0.0.1']\n"
+        "[[server.locations]]\nlocation = '^/'\nupstream = 'bench'\n"
+        f"[log]\naccess_log = '{access_log}'\naccess_log_format = 'combined'\n"
+        f"[admin]\nlisten = 'tcp:{admin_port}:interface=127.0.0.1'\n"
+    )
+
+
+class Bench:
+    """
+    The run's ports, files and server processes, all in ``workdir``.
+    """
+
+    def __init__(
+        self, settings: Settings, workdir: Path, pypy_twistd: Optional[Path]
+    ) -> None:
+        self.settings = settings
+        self.workdir = workdir
+        self.twistd = {"cpython": Path(sys.executable).with_name("twistd")}
+        if pypy_twistd is not None:
+            self.twistd["pypy"] = pypy_twistd
+        self.upstream_ports = [free_port(), free_port()]
+        self.ports = {name: free_port() for name in PROXIES}
+        self.admin_ports = {name: free_port() for name in self.twistd}
+        self.proxy_cpu = PROXY_CPU if settings.pin else None
+        self.load_cpu = LOAD_CPU if settings.pin else None
+
+    def access_log(self, name: str) -> Path:
+        return self.workdir / f"{name}-access.log"
+
+    def upstream(self) -> Server:
+        root = self.workdir / "html"
+        nginx.write_bodies(root, self.settings.slow_size)
+        config = nginx.upstream_config(self.workdir, root, self.upstream_ports)
+        return nginx.Nginx(
+            "upstream", self.workdir, config, self.upstream_ports[0], self.load_cpu
+        )
+
+    def proxies(self) -> Dict[str, Server]:
+        """
+        New server objects for every proxy (fresh processes each phase).
+        """
+        proxy = nginx.proxy_config(
+            self.workdir,
+            self.ports["nginx"],
+            self.upstream_ports,
+            self.access_log("nginx"),
+        )
+        servers: Dict[str, Server] = {
+            "nginx": nginx.Nginx(
+                "nginx-proxy", self.workdir, proxy, self.ports["nginx"], self.proxy_cpu
+            ),
+            "stock": self._stock(),
+        }
+        for runtime in self.twistd:
+            servers[runtime] = self._gourmet(runtime)
+        return servers
+
+    def _stock(self) -> Server:
+        port = self.ports["stock"]
+        command = [sys.executable, "-m", "benchmarks.stock_twisted", str(port)]
+        command += [str(self.upstream_ports[0]), str(self.access_log("stock"))]
+        return Server(
+            "stock Twisted",
+            pinned(command, self.proxy_cpu),
+            port,
+            self.workdir / "stock.out",
+        )
+
+    def _gourmet(self, runtime: str) -> Server:
+        port = self.ports[runtime]
+        config = self.workdir / f"gourmet-{runtime}.toml"
+        config.write_text(
+            gourmet_config(
+                port,
+                self.admin_ports[runtime],
+                self.upstream_ports,
+                self.access_log(runtime),
+            )
+        )
+        command = [str(self.twistd[runtime]), "-n", "--pidfile=", "gourmet"]
+        command += ["--config", str(config)]
+        return Server(
+            report.TARGETS[runtime],
+            pinned(command, self.proxy_cpu),
+            port,
+            self.workdir / f"gourmet-{runtime}.out",
+        )
+
+
+def start(stack: contextlib.ExitStack, server: Server) -> Server:
+    # Registered first: a server that started but never listened is stopped.
+    stack.callback(server.stop)
+    server.start()
+    return server
+
+
+def start_proxies(
+    stack: contextlib.ExitStack, bench: Bench, problems: List[str]
+) -> Dict[str, Server]:
+    """
+    Every proxy started; Gourmet on PyPy is left out, with a problem noted,
+    if it does not start.
+    """
+    started = {}
+    for name, server in bench.proxies().items():
+        try:
+            started[name] = start(stack, server)
+        except ServerFailed as error:
+            if name != "pypy":
+                raise
+            problems.append(f"Gourmet on PyPy left out: {error}")
+            log(problems[-1])
+    return started
+
+
+# --- Checks -------------------------------------------------------------------
+
+
+def fetch(url: str) -> bytes:
+    # No proxy from the environment: everything stays on loopback.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=10) as response:
+        body: bytes = response.read()
+        return body
+
+
+def check_bodies(ports: Dict[str, int]) -> None:
+    """
+    Every target answers both bodies in full before anything is measured.
+    """
+    sizes = {"small": nginx.SMALL_SIZE, "large": nginx.LARGE_SIZE}
+    for name, port in ports.items():
+        for body, path in BODIES.items():
+            got = len(fetch(f"http://127.0.0.1:{port}{path}"))
+            if got != sizes[body]:
+                raise RuntimeError(
+                    f"{report.TARGETS[name]}: {path} gave {got} bytes, "
+                    f"not {sizes[body]}"
+                )
+
+
+STATUS = re.compile(rb'\] "[^"]*" (\d{3}) ')
+
+
+def non_2xx(access_log: Path) -> Dict[str, int]:
+    """
+    The statuses other than 2xx in a combined-format access log and the
+    files it was rotated to (stock Twisted's), counted.
+    """
+    counts: Dict[str, int] = {}
+    for path in sorted(access_log.parent.glob(access_log.name + "*")):
+        with path.open("rb") as lines:
+            for line in lines:
+                match = STATUS.search(line)
+                status = match.group(1).decode() if match else "unparsed"
+                if not status.startswith("2"):
+                    counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+def unexpected(counts: Dict[str, int]) -> Dict[str, int]:
+    """
+    Leaves out 499 (the client went away): wrk stops each run with up to
+    one request in flight on each connection.
+    """
+    return {status: n for status, n in counts.items() if status != "499"}
+
+
+def check_metrics(admin_port: int) -> str:
+    try:
+        body = fetch(f"http://127.0.0.1:{admin_port}/metrics")
+    except OSError as error:
+        return f"failed: {error}"
+    return f"answered {len(body)} bytes"
+
+
+# --- Load ---------------------------------------------------------------------
+
+Rounds = Dict[str, Dict[str, List[wrk.WrkResult]]]
+
+
+def describe(result: wrk.WrkResult) -> str:
+    text = (
+        f"{result.requests_per_second:9,.0f} req/s {result.megabytes_per_second:8,.1f}"
+        f" MB/s  p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms"
+    )
+    if result.status_errors or result.socket_errors:
+        text += f"  ERRORS non-2xx {result.status_errors} socket {result.socket_errors}"
+    return text
+
+
+def warm_up(ports: Dict[str, int], load: wrk.Load) -> None:
+    for name, port in ports.items():
+        for body, path in BODIES.items():
+            log(f"  warm-up {report.TARGETS[name]}, {body} body")
+            wrk.run(load, f"http://127.0.0.1:{port}{path}")
+
+
+def measure_rounds(ports: Dict[str, int], load: wrk.Load, rounds: int) -> Rounds:
+    """
+    Round after round, each target in turn, so that drift in the machine
+    touches them all alike.
+    """
+    results: Rounds = {name: {body: [] for body in BODIES} for name in ports}
+    for number in range(1, rounds + 1):
+        for body, path in BODIES.items():
+            for name, port in ports.items():
+                result = wrk.run(load, f"http://127.0.0.1:{port}{path}")
+                results[name][body].append(result)
+                label = f"{report.TARGETS[name]}, {body}"
+                log(f"  round {number}/{rounds} {label:<24} {describe(result)}")
+    return results
+
+
+def error_counts(results: Rounds) -> Dict[str, str]:
+    counts = {}
+    for name, bodies in results.items():
+        runs = [r for body in bodies.values() for r in body]
+        statuses = sum(r.status_errors for r in runs)
+        sockets = sum(r.socket_errors for r in runs)
+        counts[name] = f"{statuses}/{sockets}"
+    return counts
+
+
+# --- The run ------------------------------------------------------------------
+
+
+def throughput_phase(
+    bench: Bench, problems: List[str]
+) -> Tuple[Rounds, Dict[str, Any]]:
+    settings = bench.settings
+    load = wrk.Load(
+        settings.connections,
+        settings.duration,
+        bench.load_cpu,
+        wrk.write_script(bench.workdir / "report.lua"),
+    )
+    with contextlib.ExitStack() as stack:
+        proxies = start_proxies(stack, bench, problems)
+        ports = {"upstream": bench.upstream_ports[0]}
+        ports.update({name: bench.ports[name] for name in proxies})
+        check_bodies(ports)
+        log(f"Warm-up: {settings.warmup} s per target and body")
+        warm_up(ports, evolve(load, duration=settings.warmup))
+        log(f"Measuring: {settings.rounds} rounds of {settings.duration} s")
+        results = measure_rounds(ports, load, settings.rounds)
+        checks: Dict[str, Any] = {
+            f"metrics_{name}": check_metrics(bench.admin_ports[name])
+            for name in proxies
+            if name in bench.admin_ports
+        }
+    for name in ("nginx", "stock", *bench.twistd):
+        counts = non_2xx(bench.access_log(name))
+        checks[f"access_log_non_2xx_{name}"] = counts
+        if unexpected(counts):
+            problems.append(f"{report.TARGETS[name]} logged non-2xx: {counts}")
+    return results, checks
+
+
+def slow_phase(bench: Bench, problems: List[str]) -> Dict[str, Any]:
+    settings = bench.settings
+    log(
+        f"Slow client: {settings.slow_size / 2**20:.0f} MiB at "
+        f"{settings.slow_rate / 2**20:.2f} MiB/s through every proxy at once, "
+        "each freshly started"
+    )
+    with contextlib.ExitStack() as stack:
+        proxies = start_proxies(stack, bench, problems)
+        results = slow_download.measure(
+            {name: server.rss_pid for name, server in proxies.items()},
+            {name: bench.ports[name] for name in proxies},
+            nginx.SLOW_PATH,
+            settings.slow_size,
+            settings.slow_rate,
+        )
+    for name, result in results.items():
+        label = report.TARGETS[name]
+        peak = "-" if result.peak_kib is None else f"{result.peak_kib / 1024:.1f}"
+        log(
+            f"  {label:<16} peak RSS {peak:>7} MiB "
+            f"(start {result.start_kib / 1024:.1f}) in {result.seconds:.0f} s"
+        )
+        if result.error is not None:
+            problems.append(f"slow client through {label}: {result.error}")
+            log(f"  {problems[-1]}")
+    return {name: asdict(result) for name, result in results.items()}
+
+
+def medians_of(results: Rounds, slow: Dict[str, Any]) -> report.Medians:
+    medians: report.Medians = {}
+    for name, bodies in results.items():
+        small, large = bodies["small"], bodies["large"]
+        medians[name] = {
+            "small_rps": statistics.median(r.requests_per_second for r in small),
+            "small_p50_ms": statistics.median(r.p50_ms for r in small),
+            "small_p99_ms": statistics.median(r.p99_ms for r in small),
+            "large_mbps": statistics.median(r.megabytes_per_second for r in large),
+            "slow_peak_mib": None,
+        }
+    for name, result in slow.items():
+        peak = result["peak_kib"]
+        medians.setdefault(name, {})["slow_peak_mib"] = (
+            None if peak is None else peak / 1024
+        )
+    return medians
+
+
+# --- What was measured, and on what -------------------------------------------
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def git_revision() -> str:
+    result = subprocess.run(
+        ["git", "describe", "--always", "--dirty"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return result.stdout.strip() or "unknown"
+
+
+def machine(bench: Bench) -> Dict[str, Any]:
+    versions = {
+        "cpython": sys.version.replace("\n", " "),
+        "twisted_cpython": twisted.__version__,
+        "nginx": nginx.version(),
+        "wrk": wrk.version(),
+    }
+    if "pypy" in bench.twistd:
+        versions["pypy"] = pypy_env.version(bench.twistd["pypy"])
+    return {
+        "cpu_model": cpu_model(),
+        "cores": os.cpu_count(),
+        "versions": versions,
+        "gourmet_revision": git_revision(),
+    }
+
+
+def placement(bench: Bench) -> str:
+    if bench.proxy_cpu is None:
+        return "no CPU pinning: wrk, the upstream and the proxy share every core"
+    return (
+        f"taskset: each proxy on CPU {bench.proxy_cpu}; wrk (1 thread) and the "
+        f"upstream nginx on CPU {bench.load_cpu}"
+    )
+
+
+def output_paths(settings: Settings, date: datetime) -> Tuple[Path, Path]:
+    out = settings.out or REPO / "benchmarks" / "results" / (
+        date.strftime("%Y-%m-%d-%H%M%S") + ".json"
+    )
+    return out, settings.chart or out.with_suffix(".png")
+
+
+def summary(
+    bench: Bench, medians: report.Medians, errors: Dict[str, str], problems: List[str]
+) -> str:
+    settings = bench.settings
+    goal_list = report.goals(settings.connections)
+    notes = [
+        report.table(medians, errors),
+        "",
+        report.goals_text(goal_list, medians),
+        "",
+        f"Medians of {settings.rounds} rounds of {settings.duration} s after a "
+        f"{settings.warmup} s warm-up; wrk, {settings.connections} keep-alive "
+        "connections, 1 thread.",
+        f"Small body {nginx.SMALL_SIZE} B; MB/s is 10^6 bytes/s; slow client "
+        f"{settings.slow_size / 2**20:.0f} MiB at {settings.slow_rate / 2**20:.2f} "
+        "MiB/s, peak RSS is VmHWM (nginx: its worker).",
+        "Ratios divide each figure by nginx proxy's or stock Twisted's: above 1 "
+        "is better for req/s and MB/s, worse for latency and memory.",
+        "Access logs on for nginx proxy (buffer=64k flush=1s), stock Twisted "
+        "and Gourmet (buffered, flushed each second); stock Twisted fronts one "
+        "upstream port, the others balance over both.",
+        placement(bench) + ".",
+    ]
+    if problems:
+        notes += ["", "Problems:"] + [f"  - {p}" for p in problems]
+    return "\n".join(notes)
+
+
+def save(
+    bench: Bench,
+    record: Dict[str, Any],
+    medians: report.Medians,
+    date: datetime,
+) -> None:
+    out, chart_path = output_paths(bench.settings, date)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    log(f"Saved {out}")
+    labels = {k: v for k, v in report.TARGETS.items() if k in medians}
+    title = (
+        f"{date:%Y-%m-%d}, {record['machine']['cpu_model']}, "
+        f"{record['machine']['cores']} cores: medians of "
+        f"{bench.settings.rounds} x {bench.settings.duration} s, "
+        f"{bench.settings.connections} connections"
+    )
+    why_not = chart.draw(chart_path, labels, medians, title)
+    log(f"Chart not drawn: {why_not}" if why_not else f"Saved {chart_path}")
+
+
+def cpu_times() -> Tuple[int, int]:
+    """
+    The machine's (idle, total) CPU time so far, in clock ticks.
+    """
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    return fields[3] + fields[4], sum(fields)
+
+
+def busy_before() -> float:
+    """
+    The share of the CPUs something else used in the second before the run.
+    """
+    idle, total = cpu_times()
+    time.sleep(1.0)
+    idle_after, total_after = cpu_times()
+    return 1 - (idle_after - idle) / max(total_after - total, 1)
+
+
+def busy_note(busy: float) -> Optional[str]:
+    if busy < 0.1:
+        return None
+    return (
+        f"the machine was {busy:.0%} busy before the run: other processes share "
+        "the cores, so these figures are noisier than on a quiet machine"
+    )
+
+
+def measure(bench: Bench, problems: List[str]) -> None:
+    began, date = time.monotonic(), datetime.now().astimezone()
+    busy = busy_before()
+    note = busy_note(busy)
+    if note is not None:
+        problems.append(note)
+        log("Note: " + note)
+    log(placement(bench))
+    with contextlib.ExitStack() as stack:
+        start(stack, bench.upstream())
+        results, checks = throughput_phase(bench, problems)
+        slow = slow_phase(bench, problems)
+    medians = medians_of(results, slow)
+    errors = error_counts(results)
+    for name, text in errors.items():
+        if text != "0/0":
+            problems.append(f"{report.TARGETS[name]}: wrk errors non-2xx/socket {text}")
+    log("")
+    log(summary(bench, medians, errors, problems))
+    elapsed = time.monotonic() - began
+    log(f"\nTook {elapsed:.0f} s.")
+    record = {
+        "date": date.isoformat(timespec="seconds"),
+        "machine": machine(bench),
+        "settings": asdict(bench.settings),
+        "placement": placement(bench),
+        "cpu_busy_before": busy,
+        "load_average_after": os.getloadavg(),
+        "medians": medians,
+        "ratios": ratios(medians),
+        "targets": report.goals_json(report.goals(bench.settings.connections), medians),
+        "rounds": {
+            name: {body: [r.as_json() for r in runs] for body, runs in bodies.items()}
+            for name, bodies in results.items()
+        },
+        "slow_client": slow,
+        "checks": checks,
+        "problems": problems,
+        "elapsed_seconds": round(elapsed),
+    }
+    save(bench, record, medians, date)
+
+
+def ratios(medians: report.Medians) -> Dict[str, Dict[str, Dict[str, Any]]]:
+    return {
+        name: {
+            figure.key: {
+                f"vs_{reference}": report.ratio(medians, name, figure.key, reference)
+                for reference in report.REFERENCES
+            }
+            for figure in report.FIGURES
+        }
+        for name in medians
+    }
+
+
+# --- Command line -------------------------------------------------------------
+
+
+def parse_settings(argv: Optional[List[str]] = None) -> Settings:
+    defaults = Settings()
+    parser = argparse.ArgumentParser(
+        description=(__doc__ or "").split("\n\n")[0],
+        epilog="--quick: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()),
+    )
+    parser.add_argument("--quick", action="store_true", help="a short run to try it")
+    parser.add_argument("--rounds", type=int, help=f"default {defaults.rounds}")
+    parser.add_argument("--duration", type=int, help="seconds per round and body")
+    parser.add_argument("--warmup", type=int, help="seconds per target and body")
+    parser.add_argument("--connections", type=int, default=defaults.connections)
+    parser.add_argument("--slow-size", type=size, help="e.g. 300M (default)")
+    parser.add_argument("--slow-rate", type=size, help="bytes/s, e.g. 1M (default)")
+    parser.add_argument("--no-pin", action="store_true", help="no taskset")
+    parser.add_argument("--no-pypy", action="store_true", help="leave PyPy out")
+    parser.add_argument("--pypy-venv", type=Path, default=defaults.pypy_venv)
+    parser.add_argument("--out", type=Path, help="JSON file to write")
+    parser.add_argument("--chart", type=Path, help="PNG file (default: beside --out)")
+    parser.add_argument("--keep-temp", action="store_true", help="keep configs/logs")
+    options = parser.parse_args(argv)
+    chosen = dict(QUICK) if options.quick else {}
+    for name in ("rounds", "duration", "warmup", "slow_size", "slow_rate"):
+        if getattr(options, name) is not None:
+            chosen[name] = getattr(options, name)
+    return evolve(
+        defaults,
+        connections=options.connections,
+        pin=not options.no_pin and can_pin(),
+        pypy_venv=None if options.no_pypy else options.pypy_venv,
+        out=options.out,
+        chart=options.chart,
+        keep_temp=options.keep_temp,
+        **chosen,
+    )
+
+
+def missing_tools() -> List[str]:
+    return [tool for tool in ("nginx", "wrk") if shutil.which(tool) is None]
+
+
+def pypy_twistd(settings: Settings, problems: List[str]) -> Optional[Path]:
+    if settings.pypy_venv is None:
+        problems.append("Gourmet on PyPy left out (--no-pypy)")
+        return None
+    log(f"PyPy: checking {settings.pypy_venv} (making it can take a minute)")
+    twistd, note = pypy_env.ensure(settings.pypy_venv, REPO)
+    if twistd is None:
+        problems.append("Gourmet on PyPy left out: " + note)
+    log(note if twistd else problems[-1])
+    return twistd
+
+
+def stop_on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    settings = parse_settings(argv)
+    missing = missing_tools()
+    if missing:
+        log(f"compare: {' and '.join(missing)} not found: run ./dev bench")
+        return 2
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    problems: List[str] = []
+    twistd = pypy_twistd(settings, problems)
+    workdir = Path(tempfile.mkdtemp(prefix="gourmet-compare-"))
+    # nginx's worker may run as another user (nobody) and reads from here.
+    workdir.chmod(0o755)
+    try:
+        measure(Bench(settings, workdir, twistd), problems)
+    except KeyboardInterrupt:
+        log("compare: interrupted; every server stopped")
+        return 130
+    finally:
+        if settings.keep_temp:
+            log(f"Configurations and logs kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""
+Debian's nginx as a plain process with a generated configuration in a
+temporary directory: never the system service, listening on 127.0.0.1 only,
+one worker, its pid file, logs and temporary files in that directory.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Optional, Sequence
+
+from benchmarks.processes import Server, children, pinned
+
+#: The bodies every upstream port serves, by path.
+SMALL_PATH = "/small"
+LARGE_PATH = "/1m"
+SLOW_PATH = "/slow"
+SMALL_SIZE = 128
+LARGE_SIZE = 1024 * 1024
+
+
+def write_bodies(root: Path, slow_size: int) -> None:
+    """
+    The files the upstream serves: a small body, 1 MiB, and the slow
+    client's large response (sparse: it takes no disk space).
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    (root / SMALL_PATH.lstrip("/")).write_bytes(b"x" * SMALL_SIZE)
+    (root / LARGE_PATH.lstrip("/")).write_bytes(b"y" * LARGE_SIZE)
+    with (root / SLOW_PATH.lstrip("/")).open("wb") as slow:
+        slow.truncate(slow_size)
+
+
+def _main_context(workdir: Path, name: str) -> str:
+    temp = workdir / f"{name}-temp"
+    return f"""\
+daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile 8192;
+pid {workdir}/{name}.pid;
+error_log {workdir}/{name}-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    client_body_temp_path {temp}/body;
+    proxy_temp_path {temp}/proxy;
+    fastcgi_temp_path {temp}/fastcgi;
+    uwsgi_temp_path {temp}/uwsgi;
+    scgi_temp_path {temp}/scgi;
+    default_type application/octet-stream;
+"""
+
+
+def upstream_config(workdir: Path, root: Path, ports: Sequence[int]) -> str:
+    """
+    The upstream: static files from ``root`` on each of ``ports``, no
+    access log (it is the limit, not a contender).
+    """
+    servers = "".join(
+        f"    server {{ listen 127.0.0.1:{port}; root {root}; }}\n" for port in ports
+    )
+    return (
+        _main_context(workdir, "upstream")
+        + "    access_log off;\n    sendfile on;\n    tcp_nopush on;\n"
+        + servers
+        + "}\n"
+    )
+
+
+def proxy_config(
+    workdir: Path, port: int, upstream_ports: Sequence[int], access_log: Path
+) -> str:
+    """
+    nginx as a load balancer in front of ``upstream_ports``, as a user would
+    set it up: keep-alive to the upstreams and an access log to a file.
+    """
+    servers = "".join(f"        server 127.0.0.1:{p};\n" for p in upstream_ports)
+    return (
+        _main_context(workdir, "nginx-proxy")
+        # Buffered as Gourmet's is (flushed each second).
+        + f"    access_log {access_log} combined"
+        + " buffer=64k flush=1s;\n"
+        + "    upstream bench {\n"
+        + servers
+        + "        keepalive 32;\n    }\n"
+        + f"    server {{\n        listen 127.0.0.1:{port};\n"
+        + "        location / {\n"
+        + "            proxy_pass http://bench;\n"
+        + "            proxy_http_version 1.1;\n"
+        + '            proxy_set_header Connection "";\n'
+        + "        }\n    }\n}\n"
+    )
+
+
+class Nginx(Server):
+    """
+    An nginx master and its one worker, from ``config`` written into
+    ``workdir``; its memory is the worker's.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        workdir: Path,
+        config: str,
+        port: int,
+        cpu: Optional[int],
+    ) -> None:
+        path = workdir / f"{name}.conf"
+        (workdir / f"{name}-temp").mkdir(exist_ok=True)
+        path.write_text(config)
+        command = ["nginx", "-p", str(workdir), "-c", str(path)]
+        command += ["-e", str(workdir / f"{name}-error.log")]
+        super().__init__(name, pinned(command, cpu), port, workdir / f"{name}.out")
+
+    @property
+    def rss_pid(self) -> int:
+        workers = children(self.pid)
+        return workers[0] if workers else self.pid
+
+
+def version() -> str:
+    result = subprocess.run(
+        ["nginx", "-v"], capture_output=True, text=True, timeout=10, check=False
+    )
+    return result.stderr.strip().removeprefix("nginx version: ")

@@ -1,0 +1,134 @@
+"""
+Load from ``wrk``: keep-alive connections for a fixed time, read back
+through a Lua ``done`` hook that prints the exact counts and percentiles.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from attrs import frozen
+
+from benchmarks.processes import pinned
+
+#: Printed by the Lua hook before its JSON line.
+MARKER = "WRK-RESULT "
+
+SCRIPT = """\
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "%s{\\"requests\\": %d, \\"duration_us\\": %d, \\"bytes\\": %d, "
+    .. "\\"p50_us\\": %.1f, \\"p99_us\\": %.1f, \\"connect\\": %d, "
+    .. "\\"read\\": %d, \\"write\\": %d, \\"status\\": %d, \\"timeout\\": %d}\\n",
+    MARKER, summary.requests, summary.duration, summary.bytes,
+    latency:percentile(50), latency:percentile(99),
+    e.connect, e.read, e.write, e.status, e.timeout))
+end
+"""
+
+
+@frozen
+class Load:
+    """
+    How ``wrk`` loads a target.
+    """
+
+    connections: int
+    duration: int
+    cpu: Optional[int]
+    script: Path
+
+
+@frozen
+class WrkResult:
+    """
+    One ``wrk`` run: the counts its Lua hook printed.
+
+    ``status_errors`` are responses whose status was not 2xx or 3xx;
+    ``socket_errors`` are connect, read, write errors and timeouts.
+    """
+
+    requests: int
+    seconds: float
+    bytes: int
+    p50_ms: float
+    p99_ms: float
+    status_errors: int
+    socket_errors: int
+
+    @property
+    def requests_per_second(self) -> float:
+        return self.requests / self.seconds
+
+    @property
+    def megabytes_per_second(self) -> float:
+        return self.bytes / self.seconds / 1e6
+
+    def as_json(self) -> Dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "seconds": self.seconds,
+            "bytes": self.bytes,
+            "requests_per_second": self.requests_per_second,
+            "megabytes_per_second": self.megabytes_per_second,
+            "p50_ms": self.p50_ms,
+            "p99_ms": self.p99_ms,
+            "status_errors": self.status_errors,
+            "socket_errors": self.socket_errors,
+        }
+
+
+class WrkFailed(RuntimeError):
+    pass
+
+
+def write_script(path: Path) -> Path:
+    path.write_text(SCRIPT.replace("MARKER", json.dumps(MARKER)))
+    return path
+
+
+def run(load: Load, url: str) -> WrkResult:
+    """
+    ``wrk`` with one thread (the load has one core) against ``url``.
+    """
+    command = ["wrk", "-t1", f"-c{load.connections}", f"-d{load.duration}s"]
+    command += ["--timeout", "5s", "-s", str(load.script), url]
+    result = subprocess.run(
+        pinned(command, load.cpu),
+        capture_output=True,
+        text=True,
+        timeout=load.duration + 60,
+        check=False,
+    )
+    for line in result.stdout.splitlines():
+        if line.startswith(MARKER):
+            return parse(json.loads(line[len(MARKER) :]))
+    raise WrkFailed(
+        f"wrk {url} exited with {result.returncode}:\n"
+        + (result.stdout + result.stderr)[-2000:]
+    )
+
+
+def parse(counts: Dict[str, Any]) -> WrkResult:
+    return WrkResult(
+        requests=int(counts["requests"]),
+        seconds=max(counts["duration_us"] / 1e6, 1e-6),
+        bytes=int(counts["bytes"]),
+        p50_ms=counts["p50_us"] / 1000,
+        p99_ms=counts["p99_us"] / 1000,
+        status_errors=int(counts["status"]),
+        socket_errors=sum(
+            int(counts[k]) for k in ("connect", "read", "write", "timeout")
+        ),
+    )
+
+
+def version() -> str:
+    result = subprocess.run(
+        ["wrk", "--version"], capture_output=True, text=True, timeout=10, check=False
+    )
+    return (result.stdout + result.stderr).split("\n", 1)[0].strip()
