@@ -23,6 +23,7 @@ from werkzeug.exceptions import HTTPException
 
 from gourmet.adminauth import REALM, SECURITY_HEADERS, AdminSecurity, Refused
 from gourmet.config import MAX_WEIGHT, GourmetConfig
+from gourmet.errors import error_document
 from gourmet.metrics import MetricsResource, metrics_registry
 from gourmet.upstreams import AdminState, Server, Upstream
 from gourmet.views import upstream_view
@@ -43,14 +44,6 @@ def _json(request: Any, document: Any, status: int = 200) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"application/json")
     return json.dumps(document).encode("utf-8") + b"\n"
-
-
-def error_document(status: int, description: str) -> Dict[str, Any]:
-    return {
-        "status": status,
-        "status_text": HTTPStatus(status).phrase,
-        "description": description,
-    }
 
 
 class AdminApp:

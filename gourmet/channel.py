@@ -41,6 +41,7 @@ from twisted.web.http import (
 )
 
 from gourmet.config import FrontendConfig
+from gourmet.headers import TCHAR
 
 if TYPE_CHECKING:
     from gourmet.site import GourmetSite
@@ -90,21 +91,20 @@ _PROTECTED = frozenset(
     }
 )
 
-_TCHAR = rb"!#$%&'*+\-.^_`|~0-9A-Za-z"
 # A target is printable ASCII without "#": a fragment is never sent, and
 # servers disagree on what to do with one.
 _REQUEST_LINE = re.compile(
-    rb"([" + _TCHAR + rb"]+) ([\x21\x22\x24-\x7e]+) (HTTP/[0-9]\.[0-9])"
+    rb"([" + TCHAR + rb"]+) ([\x21\x22\x24-\x7e]+) (HTTP/[0-9]\.[0-9])"
 )
 _ABSOLUTE_TARGET = re.compile(rb"(?i:https?)://([^/?]*)([/?].*)?")
 # A DNS name or IPv4 address, or an IPv6 literal, and an optional port.
 _HOST = re.compile(rb"(?:[A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?")
 # A token, less "_": see check_header_line.
-_HEADER_NAME = re.compile(rb"[!#$%&'*+\-.^`|~0-9A-Za-z]+")
+_HEADER_NAME = re.compile(rb"[" + TCHAR.replace(b"_", b"") + rb"]+")
 # Control bytes but HTAB: NUL, bare CR and LF, and the rest.
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _DIGITS = re.compile(rb"[0-9]+")
-_CODINGS = re.compile(rb"[" + _TCHAR + rb"]+(?: *, *[" + _TCHAR + rb"]+)*")
+_CODINGS = re.compile(rb"[" + TCHAR + rb"]+(?: *, *[" + TCHAR + rb"]+)*")
 
 
 class BadRequest(Exception):

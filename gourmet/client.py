@@ -25,6 +25,7 @@ from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
+from gourmet.headers import TCHAR
 from gourmet.origin import Origin
 
 HeaderList = List[Tuple[bytes, bytes]]
@@ -41,7 +42,7 @@ MAX_CHUNK_LINE = 4096
 MAX_HEADERS = 200
 
 _STATUS_LINE = re.compile(rb"\AHTTP/1\.([01]) ([1-5][0-9][0-9])(?: ([^\r\n]*))?\Z")
-_HEADER = re.compile(rb"\A([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*?)[ \t]*\Z")
+_HEADER = re.compile(rb"\A([" + TCHAR + rb"]+):[ \t]*(.*?)[ \t]*\Z")
 _CHUNK_SIZE = re.compile(rb"\A([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\r\n]*)?\Z")
 _NO_BODY_STATUSES = frozenset({204, 304})
 

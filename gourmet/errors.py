@@ -62,6 +62,17 @@ def prefers_json(accept: Optional[str]) -> bool:
     return _quality(ranges, _JSON) > _quality(ranges, _HTML)
 
 
+def error_document(status: int, description: str) -> Dict[str, object]:
+    """
+    The JSON body of an error: ``{"status", "status_text", "description"}``.
+    """
+    return {
+        "status": status,
+        "status_text": HTTPStatus(status).phrase,
+        "description": description,
+    }
+
+
 class ErrorPages:
     """
     Renders error responses.
@@ -86,14 +97,10 @@ class ErrorPages:
         """
         :return: the content type and body for an error response.
         """
-        status_text = HTTPStatus(status).phrase
         if prefers_json(accept):
-            document = {
-                "status": status,
-                "status_text": status_text,
-                "description": description,
-            }
+            document = error_document(status, description)
             return b"application/json", json.dumps(document).encode("utf-8")
+        status_text = HTTPStatus(status).phrase
         page = self._template.safe_substitute(
             status=status,
             status_text=escape(status_text),

@@ -33,9 +33,9 @@ from gourmet.client import (
 )
 from gourmet.errors import ErrorPages
 from gourmet.headers import (
-    HOP_BY_HOP,
     TrustedProxies,
     connection_tokens,
+    forwardable,
     upstream_request_headers,
 )
 from gourmet.pool import ConnectionPool
@@ -346,15 +346,9 @@ class ProxyExchange:
         # Start from empty headers: Twisted's defaults (Server, a
         # Content-Type) must not mix with the upstream's.
         headers = Headers()
-        named = connection_tokens(
-            value for name, value in head.headers if name.lower() == b"connection"
-        )
         has_date = False
-        for name, value in head.headers:
-            lower = name.lower()
-            if lower in HOP_BY_HOP or lower in named:
-                continue
-            has_date = has_date or lower == b"date"
+        for name, value in forwardable(head.headers):
+            has_date = has_date or name.lower() == b"date"
             headers.addRawHeader(name, value)
         if not has_date:
             headers.setRawHeaders(

@@ -11,10 +11,9 @@ from typing import Any, Dict, Union
 
 import pytest_twisted
 import treq
-from twisted.internet import reactor
-from twisted.internet.task import deferLater
 
 from tests.configs import ADMIN_LISTEN, config
+from tests.rawhttp import sleep
 from tests.upstreams import UpstreamServer
 
 TOKEN = "a-token-of-twenty-chars"
@@ -81,7 +80,7 @@ async def test_weight_0_lets_in_flight_requests_finish(
     for _ in range(100):
         if b.seen:
             break
-        await deferLater(reactor, 0.01)
+        await sleep(0.01)
     assert b.seen, "the slow request did not reach b"
     await patch(running, b, {"weight": 0})
     assert await split(running, 20) == {"a": 20}

@@ -35,6 +35,7 @@ from gourmet.client import (
 )
 from gourmet.origin import Origin, parse_origin
 from gourmet.pool import ConnectionPool
+from tests.rawhttp import sleep
 from tests.upstreams import Answer, ScriptedServer
 
 
@@ -579,12 +580,6 @@ def test_parse_head_keeps_order_and_case() -> None:
         (b"Set-Cookie", b"a"),
         (b"set-cookie", b"b"),
     ]
-
-
-def sleep(seconds: float) -> Deferred[None]:
-    d: Deferred[None] = Deferred()
-    reactor.callLater(seconds, d.callback, None)
-    return d
 
 
 class PausingCollector(Collector):

@@ -21,12 +21,7 @@ from twisted.internet.defer import Deferred
 from twisted.web.client import ResponseFailed
 
 from tests.configs import LISTEN, config
-
-
-def sleep(seconds: float) -> Deferred[None]:
-    d: Deferred[None] = Deferred()
-    reactor.callLater(seconds, d.callback, None)
-    return d
+from tests.rawhttp import sleep
 
 
 async def json_body(response: Any) -> Any:

@@ -18,18 +18,12 @@ import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.web.client import HTTPConnectionPool
 
+from tests.rawhttp import sleep
 from tests.reference import reference_config
 
 TWISTD = [str(Path(sys.executable).with_name("twistd"))]
-
-
-def sleep(seconds: float) -> Deferred[None]:
-    d: Deferred[None] = Deferred()
-    reactor.callLater(seconds, d.callback, None)
-    return d
 
 
 def free_port() -> int:
