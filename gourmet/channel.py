@@ -42,6 +42,7 @@ from twisted.web.http import (
 
 from gourmet.config import FrontendConfig
 from gourmet.headers import TCHAR
+from gourmet.reads import read_into_buffer
 
 if TYPE_CHECKING:
     from gourmet.site import GourmetSite
@@ -417,6 +418,7 @@ class GourmetChannel(HTTPChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        read_into_buffer(self.transport)
         limits = self._limits
         # Twisted's own limits answer 400; Gourmet's, checked first, say why.
         self.totalHeadersSize = limits.max_header_size

@@ -27,6 +27,7 @@ from zope.interface import Interface, implementer
 
 from gourmet.headers import TCHAR
 from gourmet.origin import Origin
+from gourmet.reads import read_into_buffer
 
 HeaderList = List[Tuple[bytes, bytes]]
 
@@ -82,13 +83,15 @@ class ConnectionClosed(UpstreamError):
     """
     The connection ended before the response was complete.
 
+    :ivar reason: why, as the transport told it.
     :ivar before_response: no byte of a response had arrived, as when a
         server closes an idle keep-alive connection just as a request is
         sent on it.
     """
 
-    def __init__(self, message: str, before_response: bool) -> None:
-        super().__init__(message)
+    def __init__(self, reason: str, before_response: bool) -> None:
+        super().__init__(f"connection closed: {reason}")
+        self.reason = reason
         self.before_response = before_response
 
 
@@ -227,6 +230,7 @@ class UpstreamConnection(Protocol):
     # -- connection events -----------------------------------------------
 
     def connectionMade(self) -> None:
+        read_into_buffer(self.transport)
         # Over TLS, the connection is ready only once the handshake is done.
         if not self.origin.is_tls:
             self.ready.callback(self)
@@ -247,7 +251,7 @@ class UpstreamConnection(Protocol):
         elif self._receiver is not None:
             self._fail(
                 ConnectionClosed(
-                    f"connection closed: {_reason_text(reason)}",
+                    _reason_text(reason),
                     before_response=not self._got_bytes,
                 )
             )

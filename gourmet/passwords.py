@@ -29,6 +29,8 @@ import sys
 from collections import OrderedDict
 from typing import List, Mapping, NamedTuple, Optional
 
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
 __all__ = [
     "PasswordChecker",
     "check_hash",
@@ -125,12 +127,9 @@ def _parse(encoded: str) -> _Hash:
 
 
 def _scrypt(password: str, salt: bytes, n: int, r: int, p: int, size: int) -> bytes:
-    # OpenSSL refuses to use more than maxmem, 32 MiB by default; what these
-    # parameters need is 128 * r * (n + p + 2) bytes.
-    maxmem = 128 * r * (n + p + 2) + 1024 * 1024
-    return hashlib.scrypt(
-        _encode(password), salt=salt, n=n, r=r, p=p, maxmem=maxmem, dklen=size
-    )
+    # cryptography (which Twisted[tls] brings) rather than hashlib: PyPy's
+    # hashlib has no scrypt.
+    return Scrypt(salt=salt, length=size, n=n, r=r, p=p).derive(_encode(password))
 
 
 def hash_password(password: str, *, salt: Optional[bytes] = None) -> str:

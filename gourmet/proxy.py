@@ -64,7 +64,9 @@ def describe(error: BaseException) -> str:
     if isinstance(error, ReadTimeout):
         return "read timed out"
     if isinstance(error, ConnectionClosed):
-        return "connection closed before the response was complete"
+        # A failed TLS verification can surface here, after the handshake
+        # (seen on PyPy): keep its reason, it tells the operator what to fix.
+        return f"closed before the response was complete ({error.reason})"
     return f"{type(error).__name__}: {error}"
 
 
