@@ -41,6 +41,7 @@ import twisted
 from benchmarks import chart, nginx, pypy_env, report, slow_download, wrk
 from benchmarks.processes import REPO, Server, ServerFailed, can_pin, pinned
 from benchmarks.slow_client import free_port, size
+from gourmet.pypy import RECOMMENDED_NURSERY
 
 #: With CPU pinning: the proxies on one core, the load and the upstream on
 #: the other.
@@ -178,6 +179,9 @@ class Bench:
         )
         command = [str(self.twistd[runtime]), "-n", "--pidfile=", "gourmet"]
         command += ["--config", str(config)]
+        if runtime == "pypy":
+            # As the README says to run Gourmet on PyPy.
+            command = ["env", f"PYPY_GC_NURSERY={RECOMMENDED_NURSERY}", *command]
         return Server(
             report.TARGETS[runtime],
             pinned(command, self.proxy_cpu),
@@ -481,6 +485,8 @@ def summary(
         "and Gourmet (buffered, flushed each second); stock Twisted fronts one "
         "upstream port, the others balance over both.",
         placement(bench) + ".",
+        f"Gourmet on PyPy runs with PYPY_GC_NURSERY={RECOMMENDED_NURSERY}, as the "
+        "README says to run it.",
     ]
     if problems:
         notes += ["", "Problems:"] + [f"  - {p}" for p in problems]
@@ -561,6 +567,7 @@ def measure(bench: Bench, problems: List[str]) -> None:
         "machine": machine(bench),
         "settings": asdict(bench.settings),
         "placement": placement(bench),
+        "pypy_environment": {"PYPY_GC_NURSERY": RECOMMENDED_NURSERY},
         "cpu_busy_before": busy,
         "load_average_after": os.getloadavg(),
         "medians": medians,

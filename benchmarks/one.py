@@ -4,7 +4,10 @@ target (Gourmet on CPython or PyPy, stock Twisted, or nginx) started as
 ``./dev bench`` starts them, then ``wrk`` rounds on both bodies, printed.
 
     .venv/bin/python -m benchmarks.one pypy --rounds 3
-    .venv/bin/python -m benchmarks.one cpython --twistd-args=--profile=/tmp/p.out,--savestats
+    .venv/bin/python -m benchmarks.one cpython \
+        --twistd-args=--profile=/tmp/p.out,--profiler=cprofile,--savestats
+    .venv/bin/python -m benchmarks.one pypy --env PYPYLOG=gc:/tmp/gc.log \
+        --wrap .venv-pypy/bin/python,-m,vmprof,-o,/tmp/vm.prof
 
 Figures from one run of this are for comparing changes made a minute
 apart; the published figures come from ``benchmarks.compare``.
@@ -18,6 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import List
+
+from attrs import evolve
 
 from benchmarks import compare, pypy_env, wrk
 from benchmarks.processes import REPO, Server
@@ -72,7 +77,7 @@ def main(argv: List[str]) -> int:
             port = bench.ports[args.target]
             for body in args.body or list(compare.BODIES):
                 url = f"http://127.0.0.1:{port}{compare.BODIES[body]}"
-                wrk.run(compare.evolve(load, duration=args.warmup), url)
+                wrk.run(evolve(load, duration=args.warmup), url)
                 for number in range(args.rounds):
                     result = wrk.run(load, url)
                     compare.log(f"{body} {number + 1}: {compare.describe(result)}")

@@ -15,8 +15,8 @@ from typing import Optional, Sequence, Tuple
 STEP_TIMEOUT = 900
 
 #: On PyPy 3.9 the newest cryptography has no wheel and cannot be built
-#: without the network's Rust crates.
-PYPY39_CONSTRAINTS = "cryptography<44\n"
+#: without the network's Rust crates; tox's pypy environment uses it too.
+PYPY39_CONSTRAINTS = Path("constraints", "pypy39.txt")
 
 
 def _step(command: Sequence[str], log: Path) -> None:
@@ -52,9 +52,7 @@ def _install(pypy: str, venv: Path, repo: Path, log: Path) -> None:
     # plugin, as ./dev does for .venv.
     install += ["--config-settings", "editable_mode=compat"]
     if _python_version(python) < (3, 10):
-        constraints = venv / "constraints.txt"
-        constraints.write_text(PYPY39_CONSTRAINTS)
-        install += ["-c", str(constraints)]
+        install += ["-c", str(repo / PYPY39_CONSTRAINTS)]
     _step(install, log)
 
 

@@ -40,11 +40,11 @@ def _quoted(value: Optional[bytes]) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def _fields(request: Any, record: ProxyRecord, now: float) -> Dict[str, Any]:
+def _fields(request: Any, record: ProxyRecord, now: float, when: str) -> Dict[str, Any]:
     address = request.getClientAddress()
     return {
         "remote_addr": getattr(address, "host", "-"),
-        "time": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
+        "time": when,
         "request": (
             f"{_quoted(request.method)} {_quoted(request.uri)} "
             f"{_quoted(request.clientproto)}"
@@ -59,19 +59,31 @@ def _fields(request: Any, record: ProxyRecord, now: float) -> Dict[str, Any]:
     }
 
 
-def combined_line(fields: Dict[str, Any]) -> str:
+def combined_line(request: Any, record: ProxyRecord, now: float, when: str) -> str:
+    # Written out rather than through _fields: this runs for every request.
+    address = request.getClientAddress()
     return (
-        '{remote_addr} - - [{time}] "{request}" {status} {body_bytes_sent} '
-        '"{referer}" "{user_agent}" upstream={upstream} '
-        "upstream_status={upstream_status} request_time={request_time:.3f}\n"
-    ).format(**fields)
+        f"{getattr(address, 'host', '-')} - - [{when}] "
+        f'"{_quoted(request.method)} {_quoted(request.uri)} '
+        f'{_quoted(request.clientproto)}" '
+        f"{record.status or request.code} {request.sentLength} "
+        f'"{_quoted(request.getHeader(b"referer"))}" '
+        f'"{_quoted(request.getHeader(b"user-agent"))}" '
+        f"upstream={','.join(record.upstreams) or '-'} "
+        f"upstream_status={','.join(record.upstream_statuses) or '-'} "
+        f"request_time={now - record.started:.3f}\n"
+    )
 
 
-def json_line(fields: Dict[str, Any]) -> str:
+def json_line(request: Any, record: ProxyRecord, now: float, when: str) -> str:
+    fields = _fields(request, record, now, when)
     return json.dumps(fields, separators=(",", ":")) + "\n"
 
 
-FORMATS: Dict[str, Callable[[Dict[str, Any]], str]] = {
+#: A line from the request, its record, the time now and that time as text.
+LineFormat = Callable[[Any, ProxyRecord, float, str], str]
+
+FORMATS: Dict[str, LineFormat] = {
     "combined": combined_line,
     "json": json_line,
 }
@@ -92,6 +104,9 @@ class AccessLog(MultiService):
         self._format = FORMATS[line_format]
         self._clock = clock
         self._file: Optional[IO[bytes]] = None
+        # The time as text changes once a second, not once a request.
+        self._second = -1
+        self._when = ""
         self.enabled = path != "off"
         flusher = TimerService(1.0, self.flush)
         flusher.clock = clock
@@ -117,7 +132,12 @@ class AccessLog(MultiService):
     def write(self, request: Any, record: ProxyRecord) -> None:
         if self._file is None:
             return
-        line = self._format(_fields(request, record, self._clock.seconds()))
+        now = self._clock.seconds()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._when = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(second))
+        line = self._format(request, record, now, self._when)
         self._file.write(line.encode("utf-8", "backslashreplace"))
 
     def flush(self) -> None:

@@ -41,6 +41,7 @@ from twisted.web.http import (
 )
 
 from gourmet.config import FrontendConfig
+from gourmet.deadline import Deadline
 from gourmet.headers import TCHAR
 from gourmet.reads import read_into_buffer
 
@@ -394,9 +395,13 @@ class GourmetChannel(HTTPChannel):
         self._counted = False
         self._receiving = False
         self._lines = 0
-        self._head_timer: Optional[IDelayedCall] = None
+        # Set for every request: moved, not rescheduled (gourmet.deadline).
+        # Made in connectionMade, when the site and its clock are known.
+        self._head_deadline: Optional[Deadline] = None
+        self._idle_deadline: Optional[Deadline] = None
         self._body_timer: Optional[IDelayedCall] = None
         self._linger: Optional[IDelayedCall] = None
+        self._host: Any = None
         self._body_started = 0.0
         self._reset_request()
 
@@ -417,6 +422,9 @@ class GourmetChannel(HTTPChannel):
     # -- connection ------------------------------------------------------
 
     def connectionMade(self) -> None:
+        clock = self.site.clock
+        self._head_deadline = Deadline(clock, self._head_timed_out)
+        self._idle_deadline = Deadline(clock, self.timeoutConnection)
         super().connectionMade()
         read_into_buffer(self.transport)
         limits = self._limits
@@ -431,7 +439,7 @@ class GourmetChannel(HTTPChannel):
         self._start_head_timer()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._head_timer = _cancel(self._head_timer)
+        self._stop_deadlines()
         self._body_timer = _cancel(self._body_timer)
         self._linger = _cancel(self._linger)
         if self._counted:
@@ -439,12 +447,42 @@ class GourmetChannel(HTTPChannel):
             self.site.connection_closed()
         super().connectionLost(reason)
 
+    def getHost(self) -> Any:
+        # Every request asks; the address cannot change, and asking the
+        # socket each time is a system call.
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
+
+    # TimeoutMixin's idle timeout, on a Deadline: twisted.web stops and
+    # restarts it around every request.
+
+    def setTimeout(self, period: Optional[float]) -> Optional[float]:
+        previous, self.timeOut = self.timeOut, period  # type: ignore[assignment]
+        idle = self._idle_deadline
+        if idle is not None:
+            if period is None:
+                idle.clear()
+            else:
+                idle.set(period)
+        return previous
+
+    def resetTimeout(self) -> None:
+        idle = self._idle_deadline
+        if idle is not None and idle.due is not None and self.timeOut is not None:
+            idle.set(self.timeOut)
+
+    def _stop_deadlines(self) -> None:
+        for deadline in (self._head_deadline, self._idle_deadline):
+            if deadline is not None:
+                deadline.cancel()
+
     # -- the head ----------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
         if self._rejected:
             return  # lingering: dropped
-        if self.line_mode and self._head_timer is None and data:
+        if self.line_mode and data and self._head_deadline.due is None:  # type: ignore[union-attr]
             self._start_head_timer()
         if self._receiving:
             # Pipelined data, replayed as an immediate answer ended the
@@ -546,7 +584,7 @@ class GourmetChannel(HTTPChannel):
         return True
 
     def allHeadersReceived(self) -> None:
-        self._head_timer = _cancel(self._head_timer)
+        self._head_deadline.clear()  # type: ignore[union-attr]
         assert self._head is not None  # _check_line set it for this line
         length = self._head.body_length
         request = self.requests[-1]
@@ -609,12 +647,9 @@ class GourmetChannel(HTTPChannel):
     # -- deadlines ---------------------------------------------------------
 
     def _start_head_timer(self) -> None:
-        self._head_timer = self.callLater(
-            self._limits.header_timeout, self._head_timed_out
-        )
+        self._head_deadline.set(self._limits.header_timeout)  # type: ignore[union-attr]
 
     def _head_timed_out(self) -> None:
-        self._head_timer = None
         timeout = self._limits.header_timeout
         self._reject(BadRequest(408, f"no whole head within {timeout:g} seconds"))
 
@@ -652,7 +687,7 @@ class GourmetChannel(HTTPChannel):
         if self._rejected:
             return
         self._rejected = True
-        self._head_timer = _cancel(self._head_timer)
+        self._stop_deadlines()
         self._body_timer = _cancel(self._body_timer)
         self.setTimeout(None)
         self.clearLineBuffer()

@@ -19,12 +19,13 @@ from typing import BinaryIO, Callable, List, Optional, Set, Tuple
 from attrs import frozen
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IReactorTime
+from twisted.internet.interfaces import IHandshakeListener, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
+from gourmet.deadline import Deadline
 from gourmet.headers import TCHAR
 from gourmet.origin import Origin
 from gourmet.reads import read_into_buffer
@@ -43,7 +44,12 @@ MAX_CHUNK_LINE = 4096
 MAX_HEADERS = 200
 
 _STATUS_LINE = re.compile(rb"\AHTTP/1\.([01]) ([1-5][0-9][0-9])(?: ([^\r\n]*))?\Z")
-_HEADER = re.compile(rb"\A([" + TCHAR + rb"]+):[ \t]*(.*?)[ \t]*\Z")
+#: The bytes a header name may hold, for bytes.translate to delete.
+_TOKEN_BYTES = bytes(
+    byte for byte in range(256) if re.fullmatch(b"[" + TCHAR + b"]", bytes([byte]))
+)
+#: What a field value may not hold (RFC 9110, 5.5): controls but HTAB.
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _CHUNK_SIZE = re.compile(rb"\A([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\r\n]*)?\Z")
 _NO_BODY_STATUSES = frozenset({204, 304})
 
@@ -214,7 +220,7 @@ class UpstreamConnection(Protocol):
         self._timeout = 0.0
         self._header_timeout = 0.0
         self._sent_at = 0.0
-        self._timer: Optional[IDelayedCall] = None
+        self._deadline = Deadline(clock, self._check_timeout)
         self._last_read = 0.0
         self._paused = False
         self._request_method = b""
@@ -242,7 +248,7 @@ class UpstreamConnection(Protocol):
     def connectionLost(self, reason: Failure = ConnectionDone) -> None:  # type: ignore[assignment]
         state = self._state
         self._state = _State.CLOSED
-        self._stop_timer()
+        self._deadline.cancel()
         if not self.ready.called:
             self.ready.errback(ConnectFailed(_reason_text(reason)))
         self._on_lost(self)
@@ -285,9 +291,7 @@ class UpstreamConnection(Protocol):
             header_timeout = read_timeout
         self._header_timeout = header_timeout
         self._sent_at = self._last_read = self.clock.seconds()
-        self._timer = self.clock.callLater(
-            min(read_timeout, header_timeout), self._check_timeout
-        )
+        self._deadline.set(min(read_timeout, header_timeout))
         lines = [b"%s %s HTTP/1.1" % (request.method, request.target)]
         lines.extend(b"%s: %s" % header for header in request.headers)
         body = request.body
@@ -339,7 +343,7 @@ class UpstreamConnection(Protocol):
         Drop the connection at once; the receiver is told nothing more.
         """
         self._receiver = None
-        self._stop_timer()
+        self._deadline.cancel()
         self._stop_sending()
         if self._state != _State.CLOSED:
             self._state = _State.CLOSED
@@ -355,8 +359,8 @@ class UpstreamConnection(Protocol):
     # -- the read timeout ---------------------------------------------------
 
     def _check_timeout(self) -> None:
-        # One timer per request, pushed back when it fires early, costs less
-        # than moving a timer on every read.
+        # Checked when due rather than moved on every read, which would cost
+        # more than the rare early check.
         # While the body is still going out or the client holds the response
         # back, the server is not the one keeping us waiting.
         now = self.clock.seconds()
@@ -372,21 +376,14 @@ class UpstreamConnection(Protocol):
         if waiting_for_head:
             due = min(due, head_due)
         if now < due:
-            self._timer = self.clock.callLater(due - now, self._check_timeout)
+            self._deadline.set(due - now)
             return
-        self._timer = None
         if waiting_for_head and now >= head_due:
             self._fail(
                 HeaderTimeout(f"no response head within {self._header_timeout:g} s")
             )
         else:
             self._fail(ReadTimeout(f"no response bytes for {self._timeout:g} s"))
-
-    def _stop_timer(self) -> None:
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
 
     def _stop_sending(self) -> None:
         sender, self._sender = self._sender, None
@@ -535,7 +532,9 @@ class UpstreamConnection(Protocol):
     def _finish(self, reusable: bool) -> None:
         receiver = self._receiver
         self._receiver = None
-        self._stop_timer()
+        # Cleared, not cancelled: the next request sets it again (see
+        # gourmet.deadline).
+        self._deadline.clear()
         reusable = reusable and self._body_sent and self._state != _State.CLOSED
         if reusable:
             self._state = _State.IDLE
@@ -574,12 +573,16 @@ def parse_head(raw: bytes) -> ResponseHead:
         raise InvalidResponse(f"bad status line {lines[0][:60]!r}")
     headers: HeaderList = []
     for line in lines[1:]:
-        header = _HEADER.match(line)
-        if header is None:
-            # Also refuses obsolete line folding and spaces before the colon,
-            # which servers and proxies read differently.
+        # Without a regular expression per line: this runs for every response.
+        name, colon, value = line.partition(b":")
+        value = value.strip(b" \t")
+        # Also refuses obsolete line folding and spaces before the colon,
+        # which servers and proxies read differently.
+        if not (colon and name) or name.translate(None, _TOKEN_BYTES):
             raise InvalidResponse(f"bad header line {line[:60]!r}")
-        headers.append((header[1], header[2]))
+        if _CONTROL.search(value):
+            raise InvalidResponse(f"control character in header line {line[:60]!r}")
+        headers.append((name, value))
     content_length, chunked = _framing(headers)
     return ResponseHead(
         version=b"HTTP/1." + status_line[1],

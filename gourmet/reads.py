@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import platform
 from errno import EWOULDBLOCK
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from twisted.internet import main, tcp
+from twisted.internet.error import ConnectionDone, ConnectionLost
 
 #: Whether to read into a buffer: only where ``recv`` allocates its maximum.
 ENABLED = platform.python_implementation() == "PyPy"
@@ -36,7 +37,7 @@ class _BufferedRead:
         self.view = memoryview(self.buffer)
 
     def install(self, connection: tcp.Connection) -> None:
-        def do_read() -> Optional[object]:
+        def do_read() -> Union[ConnectionLost, ConnectionDone, None]:
             try:
                 count = connection.socket.recv_into(self.buffer)
             except OSError as error:

@@ -23,6 +23,7 @@ from gourmet.errors import ErrorPages
 from gourmet.logs import foreground_observer
 from gourmet.pool import ConnectionPool
 from gourmet.proxy import LocationResource
+from gourmet.pypy import nursery_warning, running_nursery
 from gourmet.routing import Router
 from gourmet.site import GourmetSite, RoutingResource
 from gourmet.upstreams import Upstream
@@ -97,6 +98,9 @@ class GourmetService(MultiService):
                 if admin.has_credentials
                 else "read-only: no credentials configured",
             )
+        warning = nursery_warning(running_nursery())
+        if warning is not None:
+            self.log.warn("{warning}", warning=warning)
         super().startService()
 
     def stopService(self) -> Any:

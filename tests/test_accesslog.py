@@ -6,6 +6,7 @@ combined format to stdout is checked under twistd in test_twistd).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -40,3 +41,33 @@ async def test_json_access_log_to_a_file(
     assert entry["upstream_status"] == "502,200"
     assert entry["body_bytes_sent"] > 0
     assert 0 <= entry["request_time"] < 5
+
+
+@pytest_twisted.ensureDeferred
+async def test_combined_access_log_line_by_line(
+    gourmet: Any, make_upstreams: Any, tmp_path: Path
+) -> None:
+    (a,) = make_upstreams("a")
+    log_file = tmp_path / "access.log"
+    text = config([a]) + f'[log]\naccess_log = "{log_file}"\n'
+    running = await gourmet(text)
+    headers = {"User-Agent": 'say "hi"\\', "Referer": "http://example.test/"}
+    for path in ("/one", "/status/404"):
+        response = await running.get(path, headers=headers)
+        await response.content()
+    await running.service.stopService()  # flushes the log
+    lines = log_file.read_text().splitlines()
+    line = re.compile(
+        r"127\.0\.0\.1 - - \[\d\d/[A-Z][a-z]{2}/\d{4}:\d\d:\d\d:\d\d \+0000\] "
+        r'"GET (\S+) HTTP/1\.1" (\d{3}) (\d+) "http://example\.test/" '
+        r'"say \\"hi\\"\\\\" upstream=(\S+) upstream_status=(\d{3}) '
+        r"request_time=(\d+\.\d{3})"
+    )
+    matches = [line.fullmatch(text) for text in lines]
+    assert all(matches), lines
+    (one, missing) = [m.groups() for m in matches if m is not None]
+    assert one[:2] == ("/one", "200") and int(one[2]) > 0
+    assert missing[:2] == ("/status/404", "404")
+    assert one[3] == missing[3] == a.address
+    assert (one[4], missing[4]) == ("200", "404")
+    assert float(one[5]) < 5

@@ -297,6 +297,11 @@ INVALID = [
     b"HTTP/2 200 OK\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\nContent-Length: 0\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nBad Header : x\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\n: no name\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nNo-Colon\r\nContent-Length: 0\r\n\r\n",
+    # A bare CR or NUL in a value: read differently by different parsers.
+    b"HTTP/1.1 200 OK\r\nX-Split: a\rSet-Cookie: b\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX-Nul: a\x00b\r\nContent-Length: 0\r\n\r\n",
     b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n",
@@ -572,13 +577,19 @@ def test_read_timeout_waits_while_paused() -> None:
 
 def test_parse_head_keeps_order_and_case() -> None:
     head = parse_head(
-        b"HTTP/1.1 404 Not Here\r\nX-A: 1\r\nSet-Cookie: a\r\nset-cookie: b"
+        b"HTTP/1.1 404 Not Here\r\nX-A: 1\r\nSet-Cookie: a\r\nset-cookie: b\r\n"
+        b"X-Spaces: \t padded value \t\r\nX-Empty:\r\nX-Colon: a:b\r\n"
+        b"X-Bytes: caf\xc3\xa9\ttab"
     )
     assert head.status == 404 and head.reason == b"Not Here"
     assert head.headers == [
         (b"X-A", b"1"),
         (b"Set-Cookie", b"a"),
         (b"set-cookie", b"b"),
+        (b"X-Spaces", b"padded value"),
+        (b"X-Empty", b""),
+        (b"X-Colon", b"a:b"),
+        (b"X-Bytes", b"caf\xc3\xa9\ttab"),
     ]
 
 

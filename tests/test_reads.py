@@ -47,14 +47,14 @@ async def test_bodies_both_ways_arrive_intact_through_buffered_reads(
 async def test_both_sides_read_into_the_buffer(
     buffered_reads: None, proxy: Any
 ) -> None:
-    server, running = await proxy()
+    _, running = await proxy()
     reads_by: Dict[type, int] = {}
     original = reads._BufferedRead.install
 
     def counting(self: Any, connection: tcp.Connection) -> None:
         original(self, connection)
         # The reactor calls the instance's own doRead, not the class's.
-        buffered = vars(connection).get("doRead")
+        buffered: Any = vars(connection).get("doRead")
         kind = type(connection)
         reads_by.setdefault(kind, 0)
 
@@ -63,7 +63,7 @@ async def test_both_sides_read_into_the_buffer(
             return buffered()
 
         if buffered is not None:
-            connection.doRead = counted
+            connection.doRead = counted  # type: ignore[method-assign]
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(reads._BufferedRead, "install", counting)
