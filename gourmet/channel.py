@@ -39,11 +39,12 @@ from twisted.web.http import (
     _ChunkedTransferDecoder,
     _IdentityTransferDecoder,
 )
+from twisted.web.http_headers import Headers
 
 from gourmet.config import FrontendConfig
 from gourmet.deadline import Deadline
 from gourmet.headers import TCHAR
-from gourmet.reads import read_into_buffer
+from gourmet.sockets import tune
 
 if TYPE_CHECKING:
     from gourmet.site import GourmetSite
@@ -402,6 +403,7 @@ class GourmetChannel(HTTPChannel):
         self._body_timer: Optional[IDelayedCall] = None
         self._linger: Optional[IDelayedCall] = None
         self._host: Any = None
+        self._held_head = b""
         self._body_started = 0.0
         self._reset_request()
 
@@ -426,7 +428,7 @@ class GourmetChannel(HTTPChannel):
         self._head_deadline = Deadline(clock, self._head_timed_out)
         self._idle_deadline = Deadline(clock, self.timeoutConnection)
         super().connectionMade()
-        read_into_buffer(self.transport)
+        tune(self.transport)
         limits = self._limits
         # Twisted's own limits answer 400; Gourmet's, checked first, say why.
         self.totalHeadersSize = limits.max_header_size
@@ -453,6 +455,40 @@ class GourmetChannel(HTTPChannel):
         if self._host is None:
             self._host = super().getHost()
         return self._host
+
+    # -- writing responses ------------------------------------------------
+    # Writes reach the socket at once (gourmet.sockets), so the head waits
+    # for the body's first bytes: one send, one packet, for a small response.
+
+    def writeHeaders(
+        self, version: bytes, code: bytes, reason: bytes, headers: Any
+    ) -> None:
+        if not isinstance(headers, Headers):
+            super().writeHeaders(version, code, reason, headers)
+            return
+        pieces = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                pieces.extend((name, b": ", value, b"\r\n"))
+        pieces.append(b"\r\n")
+        self._held_head = b"".join(pieces)
+
+    def write(self, data: bytes) -> None:
+        head, self._held_head = self._held_head, b""
+        self.transport.write(head + data)  # type: ignore[union-attr]
+
+    def writeSequence(self, iovec: Any) -> None:
+        head, self._held_head = self._held_head, b""
+        self.transport.writeSequence([head, *iovec])  # type: ignore[union-attr]
+
+    def flush_head(self) -> None:
+        """
+        Send a head still waiting: its response has no body bytes (HEAD, 204,
+        304, an empty body) or they are not there yet.
+        """
+        head, self._held_head = self._held_head, b""
+        if head and self.transport is not None:
+            self.transport.write(head)
 
     # TimeoutMixin's idle timeout, on a Deadline: twisted.web stops and
     # restarts it around every request.

@@ -28,7 +28,7 @@ from zope.interface import Interface, implementer
 from gourmet.deadline import Deadline
 from gourmet.headers import TCHAR
 from gourmet.origin import Origin
-from gourmet.reads import read_into_buffer
+from gourmet.sockets import tune
 
 HeaderList = List[Tuple[bytes, bytes]]
 
@@ -236,7 +236,7 @@ class UpstreamConnection(Protocol):
     # -- connection events -----------------------------------------------
 
     def connectionMade(self) -> None:
-        read_into_buffer(self.transport)
+        tune(self.transport)
         # Over TLS, the connection is ready only once the handshake is done.
         if not self.origin.is_tls:
             self.ready.callback(self)

@@ -35,6 +35,14 @@ class GourmetRequest(Request):
     gourmet_record: ProxyRecord
     gourmet_target: bytes = b""
 
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        # The channel holds the head back for the body's first bytes; with
+        # none in this write, it goes now (a client may be waiting on it).
+        channel: Optional[GourmetChannel] = self.channel  # type: ignore[assignment]
+        if channel is not None:
+            channel.flush_head()
+
     def process(self) -> None:
         site: GourmetSite = self.channel.site  # type: ignore[attr-defined]
         self.gourmet_record = ProxyRecord(started=site.clock.seconds())

@@ -1,0 +1,129 @@
+"""
+How Gourmet reads and writes its sockets (gourmet.sockets).  Reads into a
+shared buffer are switched on here whatever the interpreter, so that
+CPython runs check the path PyPy takes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Dict, List, Tuple
+
+import pytest
+import pytest_twisted
+from twisted.internet import tcp
+
+from gourmet import sockets
+
+
+@pytest.fixture
+def buffered_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sockets, "BUFFERED_READS", True)
+
+
+@pytest_twisted.ensureDeferred
+async def test_bodies_both_ways_arrive_intact_through_buffered_reads(
+    buffered_reads: None, proxy: Any
+) -> None:
+    server, running = await proxy()
+    upload = bytes(range(256)) * 3_900  # under 1 MiB: many reads all the same
+    response = await running.request("POST", "/up", data=upload)
+    assert response.code == 200, await response.content()
+    answer = json.loads(await response.content())
+    assert answer["body_length"] == len(upload)
+    assert answer["body_sha256"] == hashlib.sha256(upload).hexdigest()
+    # 5 MB down: many reads by the upstream connection.
+    response = await running.get("/big/5000000")
+    assert response.code == 200
+    assert await response.content() == b"x" * 5_000_000
+    # Small requests on the same connections, one after another.
+    for number in range(20):
+        response = await running.get(f"/small/{number}")
+        assert json.loads(await response.content())["uri"] == f"/small/{number}"
+    assert server.connections == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_both_sides_read_into_the_buffer(
+    buffered_reads: None, proxy: Any
+) -> None:
+    _, running = await proxy()
+    reads_by: Dict[type, int] = {}
+    original = sockets._BufferedRead.install
+
+    def counting(self: Any, connection: tcp.Connection) -> None:
+        original(self, connection)
+        # The reactor calls the instance's own doRead, not the class's.
+        buffered: Any = vars(connection).get("doRead")
+        kind = type(connection)
+        reads_by.setdefault(kind, 0)
+
+        def counted() -> Any:
+            reads_by[kind] += 1
+            return buffered()
+
+        if buffered is not None:
+            connection.doRead = counted  # type: ignore[method-assign]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sockets._BufferedRead, "install", counting)
+        response = await running.get("/hello")
+        assert json.loads(await response.content())["uri"] == "/hello"
+    # The client's connection to Gourmet, and Gourmet's to the upstream.
+    assert reads_by.get(tcp.Server, 0) >= 1
+    assert reads_by.get(tcp.Client, 0) >= 1
+
+
+@pytest.fixture
+def server_writes(monkeypatch: pytest.MonkeyPatch) -> List[Tuple[bytes, bool]]:
+    """
+    What Gourmet writes to its clients' connections, each with whether
+    anything was left queued in the transport afterwards.
+    """
+    writes: List[Tuple[bytes, bool]] = []
+    install = sockets._install_eager_writes
+
+    def recording(connection: tcp.Connection) -> None:
+        install(connection)
+        if not isinstance(connection, tcp.Server):
+            return
+        eager: Any = connection.write
+
+        def write(data: bytes) -> None:
+            eager(data)
+            queued = bool(connection._tempDataBuffer) or bool(connection.dataBuffer)
+            writes.append((data, queued))
+
+        connection.write = write  # type: ignore[method-assign]
+        connection.writeSequence = lambda pieces: write(b"".join(pieces))  # type: ignore[method-assign]
+
+    monkeypatch.setattr(sockets, "_install_eager_writes", recording)
+    return writes
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_small_response_leaves_in_one_write_at_once(
+    server_writes: List[Tuple[bytes, bool]], proxy: Any
+) -> None:
+    _, running = await proxy()
+    response = await running.get("/hello")
+    body = await response.content()
+    assert json.loads(body)["uri"] == "/hello"
+    # Head and body together, straight to the socket: nothing queued for
+    # the reactor to send later.
+    ((data, queued),) = server_writes
+    assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"\r\n\r\n" + body)
+    assert not queued
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_head_without_a_body_still_leaves(
+    server_writes: List[Tuple[bytes, bool]], proxy: Any
+) -> None:
+    _, running = await proxy()
+    response = await running.request("HEAD", "/hello")
+    assert response.code == 200
+    assert await response.content() == b""
+    ((data, _),) = server_writes
+    assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"\r\n\r\n")
