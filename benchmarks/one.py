@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -79,9 +80,26 @@ def main(argv: List[str]) -> int:
                 url = f"http://127.0.0.1:{port}{compare.BODIES[body]}"
                 wrk.run(evolve(load, duration=args.warmup), url)
                 for number in range(args.rounds):
+                    before = cpu_seconds(server.rss_pid)
                     result = wrk.run(load, url)
-                    compare.log(f"{body} {number + 1}: {compare.describe(result)}")
+                    used = cpu_seconds(server.rss_pid) - before
+                    # CPU time per request is steadier than requests per
+                    # second on a machine whose other tenants take turns.
+                    per_request = used / max(result.requests, 1) * 1e6
+                    compare.log(
+                        f"{body} {number + 1}: {compare.describe(result)}"
+                        f"  {per_request:5.1f} us CPU/request"
+                    )
     return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """
+    User and system CPU time of process ``pid`` so far.
+    """
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
 
 
 def _add_twistd_args(server: Server, extra: List[str]) -> None:

@@ -20,6 +20,7 @@ from gourmet.config import DEFAULT_CONFIG_PATH, GourmetConfig
 from gourmet.configfile import ConfigError, load_config
 from gourmet.demo import demo_service
 from gourmet.errors import ErrorPages
+from gourmet.eventloop import install_poll_loop
 from gourmet.logs import foreground_observer
 from gourmet.pool import ConnectionPool
 from gourmet.proxy import LocationResource
@@ -120,6 +121,8 @@ def build_service(
     :raises ConfigError: for what only building can find out (a listen
         string Twisted cannot parse, an unreadable error page).
     """
+    # Socket events skip Twisted's per-event log context (gourmet.eventloop).
+    install_poll_loop(reactor)
     upstreams = {u.name: Upstream(u, reactor) for u in config.upstreams}
     pools = {
         u.name: ConnectionPool(
