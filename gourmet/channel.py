@@ -403,6 +403,7 @@ class GourmetChannel(HTTPChannel):
         self._body_timer: Optional[IDelayedCall] = None
         self._linger: Optional[IDelayedCall] = None
         self._host: Any = None
+        self._peer: Any = None
         self._held_head = b""
         self._body_started = 0.0
         self._reset_request()
@@ -449,12 +450,18 @@ class GourmetChannel(HTTPChannel):
             self.site.connection_closed()
         super().connectionLost(reason)
 
+    # Every request asks for both addresses, and they cannot change: the
+    # local one costs a system call and the peer's a new object each time.
+
     def getHost(self) -> Any:
-        # Every request asks; the address cannot change, and asking the
-        # socket each time is a system call.
         if self._host is None:
             self._host = super().getHost()
         return self._host
+
+    def getPeer(self) -> Any:
+        if self._peer is None:
+            self._peer = super().getPeer()
+        return self._peer
 
     # -- writing responses ------------------------------------------------
     # Writes reach the socket at once (gourmet.sockets), so the head waits

@@ -8,7 +8,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from attrs import frozen
+from attrs import field, frozen
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _HOST_PORT = re.compile(
@@ -41,16 +41,17 @@ class Origin:
     port: int
     tls_verify: bool = True
 
+    #: The ``Host`` header a request to this origin carries: the port is
+    #: left out when it is the scheme's default, as RFC 9110 asks.  Made
+    #: once: every proxied request asks for it.
+    host_header: bytes = field(init=False, eq=False, repr=False)
+
     @property
     def is_tls(self) -> bool:
         return self.scheme == "https"
 
-    @property
-    def host_header(self) -> bytes:
-        """
-        The ``Host`` header a request to this origin carries: the port is
-        left out when it is the scheme's default, as RFC 9110 asks.
-        """
+    @host_header.default
+    def _host_header(self) -> bytes:
         host = f"[{self.host}]" if ":" in self.host else self.host
         if self.port != _DEFAULT_PORTS[self.scheme]:
             host = f"{host}:{self.port}"
