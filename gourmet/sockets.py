@@ -62,12 +62,14 @@ _reader: Optional[_BufferedRead] = None
 def _nothing_queued(connection: tcp.Connection) -> bool:
     """
     Whether a write may go straight to the socket: nothing is waiting
-    before it, the connection is open both ways, and no pull producer
-    waits for the transport to ask it for more (it asks only after
-    writing out what was queued).
+    before it, the connection is open both ways and not being aborted, and
+    no pull producer waits for the transport to ask it for more (it asks
+    only after writing out what was queued).
     """
     return bool(
         connection.connected
+        # Aborted: the reactor drops what is queued; nothing may go out.
+        and not connection._aborting
         and not connection.disconnecting
         and not connection._writeDisconnecting
         and not connection._writeDisconnected

@@ -12,7 +12,10 @@ from typing import Any, Dict, List, Tuple
 
 import pytest
 import pytest_twisted
-from twisted.internet import tcp
+from twisted.internet import reactor, tcp
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Factory, Protocol
 
 from gourmet import sockets
 
@@ -127,3 +130,38 @@ async def test_a_head_without_a_body_still_leaves(
     assert await response.content() == b""
     ((data, _),) = server_writes
     assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"\r\n\r\n")
+
+
+class Receiver(Protocol):
+    def __init__(self) -> None:
+        self.received = b""
+        self.lost: Deferred[None] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost.callback(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_nothing_written_after_an_abort_goes_out() -> None:
+    """
+    An aborted response must not be completed by a later write: an upstream
+    failure would look like success to the client.
+    """
+    receiver = Receiver()
+    factory: Any = Factory.forProtocol(lambda: receiver)
+    port: Any = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    try:
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        sender = await connectProtocol(endpoint, Protocol())
+        transport: Any = sender.transport
+        sockets.tune(transport)
+        transport.write(b"before ")
+        transport.abortConnection()
+        transport.write(b"after")
+        await receiver.lost
+        assert receiver.received == b"before "
+    finally:
+        await port.stopListening()
