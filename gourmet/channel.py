@@ -481,12 +481,19 @@ class GourmetChannel(HTTPChannel):
         self._held_head = b"".join(pieces)
 
     def write(self, data: bytes) -> None:
-        head, self._held_head = self._held_head, b""
-        self.transport.write(head + data)  # type: ignore[union-attr]
+        head = self._held_head
+        if head:
+            # Only the first write pays for the copy, not every 64 KiB piece.
+            self._held_head = b""
+            data = head + data
+        self.transport.write(data)  # type: ignore[union-attr]
 
     def writeSequence(self, iovec: Any) -> None:
-        head, self._held_head = self._held_head, b""
-        self.transport.writeSequence([head, *iovec])  # type: ignore[union-attr]
+        head = self._held_head
+        if head:
+            self._held_head = b""
+            iovec = [head, *iovec]
+        self.transport.writeSequence(iovec)  # type: ignore[union-attr]
 
     def flush_head(self) -> None:
         """
