@@ -43,7 +43,7 @@ from twisted.web.http_headers import Headers
 
 from gourmet.config import FrontendConfig
 from gourmet.deadline import Deadline
-from gourmet.headers import TCHAR
+from gourmet.headers import CONTROL, TCHAR
 from gourmet.sockets import tune
 
 if TYPE_CHECKING:
@@ -104,8 +104,6 @@ _ABSOLUTE_TARGET = re.compile(rb"(?i:https?)://([^/?]*)([/?].*)?")
 _HOST = re.compile(rb"(?:[A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?")
 # A token, less "_": see check_header_line.
 _HEADER_NAME = re.compile(rb"[" + TCHAR.replace(b"_", b"") + rb"]+")
-# Control bytes but HTAB: NUL, bare CR and LF, and the rest.
-_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _DIGITS = re.compile(rb"[0-9]+")
 _CODINGS = re.compile(rb"[" + TCHAR + rb"]+(?: *, *[" + TCHAR + rb"]+)*")
 
@@ -232,7 +230,7 @@ def check_header_line(line: bytes) -> Tuple[bytes, bytes]:
             raise BadRequest(400, "underscore in a header name")
         raise BadRequest(400, "malformed header name")
     lower = name.lower()
-    if _CONTROL.search(value) is not None:
+    if CONTROL.search(value) is not None:
         raise BadRequest(400, f"control character in {lower.decode()}")
     if lower in _FRAMING and b"\t" in value:
         raise BadRequest(400, f"tab in {lower.decode()}")

@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from gourmet.deadline import Deadline
-from gourmet.headers import TCHAR
+from gourmet.headers import CONTROL, TCHAR
 from gourmet.origin import Origin
 from gourmet.sockets import tune
 
@@ -48,8 +48,6 @@ _STATUS_LINE = re.compile(rb"\AHTTP/1\.([01]) ([1-5][0-9][0-9])(?: ([^\r\n]*))?\
 _TOKEN_BYTES = bytes(
     byte for byte in range(256) if re.fullmatch(b"[" + TCHAR + b"]", bytes([byte]))
 )
-#: What a field value may not hold (RFC 9110, 5.5): controls but HTAB.
-_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _CHUNK_SIZE = re.compile(rb"\A([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\r\n]*)?\Z")
 _NO_BODY_STATUSES = frozenset({204, 304})
 
@@ -580,7 +578,7 @@ def parse_head(raw: bytes) -> ResponseHead:
         # which servers and proxies read differently.
         if not (colon and name) or name.translate(None, _TOKEN_BYTES):
             raise InvalidResponse(f"bad header line {line[:60]!r}")
-        if _CONTROL.search(value):
+        if CONTROL.search(value):
             raise InvalidResponse(f"control character in header line {line[:60]!r}")
         headers.append((name, value))
     content_length, chunked = _framing(headers)

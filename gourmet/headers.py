@@ -41,6 +41,9 @@ _FROM_PROXY = frozenset({b"x-forwarded-host", b"x-forwarded-proto"})
 #: The characters of an RFC 9110 token, as the body of a regex class.
 TCHAR = rb"!#$%&'*+.^_`|~0-9A-Za-z-"
 _TOKEN = re.compile(rb"\A[" + TCHAR + rb"]+\Z")
+#: What a field value may not hold (RFC 9110, 5.5): control bytes but HTAB,
+#: so NUL and bare CR and LF among them.
+CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class TrustedProxies:
