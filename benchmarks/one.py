@@ -21,7 +21,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import List
+from typing import List, Tuple
 
 from attrs import evolve
 
@@ -82,24 +82,28 @@ def main(argv: List[str]) -> int:
                 for number in range(args.rounds):
                     before = cpu_seconds(server.rss_pid)
                     result = wrk.run(load, url)
-                    used = cpu_seconds(server.rss_pid) - before
+                    after = cpu_seconds(server.rss_pid)
                     # CPU time per request is steadier than requests per
                     # second on a machine whose other tenants take turns.
-                    per_request = used / max(result.requests, 1) * 1e6
+                    user, system = (
+                        (end - start) / max(result.requests, 1) * 1e6
+                        for start, end in zip(before, after)
+                    )
                     compare.log(
                         f"{body} {number + 1}: {compare.describe(result)}"
-                        f"  {per_request:5.1f} us CPU/request"
+                        f"  {user + system:5.1f} us CPU/request"
+                        f" ({user:.1f} user, {system:.1f} system)"
                     )
     return 0
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> Tuple[float, float]:
     """
     User and system CPU time of process ``pid`` so far.
     """
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
 
 
 def _add_twistd_args(server: Server, extra: List[str]) -> None:

@@ -14,7 +14,7 @@ differently by the proxy and the server desynchronises the connection.
 from __future__ import annotations
 
 import re
-from typing import BinaryIO, Callable, List, Optional, Set, Tuple
+from typing import BinaryIO, Callable, Dict, FrozenSet, List, Optional, Tuple
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from gourmet.deadline import Deadline
-from gourmet.headers import CONTROL, TCHAR
+from gourmet.headers import CONTROL, TCHAR, connection_tokens
 from gourmet.origin import Origin
 from gourmet.sockets import tune
 
@@ -43,7 +43,8 @@ MAX_CHUNK_LINE = 4096
 #: list entry each, for every client that gets them.
 MAX_HEADERS = 200
 
-_STATUS_LINE = re.compile(rb"\AHTTP/1\.([01]) ([1-5][0-9][0-9])(?: ([^\r\n]*))?\Z")
+#: Control bytes but HTAB, CR and LF (which parse_head counts instead).
+_CONTROL_BUT_CRLF = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 #: The bytes a header name may hold, for bytes.translate to delete.
 _TOKEN_BYTES = bytes(
     byte for byte in range(256) if re.fullmatch(b"[" + TCHAR + b"]", bytes([byte]))
@@ -131,6 +132,7 @@ class ResponseHead:
     :ivar headers: in order, repeated headers repeated, framing included.
     :ivar content_length: the body's length when the server said it.
     :ivar chunked: whether the body is chunked.
+    :ivar connection: the tokens of its Connection lines, lower-cased.
     """
 
     version: bytes
@@ -139,6 +141,7 @@ class ResponseHead:
     headers: HeaderList
     content_length: Optional[int]
     chunked: bool
+    connection: FrozenSet[bytes] = frozenset()
 
 
 class IResponseReceiver(Interface):
@@ -404,17 +407,9 @@ class UpstreamConnection(Protocol):
             self._fail(error)
 
     def _parse(self) -> None:
-        step = {
-            _State.HEAD: self._parse_head,
-            _State.LENGTH: self._parse_length,
-            _State.CHUNK_SIZE: self._parse_chunk_size,
-            _State.CHUNK_DATA: self._parse_chunk_data,
-            _State.CHUNK_END: self._parse_chunk_end,
-            _State.TRAILERS: self._parse_trailers,
-            _State.UNTIL_CLOSE: self._parse_until_close,
-        }
-        while self._receiver is not None and self._state in step:
-            if not step[self._state]():
+        while self._receiver is not None:
+            step = _PARSERS.get(self._state)
+            if step is None or not step(self):
                 return
 
     def _parse_head(self) -> bool:
@@ -556,9 +551,26 @@ class UpstreamConnection(Protocol):
             receiver.response_failed(Failure(error))
 
 
+#: What reads the buffer in each state: each returns whether it may go on.
+_PARSERS: Dict[str, Callable[[UpstreamConnection], bool]] = {
+    _State.HEAD: UpstreamConnection._parse_head,
+    _State.LENGTH: UpstreamConnection._parse_length,
+    _State.CHUNK_SIZE: UpstreamConnection._parse_chunk_size,
+    _State.CHUNK_DATA: UpstreamConnection._parse_chunk_data,
+    _State.CHUNK_END: UpstreamConnection._parse_chunk_end,
+    _State.TRAILERS: UpstreamConnection._parse_trailers,
+    _State.UNTIL_CLOSE: UpstreamConnection._parse_until_close,
+}
+
+
 def parse_head(raw: bytes) -> ResponseHead:
     """
     Parse a response's status line and headers (without the blank line).
+
+    This runs for every response, so it makes one pass over the lines,
+    without a regular expression per line, and allocates little (which is
+    time on PyPy): each header name is checked once per process, and the
+    whole head is searched for control bytes at once.
 
     :raises InvalidResponse: for anything but a well-formed head whose body
         framing is certain.
@@ -566,66 +578,131 @@ def parse_head(raw: bytes) -> ResponseHead:
     lines = raw.split(b"\r\n")
     if len(lines) > MAX_HEADERS + 1:
         raise InvalidResponse(f"more than {MAX_HEADERS} header lines")
-    status_line = _STATUS_LINE.match(lines[0])
-    if status_line is None:
-        raise InvalidResponse(f"bad status line {lines[0][:60]!r}")
+    if _has_control_bytes(raw, len(lines) - 1):
+        _refuse_control_bytes(lines)
+    version, status, reason = _status_line(lines[0])
     headers: HeaderList = []
+    lengths: List[bytes] = []
+    codings: List[bytes] = []
+    connection: List[bytes] = []
     for line in lines[1:]:
-        # Without a regular expression per line: this runs for every response.
         name, colon, value = line.partition(b":")
+        lower = _checked_names.get(name) if colon else None
+        if lower is None:
+            lower = _check_name(name, line)
         value = value.strip(b" \t")
-        # Also refuses obsolete line folding and spaces before the colon,
-        # which servers and proxies read differently.
-        if not (colon and name) or name.translate(None, _TOKEN_BYTES):
-            raise InvalidResponse(f"bad header line {line[:60]!r}")
-        if CONTROL.search(value):
-            raise InvalidResponse(f"control character in header line {line[:60]!r}")
         headers.append((name, value))
-    content_length, chunked = _framing(headers)
+        if lower == b"content-length":
+            lengths.append(value)
+        elif lower == b"transfer-encoding":
+            codings.append(value)
+        elif lower == b"connection":
+            connection.append(value)
+    content_length, chunked = _framing(lengths, codings)
     return ResponseHead(
-        version=b"HTTP/1." + status_line[1],
-        status=int(status_line[2]),
-        reason=status_line[3] or b"",
+        version=version,
+        status=status,
+        reason=reason,
         headers=headers,
         content_length=content_length,
         chunked=chunked,
+        connection=frozenset(connection_tokens(connection)),
     )
 
 
-def _framing(headers: HeaderList) -> Tuple[Optional[int], bool]:
-    lengths: Set[bytes] = set()
-    codings: List[bytes] = []
-    for name, value in headers:
-        lower = name.lower()
-        if lower == b"content-length":
-            lengths.update(part.strip() for part in value.split(b","))
-        elif lower == b"transfer-encoding":
-            codings.extend(part.strip().lower() for part in value.split(b","))
+#: Header names already checked, with their lower-case form: a server sends
+#: the same few names in every response.  Bounded, as a server may not.
+_checked_names: Dict[bytes, bytes] = {}
+_MAX_CHECKED_NAMES = 1000
+
+
+def _check_name(name: bytes, line: bytes) -> bytes:
+    """
+    The lower-case form of a header name, once it is known to be a token.
+    """
+    # Also refuses a line without a colon, obsolete line folding and
+    # spaces before the colon, which servers and proxies read differently.
+    if not name or name.translate(None, _TOKEN_BYTES) or b":" not in line:
+        raise InvalidResponse(f"bad header line {line[:60]!r}")
+    lower = name.lower()
+    if len(_checked_names) < _MAX_CHECKED_NAMES:
+        _checked_names[name] = lower
+    return lower
+
+
+def _has_control_bytes(raw: bytes, line_breaks: int) -> bool:
+    """
+    Whether a head of ``line_breaks`` CRLFs holds a control byte other than
+    those CRLFs and HTAB: NUL, or a bare CR or LF, which servers read
+    differently.
+    """
+    return (
+        raw.count(b"\r") != line_breaks
+        or raw.count(b"\n") != line_breaks
+        or _CONTROL_BUT_CRLF.search(raw) is not None
+    )
+
+
+def _refuse_control_bytes(lines: List[bytes]) -> None:
+    """
+    Name the line :func:`_has_control_bytes` found a control byte in.
+    """
+    for number, line in enumerate(lines):
+        if CONTROL.search(line):
+            where = "header line" if number else "status line"
+            raise InvalidResponse(f"control character in {where} {line[:60]!r}")
+
+
+def _status_line(line: bytes) -> Tuple[bytes, int, bytes]:
+    """
+    The version, status and reason of an ``HTTP/1.x NNN reason`` line,
+    the reason and the space before it being optional.
+    """
+    code = line[9:12]
+    if (
+        line[:7] != b"HTTP/1."
+        or line[7:9] not in (b"0 ", b"1 ")
+        or not (code.isdigit() and b"1" <= code[:1] <= b"5")
+        or line[12:13] not in (b"", b" ")
+    ):
+        raise InvalidResponse(f"bad status line {line[:60]!r}")
+    return line[:8], int(code), line[13:]
+
+
+def _framing(lengths: List[bytes], codings: List[bytes]) -> Tuple[Optional[int], bool]:
+    """
+    The body's length, or whether it is chunked, from the values of the
+    response's Content-Length and Transfer-Encoding lines.
+    """
     if codings:
         if lengths:
             # Both: a classic smuggling vector; refuse rather than pick one.
             raise InvalidResponse("both Content-Length and Transfer-Encoding")
-        if codings != [b"chunked"]:
-            raise InvalidResponse(f"unsupported Transfer-Encoding {codings!r}")
+        names = [
+            part.strip().lower() for value in codings for part in value.split(b",")
+        ]
+        if names != [b"chunked"]:
+            raise InvalidResponse(f"unsupported Transfer-Encoding {names!r}")
         return None, True
     if not lengths:
         return None, False
-    if len(lengths) > 1:
-        raise InvalidResponse("conflicting Content-Length values")
-    (length,) = lengths
+    if len(lengths) > 1 or b"," in lengths[0]:
+        # "5, 5" is allowed by RFC 9110 when the values agree.
+        values = {part.strip() for value in lengths for part in value.split(b",")}
+        if len(values) > 1:
+            raise InvalidResponse("conflicting Content-Length values")
+        (length,) = values
+    else:
+        length = lengths[0]
     if not length.isdigit() or len(length) > 18:
         raise InvalidResponse(f"bad Content-Length {length[:20]!r}")
     return int(length), False
 
 
 def _keeps_alive(head: ResponseHead) -> bool:
-    tokens: Set[bytes] = set()
-    for name, value in head.headers:
-        if name.lower() == b"connection":
-            tokens.update(part.strip().lower() for part in value.split(b","))
     if head.version == b"HTTP/1.1":
-        return b"close" not in tokens
-    return b"keep-alive" in tokens and b"close" not in tokens
+        return b"close" not in head.connection
+    return b"keep-alive" in head.connection and b"close" not in head.connection
 
 
 def _reason_text(reason: Failure) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Iterable, List, Optional, Sequence, Set, Tuple, Union
+from typing import AbstractSet, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 HeaderList = List[Tuple[bytes, bytes]]
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
@@ -95,17 +95,24 @@ def connection_tokens(values: Iterable[bytes]) -> Set[bytes]:
     return tokens
 
 
-def forwardable(headers: Sequence[Tuple[bytes, bytes]]) -> HeaderList:
+def forwardable(
+    headers: Sequence[Tuple[bytes, bytes]],
+    named: Optional[AbstractSet[bytes]] = None,
+) -> HeaderList:
     """
     ``headers`` without the hop-by-hop ones and those their ``Connection``
     lines name.
+
+    :param named: the tokens of those ``Connection`` lines, when known.
     """
-    named = connection_tokens(v for n, v in headers if n.lower() == b"connection")
-    return [
-        (name, value)
-        for name, value in headers
-        if name.lower() not in HOP_BY_HOP and name.lower() not in named
-    ]
+    if named is None:
+        named = connection_tokens(v for n, v in headers if n.lower() == b"connection")
+    kept = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower not in HOP_BY_HOP and lower not in named:
+            kept.append((name, value))
+    return kept
 
 
 def upstream_request_headers(

@@ -349,7 +349,7 @@ class ProxyExchange:
         # Content-Type) must not mix with the upstream's.
         headers = Headers()
         has_date = False
-        for name, value in forwardable(head.headers):
+        for name, value in forwardable(head.headers, head.connection):
             has_date = has_date or name.lower() == b"date"
             headers.addRawHeader(name, value)
         if not has_date:

@@ -593,6 +593,53 @@ def test_parse_head_keeps_order_and_case() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (
+            b"HTTP/1.1 200 OK\x00\r\nContent-Length: 0",
+            "control character in status line",
+        ),
+        (b"HTTP/1.1 200 OK\r\nX-A: a\nb\r\nContent-Length: 0", "control character"),
+        (b"HTTP/1.1 200 OK\r\nX-A: a\x7f\r\nContent-Length: 0", "control character"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6", "conflicting Content-Length"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6", "conflicting"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked", "unsupported"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 0x10", "bad Content-Length"),
+        (b"HTTP/1.1 20 OK", "bad status line"),
+        (b"HTTP/1.1 600 OK", "bad status line"),
+        (b"HTTP/1.2 200 OK", "bad status line"),
+        (b"HTTP/1.1 200OK", "bad status line"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length", "bad header line"),
+    ],
+)
+def test_parse_head_refuses_with_the_reason(raw: bytes, message: str) -> None:
+    with pytest.raises(InvalidResponse, match=message):
+        parse_head(raw)
+
+
+def test_parse_head_checks_a_known_name_again_without_its_colon() -> None:
+    """
+    Names are checked once and remembered; a line holding only a
+    remembered name is still not a header.
+    """
+    parse_head(b"HTTP/1.1 200 OK\r\nX-Remembered: 1")
+    with pytest.raises(InvalidResponse, match="bad header line"):
+        parse_head(b"HTTP/1.1 200 OK\r\nX-Remembered")
+
+
+def test_parse_head_reads_framing_and_connection_in_one_pass() -> None:
+    head = parse_head(
+        b"HTTP/1.0 200\r\nContent-Length: 7, 7\r\n"
+        b"Connection: Keep-Alive, X-Hop\r\nconnection: close"
+    )
+    assert head.version == b"HTTP/1.0" and head.status == 200 and head.reason == b""
+    assert head.content_length == 7 and not head.chunked
+    assert head.connection == {b"keep-alive", b"x-hop", b"close"}
+    chunked = parse_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked")
+    assert chunked.chunked and chunked.content_length is None
+
+
 class PausingCollector(Collector):
     """
     A receiver whose client is slow: it pauses the connection on each piece
