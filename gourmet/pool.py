@@ -78,13 +78,23 @@ class ConnectionPool:
         The connection goes back to the pool by itself when its response
         has been read whole, and is dropped when it cannot be reused.
         """
+        connection = self.take_idle(origin)
+        if connection is not None:
+            return succeed(connection)
+        return self._connect(origin)
+
+    def take_idle(self, origin: Origin) -> Optional[UpstreamConnection]:
+        """
+        An idle connection to ``origin``, taken from the pool, if there is
+        one: what :meth:`acquire` gives at once, without a Deferred.
+        """
         idle = self._idle.get(origin)
         while idle:
             connection = idle.pop()
             self._idle_since.pop(connection, None)
             if connection.idle:
-                return succeed(connection)
-        return self._connect(origin)
+                return connection
+        return None
 
     def _connect(self, origin: Origin) -> Deferred[UpstreamConnection]:
         connection = UpstreamConnection(

@@ -13,7 +13,6 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http_headers import Headers
 from twisted.web.proxy import ReverseProxyResource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
@@ -33,6 +32,7 @@ from gourmet.client import (
 )
 from gourmet.errors import ErrorPages
 from gourmet.headers import (
+    CheckedHeaders,
     TrustedProxies,
     connection_tokens,
     forwardable,
@@ -219,7 +219,7 @@ class ProxyExchange:
         self.responding = False
         self.done = False
         self.last_error: Optional[BaseException] = None
-        request.notifyFinish().addErrback(self._client_gone)
+        request.gourmet_client_gone = self._client_gone
 
     # -- choosing a server and sending ----------------------------------
 
@@ -237,6 +237,11 @@ class ProxyExchange:
         self._connect(server)
 
     def _connect(self, server: Server) -> None:
+        # An idle connection is used at once: no Deferred for the usual case.
+        idle = self.pool.take_idle(server.origin)
+        if idle is not None:
+            self._connected(idle)
+            return
         connecting = self.pool.acquire(server.origin)
         self.connecting = connecting
         connecting.addCallbacks(self._connected, self._connect_failed)
@@ -347,12 +352,10 @@ class ProxyExchange:
         request.setResponseCode(head.status, head.reason)
         # Start from empty headers: Twisted's defaults (Server, a
         # Content-Type) must not mix with the upstream's.
-        headers = Headers()
-        has_date = False
+        headers = CheckedHeaders()
         for name, value in forwardable(head.headers, head.connection):
-            has_date = has_date or name.lower() == b"date"
-            headers.addRawHeader(name, value)
-        if not has_date:
+            headers.add_checked(name, value)
+        if not headers.hasHeader(b"date"):
             headers.setRawHeaders(
                 b"date", request.responseHeaders.getRawHeaders(b"date")
             )

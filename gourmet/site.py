@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import tempfile
 from io import BytesIO
-from typing import IO, Any, Optional, Sequence
+from typing import IO, Any, Callable, Optional, Sequence
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.iweb import INonQueuedRequestFactory
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -39,6 +40,9 @@ class GourmetRequest(Request):
     :ivar gourmet_record: the upstreams tried and their statuses, for the
         access log.
     :ivar gourmet_target: the path and query to forward, as routing made it.
+    :ivar gourmet_client_gone: told when the client's connection is lost
+        before the response ended: what ``notifyFinish``'s errback says,
+        without a Deferred for every request.
     """
 
     # A proxied response has the upstream's Content-Type or none at all.
@@ -46,6 +50,12 @@ class GourmetRequest(Request):
 
     gourmet_record: ProxyRecord
     gourmet_target: bytes = b""
+    gourmet_client_gone: Optional[Callable[[Failure], object]] = None
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        if self.gourmet_client_gone is not None:
+            self.gourmet_client_gone(reason)
 
     def write(self, data: bytes) -> None:
         super().write(data)

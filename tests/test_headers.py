@@ -10,6 +10,7 @@ from typing import Dict, List, Sequence, Tuple
 import pytest
 
 from gourmet.headers import (
+    CheckedHeaders,
     TrustedProxies,
     forwardable,
     forwarded_element,
@@ -171,3 +172,25 @@ def test_forwarded_element(
     client_ip: bytes, host: bytes | None, element: bytes
 ) -> None:
     assert forwarded_element(client_ip, b"http", host) == element
+
+
+def test_checked_headers_are_twisted_headers_in_their_canonical_case() -> None:
+    """
+    What the proxy needs of Twisted's Headers when it adds the upstream's
+    checked values directly: found under any case, kept in order with
+    repeats, written out in Twisted's canonical case.
+    """
+    headers = CheckedHeaders()
+    headers.add_checked(b"set-cookie", b"a=1")
+    headers.add_checked(b"Content-Type", b"text/plain")
+    headers.add_checked(b"SET-COOKIE", b"b=2")
+    headers.add_checked(b"etag", b'"x"')
+    assert headers.getRawHeaders(b"Set-Cookie") == [b"a=1", b"b=2"]
+    assert headers.hasHeader(b"content-type") and headers.hasHeader(b"ETAG")
+    assert list(headers.getAllRawHeaders()) == [
+        (b"Set-Cookie", [b"a=1", b"b=2"]),
+        (b"Content-Type", [b"text/plain"]),
+        (b"ETag", [b'"x"']),
+    ]
+    headers.setRawHeaders(b"content-type", [b"text/html"])
+    assert headers.getRawHeaders(b"Content-Type") == [b"text/html"]
