@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 from typing import Any, Dict, List, Tuple
 
 import pytest
@@ -76,6 +77,33 @@ async def test_both_sides_read_into_the_buffer(
     # The client's connection to Gourmet, and Gourmet's to the upstream.
     assert reads_by.get(tcp.Server, 0) >= 1
     assert reads_by.get(tcp.Client, 0) >= 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_both_sides_send_without_delay(
+    proxy: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    TCP_NODELAY on the client's connection and on the upstream's, as
+    nginx's tcp_nodelay: a write after one not yet acknowledged is not held
+    for the peer's delayed acknowledgement.
+    """
+    _, running = await proxy()
+    seen: List[tcp.Connection] = []
+    install = sockets._install_eager_writes
+
+    def recording(connection: tcp.Connection) -> None:
+        install(connection)
+        seen.append(connection)
+
+    monkeypatch.setattr(sockets, "_install_eager_writes", recording)
+    response = await running.get("/hello")
+    assert json.loads(await response.content())["uri"] == "/hello"
+    kinds = {type(connection) for connection in seen}
+    assert {tcp.Server, tcp.Client} <= kinds
+    for connection in seen:
+        option = connection.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert option, type(connection)
 
 
 @pytest.fixture
