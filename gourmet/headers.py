@@ -8,7 +8,17 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import AbstractSet, Iterable, List, Optional, Sequence, Set, Tuple, Union
+from typing import (
+    AbstractSet,
+    Dict,
+    Iterable,
+    List,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    Union,
+)
 
 from twisted.web.http_headers import Headers, _nameEncoder
 
@@ -84,6 +94,24 @@ def parse_ip(text: bytes) -> Optional[IPAddress]:
     return address
 
 
+#: Lower-case forms of the header names seen: the same few names come in
+#: every message.  Bounded, as clients and servers may send any.
+_lower_names: Dict[bytes, bytes] = {}
+_MAX_LOWER_NAMES = 1000
+
+
+def lower_name(name: bytes) -> bytes:
+    """
+    ``name.lower()``, without a new bytes object for a name seen before.
+    """
+    lower = _lower_names.get(name)
+    if lower is None:
+        lower = name.lower()
+        if len(_lower_names) < _MAX_LOWER_NAMES:
+            _lower_names[name] = lower
+    return lower
+
+
 class CheckedHeaders(Headers):
     """
     Headers that may also take values already checked as they were parsed
@@ -129,10 +157,12 @@ def forwardable(
     :param named: the tokens of those ``Connection`` lines, when known.
     """
     if named is None:
-        named = connection_tokens(v for n, v in headers if n.lower() == b"connection")
+        named = connection_tokens(
+            v for n, v in headers if lower_name(n) == b"connection"
+        )
     kept = []
     for name, value in headers:
-        lower = name.lower()
+        lower = lower_name(name)
         if lower not in HOP_BY_HOP and lower not in named:
             kept.append((name, value))
     return kept
@@ -173,7 +203,7 @@ def upstream_request_headers(
     from_proxy: HeaderList = []
     via_chain: List[bytes] = []
     for name, value in forwardable(flat):
-        lower = name.lower()
+        lower = lower_name(name)
         if lower == b"host":
             host = value
         elif lower == b"x-forwarded-for":
