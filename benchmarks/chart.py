@@ -23,7 +23,7 @@ PANELS: List[Tuple[str, str]] = [
 #: The issue's absolute targets, drawn as dashed lines.
 GOAL_LINES: Dict[str, Tuple[float, str]] = {
     "small_p99_ms": (3.0, "target (PyPy): < 3 ms"),
-    "slow_peak_mib": (100.0, "target: < 100 MiB"),
+    "slow_peak_mib": (100.0, "target (CPython): < 100 MiB"),
 }
 
 COLOURS = ["#9e9e9e", "#2e7d32", "#c62828", "#1565c0", "#6a1b9a"]

@@ -389,6 +389,48 @@ def slow_phase(bench: Bench, problems: List[str]) -> Dict[str, Any]:
     return {name: asdict(result) for name, result in results.items()}
 
 
+#: PyPy's own floor: Twisted's web stack and reverse proxy imported, nothing
+#: served; its VmRSS in KiB.
+_FLOOR_PROBE = (
+    "import twisted.internet.reactor, twisted.web.proxy\n"
+    "status = open('/proc/self/status').read().split('VmRSS:')[1]\n"
+    "print(status.split()[0])"
+)
+
+
+def pypy_floor_mib(twistd: Path) -> Optional[float]:
+    """
+    What PyPy takes with nothing but Twisted's web stack imported, with the
+    settings Gourmet runs with.
+    """
+    environment = dict(os.environ, PYPY_GC_NURSERY=RECOMMENDED_NURSERY)
+    try:
+        probe = subprocess.run(
+            [str(twistd.with_name("python")), "-c", _FLOOR_PROBE],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+            env=environment,
+        )
+        return int(probe.stdout.strip()) / 1024
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+
+
+def pypy_memory(
+    bench: Bench, slow: Dict[str, Any], medians: report.Medians
+) -> Tuple[Optional[float], Optional[str]]:
+    """
+    The floor of PyPy's memory and the line that sets Gourmet's beside it.
+    """
+    if "pypy" not in bench.twistd or "pypy" not in slow:
+        return None, None
+    floor = pypy_floor_mib(bench.twistd["pypy"])
+    start_mib = slow["pypy"]["start_kib"] / 1024
+    return floor, report.pypy_memory_text(medians, floor, start_mib)
+
+
 def medians_of(results: Rounds, slow: Dict[str, Any]) -> report.Medians:
     medians: report.Medians = {}
     for name, bodies in results.items():
@@ -464,7 +506,11 @@ def output_paths(settings: Settings, date: datetime) -> Tuple[Path, Path]:
 
 
 def summary(
-    bench: Bench, medians: report.Medians, errors: Dict[str, str], problems: List[str]
+    bench: Bench,
+    medians: report.Medians,
+    errors: Dict[str, str],
+    problems: List[str],
+    pypy_note: Optional[str] = None,
 ) -> str:
     settings = bench.settings
     goal_list = report.goals(settings.connections)
@@ -472,6 +518,7 @@ def summary(
         report.table(medians, errors),
         "",
         report.goals_text(goal_list, medians),
+        *([pypy_note] if pypy_note else []),
         "",
         f"Medians of {settings.rounds} rounds of {settings.duration} s after a "
         f"{settings.warmup} s warm-up; wrk, {settings.connections} keep-alive "
@@ -554,12 +601,13 @@ def measure(bench: Bench, problems: List[str]) -> None:
         results, checks = throughput_phase(bench, problems)
         slow = slow_phase(bench, problems)
     medians = medians_of(results, slow)
+    floor, pypy_note = pypy_memory(bench, slow, medians)
     errors = error_counts(results)
     for name, text in errors.items():
         if text != "0/0":
             problems.append(f"{report.TARGETS[name]}: wrk errors non-2xx/socket {text}")
     log("")
-    log(summary(bench, medians, errors, problems))
+    log(summary(bench, medians, errors, problems, pypy_note))
     elapsed = time.monotonic() - began
     log(f"\nTook {elapsed:.0f} s.")
     record = {
@@ -578,6 +626,7 @@ def measure(bench: Bench, problems: List[str]) -> None:
             for name, bodies in results.items()
         },
         "slow_client": slow,
+        "pypy_floor_mib": floor,
         "checks": checks,
         "problems": problems,
         "elapsed_seconds": round(elapsed),
