@@ -14,7 +14,7 @@ differently by the proxy and the server desynchronises the connection.
 from __future__ import annotations
 
 import re
-from typing import BinaryIO, Callable, Dict, FrozenSet, List, Optional, Tuple
+from typing import BinaryIO, Callable, Dict, FrozenSet, List, NoReturn, Optional, Tuple
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
@@ -646,14 +646,16 @@ def _has_control_bytes(raw: bytes, line_breaks: int) -> bool:
     )
 
 
-def _refuse_control_bytes(lines: List[bytes]) -> None:
+def _refuse_control_bytes(lines: List[bytes]) -> NoReturn:
     """
-    Name the line :func:`_has_control_bytes` found a control byte in.
+    Refuse a head :func:`_has_control_bytes` found a control byte in,
+    naming its line.
     """
     for number, line in enumerate(lines):
         if CONTROL.search(line):
             where = "header line" if number else "status line"
             raise InvalidResponse(f"control character in {where} {line[:60]!r}")
+    raise InvalidResponse("control character in the head")
 
 
 def _status_line(line: bytes) -> Tuple[bytes, int, bytes]:
@@ -665,7 +667,7 @@ def _status_line(line: bytes) -> Tuple[bytes, int, bytes]:
     if (
         line[:7] != b"HTTP/1."
         or line[7:9] not in (b"0 ", b"1 ")
-        or not (code.isdigit() and b"1" <= code[:1] <= b"5")
+        or not (len(code) == 3 and code.isdigit() and b"1" <= code[:1] <= b"5")
         or line[12:13] not in (b"", b" ")
     ):
         raise InvalidResponse(f"bad status line {line[:60]!r}")

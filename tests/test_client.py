@@ -607,6 +607,8 @@ def test_parse_head_keeps_order_and_case() -> None:
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked", "unsupported"),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 0x10", "bad Content-Length"),
         (b"HTTP/1.1 20 OK", "bad status line"),
+        (b"HTTP/1.1 20", "bad status line"),
+        (b"HTTP/1.1 2000 OK", "bad status line"),
         (b"HTTP/1.1 600 OK", "bad status line"),
         (b"HTTP/1.2 200 OK", "bad status line"),
         (b"HTTP/1.1 200OK", "bad status line"),
