@@ -40,7 +40,7 @@ from attrs import asdict, evolve, frozen
 import twisted
 from benchmarks import chart, nginx, pypy_env, report, slow_download, wrk
 from benchmarks.processes import REPO, Server, ServerFailed, can_pin, pinned
-from benchmarks.slow_client import free_port, size
+from benchmarks.slow_client import free_port, rss_kib, size
 from gourmet.pypy import RECOMMENDED_NURSERY
 
 #: With CPU pinning: the proxies on one core, the load and the upstream on
@@ -390,11 +390,11 @@ def slow_phase(bench: Bench, problems: List[str]) -> Dict[str, Any]:
 
 
 #: PyPy's own floor: Twisted's web stack and reverse proxy imported, nothing
-#: served; its VmRSS in KiB.
+#: served; the probe says so and waits for its standard input to close.
 _FLOOR_PROBE = (
-    "import twisted.internet.reactor, twisted.web.proxy\n"
-    "status = open('/proc/self/status').read().split('VmRSS:')[1]\n"
-    "print(status.split()[0])"
+    "import sys, twisted.internet.reactor, twisted.web.proxy\n"
+    "print('ready', flush=True)\n"
+    "sys.stdin.read()"
 )
 
 
@@ -405,16 +405,20 @@ def pypy_floor_mib(twistd: Path) -> Optional[float]:
     """
     environment = dict(os.environ, PYPY_GC_NURSERY=RECOMMENDED_NURSERY)
     try:
-        probe = subprocess.run(
+        with subprocess.Popen(
             [str(twistd.with_name("python")), "-c", _FLOOR_PROBE],
-            capture_output=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
             text=True,
-            check=True,
-            timeout=120,
             env=environment,
-        )
-        return int(probe.stdout.strip()) / 1024
-    except (OSError, ValueError, subprocess.SubprocessError):
+        ) as probe:
+            assert probe.stdin is not None and probe.stdout is not None
+            ready = probe.stdout.readline().strip() == "ready"
+            floor = rss_kib(probe.pid) / 1024 if ready else None
+            probe.stdin.close()
+            probe.wait(timeout=60)
+            return floor
+    except (OSError, LookupError, subprocess.SubprocessError):
         return None
 
 

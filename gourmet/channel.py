@@ -487,11 +487,8 @@ class GourmetChannel(HTTPChannel):
         self.transport.write(data)  # type: ignore[union-attr]
 
     def writeSequence(self, iovec: Any) -> None:
-        head = self._held_head
-        if head:
-            self._held_head = b""
-            iovec = [head, *iovec]
-        self.transport.writeSequence(iovec)  # type: ignore[union-attr]
+        # The transport joins the pieces anyway (gourmet.sockets, and TLS).
+        self.write(b"".join(iovec))
 
     def flush_head(self) -> None:
         """

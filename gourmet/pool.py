@@ -81,7 +81,7 @@ class ConnectionPool:
         connection = self.take_idle(origin)
         if connection is not None:
             return succeed(connection)
-        return self._connect(origin)
+        return self.connect(origin)
 
     def take_idle(self, origin: Origin) -> Optional[UpstreamConnection]:
         """
@@ -96,7 +96,11 @@ class ConnectionPool:
                 return connection
         return None
 
-    def _connect(self, origin: Origin) -> Deferred[UpstreamConnection]:
+    def connect(self, origin: Origin) -> Deferred[UpstreamConnection]:
+        """
+        A new connection to ``origin``, as :meth:`acquire` makes when none
+        is idle.
+        """
         connection = UpstreamConnection(
             origin, self.reactor, self._connection_idle, self._connection_lost
         )

@@ -242,7 +242,7 @@ class ProxyExchange:
         if idle is not None:
             self._connected(idle)
             return
-        connecting = self.pool.acquire(server.origin)
+        connecting = self.pool.connect(server.origin)
         self.connecting = connecting
         connecting.addCallbacks(self._connected, self._connect_failed)
 

@@ -6,13 +6,12 @@ location, and the count of client connections.
 
 from __future__ import annotations
 
-import tempfile
-from io import BytesIO
 from typing import IO, Any, Callable, Optional, Sequence
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import _getContentFile
 from twisted.web.iweb import INonQueuedRequestFactory
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -23,10 +22,6 @@ from gourmet.channel import GourmetChannel
 from gourmet.config import FrontendConfig
 from gourmet.errors import ErrorPages
 from gourmet.routing import Router
-
-#: Request bodies up to this size are held in memory, larger ones in a
-#: temporary file (Twisted's own threshold).
-MEMORY_BODY = 100_000
 
 
 # Declared, so that the channel's check for it finds a declaration rather
@@ -186,13 +181,11 @@ class GourmetSite(Site):
     def getContentFile(self, length: Optional[int]) -> IO[bytes]:
         """
         Where a request's body is kept until it is sent upstream: Twisted's
-        choice, made here so that Twisted's request finds this method
-        rather than raising and catching an AttributeError for every
+        own choice, offered here so that Twisted's request finds this
+        method rather than raising and catching an AttributeError for every
         request (costly on PyPy).
         """
-        if length is not None and length < MEMORY_BODY:
-            return BytesIO()
-        return tempfile.TemporaryFile()
+        return _getContentFile(length)
 
     def log(self, request: Any) -> None:
         if self.access_log is not None:
