@@ -7,12 +7,12 @@ and points here.
 
 from __future__ import annotations
 
-import ipaddress
 import re
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Optional, Tuple
 
 from attrs import field, frozen
 
+from gourmet.endpoints import endpoint_is_loopback
 from gourmet.origin import Origin
 
 #: The largest weight a server may have, in configuration or at runtime.
@@ -57,7 +57,17 @@ class UpstreamConfig:
     read_timeout: float = 60.0
     #: How many servers one request may try; 0 means each available server once.
     tries: int = 3
-    fail_status: frozenset[int] = frozenset({502, 503, 504})
+    #: Upstream statuses counted as a failure of the server by passive
+    #: health; none by default: a status is the application's answer, not
+    #: the server failing (nginx counts none unless told to).
+    fail_status: frozenset[int] = frozenset()
+    #: Upstream statuses on which the request is tried on another server,
+    #: within ``tries`` (nginx's ``proxy_next_upstream http_503``).
+    retry_status: frozenset[int] = frozenset()
+    #: When fewer than this percentage of the servers in rotation are
+    #: healthy, requests are balanced over all of them, healthy or not
+    #: (Envoy's panic threshold); 0 turns this off.
+    panic_threshold: int = 50
     preserve_host: bool = False
     #: Idle keep-alive connections kept open to each server.
     keepalive: int = 32
@@ -118,6 +128,10 @@ class FrontendConfig:
     #: Addresses or networks (CIDR) of proxies in front of Gourmet whose
     #: X-Forwarded-For and Forwarded headers are believed.
     trusted_proxies: Tuple[str, ...] = ()
+    #: The listen backlog of Gourmet's listeners whose endpoint string sets
+    #: none; None: the kernel's ``somaxconn``, at least 511
+    #: (:func:`gourmet.endpoints.default_backlog`).
+    backlog: Optional[int] = None
 
     @property
     def endpoints(self) -> Tuple[str, ...]:
@@ -145,68 +159,6 @@ class DemoConfig:
     """
 
     listen: Tuple[str, ...] = ()
-
-
-def is_loopback_host(host: str) -> bool:
-    """
-    Whether ``host`` (an address, or ``localhost``) is on loopback only.
-    """
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _endpoint_arguments(description: str) -> Iterator[Tuple[Optional[str], str]]:
-    """
-    The arguments of a Twisted endpoint string as Twisted reads them:
-    ``(None, value)`` for a positional one and ``(key, value)`` for a keyword
-    one; a backslash escapes the next character, and only an argument's first
-    ``=`` separates its key.
-    """
-    key: Optional[str] = None
-    current = ""
-    characters = iter(description)
-    for character in characters:
-        if character == ":":
-            yield key, current
-            key, current = None, ""
-        elif character == "=" and key is None:
-            key, current = current, ""
-        elif character == "\\":
-            current += next(characters, "")
-        else:
-            current += character
-    yield key, current
-
-
-#: The positional arguments of the endpoint types that take an interface, up
-#: to the interface, as Twisted's parsers name them.
-_POSITIONAL: Dict[str, Tuple[str, ...]] = {
-    "tcp": ("port", "interface"),
-    "tcp6": ("port", "backlog", "interface"),
-    "ssl": ("port", "privateKey", "certKey", "sslmethod", "interface"),
-}
-
-
-def endpoint_is_loopback(description: str) -> bool:
-    """
-    Whether a server endpoint string listens on loopback only: a ``unix:``
-    socket, or a ``tcp:``, ``tcp6:`` or ``ssl:`` one whose interface is a
-    loopback address or ``localhost``.  Anything else (no interface means
-    every one; ``systemd:`` sockets could be anywhere) is not.
-    """
-    (kind_key, kind), *arguments = _endpoint_arguments(description)
-    if kind_key is None and kind == "unix":
-        return True
-    names = _POSITIONAL.get(kind, ()) if kind_key is None else ()
-    positional = [value for key, value in arguments if key is None]
-    values = dict(zip(names, positional))
-    # A keyword given twice: the last one counts, as for Twisted.
-    values.update((key, value) for key, value in arguments if key is not None)
-    return bool(names) and is_loopback_host(values.get("interface", ""))
 
 
 @frozen

@@ -48,8 +48,8 @@ from gourmet.config import (
     LogConfig,
     ServerConfig,
     UpstreamConfig,
-    is_loopback_host,
 )
+from gourmet.endpoints import is_loopback_host
 from gourmet.origin import parse_origin
 
 if sys.version_info >= (3, 11):
@@ -586,6 +586,8 @@ _UPSTREAM: Dict[str, Kind[Any]] = {
     "read_timeout": _number(0),
     "tries": _whole(0),
     "fail_status": _array(_whole(100, 599), frozenset),
+    "retry_status": _array(_whole(100, 599), frozenset),
+    "panic_threshold": _whole(0, 100),
     "preserve_host": _boolean,
     "keepalive": _whole(0),
     "keepalive_timeout": _number(0, inclusive=True),
@@ -657,6 +659,7 @@ def _frontend(
         idle_timeout=_number(0),
         max_connections=_whole(0),
         trusted_proxies=_array(_network),
+        backlog=_whole(1, 65535),
     )
     locations = tuple(
         _location(location, upstreams) for location in table.tables("locations")

@@ -81,7 +81,19 @@ class UpstreamCollector(Collector):
                 weight.add_metric(values, server.weight)
                 configured.add_metric(values, server.configured_weight)
         yield from (requests, failures, active, up, weight, configured)
+        yield self._panics()
         yield self._response_times()
+
+    def _panics(self) -> Metric:
+        family = GaugeMetricFamily(
+            "gourmet_upstream_panic",
+            "1 while too few servers are healthy (panic_threshold) and requests"
+            " go to every server in rotation, else 0.",
+            labels=["upstream"],
+        )
+        for upstream in self.upstreams.values():
+            family.add_metric([upstream.name], 1 if upstream.in_panic() else 0)
+        return family
 
     def _response_times(self) -> Metric:
         family = HistogramMetricFamily(

@@ -324,27 +324,33 @@ class ProxyExchange:
         status = head.status
         self.record.upstream_statuses.append(str(status))
         server.responded(status, self.clock.seconds() - self.attempt_started)
-        if status not in self.config.fail_status:
-            server.succeeded()
-        else:
+        config = self.config
+        if status in config.fail_status:
             server.failed(f"status {status}")
-            # As nginx does, the last server's answer goes to the client
-            # when there is no other server to try.
-            if (
-                self.tries_left > 0
-                and self.replayable
-                and self.upstream.candidates(self.tried)
-            ):
-                # The body is not wanted: drop the connection rather than
-                # read it.
-                if self.connection is not None:
-                    self.connection.abort()
-                    self.connection = None
-                self.last_error = UpstreamError(f"status {status}")
-                self._end_attempt()
-                self.start()
-                return
+        else:
+            server.succeeded()
+        if status in config.retry_status and self._may_retry():
+            # The body is not wanted: drop the connection rather than read it.
+            if self.connection is not None:
+                self.connection.abort()
+                self.connection = None
+            self.last_error = UpstreamError(f"status {status}")
+            self._end_attempt()
+            self.start()
+            return
         self._send_head(head)
+
+    def _may_retry(self) -> bool:
+        """
+        Whether an answer may be dropped for another server's: only when
+        there is one to try, so that the last answer goes to the client, as
+        nginx does, rather than becoming Gourmet's 503.
+        """
+        return (
+            self.tries_left > 0
+            and self.replayable
+            and bool(self.upstream.candidates(self.tried))
+        )
 
     def _send_head(self, head: ResponseHead) -> None:
         request = self.request

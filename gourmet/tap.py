@@ -19,6 +19,7 @@ from gourmet.admin import admin_site
 from gourmet.config import DEFAULT_CONFIG_PATH, GourmetConfig
 from gourmet.configfile import ConfigError, load_config
 from gourmet.demo import demo_service
+from gourmet.endpoints import default_backlog, with_backlog
 from gourmet.errors import ErrorPages
 from gourmet.eventloop import install_poll_loop
 from gourmet.logs import foreground_observer
@@ -151,13 +152,20 @@ def build_service(
     site = GourmetSite(root, reactor, access_log, frontend)
     service = GourmetService(config, upstreams, pools, site, log_observer)
     access_log.setServiceParent(service)
+    backlog = frontend.backlog or default_backlog()
     for index, description in enumerate(frontend.endpoints):
         key = f"server.listen[{index}]" if frontend.listen else "server.port"
-        _listener(config, key, description, site, reactor).setServiceParent(service)
+        listener = _listener(config, key, description, backlog, site, reactor)
+        listener.setServiceParent(service)
     if config.admin.listen is not None:
         service.admin_site = admin_site(config, upstreams, reactor)
         service.admin_listener = _listener(
-            config, "admin.listen", config.admin.listen, service.admin_site, reactor
+            config,
+            "admin.listen",
+            config.admin.listen,
+            backlog,
+            service.admin_site,
+            reactor,
         )
         service.admin_listener.setServiceParent(service)
     if config.demo.listen:
@@ -166,8 +174,14 @@ def build_service(
 
 
 def _listener(
-    config: GourmetConfig, key: str, description: str, site: Site, reactor: Any
+    config: GourmetConfig,
+    key: str,
+    description: str,
+    backlog: int,
+    site: Site,
+    reactor: Any,
 ) -> Service:
+    description = with_backlog(description, backlog)
     try:
         listener: Service = strports.service(description, site, reactor=reactor)
     except (ValueError, KeyError, TypeError) as error:

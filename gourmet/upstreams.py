@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import random
 import re
-from typing import Collection, List, Optional
+from typing import Collection, List, Optional, Tuple
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -82,9 +82,6 @@ class Server:
             return self.weight_override
         return self.config.weight
 
-    def available(self) -> bool:
-        return self.weight > 0 and self.health.available()
-
     def set_weight(self, weight: Optional[int]) -> None:
         """
         Override the configured weight; None goes back to it.
@@ -143,7 +140,13 @@ class Server:
 class Upstream:
     """
     A group of servers and the balancer that spreads requests over them.
+
+    :ivar panic_since: when requests began to be balanced over every server
+        in rotation, healthy or not (see :meth:`candidates`); None while
+        they are not.
     """
+
+    log = Logger()
 
     def __init__(
         self,
@@ -154,6 +157,8 @@ class Upstream:
         self.config = config
         self.name = config.name
         self.stats = UpstreamStats(clock)
+        self._clock = clock
+        self.panic_since: Optional[float] = None
         # nginx: a server alone in its group is never considered unavailable.
         alone = len(config.servers) == 1
         ids = server_ids([server.path for server in config.servers])
@@ -174,15 +179,70 @@ class Upstream:
         ]
         self.balancer: IBalancer = BALANCERS[config.balancer](rng or random.Random())
 
+    def in_rotation(self) -> Tuple[List[Server], List[Server]]:
+        """
+        The servers an operator has in rotation (weight above 0, neither
+        draining nor disabled), and those of them passive health lets take
+        requests now.
+        """
+        rotation = [server for server in self.servers if server.weight > 0]
+        healthy = [server for server in rotation if server.health.available()]
+        return rotation, healthy
+
+    def in_panic(self) -> bool:
+        """
+        Whether fewer than ``panic_threshold`` percent of the servers in
+        rotation are healthy, so that requests go to all of them.
+        """
+        rotation, healthy = self.in_rotation()
+        return self._panics(len(rotation), len(healthy))
+
+    def _panics(self, rotation: int, healthy: int) -> bool:
+        """
+        Whether the upstream is in a panic; a change is noted and logged
+        by whoever sees it first, a request or the console.
+        """
+        panic = healthy * 100 < self.config.panic_threshold * rotation
+        if panic is not (self.panic_since is not None):
+            self._panic_changed(panic, rotation, healthy)
+        return panic
+
     def candidates(self, exclude: Collection[Server] = ()) -> List[Server]:
         """
         The servers that may take a request now, leaving out ``exclude``.
+
+        In a panic (Envoy's word: too few servers healthy, see
+        ``panic_threshold``) passive health is ignored: the servers marked
+        down are more likely to be fine than the whole site is to be
+        unwanted, and refusing every request is the one certain outage.
         """
-        return [
-            server
-            for server in self.servers
-            if server.available() and server not in exclude
-        ]
+        rotation, healthy = self.in_rotation()
+        servers = rotation if self._panics(len(rotation), len(healthy)) else healthy
+        return [server for server in servers if server not in exclude]
+
+    def _panic_changed(self, panic: bool, rotation: int, healthy: int) -> None:
+        if panic:
+            self.panic_since = self._clock.seconds()
+            self.log.warn(
+                "upstream {upstream} in panic: {healthy} of {servers} servers"
+                " healthy, fewer than {threshold}%: balancing over all of them",
+                upstream=self.name,
+                healthy=healthy,
+                servers=rotation,
+                threshold=self.config.panic_threshold,
+                upstream_panic=True,
+            )
+            return
+        self.log.info(
+            "upstream {upstream} out of panic after {seconds:.1f}s:"
+            " {healthy} of {servers} servers healthy",
+            upstream=self.name,
+            seconds=self._clock.seconds() - (self.panic_since or 0.0),
+            healthy=healthy,
+            servers=rotation,
+            upstream_panic=False,
+        )
+        self.panic_since = None
 
     def pick(self, exclude: Collection[Server] = ()) -> Optional[Server]:
         """

@@ -69,6 +69,8 @@ def upstream_view(upstream: Upstream, locations: List[str]) -> Dict[str, Any]:
     return {
         "name": upstream.name,
         "balancer": upstream.config.balancer,
+        "panic": upstream.in_panic(),
+        "panic_since": upstream.panic_since,
         "locations": locations,
         "servers": [server_view(server, recent) for server in upstream.servers],
         "history": {

@@ -187,7 +187,8 @@ async def test_patch_state(state: str, shown: str, available: bool) -> None:
     assert response.code == 200
     assert document(response)["state"] == shown
     assert document(response)["weight"] == (2 if available else 0)
-    assert console.server(0).available() is available
+    picked = console.server(0) in console.upstreams["backend"].candidates()
+    assert picked is available
 
 
 @pytest_twisted.ensureDeferred
@@ -490,3 +491,19 @@ async def test_metrics_are_valid_prometheus_text() -> None:
         value("gourmet_upstream_response_seconds_bucket", le="0.01", **histogram) == 0
     )
     assert value("gourmet_upstream_response_seconds_count", **histogram) == 1
+    # One of two down is not a panic.
+    assert value("gourmet_upstream_panic", **histogram) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_panic_shows_in_the_api_and_the_metrics() -> None:
+    console = Console()
+    for index in (0, 1):
+        console.server(index).failed("connect failed", responded=False)
+    response = await console.call("GET", "/api/upstreams/backend")
+    shown = document(response)
+    assert shown["panic"] is True
+    assert shown["panic_since"] == console.clock.seconds()
+    assert [server["state"] for server in shown["servers"]] == ["down", "down"]
+    metrics = (await console.call("GET", "/metrics")).body.decode()
+    assert 'gourmet_upstream_panic{upstream="backend"} 1.0' in metrics.splitlines()

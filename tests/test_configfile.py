@@ -20,9 +20,9 @@ from gourmet.config import (
     LogConfig,
     ServerConfig,
     UpstreamConfig,
-    endpoint_is_loopback,
 )
 from gourmet.configfile import ConfigError, load_config, parse_config
+from gourmet.endpoints import endpoint_is_loopback
 from gourmet.origin import parse_origin
 from gourmet.passwords import hash_password, verify_password
 from tests.reference import reference_config
@@ -267,11 +267,14 @@ def test_every_upstream_option() -> None:
         read_timeout = 30
         tries = 0
         fail_status = [500, 502]
+        retry_status = [503]
+        panic_threshold = 0
         preserve_host = true
         keepalive = 0
         keepalive_timeout = 0
     """
     loaded = parse_config(config(upstream=upstream), "test.toml").upstreams[0]
+    assert (loaded.retry_status, loaded.panic_threshold) == (frozenset({503}), 0)
     assert (loaded.balancer, loaded.connect_timeout, loaded.read_timeout) == (
         "random",
         1.5,
@@ -362,6 +365,18 @@ def test_access_log_targets_kept(target: str) -> None:
 
 
 BAD = [
+    # Safe defaults (issue 10).
+    (config(frontend="backlog = 0"), "server.backlog", "from 1 to 65535, got 0"),
+    (
+        config(upstream="panic_threshold = 101"),
+        "upstreams.b.panic_threshold",
+        "expected a whole number from 0 to 100, got 101",
+    ),
+    (
+        config(upstream="retry_status = [503, 99]"),
+        "upstreams.b.retry_status[1]",
+        "expected a whole number from 100 to 599, got 99",
+    ),
     # Limits and trust (issue 4).
     (config(frontend="max_headers = 0"), "server.max_headers", "from 1 to 10000"),
     (config(frontend="max_request_line = 10"), "server.max_request_line", "got 10"),
@@ -677,7 +692,8 @@ def test_limits_and_trusted_proxies() -> None:
             frontend=(
                 "max_request_line = 4096\nmax_header_size = 8192\nmax_headers = 50\n"
                 "header_timeout = 3\nbody_min_rate = 0\nidle_timeout = 30\n"
-                'max_connections = 100\ntrusted_proxies = ["10.0.0.0/8", "::1"]'
+                'max_connections = 100\ntrusted_proxies = ["10.0.0.0/8", "::1"]\n'
+                "backlog = 1024"
             ),
         ),
         "test.toml",
@@ -686,6 +702,6 @@ def test_limits_and_trusted_proxies() -> None:
     assert (server.max_request_line, server.max_header_size) == (4096, 8192)
     assert (server.max_headers, server.header_timeout) == (50, 3)
     assert (server.body_min_rate, server.idle_timeout) == (0, 30)
-    assert server.max_connections == 100
+    assert (server.max_connections, server.backlog) == (100, 1024)
     assert server.trusted_proxies == ("10.0.0.0/8", "::1")
     assert loaded.upstreams[0].header_timeout == 5

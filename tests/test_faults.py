@@ -357,7 +357,9 @@ async def test_every_server_down_is_503_without_connection_attempts(
     pool = HTTPConnectionPool(reactor, persistent=False)
     try:
         addresses = [f"127.0.0.1:{p.getHost().port}" for p in ports]  # type: ignore[attr-defined]
-        running = await gourmet(config(addresses, upstream_extra="fail_timeout = 1.5"))
+        # With the panic threshold off: all down means nothing is tried.
+        extra = "fail_timeout = 1.5\npanic_threshold = 0"
+        running = await gourmet(config(addresses, upstream_extra=extra))
 
         def attempts() -> int:
             return sum(listener.attempts for listener in listeners)

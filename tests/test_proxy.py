@@ -18,6 +18,7 @@ import pytest_twisted
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.logger import capturedLogs, formatEvent
 from twisted.web.client import ResponseFailed
 
 from tests.configs import LISTEN, config
@@ -196,7 +197,7 @@ async def test_all_servers_down_gets_502_as_json_or_html(
     gourmet: Any, make_upstreams: Any
 ) -> None:
     a, b = make_upstreams("a", "b")
-    running = await gourmet(config([a, b]))
+    running = await gourmet(config([a, b], upstream_extra="panic_threshold = 0"))
     await a.stop()
     await b.stop()
     response = await running.get("/x", headers={"Accept": "application/json"})
@@ -218,12 +219,85 @@ async def test_failure_status_is_retried_elsewhere(
     gourmet: Any, make_upstreams: Any
 ) -> None:
     a, b = make_upstreams("a", "b")
-    running = await gourmet(config([a, b]))
+    extra = "fail_status = [503]\nretry_status = [503]"
+    running = await gourmet(config([a, b], upstream_extra=extra))
     response = await running.get("/status/503")
     # a answered 503 and was taken out; b's 503 is the last try and passes.
     assert response.code == 503
     assert await response.content() == b"status 503 from b"
     assert [len(a.seen), len(b.seen)] == [1, 1]
+
+
+async def servers_of(running: Any, path: str, count: int) -> Counter[str]:
+    """
+    Which servers answered ``count`` requests for ``path``, by name, with
+    any status but 200 counted under its code.
+    """
+    answered: Counter[str] = Counter()
+    for _ in range(count):
+        response = await running.get(path)
+        body = await response.content()
+        answered[
+            json.loads(body)["server"] if response.code == 200 else str(response.code)
+        ] += 1
+    return answered
+
+
+@pytest_twisted.ensureDeferred
+async def test_application_503s_take_no_server_out_by_default(
+    gourmet: Any, make_upstreams: Any
+) -> None:
+    a, b = make_upstreams("a", "b")
+    running = await gourmet(config([a, b]))
+    for _ in range(10):
+        response = await running.get("/status/503")
+        # The application's answer, not retried and not Gourmet's own 503.
+        assert response.code == 503
+        assert (await response.content()).startswith(b"status 503 from ")
+    assert await servers_of(running, "/hello", 4) == {"a": 2, "b": 2}
+    assert [len(a.seen), len(b.seen)] == [7, 7]
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_fail_status_the_panic_threshold_keeps_serving(
+    gourmet: Any, make_upstreams: Any
+) -> None:
+    a, b = make_upstreams("a", "b")
+    running = await gourmet(config([a, b], upstream_extra="fail_status = [503]"))
+    with capturedLogs() as events:
+        for _ in range(2):
+            assert (await running.get("/status/503")).code == 503
+        # Both servers are down now; refusing everything is the one sure
+        # outage, so both still take requests.
+        assert await servers_of(running, "/hello", 4) == {"a": 2, "b": 2}
+    upstream = running.upstream("backend")
+    assert [server.health.state.value for server in upstream.servers] == [
+        "down",
+        "down",
+    ]
+    said = [formatEvent(event) for event in events if "upstream_panic" in event]
+    assert said == [
+        "upstream backend in panic: 0 of 2 servers healthy, fewer than 50%:"
+        " balancing over all of them"
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_retry_status_tries_another_server_within_tries(
+    gourmet: Any, make_upstreams: Any
+) -> None:
+    a, b, c = make_upstreams("a", "b", "c")
+    extra = "retry_status = [503]\ntries = 2"
+    running = await gourmet(config([a, b, c], upstream_extra=extra))
+    response = await running.get("/status/503")
+    assert response.code == 503
+    await response.content()
+    # Two tries in all; the second answer goes to the client.
+    assert sorted([len(a.seen), len(b.seen), len(c.seen)]) == [0, 1, 1]
+    # A retried status is not a failure unless fail_status says so.
+    upstream = running.upstream("backend")
+    assert len(upstream.candidates()) == 3
+    assert sum(server.failures for server in upstream.servers) == 0
 
 
 @pytest_twisted.ensureDeferred

@@ -266,6 +266,15 @@
     const section = { rows: new Map(), history: null };
     section.title = el("h2", { text: upstream.name });
     section.balancer = el("span", { className: "tag", attrs: { title: "Balancer" } });
+    section.panic = el("span", {
+      className: "state panic",
+      text: "panic",
+      attrs: {
+        "data-state": "down",
+        title: "Too few servers are healthy: requests go to every server in rotation, down or not.",
+      },
+    });
+    section.panic.hidden = true;
     section.locations = el("ul", { className: "locations", attrs: { "aria-label": "Locations" } });
     section.totals = el("p", { className: "totals" });
     section.canvas = el("canvas", {
@@ -280,7 +289,7 @@
       el("th", { className, text: label, attrs: { scope: "col" } })));
     section.root = el("section", { className: "upstream", attrs: { "data-upstream-section": upstream.name } }, [
       el("header", { className: "upstream-head" }, [
-        el("div", { className: "upstream-title" }, [section.title, section.balancer]),
+        el("div", { className: "upstream-title" }, [section.title, section.balancer, section.panic]),
         section.locations,
         section.totals,
       ]),
@@ -307,6 +316,7 @@
 
   function updateSection(section, upstream) {
     setText(section.balancer, upstream.balancer);
+    section.panic.hidden = !upstream.panic;
     const locations = upstream.locations.join("\n");
     if (section.locations.dataset.shown !== locations) {
       section.locations.dataset.shown = locations;
