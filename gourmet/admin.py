@@ -25,6 +25,8 @@ from gourmet.adminauth import REALM, SECURITY_HEADERS, AdminSecurity, Refused
 from gourmet.config import MAX_WEIGHT, GourmetConfig
 from gourmet.errors import error_document
 from gourmet.metrics import MetricsResource, metrics_registry
+from gourmet.site import NamedRequest
+from gourmet.stats import ClientStats
 from gourmet.upstreams import AdminState, Server, Upstream
 from gourmet.views import upstream_view
 
@@ -60,11 +62,12 @@ class AdminApp:
         config: GourmetConfig,
         upstreams: Mapping[str, Upstream],
         security: AdminSecurity,
+        client_stats: Optional[ClientStats] = None,
     ) -> None:
         self.config = config
         self.upstreams = upstreams
         self.security = security
-        self._metrics = MetricsResource(metrics_registry(upstreams))
+        self._metrics = MetricsResource(metrics_registry(upstreams, client_stats))
         self._locations: Dict[str, List[str]] = {}
         for location in config.server.locations:
             patterns = self._locations.setdefault(location.upstream, [])
@@ -299,12 +302,17 @@ def admin_site(
     upstreams: Mapping[str, Upstream],
     reactor: Any,
     security: Optional[AdminSecurity] = None,
+    client_stats: Optional[ClientStats] = None,
 ) -> Site:
     """
     The console's site, for its own listener.
+
+    :param client_stats: the proxy site's, for the metrics.
     """
-    admin = AdminApp(config, upstreams, security or AdminSecurity(config.admin))
+    security = security or AdminSecurity(config.admin)
+    admin = AdminApp(config, upstreams, security, client_stats)
     site = Site(AdminResource(admin), reactor=reactor)
+    site.requestFactory = NamedRequest
     site.displayTracebacks = False
     site.noisy = False
     return site

@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from typing import (
     TYPE_CHECKING,
+    AbstractSet,
     Any,
     Callable,
     List,
@@ -77,6 +78,8 @@ _MAX_BODY = 10**MAX_LENGTH_DIGITS - 1
 _MIN_RATE_CHECK = 0.25
 
 _VERSIONS = frozenset({b"HTTP/1.0", b"HTTP/1.1"})
+#: Statuses whose responses have no body, whatever their headers say.
+_NO_BODY = frozenset({b"204", b"304"})
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 #: Headers a client may not name in Connection: the proxy would strip
 #: them, changing the request's framing or what Gourmet says about it.
@@ -102,8 +105,7 @@ _REQUEST_LINE = re.compile(
 _ABSOLUTE_TARGET = re.compile(rb"(?i:https?)://([^/?]*)([/?].*)?")
 # A DNS name or IPv4 address, or an IPv6 literal, and an optional port.
 _HOST = re.compile(rb"(?:[A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?")
-# A token, less "_": see check_header_line.
-_HEADER_NAME = re.compile(rb"[" + TCHAR.replace(b"_", b"") + rb"]+")
+_HEADER_NAME = re.compile(rb"[" + TCHAR + rb"]+")
 _DIGITS = re.compile(rb"[0-9]+")
 _CODINGS = re.compile(rb"[" + TCHAR + rb"]+(?: *, *[" + TCHAR + rb"]+)*")
 
@@ -146,19 +148,22 @@ class Head(NamedTuple):
     :ivar body_length: the body's length; None for a chunked body.
     :ivar close: whether the client asked to close the connection after
         this request.
+    :ivar keep_alive: whether it asked to keep it (what an HTTP/1.0 client
+        must say for that).
     """
 
     body_length: Optional[int]
     close: bool
+    keep_alive: bool = False
 
 
 def refusal(status: int) -> bytes:
     """
     Gourmet's answer to a request it refuses: a status and nothing else.
     """
-    return b"HTTP/1.1 %d %s\r\nContent-Length: 0\r\nConnection: close\r\n\r\n" % (
-        status,
-        REASONS[status],
+    return (
+        b"HTTP/1.1 %d %s\r\nServer: Gourmet\r\nContent-Length: 0\r\n"
+        b"Connection: close\r\n\r\n" % (status, REASONS[status])
     )
 
 
@@ -210,11 +215,10 @@ def check_request_line(line: bytes, limit: int) -> RequestLine:
 def check_header_line(line: bytes) -> Tuple[bytes, bytes]:
     """
     Check a header (or trailer) line: a token, a colon right after it, and
-    a value without control bytes other than HTAB.  Names with ``_`` are
-    refused: applications behind CGI-like gateways read ``X_Real_IP`` as
-    ``X-Real-IP``, a header Gourmet sets and would not replace.  The
-    framing headers must be written plainly, with no HTAB around their
-    value.
+    a value without control bytes other than HTAB.  The framing headers
+    must be written plainly, with no HTAB around their value.  (A name
+    with ``_`` is a token: what becomes of it is the channel's
+    ``underscores_in_headers``.)
 
     :return: the name in lower case, and the value without the spaces and
         tabs around it.
@@ -226,8 +230,6 @@ def check_header_line(line: bytes) -> Tuple[bytes, bytes]:
     if _HEADER_NAME.fullmatch(name) is None:
         if line.startswith((b" ", b"\t")):
             raise BadRequest(400, "obsolete line folding in the head")
-        if b"_" in name:
-            raise BadRequest(400, "underscore in a header name")
         raise BadRequest(400, "malformed header name")
     lower = name.lower()
     if CONTROL.search(value) is not None:
@@ -249,7 +251,7 @@ def _check_hosts(line: RequestLine, hosts: Sequence[bytes]) -> None:
         raise BadRequest(400, "Host differs from the absolute target's host")
 
 
-def _connection_close(values: Sequence[bytes]) -> bool:
+def _connection_options(values: Sequence[bytes]) -> AbstractSet[bytes]:
     tokens = {
         token.strip(b" \t").lower() for value in values for token in value.split(b",")
     }
@@ -257,7 +259,7 @@ def _connection_close(values: Sequence[bytes]) -> bool:
     if protected:
         names = b", ".join(sorted(protected)).decode()
         raise BadRequest(400, f"Connection names {names}")
-    return b"close" in tokens
+    return tokens
 
 
 def _content_length(value: bytes) -> int:
@@ -329,8 +331,10 @@ def check_head(line: RequestLine, headers: Sequence[Tuple[bytes, bytes]]) -> Hea
         if values is not None:
             values.append(value)
     _check_hosts(line, hosts)
-    close = _connection_close(connection)
-    return Head(_body_length(line.version, lengths, codings), close)
+    options = _connection_options(connection)
+    close = b"close" in options
+    keep_alive = not close and b"keep-alive" in options
+    return Head(_body_length(line.version, lengths, codings), close, keep_alive)
 
 
 def _cancel(call: Optional[IDelayedCall]) -> Optional[IDelayedCall]:
@@ -468,15 +472,34 @@ class GourmetChannel(HTTPChannel):
     def writeHeaders(
         self, version: bytes, code: bytes, reason: bytes, headers: Any
     ) -> None:
+        keep_alive_1_0 = version == b"HTTP/1.0" and self.persistent
         if not isinstance(headers, Headers):
+            self.persistent = self.persistent and not keep_alive_1_0
             super().writeHeaders(version, code, reason, headers)
             return
         pieces = [version, b" ", code, b" ", reason, b"\r\n"]
         for name, values in headers.getAllRawHeaders():
             for value in values:
                 pieces.extend((name, b": ", value, b"\r\n"))
+        if keep_alive_1_0:
+            if self._length_known(code, headers):
+                pieces.append(b"Connection: keep-alive\r\n")
+            else:
+                # HTTP/1.0 has no chunks: only the close can end this body.
+                self.persistent = False
         pieces.append(b"\r\n")
         self._held_head = b"".join(pieces)
+
+    def _length_known(self, code: bytes, headers: Headers) -> bool:
+        """
+        Whether the client can tell where a response's body ends without
+        the connection closing.
+        """
+        return (
+            headers.hasHeader(b"content-length")
+            or code in _NO_BODY
+            or self.requests[0].method == b"HEAD"
+        )
 
     def write(self, data: bytes) -> None:
         head = self._held_head
@@ -563,18 +586,20 @@ class GourmetChannel(HTTPChannel):
             return
         self._lines += 1
         try:
-            line = self._check_line(line)
+            checked = self._check_line(line)
         except BadRequest as error:
             self._reject(error)
             return
-        super().lineReceived(line)
+        if checked is not None:
+            super().lineReceived(checked)
 
-    def _check_line(self, line: bytes) -> bytes:
+    def _check_line(self, line: bytes) -> Optional[bytes]:
         """
         Check one line of the head before Twisted reads it.
 
         :return: the line for Twisted: an absolute-form request line is
-            rewritten in origin form, which routing and the upstream expect.
+            rewritten in origin form, which routing and the upstream expect;
+            None for a header line dropped.
         """
         limits = self._limits
         if self._request_line is None:
@@ -593,7 +618,10 @@ class GourmetChannel(HTTPChannel):
             self._add_to_head(line)
             if len(self._headers) >= limits.max_headers:
                 raise BadRequest(431, f"more than {limits.max_headers} headers")
-            self._headers.append(check_header_line(line))
+            header = check_header_line(line)
+            self._headers.append(header)
+            if b"_" in header[0] and self._drops_underscored(header[0]):
+                return None
             return line
         head = check_head(self._request_line, self._headers)
         length = head.body_length
@@ -605,6 +633,22 @@ class GourmetChannel(HTTPChannel):
             raise BadRequest(413, f"body larger than {limits.max_body_size} bytes")
         self._head = head
         return line
+
+    def _drops_underscored(self, name: bytes) -> bool:
+        """
+        Apply ``underscores_in_headers`` to a header whose name has ``_``.
+
+        :return: whether to drop it.
+        :raises BadRequest: 400 when such headers are refused.
+        """
+        policy = self._limits.underscores_in_headers
+        if policy == "pass":
+            return False
+        if policy == "refuse":
+            raise BadRequest(400, "underscore in a header name")
+        self.site.client_stats.headers_dropped["underscore"] += 1
+        self.log.debug("dropped a request header with '_': {name}", name=name)
+        return True
 
     def _add_to_head(self, line: bytes) -> None:
         size = self._limits.max_header_size
@@ -648,11 +692,16 @@ class GourmetChannel(HTTPChannel):
         super().allHeadersReceived()
 
     def checkPersistence(self, request: Any, version: bytes) -> bool:
-        # Twisted splits Connection at spaces only; it is a comma list.
-        if self._head is not None and self._head.close and version == b"HTTP/1.1":
-            request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
-            return False
-        return bool(super().checkPersistence(request, version))
+        # Twisted splits Connection at spaces only (it is a comma list), and
+        # closes every HTTP/1.0 connection; an HTTP/1.0 client that asks to
+        # keep it is answered as nginx does (see writeHeaders).
+        head = self._head
+        assert head is not None  # allHeadersReceived: the head passed
+        if version == b"HTTP/1.1":
+            if head.close:
+                request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+            return not head.close
+        return head.keep_alive
 
     # -- the body ----------------------------------------------------------
 
@@ -695,6 +744,12 @@ class GourmetChannel(HTTPChannel):
         self._head_deadline.set(self._limits.header_timeout)  # type: ignore[union-attr]
 
     def _head_timed_out(self) -> None:
+        if self._lines == 0 and not self._buffer:
+            # Nothing asked, nothing to answer: a preconnecting browser or a
+            # port scan is closed silently, as nginx does.
+            self.log.debug("closed a connection that sent no request")
+            self.loseConnection()
+            return
         timeout = self._limits.header_timeout
         self._reject(BadRequest(408, f"no whole head within {timeout:g} seconds"))
 

@@ -69,6 +69,9 @@ class UpstreamConfig:
     #: (Envoy's panic threshold); 0 turns this off.
     panic_threshold: int = 50
     preserve_host: bool = False
+    #: Rewrite ``Location``, ``Content-Location`` and ``Refresh`` URLs that
+    #: name the server to name the proxy (:mod:`gourmet.redirects`).
+    redirect_rewrite: bool = True
     #: Idle keep-alive connections kept open to each server.
     keepalive: int = 32
     #: Seconds an idle keep-alive connection is kept.
@@ -128,6 +131,11 @@ class FrontendConfig:
     #: Addresses or networks (CIDR) of proxies in front of Gourmet whose
     #: X-Forwarded-For and Forwarded headers are believed.
     trusted_proxies: Tuple[str, ...] = ()
+    #: What to do with a request header whose name has ``_``: ``"drop"`` it,
+    #: ``"refuse"`` the request (400) or ``"pass"`` it on.  CGI-style servers
+    #: read ``X_Real_IP`` as ``X-Real-IP``, a header Gourmet sets, so it is
+    #: not passed by default (nginx's ``underscores_in_headers off``).
+    underscores_in_headers: str = "drop"
     #: The listen backlog of Gourmet's listeners whose endpoint string sets
     #: none; None: the kernel's ``somaxconn``, at least 511
     #: (:func:`gourmet.endpoints.default_backlog`).

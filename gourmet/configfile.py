@@ -589,6 +589,7 @@ _UPSTREAM: Dict[str, Kind[Any]] = {
     "retry_status": _array(_whole(100, 599), frozenset),
     "panic_threshold": _whole(0, 100),
     "preserve_host": _boolean,
+    "redirect_rewrite": _boolean,
     "keepalive": _whole(0),
     "keepalive_timeout": _number(0, inclusive=True),
     "header_timeout": _number(0),
@@ -660,6 +661,7 @@ def _frontend(
         max_connections=_whole(0),
         trusted_proxies=_array(_network),
         backlog=_whole(1, 65535),
+        underscores_in_headers=_choice(("drop", "refuse", "pass")),
     )
     locations = tuple(
         _location(location, upstreams) for location in table.tables("locations")

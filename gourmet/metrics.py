@@ -11,7 +11,7 @@ binds the global reactor when imported.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Optional
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from twisted.web.resource import Resource
 
 from gourmet.health import Health
+from gourmet.stats import ClientStats
 from gourmet.upstreams import Upstream
 
 _STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "failed")
@@ -111,13 +112,37 @@ class UpstreamCollector(Collector):
         return family
 
 
-def metrics_registry(upstreams: Mapping[str, Upstream]) -> CollectorRegistry:
+class ClientCollector(Collector):
+    """
+    What Gourmet did to clients' requests on their way in.
+    """
+
+    def __init__(self, stats: ClientStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterable[Metric]:
+        dropped = CounterMetricFamily(
+            "gourmet_client_headers_dropped",
+            "Request header lines dropped, by reason (underscore: a name with"
+            " '_', see underscores_in_headers).",
+            labels=["reason"],
+        )
+        for reason in ("underscore",):
+            dropped.add_metric([reason], self.stats.headers_dropped[reason])
+        yield dropped
+
+
+def metrics_registry(
+    upstreams: Mapping[str, Upstream], client_stats: Optional[ClientStats] = None
+) -> CollectorRegistry:
     """
     A registry of Gourmet's own (not the process-wide default one, so that
     two services in one process, as in tests, do not collide).
     """
     registry = CollectorRegistry(auto_describe=True)
     registry.register(UpstreamCollector(upstreams))
+    if client_stats is not None:
+        registry.register(ClientCollector(client_stats))
     return registry
 
 

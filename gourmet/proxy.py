@@ -36,9 +36,11 @@ from gourmet.headers import (
     TrustedProxies,
     connection_tokens,
     forwardable,
+    lower_name,
     upstream_request_headers,
 )
 from gourmet.pool import ConnectionPool
+from gourmet.redirects import REWRITTEN, RedirectRewrite, authority
 from gourmet.upstreams import Server, Upstream
 
 #: Methods that may be sent again after reaching a server (RFC 9110, 9.2.2).
@@ -203,7 +205,9 @@ class ProxyExchange:
         self.method = method
         self.target = target
         self.headers = headers
-        self.client_host = client_host if config.preserve_host else None
+        #: The client's Host, for redirects; and to send when preserved.
+        self.client_host = client_host
+        self.host_sent: bytes = b""
         self.body = body
         self.body_length = body_length
         # A request that may have reached a server is sent again only if
@@ -253,7 +257,8 @@ class ProxyExchange:
             connection.abort()
             return
         self.connection = connection
-        host = self.client_host or server.origin.host_header
+        host = self.client_host if self.config.preserve_host else None
+        self.host_sent = host = host or server.origin.host_header
         request = UpstreamRequest(
             method=self.method,
             target=self.target,
@@ -359,7 +364,10 @@ class ProxyExchange:
         # Start from empty headers: Twisted's defaults (Server, a
         # Content-Type) must not mix with the upstream's.
         headers = CheckedHeaders()
+        redirects = self.config.redirect_rewrite
         for name, value in forwardable(head.headers, head.connection):
+            if redirects and lower_name(name) in REWRITTEN:
+                value = self._redirect_rewrite().header(lower_name(name), value)
             headers.add_checked(name, value)
         if not headers.hasHeader(b"date"):
             headers.setRawHeaders(
@@ -374,6 +382,32 @@ class ProxyExchange:
             headers.setRawHeaders(b"connection", closing)
         request.responseHeaders = headers
         request.registerProducer(self, True)
+
+    def _redirect_rewrite(self) -> RedirectRewrite:
+        """
+        How this response's redirects are rewritten: from the server that
+        answered, by its address or the Host it was sent, to the proxy as
+        the client reached it.
+        """
+        server = self.server
+        assert server is not None  # a response is being received from it
+        scheme = server.origin.scheme.encode("ascii")
+        named = {
+            authority(scheme, server.origin.host_header),
+            authority(scheme, self.host_sent),
+        }
+        request = self.request
+        host = self.client_host
+        if host is None:
+            local = request.getHost()
+            address = getattr(local, "host", "localhost")
+            address = f"[{address}]" if ":" in address else address
+            host = f"{address}:{getattr(local, 'port', 80)}".encode("ascii")
+        client_scheme = b"https" if request.isSecure() else b"http"
+        return RedirectRewrite(
+            {each for each in named if each is not None},
+            client_scheme + b"://" + host,
+        )
 
     def response_data(self, data: bytes) -> None:
         self.request.write(data)

@@ -6,7 +6,7 @@ location, and the count of client connections.
 
 from __future__ import annotations
 
-from typing import IO, Any, Callable, Optional, Sequence
+from typing import IO, Any, Callable, Optional, Sequence, Union
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -22,13 +22,30 @@ from gourmet.channel import GourmetChannel
 from gourmet.config import FrontendConfig
 from gourmet.errors import ErrorPages
 from gourmet.routing import Router
+from gourmet.stats import ClientStats
+
+#: What Gourmet's own responses say in ``Server``: no version to help an
+#: attacker pick an exploit (nginx's ``server_tokens off``).
+SERVER = b"Gourmet"
+
+
+class NamedRequest(Request):
+    """
+    A request whose own responses say ``Server: Gourmet`` rather than
+    Twisted's name and version, which twisted.web sets for every request.
+    """
+
+    def setHeader(self, name: Union[str, bytes], value: Union[str, bytes]) -> None:
+        if name == b"Server":
+            value = SERVER
+        super().setHeader(name, value)
 
 
 # Declared, so that the channel's check for it finds a declaration rather
 # than raising (and catching) an AttributeError in zope.interface for
 # every request: costly on PyPy.
 @provider(INonQueuedRequestFactory)
-class GourmetRequest(Request):
+class GourmetRequest(NamedRequest):
     """
     A request that remembers where the proxy sent it.
 
@@ -125,6 +142,7 @@ class GourmetSite(Site):
     :ivar frontend: the ``[server]`` limits its channels enforce;
         ``idle_timeout`` is its idle timeout.
     :ivar open_connections: client connections being served.
+    :ivar client_stats: what was done to clients' requests on the way in.
     """
 
     requestFactory = GourmetRequest
@@ -149,6 +167,7 @@ class GourmetSite(Site):
         self.access_log = access_log
         self.frontend = frontend
         self.open_connections = 0
+        self.client_stats = ClientStats()
         self._refusing = False
 
     def connection_opened(self) -> bool:

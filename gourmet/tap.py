@@ -158,7 +158,9 @@ def build_service(
         listener = _listener(config, key, description, backlog, site, reactor)
         listener.setServiceParent(service)
     if config.admin.listen is not None:
-        service.admin_site = admin_site(config, upstreams, reactor)
+        service.admin_site = admin_site(
+            config, upstreams, reactor, client_stats=site.client_stats
+        )
         service.admin_listener = _listener(
             config,
             "admin.listen",

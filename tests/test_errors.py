@@ -1,15 +1,19 @@
 """
-Gourmet's own errors come as JSON or HTML as the client prefers.
+Gourmet's own errors come as JSON or HTML as the client prefers, and say
+who made them.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Optional
+from typing import Any, Optional
 
 import pytest
+import pytest_twisted
+import treq
 
 from gourmet.errors import ErrorPages, prefers_json
+from tests.configs import config
 
 
 @pytest.mark.parametrize(
@@ -51,3 +55,27 @@ def test_html_page_escapes_and_names_the_status() -> None:
 def test_template_override() -> None:
     pages = ErrorPages("<p>$status: $description { css }</p>")
     assert pages.body(404, "nope", None)[1] == b"<p>404: nope { css }</p>"
+
+
+@pytest_twisted.ensureDeferred
+async def test_gourmet_names_itself_without_a_version(
+    gourmet: Any, raw_socket: Any
+) -> None:
+    # Nothing listens on port 9: Gourmet's own 502, then its 404, and the
+    # console: all say Server: Gourmet.
+    running = await gourmet(config(["127.0.0.1:9"]).replace('"^/"', '"^/api/"'))
+    answers = [
+        await running.get("/api/x"),
+        await running.get("/elsewhere"),
+        await treq.get(running.admin_url + "/api/upstreams"),
+    ]
+    assert [answer.code for answer in answers] == [502, 404, 200]
+    for answer in answers:
+        await answer.content()
+        assert answer.headers.getRawHeaders("server") == ["Gourmet"]
+    # And what twisted.web answers itself.
+    client = raw_socket(running.port)
+    await client.send(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = (await client.read_response()).partition(b"\r\n\r\n")[0]
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"\r\nServer: Gourmet\r\n" in head

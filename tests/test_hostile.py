@@ -12,6 +12,7 @@ from typing import Any, List, Tuple
 
 import pytest
 import pytest_twisted
+import treq
 
 from gourmet.channel import (
     BadRequest,
@@ -173,13 +174,6 @@ HOSTILE: List[Tuple[str, bytes, int]] = [
     ("DEL in a value", get(HOST, b"X-A: a\x7fb\r\n"), 400),
     ("empty header name", get(HOST, b": x\r\n"), 400),
     ("header line without a colon", get(HOST, b"X-A\r\n"), 400),
-    ("Content_Length", post(b"Content_Length: 5\r\n", body=b"hello"), 400),
-    (
-        "Transfer_Encoding",
-        post(b"Transfer_Encoding: chunked\r\n", body=b"0\r\n\r\n"),
-        400,
-    ),
-    ("X_Forwarded_For", get(HOST, b"X_Forwarded_For: 203.0.113.9\r\n"), 400),
     ("parenthesis in a name", get(HOST, b"X(A): b\r\n"), 400),
     ("quote in a name", get(HOST, b'X"A: b\r\n'), 400),
     ("slash in a name", get(HOST, b"X/A: b\r\n"), 400),
@@ -294,12 +288,34 @@ HOSTILE: List[Tuple[str, bytes, int]] = [
 ]
 
 
-@pytest.mark.parametrize("request_bytes, expected", cases(HOSTILE))
+#: Names with "_", refused with ``underscores_in_headers = "refuse"``.
+UNDERSCORED: List[Tuple[str, bytes, int]] = [
+    ("Content_Length", post(b"Content_Length: 5\r\n", body=b"hello"), 400),
+    (
+        "Transfer_Encoding",
+        post(b"Transfer_Encoding: chunked\r\n", body=b"0\r\n\r\n"),
+        400,
+    ),
+    ("X_Forwarded_For", get(HOST, b"X_Forwarded_For: 203.0.113.9\r\n"), 400),
+]
+REFUSE_UNDERSCORES = 'underscores_in_headers = "refuse"'
+
+
+@pytest.mark.parametrize(
+    "request_bytes, expected, settings",
+    [
+        *[pytest.param(*param.values, "", id=param.id) for param in cases(HOSTILE)],
+        *[
+            pytest.param(*param.values, REFUSE_UNDERSCORES, id=param.id)
+            for param in cases(UNDERSCORED)
+        ],
+    ],
+)
 @pytest_twisted.ensureDeferred
 async def test_hostile_request_is_refused_and_reaches_no_upstream(
-    raw_proxy: Any, request_bytes: bytes, expected: int
+    raw_proxy: Any, request_bytes: bytes, expected: int, settings: str
 ) -> None:
-    server, _, client = await raw_proxy(LIMITS)
+    server, _, client = await raw_proxy(f"{LIMITS}\n{settings}")
     await client.send(request_bytes)
     reply = await client.read_until_closed(timeout=5)
     assert status_of(reply) == expected, reply[:200]
@@ -538,5 +554,31 @@ def test_head_gives_the_body_length_and_whether_to_close() -> None:
 def test_refusal_is_a_bare_status_that_closes() -> None:
     assert refusal(431) == (
         b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-        b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+        b"Server: Gourmet\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("settings", "forwarded", "dropped"),
+    [
+        pytest.param("", None, 1, id="dropped by default"),
+        pytest.param('underscores_in_headers = "pass"', [b"s"], 0, id="passed"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_header_name_with_underscore_is_dropped_or_passed(
+    raw_proxy: Any, settings: str, forwarded: Any, dropped: int
+) -> None:
+    server, running, client = await raw_proxy(f"{LIMITS}\n{settings}")
+    request_bytes = get(HOST, b"X_Api_Key: s\r\nX-Api-Key: dashed\r\n")
+    for _ in range(2):  # the connection is kept: nothing was refused
+        status, _ = await exchange(client, request_bytes)
+        assert status == 200
+    seen = server.seen[0]
+    assert seen.headers.get(b"x_api_key") == forwarded
+    assert seen.header(b"x-api-key") == b"dashed"
+    metrics = await (await treq.get(running.admin_url + "/metrics")).text()
+    counted = (
+        f'gourmet_client_headers_dropped_total{{reason="underscore"}} {2 * dropped}.0'
+    )
+    assert counted in metrics.splitlines()

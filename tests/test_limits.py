@@ -94,8 +94,16 @@ async def test_trickled_head_gets_408_though_bytes_keep_coming(raw_proxy: Any) -
 
 
 @pytest_twisted.ensureDeferred
-async def test_silent_connection_gets_408_after_header_timeout(raw_proxy: Any) -> None:
-    _, reply, _ = await refusal_of(raw_proxy, "header_timeout = 0.5", b"")
+async def test_silent_connection_is_closed_without_an_answer(raw_proxy: Any) -> None:
+    # A client that asked nothing gets no 408: only a closed connection.
+    _, reply, elapsed = await refusal_of(raw_proxy, "header_timeout = 0.5", b"")
+    assert reply == b""
+    assert 0.4 < elapsed < 2.0
+
+
+@pytest_twisted.ensureDeferred
+async def test_connection_silent_after_a_blank_line_gets_408(raw_proxy: Any) -> None:
+    _, reply, _ = await refusal_of(raw_proxy, "header_timeout = 0.5", b"\r\n")
     assert reply == refusal(408)
 
 

@@ -7,6 +7,7 @@ Gourmet, everything on loopback and every wait bounded.
 from __future__ import annotations
 
 import json
+import shutil
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pytest
@@ -14,6 +15,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
+from twisted.internet.utils import getProcessOutput
 from twisted.python.failure import Failure
 
 from tests.rawhttp import sleep
@@ -426,3 +428,78 @@ async def test_connection_close_from_the_client_is_answered_in_kind(proxy: Any) 
     client.close()
     assert response.status == 200
     assert response.header(b"connection") == b"close"
+
+
+# -- HTTP/1.0 keep-alive ---------------------------------------------------
+
+
+def request_1_0(target: bytes, *headers: bytes) -> bytes:
+    return b"\r\n".join([b"GET %s HTTP/1.0" % target, *headers]) + b"\r\n\r\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_http_1_0_keep_alive_is_honoured_when_the_length_is_known(
+    proxy: Any,
+) -> None:
+    server, running = await proxy()
+    client = await raw_client(running.port)
+    for path in (b"/one", b"/two", b"/status/404"):
+        client.send(request_1_0(path, b"Connection: Keep-Alive"))
+        response = await client.response()
+        assert response.header(b"connection") == b"keep-alive"
+        assert response.header(b"content-length") is not None
+    assert not client.closed
+    # One client connection carried all three.
+    assert [seen.uri for seen in server.seen] == [b"/one", b"/two", b"/status/404"]
+    client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_http_1_0_without_keep_alive_is_closed(proxy: Any) -> None:
+    _, running = await proxy()
+    client = await raw_client(running.port, request_1_0(b"/one"))
+    response = await client.response()
+    await wait_for(lambda: client.closed)
+    assert response.status == 200
+    assert response.header(b"connection") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_http_1_0_keep_alive_of_unknown_length_ends_with_the_close(
+    proxy: Any,
+) -> None:
+    # The upstream streams /big/ without a length: HTTP/1.0 has no chunks,
+    # so only closing the connection can end the body.
+    _, running = await proxy()
+    client = await raw_client(
+        running.port, request_1_0(b"/big/100000", b"Connection: keep-alive")
+    )
+    await wait_for(lambda: client.closed)
+    response, _ = Response.parse(client.data, at_close=True)
+    assert response is not None
+    assert response.header(b"connection") is None
+    assert response.header(b"transfer-encoding") is None
+    assert len(response.body) == 100000
+
+
+@pytest_twisted.ensureDeferred
+async def test_ab_keep_alive_requests_all_succeed(proxy: Any) -> None:
+    # ab speaks HTTP/1.0 with Connection: Keep-Alive (Debian's
+    # apache2-utils, which ./dev installs).
+    ab = shutil.which("ab")
+    assert ab is not None, "ab (apache2-utils) is not installed"
+    server, running = await proxy()
+    output = await getProcessOutput(
+        ab,
+        ["-k", "-n", "2000", "-c", "20", "-s", "10", f"{running.url}/hello"],
+        errortoo=True,
+    )
+    text = output.decode()
+    figures = dict(
+        (name.strip(), value.strip())
+        for name, _, value in (line.partition(":") for line in text.splitlines())
+    )
+    assert figures["Complete requests"] == "2000", text
+    assert figures["Failed requests"] == "0", text
+    assert figures["Keep-Alive requests"] == "2000", text
+    assert len(server.seen) == 2000

@@ -108,6 +108,22 @@ class UpstreamResource(Resource):
         if path.startswith(b"/endless"):
             Streamer(request, None, owner).start()
             return NOT_DONE_YET
+        if path.startswith(b"/absolute-redirect/"):
+            # As httpbin's: absolute URLs built from the Host it was sent.
+            left = int(path.split(b"/")[2])
+            target = b"/absolute-redirect/%d" % (left - 1) if left > 1 else b"/get"
+            request.setResponseCode(302)
+            request.setHeader(b"location", b"http://%s%s" % (_host(request), target))
+            return b""
+        if path.startswith(b"/redirect-to/"):
+            request.setResponseCode(302)
+            request.setHeader(b"location", request.args[b"url"][0])
+            return b""
+        if path == b"/refresh":
+            here = b"http://%s" % _host(request)
+            request.setHeader(b"refresh", b"3; url=%s/get" % here)
+            request.setHeader(b"content-location", b"%s/refresh?a=1" % here)
+            return b"wait"
         if path == b"/cookies":
             request.responseHeaders.setRawHeaders(b"set-cookie", [b"a=1", b"b=2"])
             request.setResponseCode(201, b"Made It")
@@ -127,6 +143,11 @@ class UpstreamResource(Resource):
     def _late(self, request: Any) -> None:
         request.write(b"late from " + self.owner.name.encode())
         request.finish()
+
+
+def _host(request: Any) -> bytes:
+    host: bytes = request.getHeader(b"host")
+    return host
 
 
 class CountingProtocolSite(Site):
