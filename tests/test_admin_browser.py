@@ -719,3 +719,26 @@ def test_the_page_rides_out_a_restart_of_gourmet(
         f"backend / {b.address}: state up → drain"
     )
     expect(state_badge(console, b)).to_have_attribute("data-state", "drain")
+
+
+def test_a_panic_is_shown_on_its_upstream(
+    deployment: Deployment, open_console: OpenConsole
+) -> None:
+    """
+    With every server down, the upstream is in a panic (requests still go
+    to all its servers) and the page says so; it ends when they are back.
+    """
+    console = open_console()
+    panic = console.page.locator("[data-upstream-section=backend] .panic")
+    expect(panic).to_be_hidden()
+    assert deployment.a.stop() == 0
+    assert deployment.b.stop() == 0
+    send_requests(deployment.port, 4)
+    expect(panic).to_be_visible(timeout=3000)
+    expect(panic).to_have_text("panic")
+    deployment.a.start()
+    deployment.b.start()
+    # In a panic both servers keep being tried, and come back up.
+    with Traffic(deployment.port, seconds=10) as traffic:
+        expect(panic).to_be_hidden(timeout=(FAIL_TIMEOUT + 5) * 1000)
+    assert traffic.answered[deployment.a.name] > 0, traffic.answered
