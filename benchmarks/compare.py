@@ -28,7 +28,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from datetime import datetime
@@ -39,7 +38,14 @@ from attrs import asdict, evolve, frozen
 
 import twisted
 from benchmarks import chart, nginx, pypy_env, report, slow_download, wrk
-from benchmarks.processes import REPO, Server, ServerFailed, can_pin, pinned
+from benchmarks.processes import (
+    REPO,
+    Server,
+    ServerFailed,
+    can_pin,
+    pinned,
+    work_directory,
+)
 from benchmarks.slow_client import free_port, rss_kib, size
 from gourmet.pypy import RECOMMENDED_NURSERY
 
@@ -719,19 +725,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     signal.signal(signal.SIGTERM, stop_on_sigterm)
     problems: List[str] = []
     twistd = pypy_twistd(settings, problems)
-    workdir = Path(tempfile.mkdtemp(prefix="gourmet-compare-"))
-    # nginx's worker may run as another user (nobody) and reads from here.
-    workdir.chmod(0o755)
     try:
-        measure(Bench(settings, workdir, twistd), problems)
+        with work_directory("gourmet-compare-", settings.keep_temp) as workdir:
+            measure(Bench(settings, workdir, twistd), problems)
     except KeyboardInterrupt:
         log("compare: interrupted; every server stopped")
         return 130
-    finally:
-        if settings.keep_temp:
-            log(f"Configurations and logs kept in {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

@@ -5,14 +5,17 @@ to a CPU with ``taskset``, waited for, and always stopped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 #: Where the servers run: the checkout, so that ``python -m benchmarks...``
 #: finds this package.
@@ -150,3 +153,21 @@ def children(pid: int) -> List[int]:
         if int(fields[1]) == pid:
             found.append(int(entry.name))
     return found
+
+
+@contextlib.contextmanager
+def work_directory(prefix: str, keep: bool) -> Iterator[Path]:
+    """
+    A new directory for a benchmark's configurations and logs, removed
+    afterwards unless ``keep``.
+    """
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    # nginx's worker may run as another user (nobody) and reads from here.
+    workdir.chmod(0o755)
+    try:
+        yield workdir
+    finally:
+        if keep:
+            sys.stdout.write(f"Configurations and logs kept in {workdir}\n")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)

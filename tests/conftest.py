@@ -5,11 +5,13 @@ servers on loopback.
 
 from __future__ import annotations
 
+import json
 from typing import (
     Any,
     AsyncIterator,
     Awaitable,
     Callable,
+    Counter,
     Iterator,
     List,
     Optional,
@@ -52,6 +54,19 @@ class RunningGourmet:
 
     def upstream(self, name: str) -> Any:
         return self.service.upstreams[name]
+
+    async def answered_by(self, path: str, count: int) -> Counter[str]:
+        """
+        Which upstream servers answered ``count`` requests for ``path``, one
+        after the other, by name; any status but 200 counted by its code.
+        """
+        answered: Counter[str] = Counter()
+        for _ in range(count):
+            response = await self.get(path)
+            body = await response.content()
+            ok = response.code == 200
+            answered[json.loads(body)["server"] if ok else str(response.code)] += 1
+        return answered
 
 
 class _Server(Protocol):

@@ -6,7 +6,6 @@ process, real upstream servers on loopback, the console on its own port.
 from __future__ import annotations
 
 import json
-from collections import Counter
 from typing import Any, Dict, Union
 
 import pytest_twisted
@@ -46,24 +45,16 @@ async def patch(running: Any, server: UpstreamServer, change: Any) -> Any:
     return await response.json()
 
 
-async def split(running: Any, count: int) -> Counter[str]:
-    answered: Counter[str] = Counter()
-    for _ in range(count):
-        response = await running.get("/x")
-        answered[(await response.json())["server"]] += 1
-    return answered
-
-
 @pytest_twisted.ensureDeferred
 async def test_weight_3_to_1_splits_traffic_300_100(
     gourmet: Any, make_upstreams: Any
 ) -> None:
     a, b = make_upstreams("a", "b")
     running = await gourmet(config([a, b]) + ADMIN)
-    assert await split(running, 40) == {"a": 20, "b": 20}
+    assert await running.answered_by("/x", 40) == {"a": 20, "b": 20}
     changed = await patch(running, a, {"weight": 3})
     assert (changed["weight"], changed["configured_weight"]) == (3, 1)
-    answered = await split(running, 400)
+    answered = await running.answered_by("/x", 400)
     assert 285 <= answered["a"] <= 315, answered
     assert answered["a"] + answered["b"] == 400
 
@@ -75,7 +66,7 @@ async def test_weight_0_lets_in_flight_requests_finish(
     a, b = make_upstreams("a", "b")
     running = await gourmet(config([a, b]) + ADMIN)
     # Round robin sends the first request to a, the second (slow) one to b.
-    await split(running, 1)
+    await running.answered_by("/x", 1)
     slow = running.get("/slow/0.5")
     for _ in range(100):
         if b.seen:
@@ -83,7 +74,7 @@ async def test_weight_0_lets_in_flight_requests_finish(
         await sleep(0.01)
     assert b.seen, "the slow request did not reach b"
     await patch(running, b, {"weight": 0})
-    assert await split(running, 20) == {"a": 20}
+    assert await running.answered_by("/x", 20) == {"a": 20}
     response = await slow
     assert response.code == 200
     assert await response.text() == "late from b"

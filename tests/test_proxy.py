@@ -228,21 +228,6 @@ async def test_failure_status_is_retried_elsewhere(
     assert [len(a.seen), len(b.seen)] == [1, 1]
 
 
-async def servers_of(running: Any, path: str, count: int) -> Counter[str]:
-    """
-    Which servers answered ``count`` requests for ``path``, by name, with
-    any status but 200 counted under its code.
-    """
-    answered: Counter[str] = Counter()
-    for _ in range(count):
-        response = await running.get(path)
-        body = await response.content()
-        answered[
-            json.loads(body)["server"] if response.code == 200 else str(response.code)
-        ] += 1
-    return answered
-
-
 @pytest_twisted.ensureDeferred
 async def test_application_503s_take_no_server_out_by_default(
     gourmet: Any, make_upstreams: Any
@@ -254,7 +239,7 @@ async def test_application_503s_take_no_server_out_by_default(
         # The application's answer, not retried and not Gourmet's own 503.
         assert response.code == 503
         assert (await response.content()).startswith(b"status 503 from ")
-    assert await servers_of(running, "/hello", 4) == {"a": 2, "b": 2}
+    assert await running.answered_by("/hello", 4) == {"a": 2, "b": 2}
     assert [len(a.seen), len(b.seen)] == [7, 7]
 
 
@@ -269,7 +254,7 @@ async def test_with_fail_status_the_panic_threshold_keeps_serving(
             assert (await running.get("/status/503")).code == 503
         # Both servers are down now; refusing everything is the one sure
         # outage, so both still take requests.
-        assert await servers_of(running, "/hello", 4) == {"a": 2, "b": 2}
+        assert await running.answered_by("/hello", 4) == {"a": 2, "b": 2}
     upstream = running.upstream("backend")
     assert [server.health.state.value for server in upstream.servers] == [
         "down",
