@@ -1,15 +1,15 @@
 """
-The Go original's README, which the project keeps beside this checkout in
-``../shared/reference``: its configuration must load as written.
+The README of the Go experiment Gourmet began as, as the project was given
+it (``shared/reference/gourmet-go-README.md`` beside the repository), kept
+verbatim in ``tests/fixtures`` so that the suite needs nothing outside the
+repository: its configuration must load as written.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-REFERENCE_README = (
-    Path(__file__).resolve().parents[2] / "shared/reference/gourmet-go-README.md"
-)
+REFERENCE_README = Path(__file__).resolve().parent / "fixtures/gourmet-go-README.md"
 
 
 def reference_config() -> str:
