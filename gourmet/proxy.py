@@ -207,7 +207,6 @@ class ProxyExchange:
         self.headers = headers
         #: The client's Host, for redirects; and to send when preserved.
         self.client_host = client_host
-        self.host_sent: bytes = b""
         self.body = body
         self.body_length = body_length
         # A request that may have reached a server is sent again only if
@@ -257,17 +256,23 @@ class ProxyExchange:
             connection.abort()
             return
         self.connection = connection
-        host = self.client_host if self.config.preserve_host else None
-        self.host_sent = host = host or server.origin.host_header
         request = UpstreamRequest(
             method=self.method,
             target=self.target,
-            headers=[(b"Host", host), *self.headers],
+            headers=[(b"Host", self._host_sent(server)), *self.headers],
             body=self.body,
             body_length=self.body_length,
         )
         config = self.config
         connection.send(request, self, config.read_timeout, config.header_timeout)
+
+    def _host_sent(self, server: Server) -> bytes:
+        """
+        The Host header ``server`` is sent: its own, or the client's.
+        """
+        if self.config.preserve_host and self.client_host is not None:
+            return self.client_host
+        return server.origin.host_header
 
     def _connect_failed(self, reason: Failure) -> None:
         self.connecting = None
@@ -394,7 +399,7 @@ class ProxyExchange:
         scheme = server.origin.scheme.encode("ascii")
         named = {
             authority(scheme, server.origin.host_header),
-            authority(scheme, self.host_sent),
+            authority(scheme, self._host_sent(server)),
         }
         request = self.request
         host = self.client_host
