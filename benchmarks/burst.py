@@ -48,7 +48,7 @@ from benchmarks import nginx, pypy_env
 from benchmarks.compare import fetch, log, start, stop_on_sigterm
 from benchmarks.processes import REPO, Server, ServerFailed, work_directory
 from benchmarks.slow_client import free_port
-from gourmet.endpoints import DEFAULT_BACKLOG, SOMAXCONN_PATH, default_backlog
+from gourmet.config.endpoints import DEFAULT_BACKLOG, SOMAXCONN_PATH, default_backlog
 from gourmet.pypy import RECOMMENDED_NURSERY
 
 CONNECTIONS = 8000

@@ -15,7 +15,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from gourmet.origin import parse_origin
+from gourmet.config.origin import parse_origin
 
 
 class DemoResource(Resource):

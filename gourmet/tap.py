@@ -14,21 +14,21 @@ from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.web.server import Site
 
-from gourmet.accesslog import AccessLog
-from gourmet.admin import admin_site
-from gourmet.config import DEFAULT_CONFIG_PATH, GourmetConfig
-from gourmet.configfile import ConfigError, load_config
+from gourmet._twisted.pollloop import install_poll_loop
+from gourmet.admin.app import admin_site
+from gourmet.config.endpoints import default_backlog, with_backlog
+from gourmet.config.load import ConfigError, load_config
+from gourmet.config.model import DEFAULT_CONFIG_PATH, GourmetConfig
 from gourmet.demo import demo_service
-from gourmet.endpoints import default_backlog, with_backlog
-from gourmet.errors import ErrorPages
-from gourmet.eventloop import install_poll_loop
+from gourmet.frontend.accesslog import AccessLog
+from gourmet.frontend.errors import ErrorPages
+from gourmet.frontend.routing import Router
+from gourmet.frontend.site import GourmetSite, RoutingResource
 from gourmet.logs import foreground_observer
-from gourmet.pool import ConnectionPool
-from gourmet.proxy import LocationResource
+from gourmet.proxy.resource import LocationResource
 from gourmet.pypy import nursery_warning, running_nursery
-from gourmet.routing import Router
-from gourmet.site import GourmetSite, RoutingResource
-from gourmet.upstreams import Upstream
+from gourmet.upstream.pool import ConnectionPool
+from gourmet.upstream.state import Upstream
 
 
 class Options(usage.Options):
@@ -122,7 +122,7 @@ def build_service(
     :raises ConfigError: for what only building can find out (a listen
         string Twisted cannot parse, an unreadable error page).
     """
-    # Socket events skip Twisted's per-event log context (gourmet.eventloop).
+    # Socket events skip Twisted's per-event log context (gourmet._twisted.pollloop).
     install_poll_loop(reactor)
     upstreams = {u.name: Upstream(u, reactor) for u in config.upstreams}
     pools = {

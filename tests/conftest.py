@@ -26,7 +26,7 @@ import treq
 from twisted.internet import reactor
 from twisted.web.client import HTTPConnectionPool
 
-from gourmet.configfile import parse_config
+from gourmet.config.load import parse_config
 from gourmet.tap import GourmetService, build_service
 from tests.configs import ADMIN_LISTEN, config
 from tests.rawhttp import RawClient

@@ -16,11 +16,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 
-from gourmet.admin import AdminApp, AdminResource
-from gourmet.adminauth import AdminSecurity
-from gourmet.configfile import parse_config
-from gourmet.passwords import hash_password
-from gourmet.upstreams import Upstream
+from gourmet.admin.app import AdminApp, AdminResource
+from gourmet.admin.auth import AdminSecurity
+from gourmet.admin.passwords import hash_password
+from gourmet.config.load import parse_config
+from gourmet.upstream.state import Upstream
 
 TOKEN = "a-token-of-twenty-chars"
 PASSWORD = "s3cret-pass"

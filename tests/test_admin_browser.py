@@ -33,8 +33,8 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
-from gourmet.passwords import hash_password
-from gourmet.upstreams import server_ids
+from gourmet.admin.passwords import hash_password
+from gourmet.upstream.state import server_ids
 from tests.test_twistd import TWISTD, free_port
 
 ROOT = Path(__file__).parents[1]

@@ -12,7 +12,7 @@ import attrs
 import pytest
 from zope.interface.verify import verifyObject
 
-from gourmet.balancers import (
+from gourmet.upstream.balancers import (
     BALANCERS,
     IBalancer,
     LeastConnections,

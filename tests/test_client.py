@@ -20,7 +20,8 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gourmet.client import (
+from gourmet.config.origin import Origin, parse_origin
+from gourmet.upstream.connection import (
     ConnectFailed,
     ConnectionClosed,
     ConnectTimeout,
@@ -33,8 +34,7 @@ from gourmet.client import (
     UpstreamRequest,
     parse_head,
 )
-from gourmet.origin import Origin, parse_origin
-from gourmet.pool import ConnectionPool
+from gourmet.upstream.pool import ConnectionPool
 from tests.rawhttp import sleep
 from tests.upstreams import Answer, ScriptedServer
 

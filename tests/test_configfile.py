@@ -11,8 +11,10 @@ from typing import List, Tuple
 
 import pytest
 
-from gourmet.balancers import BALANCERS
-from gourmet.config import (
+from gourmet.admin.passwords import hash_password, verify_password
+from gourmet.config.endpoints import endpoint_is_loopback
+from gourmet.config.load import ConfigError, load_config, parse_config
+from gourmet.config.model import (
     AdminConfig,
     DemoConfig,
     FrontendConfig,
@@ -21,10 +23,8 @@ from gourmet.config import (
     ServerConfig,
     UpstreamConfig,
 )
-from gourmet.configfile import ConfigError, load_config, parse_config
-from gourmet.endpoints import endpoint_is_loopback
-from gourmet.origin import parse_origin
-from gourmet.passwords import hash_password, verify_password
+from gourmet.config.origin import parse_origin
+from gourmet.upstream.balancers import BALANCERS
 from tests.reference import reference_config
 
 ETC = Path(__file__).parents[1] / "etc"
@@ -128,7 +128,7 @@ def test_demo_loads() -> None:
 
 def test_defaults_are_the_models() -> None:
     """
-    What a configuration leaves out gets the default :mod:`gourmet.config`
+    What a configuration leaves out gets the default :mod:`gourmet.config.model`
     declares.
     """
     loaded = parse_config(config(), "test.toml")

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 
-from gourmet.endpoints import DEFAULT_BACKLOG, default_backlog, with_backlog
+from gourmet.config.endpoints import DEFAULT_BACKLOG, default_backlog, with_backlog
 from tests.configs import config
 
 

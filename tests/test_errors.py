@@ -12,7 +12,7 @@ import pytest
 import pytest_twisted
 import treq
 
-from gourmet.errors import ErrorPages, prefers_json
+from gourmet.frontend.errors import ErrorPages, prefers_json
 from tests.configs import config
 
 

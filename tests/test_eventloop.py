@@ -1,5 +1,5 @@
 """
-gourmet.eventloop: the epoll reactor's loop without a log context per
+gourmet._twisted.pollloop: the epoll reactor's loop without a log context per
 event, on a reactor of the test's own (the suite's proxy tests run on the
 global one with the loop installed by build_service).
 """
@@ -16,7 +16,7 @@ from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
-from gourmet.eventloop import install_poll_loop
+from gourmet._twisted.pollloop import install_poll_loop
 
 
 class Reader(FileDescriptor):

@@ -9,7 +9,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import pytest
 
-from gourmet.headers import (
+from gourmet.http.forwarding import (
     CheckedHeaders,
     TrustedProxies,
     forwardable,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from twisted.internet.task import Clock
 
-from gourmet.health import Health, PassiveHealth
+from gourmet.upstream.health import Health, PassiveHealth
 
 
 def make(max_fail: int = 1, fail_timeout: float = 10.0) -> tuple[PassiveHealth, Clock]:

@@ -14,7 +14,7 @@ import pytest
 import pytest_twisted
 import treq
 
-from gourmet.channel import (
+from gourmet.frontend.channel import (
     BadRequest,
     Head,
     RequestLine,

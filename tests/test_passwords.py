@@ -13,8 +13,8 @@ from typing import Callable, List
 
 import pytest
 
-from gourmet import passwords
-from gourmet.passwords import (
+from gourmet.admin import passwords
+from gourmet.admin.passwords import (
     PasswordChecker,
     check_hash,
     hash_password,

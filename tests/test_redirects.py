@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 
-from gourmet.redirects import RedirectRewrite, authority
+from gourmet.http.redirects import RedirectRewrite, authority
 from tests.configs import config
 from tests.test_rfc import raw_client
 

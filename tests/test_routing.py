@@ -9,8 +9,8 @@ from typing import Optional
 
 import pytest
 
-from gourmet.config import LocationConfig
-from gourmet.routing import Router
+from gourmet.config.model import LocationConfig
+from gourmet.frontend.routing import Router
 
 
 def location(

@@ -1,5 +1,5 @@
 """
-How Gourmet reads and writes its sockets (gourmet.sockets).  Reads into a
+How Gourmet reads and writes its sockets (gourmet._twisted.sockets).  Reads into a
 shared buffer are switched on here whatever the interpreter, so that
 CPython runs check the path PyPy takes.
 """
@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
 
-from gourmet import sockets
+from gourmet._twisted import sockets
 
 
 @pytest.fixture

@@ -122,7 +122,8 @@ async def test_reference_configuration_runs_under_twistd(
     await response.content()
     # The admin console of the same process counts what went where.
     console = await treq.get(
-        f"http://127.0.0.1:{admin_port}/api/upstreams/backend", pool=gourmet.pool
+        f"http://127.0.0.1:{admin_port}/api/upstreams/backend",
+        pool=gourmet.pool,
     )
     counted = {s["address"]: s["requests"] for s in (await console.json())["servers"]}
     assert counted == {

@@ -12,9 +12,9 @@ from typing import List, Sequence
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 
-from gourmet.config import UpstreamConfig
-from gourmet.configfile import parse_config
-from gourmet.upstreams import AdminState, Server, Upstream
+from gourmet.config.load import parse_config
+from gourmet.config.model import UpstreamConfig
+from gourmet.upstream.state import AdminState, Server, Upstream
 from tests.configs import config
 
 

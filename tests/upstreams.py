@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from gourmet.origin import Origin, parse_origin
+from gourmet.config.origin import Origin, parse_origin
 
 
 class Seen:

@@ -1,7 +1,7 @@
 """
 Gourmet's configuration: frozen values, built and validated in one place
-(:mod:`gourmet.configfile`) and never changed afterwards.  Runtime state
-(health, counters, a weight an operator set) lives in :mod:`gourmet.upstreams`
+(:mod:`gourmet.config.load`) and never changed afterwards.  Runtime state
+(health, counters, a weight an operator set) lives in :mod:`gourmet.upstream.state`
 and points here.
 """
 
@@ -12,8 +12,8 @@ from typing import Optional, Tuple
 
 from attrs import field, frozen
 
-from gourmet.endpoints import endpoint_is_loopback
-from gourmet.origin import Origin
+from gourmet.config.endpoints import endpoint_is_loopback
+from gourmet.config.origin import Origin
 
 #: The largest weight a server may have, in configuration or at runtime.
 MAX_WEIGHT = 1000
@@ -70,7 +70,7 @@ class UpstreamConfig:
     panic_threshold: int = 50
     preserve_host: bool = False
     #: Rewrite ``Location``, ``Content-Location`` and ``Refresh`` URLs that
-    #: name the server to name the proxy (:mod:`gourmet.redirects`).
+    #: name the server to name the proxy (:mod:`gourmet.http.redirects`).
     redirect_rewrite: bool = True
     #: Idle keep-alive connections kept open to each server.
     keepalive: int = 32
@@ -138,7 +138,7 @@ class FrontendConfig:
     underscores_in_headers: str = "drop"
     #: The listen backlog of Gourmet's listeners whose endpoint string sets
     #: none; None: the kernel's ``somaxconn``, at least 511
-    #: (:func:`gourmet.endpoints.default_backlog`).
+    #: (:func:`gourmet.config.endpoints.default_backlog`).
     backlog: Optional[int] = None
 
     @property
@@ -179,7 +179,7 @@ class AdminConfig:
     listen: Optional[str] = "tcp:8081:interface=127.0.0.1"
     #: The bearer token for the JSON API (from ``token`` or ``token_file``).
     token: Optional[str] = None
-    #: User name → password hash (:mod:`gourmet.passwords`) for the browser.
+    #: User name → password hash (:mod:`gourmet.admin.passwords`) for the browser.
     users: Tuple[Tuple[str, str], ...] = ()
     #: Host header names accepted besides localhost and loopback addresses.
     hosts: Tuple[str, ...] = ()

@@ -17,12 +17,12 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import provider
 
-from gourmet.accesslog import AccessLog, ProxyRecord
-from gourmet.channel import GourmetChannel
-from gourmet.config import FrontendConfig
-from gourmet.errors import ErrorPages
-from gourmet.routing import Router
-from gourmet.stats import ClientStats
+from gourmet.config.model import FrontendConfig
+from gourmet.frontend.accesslog import AccessLog, ProxyRecord
+from gourmet.frontend.channel import GourmetChannel
+from gourmet.frontend.errors import ErrorPages
+from gourmet.frontend.routing import Router
+from gourmet.upstream.stats import ClientStats
 
 #: What Gourmet's own responses say in ``Server``: no version to help an
 #: attacker pick an exploit (nginx's ``server_tokens off``).

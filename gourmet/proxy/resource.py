@@ -17,8 +17,18 @@ from twisted.web.proxy import ReverseProxyResource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from gourmet.accesslog import CLIENT_CLOSED, ProxyRecord
-from gourmet.client import (
+from gourmet.frontend.accesslog import CLIENT_CLOSED, ProxyRecord
+from gourmet.frontend.errors import ErrorPages
+from gourmet.http.forwarding import (
+    CheckedHeaders,
+    TrustedProxies,
+    connection_tokens,
+    forwardable,
+    lower_name,
+    upstream_request_headers,
+)
+from gourmet.http.redirects import REWRITTEN, RedirectRewrite, authority
+from gourmet.upstream.connection import (
     ConnectFailed,
     ConnectionClosed,
     ConnectTimeout,
@@ -30,18 +40,8 @@ from gourmet.client import (
     UpstreamError,
     UpstreamRequest,
 )
-from gourmet.errors import ErrorPages
-from gourmet.headers import (
-    CheckedHeaders,
-    TrustedProxies,
-    connection_tokens,
-    forwardable,
-    lower_name,
-    upstream_request_headers,
-)
-from gourmet.pool import ConnectionPool
-from gourmet.redirects import REWRITTEN, RedirectRewrite, authority
-from gourmet.upstreams import Server, Upstream
+from gourmet.upstream.pool import ConnectionPool
+from gourmet.upstream.state import Server, Upstream
 
 #: Methods that may be sent again after reaching a server (RFC 9110, 9.2.2).
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-from gourmet.health import Health
-from gourmet.upstreams import AdminState, Server, Upstream
+from gourmet.upstream.health import Health
+from gourmet.upstream.state import AdminState, Server, Upstream
 
 #: Seconds of per-second history sent for the charts.
 CHART_SECONDS = 120

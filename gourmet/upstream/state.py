@@ -16,10 +16,10 @@ from typing import Collection, List, Optional, Tuple
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from gourmet.balancers import BALANCERS, IBalancer
-from gourmet.config import MAX_WEIGHT, ServerConfig, UpstreamConfig
-from gourmet.health import PassiveHealth
-from gourmet.stats import ServerStats, UpstreamStats
+from gourmet.config.model import MAX_WEIGHT, ServerConfig, UpstreamConfig
+from gourmet.upstream.balancers import BALANCERS, IBalancer
+from gourmet.upstream.health import PassiveHealth
+from gourmet.upstream.stats import ServerStats, UpstreamStats
 
 
 class AdminState(enum.Enum):

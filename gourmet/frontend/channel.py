@@ -42,13 +42,13 @@ from twisted.web.http import (
 )
 from twisted.web.http_headers import Headers
 
-from gourmet.config import FrontendConfig
+from gourmet._twisted.sockets import tune
+from gourmet.config.model import FrontendConfig
 from gourmet.deadline import Deadline
-from gourmet.headers import CONTROL, TCHAR
-from gourmet.sockets import tune
+from gourmet.http.forwarding import CONTROL, TCHAR
 
 if TYPE_CHECKING:
-    from gourmet.site import GourmetSite
+    from gourmet.frontend.site import GourmetSite
 
 #: Status lines of Gourmet's own refusals (RFC 9110 names, whatever the
 #: Python version).
@@ -382,10 +382,10 @@ class GourmetChannel(HTTPChannel):
     """
     An :class:`HTTPChannel` that refuses what it cannot read unambiguously,
     enforces the ``[server]`` limits (see
-    :class:`gourmet.config.FrontendConfig`) and answers each refusal with
+    :class:`gourmet.config.model.FrontendConfig`) and answers each refusal with
     a bare status and a closed connection.
 
-    Its site must be a :class:`gourmet.site.GourmetSite`: the limits are
+    Its site must be a :class:`gourmet.frontend.site.GourmetSite`: the limits are
     its ``frontend``, and it counts connections for ``max_connections``.
     """
 
@@ -466,7 +466,7 @@ class GourmetChannel(HTTPChannel):
         return self._peer
 
     # -- writing responses ------------------------------------------------
-    # Writes reach the socket at once (gourmet.sockets), so the head waits
+    # Writes reach the socket at once (gourmet._twisted.sockets), so the head waits
     # for the body's first bytes: one send, one packet, for a small response.
 
     def writeHeaders(
@@ -510,7 +510,7 @@ class GourmetChannel(HTTPChannel):
         self.transport.write(data)  # type: ignore[union-attr]
 
     def writeSequence(self, iovec: Any) -> None:
-        # The transport joins the pieces anyway (gourmet.sockets, and TLS).
+        # The transport joins the pieces anyway (gourmet._twisted.sockets, and TLS).
         self.write(b"".join(iovec))
 
     def flush_head(self) -> None:

@@ -4,7 +4,7 @@ upstream's servers live and lets an operator change a server's weight,
 drain, disable and enable it, through a web page or a JSON API.
 
 It holds the very objects the proxy balances over, so a change applies to
-the next request.  Who may do what is decided in :mod:`gourmet.adminauth`.
+the next request.  Who may do what is decided in :mod:`gourmet.admin.auth`.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 from werkzeug.exceptions import HTTPException
 
-from gourmet.adminauth import REALM, SECURITY_HEADERS, AdminSecurity, Refused
-from gourmet.config import MAX_WEIGHT, GourmetConfig
-from gourmet.errors import error_document
-from gourmet.metrics import MetricsResource, metrics_registry
-from gourmet.site import NamedRequest
-from gourmet.stats import ClientStats
-from gourmet.upstreams import AdminState, Server, Upstream
-from gourmet.views import upstream_view
+from gourmet.admin.auth import REALM, SECURITY_HEADERS, AdminSecurity, Refused
+from gourmet.admin.metrics import MetricsResource, metrics_registry
+from gourmet.admin.views import upstream_view
+from gourmet.config.model import MAX_WEIGHT, GourmetConfig
+from gourmet.frontend.errors import error_document
+from gourmet.frontend.site import NamedRequest
+from gourmet.upstream.state import AdminState, Server, Upstream
+from gourmet.upstream.stats import ClientStats
 
 #: The console's own files, served from the package.
 _STATIC: Dict[str, Tuple[str, bytes]] = {
@@ -39,7 +39,9 @@ _STATES = {state.value: state for state in AdminState}
 
 
 def _static(name: str) -> bytes:
-    return resources.files("gourmet").joinpath("static").joinpath(name).read_bytes()
+    return (
+        resources.files("gourmet.admin").joinpath("static").joinpath(name).read_bytes()
+    )
 
 
 def _json(request: Any, document: Any, status: int = 200) -> bytes:

@@ -19,8 +19,12 @@ from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
-from gourmet.client import ConnectFailed, ConnectTimeout, UpstreamConnection
-from gourmet.origin import Origin
+from gourmet.config.origin import Origin
+from gourmet.upstream.connection import (
+    ConnectFailed,
+    ConnectTimeout,
+    UpstreamConnection,
+)
 
 
 class ConnectionPool:

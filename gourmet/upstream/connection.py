@@ -25,10 +25,10 @@ from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
+from gourmet._twisted.sockets import tune
+from gourmet.config.origin import Origin
 from gourmet.deadline import Deadline
-from gourmet.headers import CONTROL, TCHAR, connection_tokens
-from gourmet.origin import Origin
-from gourmet.sockets import tune
+from gourmet.http.forwarding import CONTROL, TCHAR, connection_tokens
 
 HeaderList = List[Tuple[bytes, bytes]]
 

@@ -1,6 +1,6 @@
 """
 Reading Gourmet's TOML configuration file into the frozen model of
-:mod:`gourmet.config`.
+:mod:`gourmet.config.model`.
 
 Every problem, from a TOML syntax error to an upstream that a location names
 but nobody defined, is a :class:`ConfigError` that names the file, the key
@@ -11,7 +11,7 @@ path and what was expected, in one line::
 
 Defaults are not repeated here: a key the file leaves out is left out of the
 call that builds its configuration object, so the default in
-:mod:`gourmet.config` (or :func:`gourmet.origin.parse_origin`) applies.
+:mod:`gourmet.config.model` (or :func:`gourmet.config.origin.parse_origin`) applies.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from typing import (
     TypeVar,
 )
 
-from gourmet import passwords
-from gourmet.balancers import BALANCERS
-from gourmet.config import (
+from gourmet.admin import passwords
+from gourmet.config.endpoints import is_loopback_host
+from gourmet.config.model import (
     MAX_WEIGHT,
     AdminConfig,
     DemoConfig,
@@ -49,8 +49,8 @@ from gourmet.config import (
     ServerConfig,
     UpstreamConfig,
 )
-from gourmet.endpoints import is_loopback_host
-from gourmet.origin import parse_origin
+from gourmet.config.origin import parse_origin
+from gourmet.upstream.balancers import BALANCERS
 
 if sys.version_info >= (3, 11):
     import tomllib

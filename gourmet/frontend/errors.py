@@ -85,7 +85,7 @@ class ErrorPages:
     def __init__(self, template: Optional[str] = None) -> None:
         if template is None:
             template = (
-                resources.files("gourmet")
+                resources.files("gourmet.frontend")
                 .joinpath("templates/error.html")
                 .read_text("utf-8")
             )

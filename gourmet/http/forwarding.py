@@ -115,7 +115,7 @@ def lower_name(name: bytes) -> bytes:
 class CheckedHeaders(Headers):
     """
     Headers that may also take values already checked as they were parsed
-    (:func:`gourmet.client.parse_head` refuses CR, LF and other control
+    (:func:`gourmet.upstream.connection.parse_head` refuses CR, LF and other control
     bytes), without Twisted's sanitising copy: a list and two copies of the
     bytes for each header of every response.
 

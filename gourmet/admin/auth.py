@@ -26,8 +26,8 @@ from typing import Any, Dict, Optional, Set, Tuple
 
 from attrs import frozen
 
-from gourmet.config import AdminConfig
-from gourmet.passwords import PasswordChecker
+from gourmet.admin.passwords import PasswordChecker
+from gourmet.config.model import AdminConfig
 
 #: Headers on every admin response.
 SECURITY_HEADERS: Dict[bytes, bytes] = {

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Optional, Sequence, Tuple
 
-from gourmet.config import LocationConfig
+from gourmet.config.model import LocationConfig
 
 
 def _host_name(host: bytes) -> str:

@@ -1,0 +1,3 @@
+"""
+Every use of a private name of Twisted's, fenced in one place.
+"""

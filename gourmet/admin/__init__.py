@@ -1,0 +1,3 @@
+"""
+The admin console: its app, who may use it, its views and metrics.
+"""

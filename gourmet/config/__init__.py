@@ -1,0 +1,3 @@
+"""
+Configuration: the frozen model, and reading it from TOML.
+"""

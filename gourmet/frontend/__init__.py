@@ -1,0 +1,3 @@
+"""
+The client side: connections, the site, routing, errors and the access log.
+"""

@@ -1,0 +1,3 @@
+"""
+HTTP/1.1 syntax and the rules a proxy follows, with no Twisted in it.
+"""

@@ -1,0 +1,3 @@
+"""
+What a request becomes on its way to an upstream and back.
+"""

@@ -1,0 +1,3 @@
+"""
+What Gourmet knows about its servers: state, balancers, health, connections.
+"""
