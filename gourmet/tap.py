@@ -1,34 +1,16 @@
 """
-``twistd gourmet``: command-line options and the service they build.
+``twistd gourmet``: the command-line options, and the service they make
+(built by :mod:`gourmet.service`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
-
-from twisted.application import strports
-from twisted.application.service import MultiService, Service
-from twisted.internet.defer import DeferredList, ensureDeferred
-from twisted.internet.error import CannotListenError
-from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
-from twisted.web.server import Site
 
-from gourmet._twisted.pollloop import install_poll_loop
-from gourmet.admin.app import admin_site
-from gourmet.config.endpoints import default_backlog, with_backlog
 from gourmet.config.load import ConfigError, load_config
-from gourmet.config.model import DEFAULT_CONFIG_PATH, GourmetConfig
-from gourmet.demo import demo_service
-from gourmet.frontend.accesslog import AccessLog
-from gourmet.frontend.errors import ErrorPages
-from gourmet.frontend.routing import Router
-from gourmet.frontend.site import GourmetSite, RoutingResource
+from gourmet.config.model import DEFAULT_CONFIG_PATH
 from gourmet.logs import foreground_observer
-from gourmet.proxy.resource import LocationResource
-from gourmet.pypy import nursery_warning, running_nursery
-from gourmet.upstream.pool import ConnectionPool
-from gourmet.upstream.state import Upstream
+from gourmet.service import GourmetService, build_service
 
 
 class Options(usage.Options):
@@ -37,173 +19,6 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", DEFAULT_CONFIG_PATH, "The configuration file to load."],
     ]
-
-
-class GourmetService(MultiService):
-    """
-    Everything one configuration runs: the proxy's listeners, the access
-    log, the demo upstreams, and the upstreams' runtime state and pools.
-    """
-
-    log = Logger()
-
-    def __init__(
-        self,
-        config: GourmetConfig,
-        upstreams: Dict[str, Upstream],
-        pools: Dict[str, ConnectionPool],
-        site: GourmetSite,
-        log_observer: Optional[ILogObserver] = None,
-    ) -> None:
-        super().__init__()
-        self.config = config
-        self.upstreams = upstreams
-        self.pools = pools
-        self.site = site
-        self.admin_site: Optional[Site] = None
-        self.admin_listener: Optional[Service] = None
-        self._log_observer = log_observer
-
-    def setServiceParent(self, parent: Any) -> None:
-        # twistd starts its logging after makeService, from an ILogObserver
-        # component of the application this is attached to.
-        if self._log_observer is not None and hasattr(parent, "setComponent"):
-            parent.setComponent(ILogObserver, self._log_observer)
-        super().setServiceParent(parent)
-
-    def privilegedStartService(self) -> None:
-        # Listening happens here: a port in use or a socket not permitted
-        # stops start-up with one line, not a traceback.
-        try:
-            super().privilegedStartService()
-        except CannotListenError as error:
-            self.log.critical(
-                "gourmet: {source}: cannot start: {error}",
-                source=self.config.source,
-                error=error,
-            )
-            raise SystemExit(1) from None
-
-    def startService(self) -> None:
-        self.log.info(
-            "gourmet listening on {endpoints} with {count} upstreams from {source}",
-            endpoints=", ".join(self.config.server.endpoints),
-            count=len(self.upstreams),
-            source=self.config.source,
-        )
-        admin = self.config.admin
-        if admin.listen is not None:
-            self.log.info(
-                "admin console on {endpoint} ({mode})",
-                endpoint=admin.listen,
-                mode="changes allowed with credentials"
-                if admin.has_credentials
-                else "read-only: no credentials configured",
-            )
-        warning = nursery_warning(running_nursery())
-        if warning is not None:
-            self.log.warn("{warning}", warning=warning)
-        super().startService()
-
-    def stopService(self) -> Any:
-        async def stop() -> None:
-            await super(GourmetService, self).stopService()
-            await DeferredList([pool.close() for pool in self.pools.values()])
-
-        return ensureDeferred(stop())
-
-
-def build_service(
-    config: GourmetConfig, reactor: Any, log_observer: Optional[ILogObserver] = None
-) -> GourmetService:
-    """
-    The service for ``config``.
-
-    :raises ConfigError: for what only building can find out (a listen
-        string Twisted cannot parse, an unreadable error page).
-    """
-    # Socket events skip Twisted's per-event log context (gourmet._twisted.pollloop).
-    install_poll_loop(reactor)
-    upstreams = {u.name: Upstream(u, reactor) for u in config.upstreams}
-    pools = {
-        u.name: ConnectionPool(
-            reactor,
-            max_idle_per_origin=u.keepalive,
-            idle_timeout=u.keepalive_timeout,
-            connect_timeout=u.connect_timeout,
-        )
-        for u in config.upstreams
-    }
-    error_pages = ErrorPages(_error_page(config))
-    frontend = config.server
-    locations = [
-        LocationResource(
-            upstreams[location.upstream],
-            pools[location.upstream],
-            error_pages,
-            reactor,
-            max_body_size=frontend.max_body_size,
-            trusted_proxies=frontend.trusted_proxies,
-        )
-        for location in frontend.locations
-    ]
-    root = RoutingResource(Router(frontend.locations), locations, error_pages)
-    access_log = AccessLog(config.log.access_log, config.log.access_log_format, reactor)
-    site = GourmetSite(root, reactor, access_log, frontend)
-    service = GourmetService(config, upstreams, pools, site, log_observer)
-    access_log.setServiceParent(service)
-    backlog = frontend.backlog or default_backlog()
-    for index, description in enumerate(frontend.endpoints):
-        key = f"server.listen[{index}]" if frontend.listen else "server.port"
-        listener = _listener(config, key, description, backlog, site, reactor)
-        listener.setServiceParent(service)
-    if config.admin.listen is not None:
-        service.admin_site = admin_site(
-            config, upstreams, reactor, client_stats=site.client_stats
-        )
-        service.admin_listener = _listener(
-            config,
-            "admin.listen",
-            config.admin.listen,
-            backlog,
-            service.admin_site,
-            reactor,
-        )
-        service.admin_listener.setServiceParent(service)
-    if config.demo.listen:
-        demo_service(reactor, config.demo.listen).setServiceParent(service)
-    return service
-
-
-def _listener(
-    config: GourmetConfig,
-    key: str,
-    description: str,
-    backlog: int,
-    site: Site,
-    reactor: Any,
-) -> Service:
-    description = with_backlog(description, backlog)
-    try:
-        listener: Service = strports.service(description, site, reactor=reactor)
-    except (ValueError, KeyError, TypeError) as error:
-        raise ConfigError(
-            config.source, key, f"not a Twisted endpoint string: {error}"
-        ) from None
-    # A port already in use stops start-up with an error, not a log line.
-    listener._raiseSynchronously = True  # type: ignore[attr-defined]
-    return listener
-
-
-def _error_page(config: GourmetConfig) -> Optional[str]:
-    path = config.server.error_page
-    if path is None:
-        return None
-    try:
-        with open(path, encoding="utf-8") as page:
-            return page.read()
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(config.source, "server.error_page", str(error)) from None
 
 
 def makeService(options: Options) -> GourmetService:

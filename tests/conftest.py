@@ -27,7 +27,7 @@ from twisted.internet import reactor
 from twisted.web.client import HTTPConnectionPool
 
 from gourmet.config.load import parse_config
-from gourmet.tap import GourmetService, build_service
+from gourmet.service import GourmetService, Listener, build_service
 from tests.configs import ADMIN_LISTEN, config
 from tests.rawhttp import RawClient
 from tests.upstreams import Answer, ScriptedServer, UpstreamServer
@@ -67,6 +67,16 @@ class RunningGourmet:
             ok = response.code == 200
             answered[json.loads(body)["server"] if ok else str(response.code)] += 1
         return answered
+
+
+def listening_port(listener: Listener) -> int:
+    """
+    The TCP port ``listener`` listens on (port 0 in a configuration is a
+    free one, chosen by the kernel).
+    """
+    assert listener.port is not None
+    port: int = listener.port.getHost().port  # type: ignore[attr-defined]
+    return port
 
 
 class _Server(Protocol):
@@ -142,14 +152,12 @@ async def gourmet() -> AsyncIterator[Callable[[str], Any]]:
             text += f"\n[admin]\nlisten = {ADMIN_LISTEN!r}\n"
         config = parse_config(text, "test.toml")
         service = build_service(config, reactor)
+        service.privilegedStartService()
         service.startService()
-        # The endpoint service keeps the port it listened on privately.
-        listener = next(child for child in service if hasattr(child, "_waitingForPort"))
-        port = await listener._waitingForPort
-        instance = RunningGourmet(service, port.getHost().port)
+        instance = RunningGourmet(service, listening_port(service.listeners[0]))
         if service.admin_listener is not None:
-            admin_port = await service.admin_listener._waitingForPort  # type: ignore[attr-defined]
-            instance.admin_url = f"http://127.0.0.1:{admin_port.getHost().port}"
+            admin_port = listening_port(service.admin_listener)
+            instance.admin_url = f"http://127.0.0.1:{admin_port}"
         running.append(instance)
         return instance
 

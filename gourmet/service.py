@@ -1,0 +1,251 @@
+"""
+The service one configuration runs: the proxy's listeners and site, the
+upstreams' state and connection pools, the admin console, the access log
+and the demo upstreams, built from a :class:`GourmetConfig`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, cast
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import DeferredList, ensureDeferred, maybeDeferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.logger import ILogObserver, Logger
+from twisted.python.failure import Failure
+from twisted.web.server import Site
+
+from gourmet._twisted.pollloop import install_poll_loop
+from gourmet.admin.app import admin_site
+from gourmet.config.endpoints import default_backlog, with_backlog
+from gourmet.config.load import ConfigError
+from gourmet.config.model import GourmetConfig
+from gourmet.demo import demo_service
+from gourmet.frontend.accesslog import AccessLog
+from gourmet.frontend.errors import ErrorPages
+from gourmet.frontend.routing import Router
+from gourmet.frontend.site import GourmetSite, RoutingResource
+from gourmet.proxy.resource import LocationResource
+from gourmet.pypy import nursery_warning, running_nursery
+from gourmet.upstream.pool import ConnectionPool
+from gourmet.upstream.state import Upstream
+
+__all__ = ["GourmetService", "Listener", "build_service"]
+
+
+class GourmetService(MultiService):
+    """
+    Everything one configuration runs: the proxy's listeners, the access
+    log, the demo upstreams, and the upstreams' runtime state and pools.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        config: GourmetConfig,
+        upstreams: Dict[str, Upstream],
+        pools: Dict[str, ConnectionPool],
+        site: GourmetSite,
+        log_observer: Optional[ILogObserver] = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.upstreams = upstreams
+        self.pools = pools
+        self.site = site
+        self.admin_site: Optional[Site] = None
+        self.listeners: List[Listener] = []
+        self.admin_listener: Optional[Listener] = None
+        self._log_observer = log_observer
+
+    def setServiceParent(self, parent: Any) -> None:
+        # twistd starts its logging after makeService, from an ILogObserver
+        # component of the application this is attached to.
+        if self._log_observer is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self._log_observer)
+        super().setServiceParent(parent)
+
+    def privilegedStartService(self) -> None:
+        # Listening happens here: a port in use or a socket not permitted
+        # stops start-up with one line, not a traceback.
+        try:
+            super().privilegedStartService()
+        except CannotListenError as error:
+            self.log.critical(
+                "gourmet: {source}: cannot start: {error}",
+                source=self.config.source,
+                error=error,
+            )
+            raise SystemExit(1) from None
+
+    def startService(self) -> None:
+        # The addresses listened on, not the endpoint strings: a port 0 in
+        # the configuration is told here as the port it became.
+        self.log.info(
+            "gourmet listening on {addresses} with {count} upstreams from {source}",
+            addresses=", ".join(listener.address() for listener in self.listeners),
+            count=len(self.upstreams),
+            source=self.config.source,
+        )
+        admin = self.admin_listener
+        if admin is not None:
+            self.log.info(
+                "admin console on {address} ({mode})",
+                address=admin.address(),
+                mode="changes allowed with credentials"
+                if self.config.admin.has_credentials
+                else "read-only: no credentials configured",
+            )
+        warning = nursery_warning(running_nursery())
+        if warning is not None:
+            self.log.warn("{warning}", warning=warning)
+        super().startService()
+
+    def stopService(self) -> Any:
+        async def stop() -> None:
+            await super(GourmetService, self).stopService()
+            await DeferredList([pool.close() for pool in self.pools.values()])
+
+        return ensureDeferred(stop())
+
+
+def build_service(
+    config: GourmetConfig, reactor: Any, log_observer: Optional[ILogObserver] = None
+) -> GourmetService:
+    """
+    The service for ``config``.
+
+    :raises ConfigError: for what only building can find out (a listen
+        string Twisted cannot parse, an unreadable error page).
+    """
+    # Socket events skip Twisted's per-event log context (gourmet._twisted.pollloop).
+    install_poll_loop(reactor)
+    upstreams = {u.name: Upstream(u, reactor) for u in config.upstreams}
+    pools = {
+        u.name: ConnectionPool(
+            reactor,
+            max_idle_per_origin=u.keepalive,
+            idle_timeout=u.keepalive_timeout,
+            connect_timeout=u.connect_timeout,
+        )
+        for u in config.upstreams
+    }
+    error_pages = ErrorPages(_error_page(config))
+    frontend = config.server
+    locations = [
+        LocationResource(
+            upstreams[location.upstream],
+            pools[location.upstream],
+            error_pages,
+            reactor,
+            max_body_size=frontend.max_body_size,
+            trusted_proxies=frontend.trusted_proxies,
+        )
+        for location in frontend.locations
+    ]
+    root = RoutingResource(Router(frontend.locations), locations, error_pages)
+    access_log = AccessLog(config.log.access_log, config.log.access_log_format, reactor)
+    site = GourmetSite(root, reactor, access_log, frontend)
+    service = GourmetService(config, upstreams, pools, site, log_observer)
+    access_log.setServiceParent(service)
+    backlog = frontend.backlog or default_backlog()
+    for index, description in enumerate(frontend.endpoints):
+        key = f"server.listen[{index}]" if frontend.listen else "server.port"
+        listener = _listener(config, key, description, backlog, site, reactor)
+        listener.setServiceParent(service)
+        service.listeners.append(listener)
+    if config.admin.listen is not None:
+        service.admin_site = admin_site(
+            config, upstreams, reactor, client_stats=site.client_stats
+        )
+        service.admin_listener = _listener(
+            config,
+            "admin.listen",
+            config.admin.listen,
+            backlog,
+            service.admin_site,
+            reactor,
+        )
+        service.admin_listener.setServiceParent(service)
+    if config.demo.listen:
+        demo_service(reactor, config.demo.listen).setServiceParent(service)
+    return service
+
+
+class Listener(Service):
+    """
+    Listens on one endpoint for as long as the service runs.
+
+    Unlike :func:`twisted.application.strports.service`, it listens in
+    ``privilegedStartService`` and lets a failure out there, so that a port
+    in use stops start-up rather than becoming a log line; and it keeps
+    the listening port, whose address (a port 0 made real) it can tell.
+
+    :ivar port: the listening port, once listening.
+    """
+
+    def __init__(self, endpoint: IStreamServerEndpoint, factory: Site) -> None:
+        self.endpoint = endpoint
+        self.factory = factory
+        self.port: Optional[IListeningPort] = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        outcome: List[object] = []
+        # Every endpoint Gourmet takes (tcp, ssl, unix, systemd) listens at
+        # once: the Deferred has fired when listen returns.
+        self.endpoint.listen(self.factory).addBoth(outcome.append)
+        (result,) = outcome
+        if isinstance(result, Failure):
+            result.raiseException()
+        self.port = cast(IListeningPort, result)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        port, self.port = self.port, None
+        return maybeDeferred(port.stopListening) if port is not None else None
+
+    def address(self) -> str:
+        """
+        Where it listens, as a person reads it: ``127.0.0.1:8080``, a path.
+        """
+        if self.port is None:
+            return "(not listening)"
+        host = self.port.getHost()
+        if isinstance(host, (IPv4Address, IPv6Address)):
+            name = f"[{host.host}]" if ":" in host.host else host.host
+            return f"{name}:{host.port}"
+        return str(getattr(host, "name", host))
+
+
+def _listener(
+    config: GourmetConfig,
+    key: str,
+    description: str,
+    backlog: int,
+    site: Site,
+    reactor: Any,
+) -> Listener:
+    description = with_backlog(description, backlog)
+    try:
+        endpoint = serverFromString(reactor, description)
+    except (ValueError, KeyError, TypeError) as error:
+        raise ConfigError(
+            config.source, key, f"not a Twisted endpoint string: {error}"
+        ) from None
+    return Listener(endpoint, site)
+
+
+def _error_page(config: GourmetConfig) -> Optional[str]:
+    path = config.server.error_page
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as page:
+            return page.read()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(config.source, "server.error_page", str(error)) from None
