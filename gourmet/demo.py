@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from gourmet.config.origin import parse_origin
+from gourmet.listener import Listener
 
 
 class DemoResource(Resource):
@@ -64,8 +64,6 @@ def demo_service(reactor: Any, addresses: Any) -> MultiService:
         host = origin.host.replace(":", "\\:")
         endpoint = serverFromString(reactor, f"tcp:{origin.port}:interface={host}")
         site = DemoSite(DemoResource(f"demo {address}"), reactor=reactor)
-        listener = StreamServerEndpointService(endpoint, site)
         # A port already in use stops start-up with an error.
-        listener._raiseSynchronously = True
-        listener.setServiceParent(service)
+        Listener(endpoint, site).setServiceParent(service)
     return service

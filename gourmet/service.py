@@ -6,18 +6,17 @@ and the demo upstreams, built from a :class:`GourmetConfig`.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, cast
+from typing import Any, Dict, List, Optional
 
-from twisted.application.service import MultiService, Service
-from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import DeferredList, ensureDeferred, maybeDeferred
+from twisted.application.service import MultiService
+from twisted.internet.defer import DeferredList, ensureDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import ILogObserver, Logger
-from twisted.python.failure import Failure
 from twisted.web.server import Site
 
+from gourmet._twisted import sockets
+from gourmet._twisted.check import check_twisted
 from gourmet._twisted.pollloop import install_poll_loop
 from gourmet.admin.app import admin_site
 from gourmet.config.endpoints import default_backlog, with_backlog
@@ -28,12 +27,13 @@ from gourmet.frontend.accesslog import AccessLog
 from gourmet.frontend.errors import ErrorPages
 from gourmet.frontend.routing import Router
 from gourmet.frontend.site import GourmetSite, RoutingResource
+from gourmet.listener import Listener
 from gourmet.proxy.resource import LocationResource
 from gourmet.pypy import nursery_warning, running_nursery
 from gourmet.upstream.pool import ConnectionPool
 from gourmet.upstream.state import Upstream
 
-__all__ = ["GourmetService", "Listener", "build_service"]
+__all__ = ["GourmetService", "build_service"]
 
 
 class GourmetService(MultiService):
@@ -121,9 +121,14 @@ def build_service(
 
     :raises ConfigError: for what only building can find out (a listen
         string Twisted cannot parse, an unreadable error page).
+    :raises TwistedMismatch: when the installed Twisted lacks a name a
+        defence relies on.
     """
+    unusable = check_twisted()
     # Socket events skip Twisted's per-event log context (gourmet._twisted.pollloop).
-    install_poll_loop(reactor)
+    if "gourmet._twisted.pollloop" not in unusable:
+        install_poll_loop(reactor)
+    sockets.speedups = "gourmet._twisted.sockets" not in unusable
     upstreams = {u.name: Upstream(u, reactor) for u in config.upstreams}
     pools = {
         u.name: ConnectionPool(
@@ -174,52 +179,6 @@ def build_service(
     if config.demo.listen:
         demo_service(reactor, config.demo.listen).setServiceParent(service)
     return service
-
-
-class Listener(Service):
-    """
-    Listens on one endpoint for as long as the service runs.
-
-    Unlike :func:`twisted.application.strports.service`, it listens in
-    ``privilegedStartService`` and lets a failure out there, so that a port
-    in use stops start-up rather than becoming a log line; and it keeps
-    the listening port, whose address (a port 0 made real) it can tell.
-
-    :ivar port: the listening port, once listening.
-    """
-
-    def __init__(self, endpoint: IStreamServerEndpoint, factory: Site) -> None:
-        self.endpoint = endpoint
-        self.factory = factory
-        self.port: Optional[IListeningPort] = None
-
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
-        outcome: List[object] = []
-        # Every endpoint Gourmet takes (tcp, ssl, unix, systemd) listens at
-        # once: the Deferred has fired when listen returns.
-        self.endpoint.listen(self.factory).addBoth(outcome.append)
-        (result,) = outcome
-        if isinstance(result, Failure):
-            result.raiseException()
-        self.port = cast(IListeningPort, result)
-
-    def stopService(self) -> Any:
-        super().stopService()
-        port, self.port = self.port, None
-        return maybeDeferred(port.stopListening) if port is not None else None
-
-    def address(self) -> str:
-        """
-        Where it listens, as a person reads it: ``127.0.0.1:8080``, a path.
-        """
-        if self.port is None:
-            return "(not listening)"
-        host = self.port.getHost()
-        if isinstance(host, (IPv4Address, IPv6Address)):
-            name = f"[{host.host}]" if ":" in host.host else host.host
-            return f"{name}:{host.port}"
-        return str(getattr(host, "name", host))
 
 
 def _listener(

@@ -5,12 +5,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from twisted.python import usage
 
+from gourmet._twisted.check import TwistedMismatch, check_twisted
 from gourmet.config.load import ConfigError, load_config
 from gourmet.config.model import DEFAULT_CONFIG_PATH
 from gourmet.logs import foreground_observer
-from gourmet.service import GourmetService, build_service
+
+if TYPE_CHECKING:
+    from gourmet.service import GourmetService
 
 
 class Options(usage.Options):
@@ -25,11 +30,16 @@ def makeService(options: Options) -> GourmetService:
     from twisted.internet import reactor
 
     try:
+        # Before the fenced modules are imported: a private name gone from
+        # Twisted is one clear line, not an ImportError's traceback.
+        check_twisted(log_fallbacks=False)
+        from gourmet.service import build_service
+
         config = load_config(options["config"])
         return build_service(
             config, reactor, foreground_observer(getattr(options, "parent", None))
         )
-    except ConfigError as error:
+    except (ConfigError, TwistedMismatch) as error:
         # One line and a non-zero exit: twistd would print its whole usage
         # text before a UsageError.
         raise SystemExit(f"gourmet: {error}") from None

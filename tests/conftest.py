@@ -27,7 +27,8 @@ from twisted.internet import reactor
 from twisted.web.client import HTTPConnectionPool
 
 from gourmet.config.load import parse_config
-from gourmet.service import GourmetService, Listener, build_service
+from gourmet.listener import Listener
+from gourmet.service import GourmetService, build_service
 from tests.configs import ADMIN_LISTEN, config
 from tests.rawhttp import RawClient
 from tests.upstreams import Answer, ScriptedServer, UpstreamServer

@@ -21,18 +21,16 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gourmet.config.origin import Origin, parse_origin
+from gourmet.http.response import InvalidResponse, ResponseHead, parse_head
 from gourmet.upstream.connection import (
     ConnectFailed,
     ConnectionClosed,
     ConnectTimeout,
     HeaderTimeout,
-    InvalidResponse,
     IResponseReceiver,
     ReadTimeout,
-    ResponseHead,
     UpstreamConnection,
     UpstreamRequest,
-    parse_head,
 )
 from gourmet.upstream.pool import ConnectionPool
 from tests.rawhttp import sleep

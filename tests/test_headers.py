@@ -9,8 +9,10 @@ from typing import Dict, List, Sequence, Tuple
 
 import pytest
 
-from gourmet.http.forwarding import (
+from gourmet._twisted.headers import (
     CheckedHeaders,
+)
+from gourmet.http.forwarding import (
     TrustedProxies,
     forwardable,
     forwarded_element,

@@ -14,7 +14,7 @@ import pytest
 import pytest_twisted
 import treq
 
-from gourmet.frontend.channel import (
+from gourmet.http.request import (
     BadRequest,
     Head,
     RequestLine,

@@ -11,7 +11,7 @@ from typing import Any, List, Tuple
 
 import pytest_twisted
 
-from gourmet.frontend.channel import refusal
+from gourmet.http.request import refusal
 from tests.rawhttp import RawClient, sleep, status_of
 from tests.upstreams import UpstreamServer
 

@@ -31,6 +31,8 @@ def install_poll_loop(reactor: Any) -> bool:
         return False
     if getattr(reactor.doIteration, "__func__", None) is not EPollReactor.doPoll:
         return False  # already installed, or someone else's loop
+    if not all(hasattr(reactor, name) for name in ("_selectables", "_poller")):
+        return False  # a Twisted that keeps its poller elsewhere: the stock loop
     handle = reactor._doReadOrWrite
 
     def poll(timeout: Optional[float]) -> None:

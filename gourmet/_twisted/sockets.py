@@ -31,6 +31,10 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 #: Whether to read into a buffer: only where ``recv`` allocates its maximum.
 BUFFERED_READS = platform.python_implementation() == "PyPy"
 
+#: Whether the eager writes and buffered reads are used: not when the
+#: installed Twisted lacks a name they rely on (gourmet._twisted.check).
+speedups = True
+
 
 class _BufferedRead:
     """
@@ -121,7 +125,7 @@ def tune(transport: Any) -> None:
         # pipelined one) goes out now rather than after the peer's delayed
         # acknowledgement, up to 40 ms later.
         transport.setTcpNoDelay(True)
-    if getattr(transport, "TLS", False):
+    if getattr(transport, "TLS", False) or not speedups:
         return
     cls = type(transport)
     if cls.write is tcp.Connection.write:

@@ -6,12 +6,13 @@ location, and the count of client connections.
 
 from __future__ import annotations
 
+import io
+import tempfile
 from typing import IO, Any, Callable, Optional, Sequence, Union
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import _getContentFile
 from twisted.web.iweb import INonQueuedRequestFactory
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -23,6 +24,10 @@ from gourmet.frontend.channel import GourmetChannel
 from gourmet.frontend.errors import ErrorPages
 from gourmet.frontend.routing import Router
 from gourmet.upstream.stats import ClientStats
+
+#: Request bodies shorter than this are kept in memory until they go
+#: upstream; longer ones, and chunked ones, in a temporary file.
+IN_MEMORY_BODY = 100_000
 
 #: What Gourmet's own responses say in ``Server``: no version to help an
 #: attacker pick an exploit (nginx's ``server_tokens off``).
@@ -199,12 +204,15 @@ class GourmetSite(Site):
 
     def getContentFile(self, length: Optional[int]) -> IO[bytes]:
         """
-        Where a request's body is kept until it is sent upstream: Twisted's
-        own choice, offered here so that Twisted's request finds this
-        method rather than raising and catching an AttributeError for every
+        Where a request's body is kept until it is sent upstream: in memory
+        when it is known to be small, else in a temporary file, as Twisted
+        chooses.  Offered here so that Twisted's request finds this method
+        rather than raising and catching an AttributeError for every
         request (costly on PyPy).
         """
-        return _getContentFile(length)
+        if length is not None and length < IN_MEMORY_BODY:
+            return io.BytesIO()
+        return tempfile.TemporaryFile()
 
     def log(self, request: Any) -> None:
         if self.access_log is not None:

@@ -7,20 +7,17 @@ believing what earlier proxies said about it only when they are trusted.
 from __future__ import annotations
 
 import ipaddress
-import re
 from typing import (
     AbstractSet,
-    Dict,
     Iterable,
     List,
     Optional,
     Sequence,
-    Set,
     Tuple,
     Union,
 )
 
-from twisted.web.http_headers import Headers, _nameEncoder
+from gourmet.http.tokens import TOKEN, connection_tokens, lower_name
 
 HeaderList = List[Tuple[bytes, bytes]]
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
@@ -49,13 +46,6 @@ _DROPPED = frozenset({b"expect", b"x-real-ip"})
 #: What the proxy in front said about the client's request; kept only from
 #: a trusted proxy, otherwise Gourmet's own.
 _FROM_PROXY = frozenset({b"x-forwarded-host", b"x-forwarded-proto"})
-
-#: The characters of an RFC 9110 token, as the body of a regex class.
-TCHAR = rb"!#$%&'*+.^_`|~0-9A-Za-z-"
-_TOKEN = re.compile(rb"\A[" + TCHAR + rb"]+\Z")
-#: What a field value may not hold (RFC 9110, 5.5): control bytes but HTAB,
-#: so NUL and bare CR and LF among them.
-CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class TrustedProxies:
@@ -92,58 +82,6 @@ def parse_ip(text: bytes) -> Optional[IPAddress]:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         return address.ipv4_mapped
     return address
-
-
-#: Lower-case forms of the header names seen: the same few names come in
-#: every message.  Bounded, as clients and servers may send any.
-_lower_names: Dict[bytes, bytes] = {}
-_MAX_LOWER_NAMES = 1000
-
-
-def lower_name(name: bytes) -> bytes:
-    """
-    ``name.lower()``, without a new bytes object for a name seen before.
-    """
-    lower = _lower_names.get(name)
-    if lower is None:
-        lower = name.lower()
-        if len(_lower_names) < _MAX_LOWER_NAMES:
-            _lower_names[name] = lower
-    return lower
-
-
-class CheckedHeaders(Headers):
-    """
-    Headers that may also take values already checked as they were parsed
-    (:func:`gourmet.upstream.connection.parse_head` refuses CR, LF and other control
-    bytes), without Twisted's sanitising copy: a list and two copies of the
-    bytes for each header of every response.
-
-    It uses two private names of ``twisted.web.http_headers``, unchanged
-    from Twisted 24.10 to 26.10 (the name encoder and the dict of values);
-    ``tests/test_headers.py`` pins what Gourmet needs of them.
-    """
-
-    __slots__ = ()
-
-    def add_checked(self, name: bytes, value: bytes) -> None:
-        """
-        Add ``value`` to the header ``name``, both known to be well formed.
-        """
-        self._rawHeaders.setdefault(_nameEncoder.encode(name), []).append(value)
-
-
-def connection_tokens(values: Iterable[bytes]) -> Set[bytes]:
-    """
-    The header names listed in every ``Connection`` line, lower-cased.
-    """
-    tokens = set()
-    for value in values:
-        for token in value.split(b","):
-            token = token.strip().lower()
-            if token:
-                tokens.add(token)
-    return tokens
 
 
 def forwardable(
@@ -287,7 +225,7 @@ def forwarded_element(client_ip: bytes, scheme: bytes, host: Optional[bytes]) ->
 
 
 def _quoted(value: bytes) -> bytes:
-    if _TOKEN.match(value):
+    if TOKEN.match(value):
         return value
     escaped = value.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
     return b'"%s"' % escaped

@@ -17,17 +17,24 @@ from twisted.web.proxy import ReverseProxyResource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
+from gourmet._twisted.headers import (
+    CheckedHeaders,
+)
 from gourmet.frontend.accesslog import CLIENT_CLOSED, ProxyRecord
 from gourmet.frontend.errors import ErrorPages
 from gourmet.http.forwarding import (
-    CheckedHeaders,
     TrustedProxies,
-    connection_tokens,
     forwardable,
-    lower_name,
     upstream_request_headers,
 )
 from gourmet.http.redirects import REWRITTEN, RedirectRewrite, authority
+from gourmet.http.response import (
+    ResponseHead,
+)
+from gourmet.http.tokens import (
+    connection_tokens,
+    lower_name,
+)
 from gourmet.upstream.connection import (
     ConnectFailed,
     ConnectionClosed,
@@ -35,7 +42,6 @@ from gourmet.upstream.connection import (
     HeaderTimeout,
     IResponseReceiver,
     ReadTimeout,
-    ResponseHead,
     UpstreamConnection,
     UpstreamError,
     UpstreamRequest,

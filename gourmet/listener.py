@@ -1,0 +1,66 @@
+"""
+A service that listens on one endpoint, failing loudly: what Gourmet's
+proxy, admin and demo listeners are.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional, cast
+
+from twisted.application.service import Service
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import maybeDeferred
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
+    IStreamServerEndpoint,
+)
+from twisted.python.failure import Failure
+
+
+class Listener(Service):
+    """
+    Listens on one endpoint for as long as the service runs.
+
+    Unlike :func:`twisted.application.strports.service`, it listens in
+    ``privilegedStartService`` and lets a failure out there, so that a port
+    in use stops start-up rather than becoming a log line; and it keeps
+    the listening port, whose address (a port 0 made real) it can tell.
+
+    :ivar port: the listening port, once listening.
+    """
+
+    def __init__(
+        self, endpoint: IStreamServerEndpoint, factory: IProtocolFactory
+    ) -> None:
+        self.endpoint = endpoint
+        self.factory = factory
+        self.port: Optional[IListeningPort] = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        outcome: List[object] = []
+        # Every endpoint Gourmet takes (tcp, ssl, unix, systemd) listens at
+        # once: the Deferred has fired when listen returns.
+        self.endpoint.listen(self.factory).addBoth(outcome.append)
+        (result,) = outcome
+        if isinstance(result, Failure):
+            result.raiseException()
+        self.port = cast(IListeningPort, result)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        port, self.port = self.port, None
+        return maybeDeferred(port.stopListening) if port is not None else None
+
+    def address(self) -> str:
+        """
+        Where it listens, as a person reads it: ``127.0.0.1:8080``, a path.
+        """
+        if self.port is None:
+            return "(not listening)"
+        host = self.port.getHost()
+        if isinstance(host, (IPv4Address, IPv6Address)):
+            name = f"[{host.host}]" if ":" in host.host else host.host
+            return f"{name}:{host.port}"
+        return str(getattr(host, "name", host))
