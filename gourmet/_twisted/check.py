@@ -12,7 +12,7 @@ so; where a defence depends on it, Gourmet refuses to start.
 
 from __future__ import annotations
 
-from typing import Any, List, Tuple
+from typing import Any, List, Optional, Tuple
 
 from attrs import frozen
 from twisted.logger import Logger
@@ -121,18 +121,19 @@ class TwistedMismatch(Exception):
 
 
 def check_twisted(
-    fenced: Tuple[Fenced, ...] = FENCED, log_fallbacks: bool = True
+    fenced: Optional[Tuple[Fenced, ...]] = None, log_fallbacks: bool = True
 ) -> List[str]:
     """
     Check every fenced module's requirements.
 
+    :param fenced: the modules to check; all of :data:`FENCED` by default.
     :param log_fallbacks: whether to log each optional module done without.
     :return: the optional modules that cannot be used (Gourmet does without
         them).
     :raises TwistedMismatch: naming the first required name that is gone.
     """
     unusable = []
-    for each in fenced:
+    for each in FENCED if fenced is None else fenced:
         gone = missing(each.requires)
         if not gone:
             continue
