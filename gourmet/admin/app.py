@@ -25,10 +25,10 @@ from gourmet.admin.auth import REALM, SECURITY_HEADERS, AdminSecurity, Refused
 from gourmet.admin.metrics import MetricsResource, metrics_registry
 from gourmet.admin.views import upstream_view
 from gourmet.config.model import MAX_WEIGHT, GourmetConfig
+from gourmet.frontend.channel import ClientStats
 from gourmet.frontend.errors import error_document
 from gourmet.frontend.site import NamedRequest
 from gourmet.upstream.state import AdminState, Server, Upstream
-from gourmet.upstream.stats import ClientStats
 
 #: The console's own files, served from the package.
 _STATIC: Dict[str, Tuple[str, bytes]] = {

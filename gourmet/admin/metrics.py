@@ -23,9 +23,9 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
 from twisted.web.resource import Resource
 
+from gourmet.frontend.channel import ClientStats
 from gourmet.upstream.health import Health
 from gourmet.upstream.state import Upstream
-from gourmet.upstream.stats import ClientStats
 
 _STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "failed")
 

@@ -16,16 +16,17 @@ before Twisted acts on them, and decides the body's framing itself.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import (
-    TYPE_CHECKING,
     Any,
     List,
     Optional,
+    Protocol,
     Tuple,
 )
 
 from twisted.internet.abstract import FileDescriptor
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -45,9 +46,6 @@ from gourmet.http.request import (
     check_request_line,
     refusal,
 )
-
-if TYPE_CHECKING:
-    from gourmet.frontend.site import GourmetSite
 
 #: Seconds a refused client may go on sending (its data is dropped) after
 #: the answer, so that closing with unread data does not reset the
@@ -73,6 +71,39 @@ def _cancel(call: Optional[IDelayedCall]) -> Optional[IDelayedCall]:
     return None
 
 
+class ClientStats:
+    """
+    What Gourmet did to clients' requests on their way in.
+
+    :ivar headers_dropped: request header lines dropped, by reason
+        (``"underscore"``: see ``underscores_in_headers``).
+    """
+
+    def __init__(self) -> None:
+        self.headers_dropped: Counter[str] = Counter()
+
+
+class ChannelSite(Protocol):
+    """
+    What a :class:`GourmetChannel` needs of the site that builds it
+    (:class:`gourmet.frontend.site.GourmetSite`).
+    """
+
+    frontend: FrontendConfig
+    clock: IReactorTime
+    client_stats: ClientStats
+
+    def connection_opened(self) -> bool:
+        """
+        Count a new connection; whether it may be served.
+        """
+
+    def connection_closed(self) -> None:
+        """
+        A counted connection is gone.
+        """
+
+
 class GourmetChannel(HTTPChannelHooks):
     """
     An :class:`HTTPChannel` that refuses what it cannot read unambiguously,
@@ -80,12 +111,12 @@ class GourmetChannel(HTTPChannelHooks):
     :class:`gourmet.config.model.FrontendConfig`) and answers each refusal with
     a bare status and a closed connection.
 
-    Its site must be a :class:`gourmet.frontend.site.GourmetSite`: the limits are
+    Its site (a :class:`ChannelSite`) holds the limits: they are
     its ``frontend``, and it counts connections for ``max_connections``.
     """
 
     log = Logger()
-    site: GourmetSite  # set by the site that builds it
+    site: ChannelSite  # set by the site that builds it
 
     def __init__(self) -> None:
         super().__init__()

@@ -20,10 +20,9 @@ from zope.interface import provider
 
 from gourmet.config.model import FrontendConfig
 from gourmet.frontend.accesslog import AccessLog, ProxyRecord
-from gourmet.frontend.channel import GourmetChannel
+from gourmet.frontend.channel import ClientStats, GourmetChannel
 from gourmet.frontend.errors import ErrorPages
 from gourmet.frontend.routing import Router
-from gourmet.upstream.stats import ClientStats
 
 #: Request bodies shorter than this are kept in memory until they go
 #: upstream; longer ones, and chunked ones, in a temporary file.

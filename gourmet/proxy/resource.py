@@ -1,56 +1,24 @@
 """
-The proxy: a :class:`ReverseProxyResource` per location that asks its
-upstream's balancer for a server, forwards the request over a pooled
-keep-alive connection, and streams the response back with backpressure,
-trying another server while nothing has been sent to the client yet.
+The proxy's resource: a :class:`ReverseProxyResource` per location that
+checks what it can at once (body size, an upgrade it cannot serve) and
+hands each request to a :class:`gourmet.proxy.exchange.ProxyExchange`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, List, Optional
+from typing import Any, Iterable
 
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IPushProducer, IReactorTime
-from twisted.logger import Logger
-from twisted.python.failure import Failure
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.proxy import ReverseProxyResource
 from twisted.web.server import NOT_DONE_YET
-from zope.interface import implementer
 
-from gourmet._twisted.headers import (
-    CheckedHeaders,
-)
-from gourmet.frontend.accesslog import CLIENT_CLOSED, ProxyRecord
 from gourmet.frontend.errors import ErrorPages
-from gourmet.http.forwarding import (
-    TrustedProxies,
-    forwardable,
-    upstream_request_headers,
-)
-from gourmet.http.redirects import REWRITTEN, RedirectRewrite, authority
-from gourmet.http.response import (
-    ResponseHead,
-)
-from gourmet.http.tokens import (
-    connection_tokens,
-    lower_name,
-)
-from gourmet.upstream.connection import (
-    ConnectFailed,
-    ConnectionClosed,
-    ConnectTimeout,
-    HeaderTimeout,
-    IResponseReceiver,
-    ReadTimeout,
-    UpstreamConnection,
-    UpstreamError,
-    UpstreamRequest,
-)
+from gourmet.http.forwarding import TrustedProxies, upstream_request_headers
+from gourmet.http.tokens import connection_tokens
+from gourmet.proxy.exchange import ProxyExchange
 from gourmet.upstream.pool import ConnectionPool
-from gourmet.upstream.state import Server, Upstream
+from gourmet.upstream.state import Upstream
 
-#: Methods that may be sent again after reaching a server (RFC 9110, 9.2.2).
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 #: Methods whose request carries a Content-Length even when empty.
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 _NO_UPGRADE = (
@@ -59,39 +27,22 @@ _NO_UPGRADE = (
 )
 
 
-def describe(error: BaseException) -> str:
-    """
-    A short description of an upstream failure, for logs and the console.
-    """
-    if isinstance(error, ConnectTimeout):
-        return "connect timed out"
-    if isinstance(error, ConnectFailed):
-        return f"connect failed: {error}"
-    if isinstance(error, HeaderTimeout):
-        return "response head timed out"
-    if isinstance(error, ReadTimeout):
-        return "read timed out"
-    if isinstance(error, ConnectionClosed):
-        # A failed TLS verification can surface here, after the handshake
-        # (seen on PyPy): keep its reason, it tells the operator what to fix.
-        return f"closed before the response was complete ({error.reason})"
-    return f"{type(error).__name__}: {error}"
-
-
-def _error(reason: Failure) -> BaseException:
-    error = reason.value
-    assert error is not None  # a Failure always holds its exception
-    return error
-
-
 class LocationResource(ReverseProxyResource):
     """
     Serves one ``[[server.locations]]`` entry.
 
-    Stock :class:`ReverseProxyResource` connects to one fixed host and port;
-    here the balancer chooses a server for every request, so ``host`` and
-    ``port`` only name the upstream, and the stock ``ProxyClient`` is not
-    used at all.
+    What it keeps of :class:`ReverseProxyResource`: its place in the
+    resource tree (a leaf that renders every request under it), and its
+    ``host``, ``port`` and ``path``, which name the upstream's first server
+    and no path prefix, as a stock resource for that upstream would have
+    them (Gourmet forwards the target routing made).  What it replaces:
+    ``render`` and ``getChild``.  The stock resource connects to that one
+    server for every request with ``ProxyClient``, an HTTP/1.0 client
+    that opens a connection per request, keeps only the last of repeated
+    headers and ignores backpressure; here the upstream's balancer picks a
+    server for each request, and a :class:`ProxyExchange` sends it over a
+    pooled keep-alive HTTP/1.1 connection (``proxyClientFactoryClass`` is
+    never used).
 
     :param trusted_proxies: addresses or networks of the proxies in front
         of Gourmet whose forwarding headers are believed.
@@ -108,7 +59,8 @@ class LocationResource(ReverseProxyResource):
         max_body_size: int = 0,
         trusted_proxies: Iterable[str] = (),
     ) -> None:
-        super().__init__(upstream.name, 0, b"", reactor=clock)
+        first = upstream.config.servers[0].origin
+        super().__init__(first.host, first.port, b"", reactor=clock)
         self.upstream = upstream
         self.pool = pool
         self.error_pages = error_pages
@@ -148,7 +100,10 @@ class LocationResource(ReverseProxyResource):
         )
         exchange = ProxyExchange(
             request,
-            self,
+            self.upstream,
+            self.pool,
+            self.error_pages,
+            self.clock,
             method=request.method,
             target=request.gourmet_target,
             headers=headers,
@@ -173,342 +128,3 @@ def _asks_for_websocket(request: Any) -> bool:
     return any(
         token.partition(b"/")[0] == b"websocket" for token in connection_tokens(upgrade)
     )
-
-
-@implementer(IResponseReceiver, IPushProducer)
-class ProxyExchange:
-    """
-    One client request on its way through: the servers it tried, the
-    attempt in progress, and whether the client has seen anything yet.
-
-    An attempt runs from picking a server until its response ended or
-    failed; ``server`` is that server while it lasts, so that its count of
-    requests in flight stays true for ``least_conn`` and the console.
-    """
-
-    log = Logger()
-
-    def __init__(
-        self,
-        request: Any,
-        location: LocationResource,
-        *,
-        method: bytes,
-        target: bytes,
-        headers: List[Any],
-        client_host: Optional[bytes],
-        body: Any,
-        body_length: int,
-    ) -> None:
-        self.request = request
-        self.record: ProxyRecord = request.gourmet_record
-        self.upstream = location.upstream
-        self.pool = location.pool
-        self.clock = location.clock
-        self.error_pages = location.error_pages
-        config = self.upstream.config
-        self.config = config
-        self.method = method
-        self.target = target
-        self.headers = headers
-        #: The client's Host, for redirects; and to send when preserved.
-        self.client_host = client_host
-        self.body = body
-        self.body_length = body_length
-        # A request that may have reached a server is sent again only if
-        # doing so twice is harmless.
-        self.replayable = method in IDEMPOTENT and body_length == 0
-        self.tries_left = config.tries or len(self.upstream.servers)
-        self.tried: List[Server] = []
-        self.server: Optional[Server] = None
-        self.attempt_started = 0.0
-        self.connecting: Optional[Deferred[UpstreamConnection]] = None
-        self.connection: Optional[UpstreamConnection] = None
-        self.replaced_stale = False
-        self.responding = False
-        self.done = False
-        self.last_error: Optional[BaseException] = None
-        request.gourmet_client_gone = self._client_gone
-
-    # -- choosing a server and sending ----------------------------------
-
-    def start(self) -> None:
-        server = self.upstream.pick(self.tried) if self.tries_left > 0 else None
-        if server is None:
-            self._give_up()
-            return
-        self.tries_left -= 1
-        self.tried.append(server)
-        self.server = server
-        self.attempt_started = self.clock.seconds()
-        self.record.upstreams.append(server.name)
-        server.attempt_started()
-        self._connect(server)
-
-    def _connect(self, server: Server) -> None:
-        # An idle connection is used at once: no Deferred for the usual case.
-        idle = self.pool.take_idle(server.origin)
-        if idle is not None:
-            self._connected(idle)
-            return
-        connecting = self.pool.connect(server.origin)
-        self.connecting = connecting
-        connecting.addCallbacks(self._connected, self._connect_failed)
-
-    def _connected(self, connection: UpstreamConnection) -> None:
-        self.connecting = None
-        server = self.server
-        if self.done or server is None:
-            connection.abort()
-            return
-        self.connection = connection
-        request = UpstreamRequest(
-            method=self.method,
-            target=self.target,
-            headers=[(b"Host", self._host_sent(server)), *self.headers],
-            body=self.body,
-            body_length=self.body_length,
-        )
-        config = self.config
-        connection.send(request, self, config.read_timeout, config.header_timeout)
-
-    def _host_sent(self, server: Server) -> bytes:
-        """
-        The Host header ``server`` is sent: its own, or the client's.
-        """
-        if self.config.preserve_host and self.client_host is not None:
-            return self.client_host
-        return server.origin.host_header
-
-    def _connect_failed(self, reason: Failure) -> None:
-        self.connecting = None
-        if reason.check(CancelledError) or self.done:
-            return
-        self._attempt_failed(_error(reason), reached=False)
-
-    def _end_attempt(self) -> None:
-        server = self.server
-        if server is not None:
-            self.server = None
-            server.attempt_finished()
-
-    def _attempt_failed(self, error: BaseException, reached: bool) -> None:
-        """
-        The attempt failed before anything went to the client: count it
-        against the server and try another one if that is allowed.
-        """
-        server = self.server
-        assert server is not None
-        self.connection = None
-        self.last_error = error
-        timed_out = isinstance(error, (ReadTimeout, ConnectTimeout))
-        self.record.upstream_statuses.append("504" if timed_out else "502")
-        description = describe(error)
-        server.failed(description, responded=False)
-        self._end_attempt()
-        self.log.info(
-            "{method} {target} to {server} failed: {error}",
-            method=self.method,
-            target=self.target,
-            server=server.name,
-            error=description,
-        )
-        if reached and not self.replayable:
-            self._give_up()
-        else:
-            self.start()
-
-    def _give_up(self) -> None:
-        """
-        No server may take the request (any more): answer with an error.
-        """
-        self.done = True
-        error = self.last_error
-        if error is None:
-            status, text = 503, "No server is available to handle this request."
-        elif isinstance(error, (ReadTimeout, ConnectTimeout)):
-            status, text = 504, "The upstream server did not answer in time."
-        else:
-            status, text = 502, "The upstream server could not be reached."
-        self.error_pages.render(self.request, status, text)
-
-    # -- IResponseReceiver ---------------------------------------------
-
-    def response_head(self, head: ResponseHead) -> None:
-        server = self.server
-        assert server is not None
-        status = head.status
-        self.record.upstream_statuses.append(str(status))
-        server.responded(status, self.clock.seconds() - self.attempt_started)
-        config = self.config
-        if status in config.fail_status:
-            server.failed(f"status {status}")
-        else:
-            server.succeeded()
-        if status in config.retry_status and self._may_retry():
-            # The body is not wanted: drop the connection rather than read it.
-            if self.connection is not None:
-                self.connection.abort()
-                self.connection = None
-            self.last_error = UpstreamError(f"status {status}")
-            self._end_attempt()
-            self.start()
-            return
-        self._send_head(head)
-
-    def _may_retry(self) -> bool:
-        """
-        Whether an answer may be dropped for another server's: only when
-        there is one to try, so that the last answer goes to the client, as
-        nginx does, rather than becoming Gourmet's 503.
-        """
-        return (
-            self.tries_left > 0
-            and self.replayable
-            and bool(self.upstream.candidates(self.tried))
-        )
-
-    def _send_head(self, head: ResponseHead) -> None:
-        request = self.request
-        self.responding = True
-        request.setResponseCode(head.status, head.reason)
-        # Start from empty headers: Twisted's defaults (Server, a
-        # Content-Type) must not mix with the upstream's.
-        headers = CheckedHeaders()
-        redirects = self.config.redirect_rewrite
-        for name, value in forwardable(head.headers, head.connection):
-            if redirects and lower_name(name) in REWRITTEN:
-                value = self._redirect_rewrite().header(lower_name(name), value)
-            headers.add_checked(name, value)
-        if not headers.hasHeader(b"date"):
-            headers.setRawHeaders(
-                b"date", request.responseHeaders.getRawHeaders(b"date")
-            )
-        # A 204 has no body and may not say it has one (RFC 9110, 8.6).
-        if head.content_length is not None and head.status != 204:
-            headers.setRawHeaders(b"content-length", [b"%d" % head.content_length])
-        # twisted.web says here when it will close the client's connection.
-        closing = request.responseHeaders.getRawHeaders(b"connection")
-        if closing:
-            headers.setRawHeaders(b"connection", closing)
-        request.responseHeaders = headers
-        request.registerProducer(self, True)
-
-    def _redirect_rewrite(self) -> RedirectRewrite:
-        """
-        How this response's redirects are rewritten: from the server that
-        answered, by its address or the Host it was sent, to the proxy as
-        the client reached it.
-        """
-        server = self.server
-        assert server is not None  # a response is being received from it
-        scheme = server.origin.scheme.encode("ascii")
-        named = {
-            authority(scheme, server.origin.host_header),
-            authority(scheme, self._host_sent(server)),
-        }
-        request = self.request
-        host = self.client_host
-        if host is None:
-            local = request.getHost()
-            address = getattr(local, "host", "localhost")
-            address = f"[{address}]" if ":" in address else address
-            host = f"{address}:{getattr(local, 'port', 80)}".encode("ascii")
-        client_scheme = b"https" if request.isSecure() else b"http"
-        return RedirectRewrite(
-            {each for each in named if each is not None},
-            client_scheme + b"://" + host,
-        )
-
-    def response_data(self, data: bytes) -> None:
-        self.request.write(data)
-
-    def response_end(self) -> None:
-        self.connection = None
-        self._end_attempt()
-        if self.done:
-            return
-        self.done = True
-        request = self.request
-        request.unregisterProducer()
-        request.finish()
-
-    def response_failed(self, reason: Failure) -> None:
-        connection = self.connection
-        self.connection = None
-        if self.done:
-            return
-        error = _error(reason)
-        if not self.responding:
-            if not self._replace_stale(connection, error):
-                self._attempt_failed(error, reached=True)
-            return
-        # Part of the response went out already: the client must see it cut
-        # short, never as a complete response.
-        self.done = True
-        description = describe(error)
-        if self.server is not None:
-            self.server.failed(description)
-        self._end_attempt()
-        self.log.info(
-            "{method} {target}: response cut short: {error}",
-            method=self.method,
-            target=self.target,
-            error=description,
-        )
-        request = self.request
-        self.record.status = request.code
-        request.unregisterProducer()
-        request.site.log(request)
-        request.channel.transport.abortConnection()
-
-    def _replace_stale(
-        self, connection: Optional[UpstreamConnection], error: BaseException
-    ) -> bool:
-        """
-        A keep-alive connection the server had already closed fails before
-        any response byte: send the request again once, on a new
-        connection to the same server, without holding it against the
-        server, if sending it twice is harmless.
-        """
-        if (
-            connection is None
-            or self.server is None
-            or not connection.reused
-            or self.replaced_stale
-            or not self.replayable
-            or not isinstance(error, ConnectionClosed)
-            or not error.before_response
-        ):
-            return False
-        self.replaced_stale = True
-        self._connect(self.server)
-        return True
-
-    # -- IPushProducer (the client's side of the backpressure) ----------
-
-    def pauseProducing(self) -> None:
-        if self.connection is not None:
-            self.connection.pause_reading()
-
-    def resumeProducing(self) -> None:
-        if self.connection is not None:
-            self.connection.resume_reading()
-
-    def stopProducing(self) -> None:
-        self._client_gone(None)
-
-    # -- the client went away -------------------------------------------
-
-    def _client_gone(self, reason: Optional[Failure]) -> None:
-        if self.done:
-            return
-        self.done = True
-        self.record.status = CLIENT_CLOSED
-        if self.connecting is not None:
-            self.connecting.cancel()
-        if self.connection is not None:
-            self.connection.abort()
-            self.connection = None
-        self._end_attempt()
-        self.request.site.log(self.request)

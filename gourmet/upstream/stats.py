@@ -151,18 +151,6 @@ class ServerStats:
         self.statuses: Counter[str] = Counter()
 
 
-class ClientStats:
-    """
-    What Gourmet did to clients' requests on their way in.
-
-    :ivar headers_dropped: request header lines dropped, by reason
-        (``"underscore"``: see ``underscores_in_headers``).
-    """
-
-    def __init__(self) -> None:
-        self.headers_dropped: Counter[str] = Counter()
-
-
 class UpstreamStats:
     """
     The same for a whole upstream, plus its response-time histogram.
