@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from klein import Klein
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 from werkzeug.exceptions import HTTPException
@@ -44,7 +45,7 @@ def _static(name: str) -> bytes:
     )
 
 
-def _json(request: Any, document: Any, status: int = 200) -> bytes:
+def _json(request: IRequest, document: Any, status: int = 200) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"application/json")
     return json.dumps(document).encode("utf-8") + b"\n"
@@ -78,13 +79,13 @@ class AdminApp:
     # -- the page -------------------------------------------------------------
 
     @app.route("/", methods=["GET"])
-    def page(self, request: Any) -> bytes:
+    def page(self, request: IRequest) -> bytes:
         self.security.may_read(request)
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         return _static("admin.html")
 
     @app.route("/static/<name>", methods=["GET"])
-    def static(self, request: Any, name: str) -> bytes:
+    def static(self, request: IRequest, name: str) -> bytes:
         if name not in _STATIC:
             raise Refused(404, f"No file {name!r}.")
         filename, content_type = _STATIC[name]
@@ -92,7 +93,7 @@ class AdminApp:
         return _static(filename)
 
     @app.route("/login", methods=["GET"])
-    def login(self, request: Any) -> bytes:
+    def login(self, request: IRequest) -> bytes:
         """
         Asks the browser for credentials (it then sends them with every
         request to the console), and goes back to the page.
@@ -106,7 +107,7 @@ class AdminApp:
     # -- the API ---------------------------------------------------------------
 
     @app.route("/api/session", methods=["GET"])
-    def session(self, request: Any) -> bytes:
+    def session(self, request: IRequest) -> bytes:
         principal = self.security.may_read(request)
         return _json(
             request,
@@ -122,7 +123,7 @@ class AdminApp:
         )
 
     @app.route("/api/upstreams", methods=["GET"])
-    def list_upstreams(self, request: Any) -> bytes:
+    def list_upstreams(self, request: IRequest) -> bytes:
         self.security.may_read(request)
         return _json(
             request,
@@ -134,12 +135,12 @@ class AdminApp:
         )
 
     @app.route("/api/upstreams/<name>", methods=["GET"])
-    def one_upstream(self, request: Any, name: str) -> bytes:
+    def one_upstream(self, request: IRequest, name: str) -> bytes:
         self.security.may_read(request)
         return _json(request, self._view(self._upstream(name)))
 
     @app.route("/api/upstreams/<name>/servers/<server_id>", methods=["PATCH", "POST"])
-    def change_server(self, request: Any, name: str, server_id: str) -> bytes:
+    def change_server(self, request: IRequest, name: str, server_id: str) -> bytes:
         principal = self.security.may_change(request)
         upstream = self._upstream(name)
         server = self._server(upstream, server_id)
@@ -165,14 +166,14 @@ class AdminApp:
         return _json(request, changed)
 
     @app.route("/metrics", methods=["GET"])
-    def metrics(self, request: Any) -> IResource:
+    def metrics(self, request: IRequest) -> IResource:
         self.security.may_read(request)
         return self._metrics
 
     # -- errors -----------------------------------------------------------------
 
     @app.handle_errors(Refused)
-    def refused(self, request: Any, failure: Failure) -> bytes:
+    def refused(self, request: IRequest, failure: Failure) -> bytes:
         error = failure.value
         assert isinstance(error, Refused)
         if error.challenge and self.config.admin.users:
@@ -180,7 +181,7 @@ class AdminApp:
         return _json(request, error_document(error.status, error.message), error.status)
 
     @app.handle_errors(HTTPException)
-    def routing_error(self, request: Any, failure: Failure) -> bytes:
+    def routing_error(self, request: IRequest, failure: Failure) -> bytes:
         error = failure.value
         assert isinstance(error, HTTPException)
         status = error.code or 500
@@ -287,7 +288,7 @@ class AdminResource(Resource):
         self.admin = admin
         self.wrapped = admin.app.resource()
 
-    def render(self, request: Any) -> Any:
+    def render(self, request: IRequest) -> Any:
         for name, value in SECURITY_HEADERS.items():
             request.setHeader(name, value)
         try:

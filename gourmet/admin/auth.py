@@ -22,12 +22,14 @@ import binascii
 import hashlib
 import hmac
 import os
-from typing import Any, Dict, Optional, Set, Tuple
+from typing import Dict, Optional, Set, Tuple
 
 from attrs import frozen
+from twisted.web.iweb import IRequest
 
 from gourmet.admin.passwords import PasswordChecker
 from gourmet.config.model import AdminConfig
+from gourmet.http.hosts import host_name
 
 #: Headers on every admin response.
 SECURITY_HEADERS: Dict[bytes, bytes] = {
@@ -87,7 +89,7 @@ class AdminSecurity:
 
     # -- Host ---------------------------------------------------------------
 
-    def check_host(self, request: Any) -> None:
+    def check_host(self, request: IRequest) -> None:
         """
         Refuse a Host header not configured: a page on a hostile domain that
         resolves to 127.0.0.1 (DNS rebinding) must not reach the console.
@@ -95,7 +97,7 @@ class AdminSecurity:
         host = request.getHeader(b"host")
         if host is None:
             raise Refused(400, "The request has no Host header.")
-        name = _host_name(host.decode("latin-1").lower())
+        name = host_name(host.decode("latin-1"))
         if name not in self.allowed_hosts:
             raise Refused(
                 403,
@@ -105,7 +107,7 @@ class AdminSecurity:
 
     # -- credentials ----------------------------------------------------------
 
-    def principal(self, request: Any) -> Optional[Principal]:
+    def principal(self, request: IRequest) -> Optional[Principal]:
         """
         Who the request's credentials say it is; None without credentials.
 
@@ -125,13 +127,13 @@ class AdminSecurity:
                 return Principal(user, by_token=False)
         raise Refused(401, "The credentials are not valid.", challenge=True)
 
-    def may_read(self, request: Any) -> Optional[Principal]:
+    def may_read(self, request: IRequest) -> Optional[Principal]:
         principal = self.principal(request)
         if principal is None and not self.config.loopback:
             raise Refused(401, "Credentials are needed.", challenge=True)
         return principal
 
-    def may_change(self, request: Any) -> Principal:
+    def may_change(self, request: IRequest) -> Principal:
         """
         :raises Refused: 401 without credentials, 403 for a browser request
             without the CSRF token or from another origin.
@@ -155,7 +157,7 @@ class AdminSecurity:
         digest = hmac.new(self._secret, principal.name.encode("utf-8"), hashlib.sha256)
         return digest.hexdigest()
 
-    def _check_same_origin(self, request: Any, principal: Principal) -> None:
+    def _check_same_origin(self, request: IRequest, principal: Principal) -> None:
         sent = (request.getHeader(b"x-csrf-token") or b"").decode("latin-1")
         if not hmac.compare_digest(sent, self.csrf_token(principal)):
             raise Refused(403, "The CSRF token is missing or wrong; reload the page.")
@@ -166,12 +168,6 @@ class AdminSecurity:
         site = request.getHeader(b"sec-fetch-site")
         if site is not None and site not in (b"same-origin", b"none"):
             raise Refused(403, "Changes from another site are refused.")
-
-
-def _host_name(host: str) -> str:
-    if host.startswith("["):
-        return host.split("]", 1)[0] + "]"
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 def _basic(value: bytes) -> Tuple[Optional[str], str]:

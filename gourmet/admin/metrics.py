@@ -11,7 +11,7 @@ binds the global reactor when imported.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Optional
+from typing import Iterable, Mapping, Optional
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -21,6 +21,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
+from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
 from gourmet.frontend.channel import ClientStats
@@ -157,7 +158,7 @@ class MetricsResource(Resource):
         super().__init__()
         self.registry = registry
 
-    def render_GET(self, request: Any) -> bytes:
+    def render_GET(self, request: IRequest) -> bytes:
         accept = (request.getHeader(b"accept") or b"").decode("latin-1")
         encoder, content_type = choose_encoder(accept)
         request.setHeader(b"content-type", content_type.encode("ascii"))

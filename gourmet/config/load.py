@@ -388,10 +388,10 @@ def _network(value: Any) -> str:
     return text
 
 
-def _host_name(value: Any) -> str:
+def _console_host(value: Any) -> str:
     """
-    A name the Host header may carry, which the console compares without
-    the port.
+    A host name (or bracketed IPv6 address) without a port, as the console
+    compares a request's Host with it (:func:`gourmet.http.hosts.host_name`).
     """
     text = _string(value)
     if not _HOST_NAME.match(text):
@@ -672,7 +672,7 @@ def _frontend(
 
 def _admin(table: _Table, base_dir: str) -> AdminConfig:
     token = table.either("token_file", token=_token, token_file=_token_file(base_dir))
-    values = table.fields(listen=_admin_listen, hosts=_array(_host_name))
+    values = table.fields(listen=_admin_listen, hosts=_array(_console_host))
     users = tuple(table.table("users").entries(_user_name, _password_hash))
     table.done()
     admin = AdminConfig(token=token, users=users, **values)

@@ -9,16 +9,7 @@ import re
 from typing import Optional, Sequence, Tuple
 
 from gourmet.config.model import LocationConfig
-
-
-def _host_name(host: bytes) -> str:
-    """
-    The host part of a Host header, lower-cased, without its port.
-    """
-    text = host.decode("latin-1").strip().lower()
-    if text.startswith("["):
-        return text.partition("]")[0] + "]"
-    return text.partition(":")[0]
+from gourmet.http import hosts
 
 
 def _passed_path(match: re.Match[str]) -> bytes:
@@ -59,7 +50,9 @@ class Router:
             forward (path and query); None when no location matches.
         """
         text = path.decode("latin-1")
-        host_name = _host_name(host) if host is not None else None
+        host_name = (
+            hosts.host_name(host.decode("latin-1")) if host is not None else None
+        )
         for index, location in enumerate(self.locations):
             if location.host is not None and location.host.lower() != host_name:
                 continue

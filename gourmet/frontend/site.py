@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import io
 import tempfile
-from typing import IO, Any, Callable, Optional, Sequence, Union
+from typing import IO, Any, Callable, Optional, Sequence, Union, cast
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web import http
 from twisted.web.iweb import INonQueuedRequestFactory
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -67,6 +68,17 @@ class GourmetRequest(NamedRequest):
     gourmet_record: ProxyRecord
     gourmet_target: bytes = b""
     gourmet_client_gone: Optional[Callable[[Failure], object]] = None
+    site: GourmetSite  # set by process(), before any resource sees it
+
+    def cut_short(self) -> None:
+        """
+        Close the client's connection at once, in the middle of the
+        response: the client must see it incomplete, never as a whole one.
+        """
+        self.site.log(self)
+        transport: Any = self.channel.transport
+        if transport is not None:
+            transport.abortConnection()
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
@@ -94,7 +106,7 @@ class NotFound(Resource):
         super().__init__()
         self.error_pages = error_pages
 
-    def render(self, request: Any) -> Any:
+    def render(self, request: GourmetRequest) -> Any:
         self.error_pages.render(
             request, 404, "No location of this server matches the request."
         )
@@ -118,7 +130,7 @@ class RoutingResource(Resource):
         self.location_resources = tuple(locations)
         self.not_found = NotFound(error_pages)
 
-    def getChildWithDefault(self, path: bytes, request: Any) -> IResource:
+    def getChildWithDefault(self, path: bytes, request: GourmetRequest) -> IResource:
         route = self.router.route(
             request.path,
             request.uri.partition(b"?")[2],
@@ -213,6 +225,8 @@ class GourmetSite(Site):
             return io.BytesIO()
         return tempfile.TemporaryFile()
 
-    def log(self, request: Any) -> None:
+    def log(self, request: http.Request) -> None:
+        # Only GourmetRequests are made here (requestFactory).
         if self.access_log is not None:
-            self.access_log.write(request, request.gourmet_record)
+            record = cast(GourmetRequest, request).gourmet_record
+            self.access_log.write(request, record)

@@ -19,6 +19,7 @@ from gourmet._twisted.headers import (
 )
 from gourmet.frontend.accesslog import CLIENT_CLOSED, ProxyRecord
 from gourmet.frontend.errors import ErrorPages
+from gourmet.frontend.site import GourmetRequest
 from gourmet.http.forwarding import (
     forwardable,
 )
@@ -87,7 +88,7 @@ class ProxyExchange:
 
     def __init__(
         self,
-        request: Any,
+        request: GourmetRequest,
         upstream: Upstream,
         pool: ConnectionPool,
         error_pages: ErrorPages,
@@ -281,9 +282,9 @@ class ProxyExchange:
                 value = self._redirect_rewrite().header(lower_name(name), value)
             headers.add_checked(name, value)
         if not headers.hasHeader(b"date"):
-            headers.setRawHeaders(
-                b"date", request.responseHeaders.getRawHeaders(b"date")
-            )
+            # twisted.web dated every response when it began the request.
+            date = request.responseHeaders.getRawHeaders(b"date", [])
+            headers.setRawHeaders(b"date", date)
         # A 204 has no body and may not say it has one (RFC 9110, 8.6).
         if head.content_length is not None and head.status != 204:
             headers.setRawHeaders(b"content-length", [b"%d" % head.content_length])
@@ -359,8 +360,7 @@ class ProxyExchange:
         request = self.request
         self.record.status = request.code
         request.unregisterProducer()
-        request.site.log(request)
-        request.channel.transport.abortConnection()
+        request.cut_short()
 
     def _replace_stale(
         self, connection: Optional[UpstreamConnection], error: BaseException

@@ -13,6 +13,7 @@ from twisted.web.proxy import ReverseProxyResource
 from twisted.web.server import NOT_DONE_YET
 
 from gourmet.frontend.errors import ErrorPages
+from gourmet.frontend.site import GourmetRequest
 from gourmet.http.forwarding import TrustedProxies, upstream_request_headers
 from gourmet.http.tokens import connection_tokens
 from gourmet.proxy.exchange import ProxyExchange
@@ -68,16 +69,17 @@ class LocationResource(ReverseProxyResource):
         self.max_body_size = max_body_size
         self.trusted_proxies = TrustedProxies(trusted_proxies)
 
-    def getChild(self, path: bytes, request: Any) -> LocationResource:
+    def getChild(self, path: bytes, request: GourmetRequest) -> LocationResource:
         return self
 
-    def render(self, request: Any) -> Any:
+    def render(self, request: GourmetRequest) -> Any:
         if _asks_for_websocket(request):
             # There is no tunnel to hand the connection to: say so at once
             # rather than forward a handshake that cannot complete.
             self.error_pages.render(request, 501, _NO_UPGRADE)
             return NOT_DONE_YET
         body = request.content
+        assert body is not None  # twisted.web read the body before render
         body.seek(0, 2)
         length = body.tell()
         if self.max_body_size and length > self.max_body_size:
@@ -115,7 +117,7 @@ class LocationResource(ReverseProxyResource):
         return NOT_DONE_YET
 
 
-def _asks_for_websocket(request: Any) -> bool:
+def _asks_for_websocket(request: GourmetRequest) -> bool:
     """
     Whether ``request`` asks to upgrade to WebSocket.  Other upgrades (such
     as ``h2c``) are ignored, as RFC 9110 (7.8) allows: the request is

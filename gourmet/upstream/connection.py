@@ -20,7 +20,7 @@ from attrs import frozen
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHandshakeListener, IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
@@ -214,7 +214,7 @@ class UpstreamConnection(Protocol):
         if not self.ready.called:
             self.ready.callback(self)
 
-    def connectionLost(self, reason: Failure = ConnectionDone) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         state = self._state
         self._state = _State.CLOSED
         self._deadline.cancel()
