@@ -140,7 +140,7 @@ def build_service(
         for u in config.upstreams
     }
     error_pages = ErrorPages(_error_page(config))
-    frontend = config.server
+    frontend = config.frontend
     locations = [
         LocationResource(
             upstreams[location.upstream],
@@ -200,7 +200,7 @@ def _listener(
 
 
 def _error_page(config: GourmetConfig) -> Optional[str]:
-    path = config.server.error_page
+    path = config.frontend.error_page
     if path is None:
         return None
     try:

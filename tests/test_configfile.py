@@ -20,8 +20,8 @@ from gourmet.config.model import (
     FrontendConfig,
     GourmetConfig,
     LogConfig,
-    ServerConfig,
     UpstreamConfig,
+    UpstreamServerConfig,
 )
 from gourmet.config.origin import parse_origin
 from gourmet.upstream.balancers import BALANCERS
@@ -59,7 +59,7 @@ def servers(upstream: UpstreamConfig) -> List[Tuple[str, int]]:
 
 
 def routes(config: GourmetConfig) -> List[Tuple[str, str]]:
-    return [(each.pattern.pattern, each.upstream) for each in config.server.locations]
+    return [(each.pattern.pattern, each.upstream) for each in config.frontend.locations]
 
 
 def test_reference_readme_loads() -> None:
@@ -86,7 +86,7 @@ def test_reference_readme_loads() -> None:
         ("static3.foo.bar", 1),
     ]
     assert str(backend.servers[0].origin) == "http://api1.foo.bar:80"
-    assert loaded.server.endpoints == ("tcp:80",)
+    assert loaded.frontend.endpoints == ("tcp:80",)
     assert routes(loaded) == [("api/(.+/?)", "backend"), ("static/.+/?", "front")]
 
 
@@ -98,8 +98,8 @@ def test_example_with_every_option_loads() -> None:
     assert servers(backend)[0] == ("127.0.0.1:9001", 5)
     assert str(backend.servers[2].origin) == "https://api3.internal:8443"
     assert front.balancer == "least_conn"
-    assert loaded.server.listen == ("tcp:8080:interface=127.0.0.1",)
-    assert loaded.server.max_body_size == 1024 * 1024
+    assert loaded.frontend.listen == ("tcp:8080:interface=127.0.0.1",)
+    assert loaded.frontend.max_body_size == 1024 * 1024
     assert routes(loaded) == [("^/api/(.+/?)", "backend"), ("^/", "front")]
     assert loaded.admin == AdminConfig()
 
@@ -110,7 +110,7 @@ def test_demo_loads() -> None:
     api = loaded.upstream("api")
     assert servers(api)[0] == ("127.0.0.1:9001", 3)
     assert {server.fail_timeout for server in api.servers} == {5.0}
-    assert [each.pass_match for each in loaded.server.locations] == [
+    assert [each.pass_match for each in loaded.frontend.locations] == [
         False,
         True,
         False,
@@ -132,12 +132,12 @@ def test_defaults_are_the_models() -> None:
     declares.
     """
     loaded = parse_config(config(), "test.toml")
-    server = ServerConfig("127.0.0.1:9001", parse_origin("127.0.0.1:9001"))
+    server = UpstreamServerConfig("127.0.0.1:9001", parse_origin("127.0.0.1:9001"))
     assert loaded.upstreams == (UpstreamConfig("b", (server,)),)
-    assert loaded.server == FrontendConfig(locations=loaded.server.locations)
+    assert loaded.frontend == FrontendConfig(locations=loaded.frontend.locations)
     assert loaded.log == LogConfig()
     assert loaded.demo == DemoConfig()
-    location = loaded.server.locations[0]
+    location = loaded.frontend.locations[0]
     assert (location.host, location.pass_match) == (None, False)
 
 
@@ -312,7 +312,7 @@ def test_original_spellings() -> None:
         'path = "^/x/(.*)"\nhttp_pass = "b"\nhost = "a.example"\npass_match = true'
     )
     loaded = parse_config(config(location=location), "test.toml")
-    (only,) = loaded.server.locations
+    (only,) = loaded.frontend.locations
     assert (only.pattern.pattern, only.upstream) == ("^/x/(.*)", "b")
     assert (only.host, only.pass_match) == ("a.example", True)
 
@@ -331,7 +331,7 @@ def test_original_spellings() -> None:
 )
 def test_max_body_size(value: str, expected: int) -> None:
     text = config(frontend=f"max_body_size = {value}")
-    assert parse_config(text, "test.toml").server.max_body_size == expected
+    assert parse_config(text, "test.toml").frontend.max_body_size == expected
 
 
 @pytest.mark.parametrize(
@@ -354,7 +354,7 @@ def test_relative_paths_are_relative_to_the_file(tmp_path: Path) -> None:
         )
     )
     loaded = load_config(str(path))
-    assert loaded.server.error_page == str(directory / "error.html")
+    assert loaded.frontend.error_page == str(directory / "error.html")
     assert loaded.log == LogConfig(str(directory / "logs" / "access.log"), "json")
 
 
@@ -698,7 +698,7 @@ def test_limits_and_trusted_proxies() -> None:
         ),
         "test.toml",
     )
-    server = loaded.server
+    server = loaded.frontend
     assert (server.max_request_line, server.max_header_size) == (4096, 8192)
     assert (server.max_headers, server.header_timeout) == (50, 3)
     assert (server.body_min_rate, server.idle_timeout) == (0, 30)

@@ -72,7 +72,7 @@ class AdminApp:
         self.security = security
         self._metrics = MetricsResource(metrics_registry(upstreams, client_stats))
         self._locations: Dict[str, List[str]] = {}
-        for location in config.server.locations:
+        for location in config.frontend.locations:
             patterns = self._locations.setdefault(location.upstream, [])
             patterns.append(location.pattern.pattern)
 

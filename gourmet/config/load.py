@@ -46,8 +46,8 @@ from gourmet.config.model import (
     GourmetConfig,
     LocationConfig,
     LogConfig,
-    ServerConfig,
     UpstreamConfig,
+    UpstreamServerConfig,
 )
 from gourmet.config.origin import parse_origin
 from gourmet.upstream.balancers import BALANCERS
@@ -598,7 +598,7 @@ _UPSTREAM: Dict[str, Kind[Any]] = {
 _UPSTREAM_NAME = re.compile(r"\A[A-Za-z0-9_.-]+\Z")
 
 
-def _server(table: _Table, defaults: Dict[str, Any]) -> ServerConfig:
+def _server(table: _Table, defaults: Dict[str, Any]) -> UpstreamServerConfig:
     path = table.require("path", _string, 'an address such as "127.0.0.1:9001"')
     options = table.fields(tls_verify=_boolean)
     values = {**defaults, **table.fields(weight=_whole(0, MAX_WEIGHT), **_HEALTH)}
@@ -607,7 +607,7 @@ def _server(table: _Table, defaults: Dict[str, Any]) -> ServerConfig:
         origin = parse_origin(path, **options)
     except ValueError as error:
         raise table.error("path", str(error)) from None
-    return ServerConfig(path=path, origin=origin, **values)
+    return UpstreamServerConfig(path=path, origin=origin, **values)
 
 
 def _upstream(name: str, table: _Table) -> UpstreamConfig:
@@ -688,7 +688,7 @@ def _admin(table: _Table, base_dir: str) -> AdminConfig:
 def _gourmet(document: _Table, source: str, base_dir: str) -> GourmetConfig:
     upstreams = _upstreams(document)
     names = [upstream.name for upstream in upstreams]
-    server = _frontend(document.table("server", "a [server] table"), names, base_dir)
+    frontend = _frontend(document.table("server", "a [server] table"), names, base_dir)
     log = document.table("log").only(
         access_log=_log_target(base_dir),
         access_log_format=_choice(("combined", "json")),
@@ -699,7 +699,7 @@ def _gourmet(document: _Table, source: str, base_dir: str) -> GourmetConfig:
     return GourmetConfig(
         source=source,
         upstreams=upstreams,
-        server=server,
+        frontend=frontend,
         log=LogConfig(**log),
         demo=DemoConfig(**demo),
         admin=admin,

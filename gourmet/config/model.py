@@ -22,7 +22,7 @@ DEFAULT_CONFIG_PATH = "/etc/gourmet/gourmet.toml"
 
 
 @frozen
-class ServerConfig:
+class UpstreamServerConfig:
     """
     One upstream server.
 
@@ -50,7 +50,7 @@ class UpstreamConfig:
     """
 
     name: str
-    servers: Tuple[ServerConfig, ...]
+    servers: Tuple[UpstreamServerConfig, ...]
     balancer: str = "round_robin"
     provider: str = "static"
     connect_timeout: float = 5.0
@@ -208,7 +208,8 @@ class GourmetConfig:
 
     source: str
     upstreams: Tuple[UpstreamConfig, ...]
-    server: FrontendConfig
+    #: The ``[server]`` section: Gourmet's own server, facing the clients.
+    frontend: FrontendConfig
     log: LogConfig = field(factory=LogConfig)
     demo: DemoConfig = field(factory=DemoConfig)
     admin: AdminConfig = field(factory=AdminConfig)

@@ -16,7 +16,7 @@ from typing import Collection, List, Optional, Tuple
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from gourmet.config.model import MAX_WEIGHT, ServerConfig, UpstreamConfig
+from gourmet.config.model import MAX_WEIGHT, UpstreamConfig, UpstreamServerConfig
 from gourmet.upstream.balancers import BALANCERS, IBalancer
 from gourmet.upstream.health import PassiveHealth
 from gourmet.upstream.stats import ServerStats, UpstreamStats
@@ -47,7 +47,7 @@ class Server:
 
     def __init__(
         self,
-        config: ServerConfig,
+        config: UpstreamServerConfig,
         health: PassiveHealth,
         server_id: str,
         upstream_stats: UpstreamStats,
