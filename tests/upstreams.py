@@ -15,6 +15,7 @@ from twisted.internet.defer import maybeDeferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -155,6 +156,10 @@ class CountingProtocolSite(Site):
     A site that counts the connections made to it.
     """
 
+    # A plain HTTP/1.1 channel (not Twisted's HTTP/1-or-2 wrapper): the
+    # tests reach its transport to drop connections as a crash would.
+    protocol = HTTPChannel  # type: ignore[assignment]
+
     def __init__(self, resource: Resource, owner: UpstreamServer) -> None:
         super().__init__(resource)
         self.owner = owner
@@ -218,9 +223,7 @@ class UpstreamServer:
             port, self._port = self._port, None
             await maybeDeferred(port.stopListening)
         for protocol in self.site.protocols:
-            # Twisted's HTTP protocol wraps the channel that holds the socket.
-            channel = getattr(protocol, "_channel", protocol)
-            transport: Any = getattr(channel, "transport", None)
+            transport: Any = protocol.transport
             if transport is not None and transport.connected:
                 transport.abortConnection()
         self.site.protocols.clear()
