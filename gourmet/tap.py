@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 
 
 class Options(usage.Options):
+    """
+    ``twistd gourmet``'s options: where the configuration is.
+    """
+
     synopsis = "[options]"
     longdesc = "Run Gourmet, an HTTP load balancer, with a TOML configuration."
     optParameters = [
@@ -27,6 +31,10 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> GourmetService:
+    """
+    The service for the configuration ``options`` name; a bad one (or a
+    Twisted Gourmet cannot run on) exits with one line.
+    """
     from twisted.internet import reactor
 
     try:

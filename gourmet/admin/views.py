@@ -33,6 +33,12 @@ def _milliseconds(seconds: Optional[float]) -> Optional[float]:
 
 
 def server_view(server: Server, upstream_recent: int) -> Dict[str, Any]:
+    """
+    One server as the API shows it.
+
+    :param upstream_recent: its upstream's requests over the last minute,
+        for the server's share.
+    """
     health = server.health
     stats = server.stats
     recent = stats.requests.total(RECENT_SECONDS)
@@ -64,6 +70,11 @@ def server_view(server: Server, upstream_recent: int) -> Dict[str, Any]:
 
 
 def upstream_view(upstream: Upstream, locations: List[str]) -> Dict[str, Any]:
+    """
+    One upstream, its servers and its recent history, as the API shows it.
+
+    :param locations: the patterns of the locations it serves.
+    """
     stats = upstream.stats
     recent = stats.requests.total(RECENT_SECONDS)
     return {

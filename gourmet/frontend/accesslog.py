@@ -60,6 +60,10 @@ def _fields(request: Any, record: ProxyRecord, now: float, when: str) -> Dict[st
 
 
 def combined_line(request: Any, record: ProxyRecord, now: float, when: str) -> str:
+    """
+    The access log line of a request in the combined format, then the
+    upstreams tried, their statuses and the time taken.
+    """
     # Written out rather than through _fields: this runs for every request.
     address = request.getClientAddress()
     return (
@@ -76,6 +80,9 @@ def combined_line(request: Any, record: ProxyRecord, now: float, when: str) -> s
 
 
 def json_line(request: Any, record: ProxyRecord, now: float, when: str) -> str:
+    """
+    The same fields as :func:`combined_line`, as one JSON object.
+    """
     fields = _fields(request, record, now, when)
     return json.dumps(fields, separators=(",", ":")) + "\n"
 

@@ -100,6 +100,10 @@ class GourmetRequest(NamedRequest):
 
 
 class NotFound(Resource):
+    """
+    What a request no location matches gets: Gourmet's 404.
+    """
+
     isLeaf = True
 
     def __init__(self, error_pages: ErrorPages) -> None:

@@ -19,6 +19,10 @@ from twisted.logger import Logger
 
 
 class Health(enum.Enum):
+    """
+    What passive health says of a server.
+    """
+
     UP = "up"
     #: Taken out after too many failures, until ``down_until``.
     DOWN = "down"
