@@ -12,7 +12,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -35,7 +34,15 @@ from playwright.sync_api import (
 
 from gourmet.admin.passwords import hash_password
 from gourmet.upstream.state import server_ids
-from tests.test_twistd import TWISTD, free_port
+from tests.processes import (
+    ADMIN_CONSOLE,
+    GOURMET_LISTENING,
+    TWISTD,
+    UPSTREAM_LISTENING,
+    port_of,
+    ports_of,
+    wait_reported,
+)
 
 ROOT = Path(__file__).parents[1]
 #: The README's picture of the console; set GOURMET_SCREENSHOT=1 to take it
@@ -55,31 +62,11 @@ CHROMIUM_ARGS = [
 USER = "admin"
 PASSWORD = "s3cret-pass"
 TOKEN = "a-token-of-at-least-16-chars"
-#: How long a process may take to start listening.
-START_SECONDS = 20.0
 #: The servers' fail_timeout in the configuration.
 FAIL_TIMEOUT = 1.0
 
 
 # -- processes ----------------------------------------------------------------
-
-
-def wait_listening(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    """
-    Wait until ``port`` on loopback accepts connections.
-
-    :raises AssertionError: if the process exits first, or it takes too long.
-    """
-    deadline = time.monotonic() + START_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"exited with {process.returncode}: {log.read_text()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), 0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listening on port {port}: {log.read_text()}")
 
 
 def stop_process(process: subprocess.Popen[bytes]) -> Optional[int]:
@@ -99,20 +86,42 @@ def stop_process(process: subprocess.Popen[bytes]) -> Optional[int]:
 class UpstreamProcess:
     """
     ``python -m tests.upstream_process PORT NAME``, which can be stopped and
-    started again on the same port.
+    started again at the same address.
+
+    :ivar port: the port it listens on, known once it first started.
     """
 
-    def __init__(self, name: str, port: int, directory: Path) -> None:
+    def __init__(self, name: str, directory: Path) -> None:
         self.name = name
-        self.port = port
-        self.address = f"127.0.0.1:{port}"
-        #: The server's id in the admin API, made from its address.
-        (self.id,) = server_ids([self.address])
+        self.port = 0
         self.log = directory / f"upstream-{name}.log"
         self.process: Optional[subprocess.Popen[bytes]] = None
 
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def id(self) -> str:
+        """
+        The server's id in the admin API, made from its address.
+        """
+        (id_,) = server_ids([self.address])
+        return id_
+
     def start(self) -> None:
+        """
+        Start the server and wait until it says where it listens.
+
+        The first start listens on port 0, a port the system picks. A
+        restart listens on that port again: Gourmet's configuration names
+        the server by its address, and a server that comes back after a
+        crash comes back there. (The port was this server's own until it
+        stopped; another program may take it meanwhile, and then the
+        restart fails saying so rather than serving somewhere else.)
+        """
         assert self.process is None or self.process.poll() is not None
+        start = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [
@@ -126,7 +135,10 @@ class UpstreamProcess:
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,
             )
-        wait_listening(self.port, self.process, self.log)
+        (listening,) = wait_reported(
+            self.process, self.log, [UPSTREAM_LISTENING], start
+        )
+        self.port = port_of(listening["address"])
 
     def stop(self) -> Optional[int]:
         """
@@ -139,11 +151,14 @@ class UpstreamProcess:
 
 class GourmetProcess:
     """
-    ``twistd -n --pidfile= gourmet --config FILE``, listening on ``port``
-    and its console on ``admin_port``.
+    ``twistd -n --pidfile= gourmet --config FILE``, once it said where it
+    and its console listen.
+
+    :ivar port: the port of its (one) listener.
+    :ivar admin_port: the console's port.
     """
 
-    def __init__(self, config: Path, port: int, admin_port: int) -> None:
+    def __init__(self, config: Path) -> None:
         self.log = config.with_suffix(".log")
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
@@ -153,11 +168,14 @@ class GourmetProcess:
                 cwd=config.parent,
             )
         try:
-            wait_listening(port, self.process, self.log)
-            wait_listening(admin_port, self.process, self.log)
+            listening, admin = wait_reported(
+                self.process, self.log, [GOURMET_LISTENING, ADMIN_CONSOLE]
+            )
         except BaseException:
             stop_process(self.process)
             raise
+        (self.port,) = ports_of(listening["addresses"])
+        self.admin_port = port_of(admin["address"])
 
     def stop(self) -> None:
         stop_process(self.process)
@@ -199,16 +217,38 @@ token = "{token}"
 class Deployment:
     """
     Gourmet balancing ``backend`` over upstreams ``a`` and ``b``.
+
+    :ivar port: Gourmet's port, once started.
+    :ivar admin_port: its console's port, once started.
     """
 
     def __init__(self, directory: Path) -> None:
-        self.a = UpstreamProcess("alpha", free_port(), directory)
-        self.b = UpstreamProcess("beta", free_port(), directory)
+        self.a = UpstreamProcess("alpha", directory)
+        self.b = UpstreamProcess("beta", directory)
         self.password_hash = hash_password(PASSWORD)
-        self.port = free_port()
-        self.admin_port = free_port()
-        self.admin_url = f"http://127.0.0.1:{self.admin_port}"
+        self.port = 0
+        self.admin_port = 0
         self.config = directory / "gourmet.toml"
+        self.gourmet: Optional[GourmetProcess] = None
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def start(self) -> None:
+        self.a.start()
+        self.b.start()
+        self.start_gourmet()
+
+    def start_gourmet(self) -> None:
+        """
+        Start Gourmet in front of the upstreams.
+
+        The first start listens on port 0, ports the system picks. A
+        restart listens on those ports again, as a restarted Gourmet does:
+        the page in the browser keeps the console's address (its origin),
+        and the traffic Gourmet's.
+        """
         self.config.write_text(
             CONFIG.format(
                 fail_timeout=FAIL_TIMEOUT,
@@ -221,15 +261,8 @@ class Deployment:
                 password_hash=self.password_hash,
             )
         )
-        self.gourmet: Optional[GourmetProcess] = None
-
-    def start(self) -> None:
-        self.a.start()
-        self.b.start()
-        self.start_gourmet()
-
-    def start_gourmet(self) -> None:
-        self.gourmet = GourmetProcess(self.config, self.port, self.admin_port)
+        self.gourmet = GourmetProcess(self.config)
+        self.port, self.admin_port = self.gourmet.port, self.gourmet.admin_port
 
     def stop_gourmet(self) -> None:
         if self.gourmet is not None:

@@ -9,10 +9,9 @@ import json
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, List
+from typing import Any, Iterator, List, Optional
 
 import pytest
 import pytest_twisted
@@ -20,26 +19,35 @@ import treq
 from twisted.internet import reactor
 from twisted.web.client import HTTPConnectionPool
 
+from tests.processes import (
+    ADMIN_CONSOLE,
+    GOURMET_LISTENING,
+    POLL_SECONDS,
+    START_SECONDS,
+    TWISTD,
+    port_of,
+    ports_of,
+    reported,
+)
 from tests.rawhttp import sleep
 from tests.reference import reference_config
 
-TWISTD = [str(Path(sys.executable).with_name("twistd"))]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+#: Listen settings for a port the system picks, which twistd then tells.
+LISTEN = "tcp:0:interface=127.0.0.1"
 
 
 class Twistd:
     """
     A ``twistd -n gourmet`` process.
+
+    Its configuration listens on port 0; :meth:`ready` reads the ports it
+    got from its log (standard error, under ``-n`` with no ``--logfile``).
+
+    :ivar port: the port of its first listener, once ready.
+    :ivar admin_port: the console's port, once ready, if it has one.
     """
 
-    def __init__(self, config: Path, port: int) -> None:
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
+    def __init__(self, config: Path) -> None:
         self.stdout = config.with_suffix(".out")
         self.stderr = config.with_suffix(".err")
         self.process = subprocess.Popen(
@@ -49,17 +57,30 @@ class Twistd:
             cwd=config.parent,
         )
         self.pool = HTTPConnectionPool(reactor, persistent=False)
+        self.port = 0
+        self.admin_port: Optional[int] = None
 
-    async def ready(self) -> None:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.stderr.read_text()
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), 0.2):
-                    return
-            except OSError:
-                await sleep(0.1)
-        raise AssertionError("twistd did not start listening")
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def ready(self, admin: bool = False) -> None:
+        """
+        Wait until twistd says where it listens (and, with ``admin``, where
+        its console does), without blocking the reactor.
+        """
+        patterns = [GOURMET_LISTENING, ADMIN_CONSOLE] if admin else [GOURMET_LISTENING]
+        deadline = time.monotonic() + START_SECONDS
+        while True:
+            matches = reported(self.process, self.stderr, patterns)
+            if matches is not None:
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"twistd did not say: {self.stderr.read_text()}")
+            await sleep(POLL_SECONDS)
+        self.port = ports_of(matches[0]["addresses"])[0]
+        if admin:
+            self.admin_port = port_of(matches[1]["address"])
 
     def get(self, path: str, **kwargs: Any) -> Any:
         return treq.get(self.url + path, pool=self.pool, **kwargs)
@@ -98,16 +119,15 @@ async def test_reference_configuration_runs_under_twistd(
     text = reference_config()
     for server in servers:
         text = text.replace(f'"{server.name}.foo.bar"', f'"{server.address}"')
-    port = free_port()
-    text = text.replace("port=80", f"port={port}")
+    # server.port takes 1 to 65535: a port the system picks needs listen.
+    text = text.replace("port=80", f"listen=['{LISTEN}']")
     assert "foo.bar" not in text
-    admin_port = free_port()
-    text += f'\n[admin]\nlisten = "tcp:{admin_port}:interface=127.0.0.1"\n'
+    text += f'\n[admin]\nlisten = "{LISTEN}"\n'
     config = tmp_path / "gourmet.toml"
     config.write_text(text)
-    gourmet = Twistd(config, port)
+    gourmet = Twistd(config)
     processes.append(gourmet)
-    await gourmet.ready()
+    await gourmet.ready(admin=True)
     api = []
     for _ in range(7):
         response = await gourmet.get("/api/users")
@@ -122,7 +142,7 @@ async def test_reference_configuration_runs_under_twistd(
     await response.content()
     # The admin console of the same process counts what went where.
     console = await treq.get(
-        f"http://127.0.0.1:{admin_port}/api/upstreams/backend",
+        f"http://127.0.0.1:{gourmet.admin_port}/api/upstreams/backend",
         pool=gourmet.pool,
     )
     counted = {s["address"]: s["requests"] for s in (await console.json())["servers"]}
@@ -195,19 +215,18 @@ async def test_slow_client_does_not_make_the_proxy_buffer(
     proxy's memory (stock ReverseProxyResource would buffer it all).
     """
     (server,) = make_upstreams("big")
-    port = free_port()
     config = tmp_path / "gourmet.toml"
     config.write_text(
         f"[upstreams.b]\n[[upstreams.b.servers]]\npath='{server.address}'\n"
-        f"[server]\nlisten=['tcp:{port}:interface=127.0.0.1']\n"
+        f"[server]\nlisten=['{LISTEN}']\n"
         "[[server.locations]]\nlocation='/'\nupstream='b'\n"
         "[log]\naccess_log='off'\n[admin]\nlisten='off'\n"
     )
-    gourmet = Twistd(config, port)
+    gourmet = Twistd(config)
     processes.append(gourmet)
     await gourmet.ready()
     size = 96 * 1024 * 1024
-    client = socket.create_connection(("127.0.0.1", port))
+    client = socket.create_connection(("127.0.0.1", gourmet.port))
     client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
     client.sendall(f"GET /big/{size} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     client.setblocking(False)
@@ -245,14 +264,13 @@ def test_twistd_lists_the_plugin_and_its_config_option() -> None:
 
 
 def test_a_port_in_use_stops_twistd_with_one_clear_line(tmp_path: Path) -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
+    # Held listening for as long as twistd runs: the port is surely in use.
+    with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         config = tmp_path / "gourmet.toml"
         config.write_text(
             "[upstreams.b]\n[[upstreams.b.servers]]\npath='127.0.0.1:1'\n"
-            f"[server]\nlisten=['tcp:{free_port()}:interface=127.0.0.1']\n"
+            f"[server]\nlisten=['{LISTEN}']\n"
             "[[server.locations]]\nlocation='/'\nupstream='b'\n"
             f"[admin]\nlisten='tcp:{port}:interface=127.0.0.1'\n"
         )

@@ -1,11 +1,13 @@
 """
 An upstream server in a process of its own, so that a test can stop it (as
-a crash would) and start it again on the same port::
+a crash would) and start it again::
 
     python -m tests.upstream_process PORT NAME
 
-It listens on 127.0.0.1:PORT and answers every request with JSON naming
-itself, ``{"server": NAME, "path": ...}``, until SIGTERM stops it cleanly.
+It listens on 127.0.0.1:PORT (PORT 0: a port the system picks), prints
+``upstream NAME listening on 127.0.0.1:PORT`` with the port it got, and
+answers every request with JSON naming itself, ``{"server": NAME, "path":
+...}``, until SIGTERM stops it cleanly.
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ async def serve(reactor: Any, port: int, name: str) -> None:
     SIGTERM (and SIGINT) stop it, and :func:`react` then exits with 0.
     """
     endpoint = TCP4ServerEndpoint(reactor, port, interface="127.0.0.1")
-    await endpoint.listen(DemoSite(DemoResource(name), reactor=reactor))
+    listening = await endpoint.listen(DemoSite(DemoResource(name), reactor=reactor))
+    # The test reads the port from this line (tests.processes).
+    print(f"upstream {name} listening on 127.0.0.1:{listening.getHost().port}")
+    sys.stdout.flush()
     forever: Deferred[None] = Deferred()
     await forever
 
