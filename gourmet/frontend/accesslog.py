@@ -13,6 +13,7 @@ from typing import IO, Any, Callable, Dict, List, Optional
 from attrs import define, field
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
+from twisted.web import http
 
 #: Written for a request whose client left before the response was complete,
 #: as nginx does.
@@ -40,7 +41,9 @@ def _quoted(value: Optional[bytes]) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def _fields(request: Any, record: ProxyRecord, now: float, when: str) -> Dict[str, Any]:
+def _fields(
+    request: http.Request, record: ProxyRecord, now: float, when: str
+) -> Dict[str, Any]:
     address = request.getClientAddress()
     return {
         "remote_addr": getattr(address, "host", "-"),
@@ -59,7 +62,9 @@ def _fields(request: Any, record: ProxyRecord, now: float, when: str) -> Dict[st
     }
 
 
-def combined_line(request: Any, record: ProxyRecord, now: float, when: str) -> str:
+def combined_line(
+    request: http.Request, record: ProxyRecord, now: float, when: str
+) -> str:
     """
     The access log line of a request in the combined format, then the
     upstreams tried, their statuses and the time taken.
@@ -79,7 +84,7 @@ def combined_line(request: Any, record: ProxyRecord, now: float, when: str) -> s
     )
 
 
-def json_line(request: Any, record: ProxyRecord, now: float, when: str) -> str:
+def json_line(request: http.Request, record: ProxyRecord, now: float, when: str) -> str:
     """
     The same fields as :func:`combined_line`, as one JSON object.
     """
@@ -136,7 +141,7 @@ class AccessLog(MultiService):
             self._file = None
         return result
 
-    def write(self, request: Any, record: ProxyRecord) -> None:
+    def write(self, request: http.Request, record: ProxyRecord) -> None:
         if self._file is None:
             return
         now = self._clock.seconds()

@@ -30,6 +30,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web import http
 from twisted.web.http_headers import Headers
 
 from gourmet._twisted.channel import HTTPChannelHooks
@@ -404,7 +405,7 @@ class GourmetChannel(HTTPChannelHooks):
         # Twisted answers "100 Continue" here, after Gourmet's checks.
         super().allHeadersReceived()
 
-    def checkPersistence(self, request: Any, version: bytes) -> bool:
+    def checkPersistence(self, request: http.Request, version: bytes) -> bool:
         # Twisted splits Connection at spaces only (it is a comma list), and
         # closes every HTTP/1.0 connection; an HTTP/1.0 client that asks to
         # keep it is answered as nginx does (see writeHeaders).
