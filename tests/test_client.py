@@ -342,24 +342,6 @@ async def test_closed_mid_body_is_not_before_response(
     assert not raised.value.before_response
 
 
-@pytest_twisted.ensureDeferred
-async def test_read_timeout(pool: ConnectionPool, scripted: Any) -> None:
-    _, origin = scripted(None)
-    with pytest.raises(ReadTimeout):
-        await fetch(pool, origin, read_timeout=0.2)
-    assert pool.idle_count(origin) == 0
-
-
-@pytest_twisted.ensureDeferred
-async def test_header_timeout(pool: ConnectionPool, scripted: Any) -> None:
-    _, origin = scripted(None)
-    started = reactor.seconds()
-    with pytest.raises(HeaderTimeout):
-        await fetch(pool, origin, read_timeout=30, header_timeout=0.2)
-    assert 0.15 < reactor.seconds() - started < 5
-    assert pool.idle_count(origin) == 0
-
-
 def clocked_connection() -> Tuple[Clock, UpstreamConnection, Collector, List[Failure]]:
     """
     An upstream connection on a Clock and an in-memory transport, a
@@ -515,20 +497,6 @@ async def test_server_closing_an_idle_connection_removes_it(
             break
         await sleep(0.02)
     assert pool.idle_count(origin) == 0
-
-
-@pytest_twisted.ensureDeferred
-async def test_idle_connections_expire(make_upstreams: Any) -> None:
-    (server,) = make_upstreams("one")
-    origin = parse_origin(server.address)
-    pool = ConnectionPool(reactor, idle_timeout=0.2)
-    try:
-        await fetch(pool, origin)
-        assert pool.idle_count(origin) == 1
-        await sleep(0.5)
-        assert pool.idle_count(origin) == 0
-    finally:
-        await pool.close()
 
 
 @pytest_twisted.ensureDeferred

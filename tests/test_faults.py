@@ -1,8 +1,11 @@
 """
-Faults on either side of the proxy: upstreams that reset, close, stall or
-never answer; clients that leave mid-upload or mid-download or pipeline
-without reading; every server down.  Each ends with an answer or a cut
-that cannot be mistaken for success, and nothing left open.
+Faults on either side of the proxy over real sockets on loopback:
+upstreams that reset or close; clients that leave mid-upload or
+mid-download or pipeline without reading.  Each ends with an answer or a
+cut that cannot be mistaken for success, and nothing left open (file
+descriptors counted).  Upstreams that stall or never connect, and every
+server down, are tested in memory, on the reactor's clock
+(``tests/test_memory_upstream.py``).
 """
 
 from __future__ import annotations
@@ -13,13 +16,8 @@ import tempfile
 from typing import Any, Callable, List
 
 import pytest_twisted
-import treq
 from twisted.internet import reactor
-from twisted.internet.defer import gatherResults, maybeDeferred
-from twisted.internet.protocol import Protocol, ServerFactory
-from twisted.web.client import HTTPConnectionPool
 
-from tests.configs import config
 from tests.rawhttp import sleep
 from tests.test_rfc import OK, Response, raw_client, request, wait_for
 
@@ -165,48 +163,6 @@ async def test_a_post_is_never_sent_twice(scripted_proxy: Any) -> None:
     assert upstream.connections == 1
 
 
-# -- upstreams that stall ------------------------------------------------------
-
-
-@pytest_twisted.ensureDeferred
-async def test_no_response_head_within_header_timeout_is_504(
-    scripted_proxy: Any,
-) -> None:
-    upstream, running = await scripted_proxy(
-        None, upstream_extra="header_timeout = 0.3\nread_timeout = 30"
-    )
-    baseline = await warm(running, "/first")
-    upstream.responses.append(None)
-    started = reactor.seconds()
-    response = await running.get("/", headers={"Accept": "application/json"})
-    assert response.code == 504
-    assert 0.25 < reactor.seconds() - started < 3
-    await response.content()
-    await wait_for(lambda: not upstream.open)
-    assert running.service.pools["backend"].idle_count() == 0
-    await fds_back_to(baseline)
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_stall_after_the_head_cuts_the_response_after_read_timeout(
-    scripted_proxy: Any,
-) -> None:
-    upstream, running = await scripted_proxy(
-        part(100) + b"0123456789", upstream_extra="read_timeout = 0.3"
-    )
-    baseline = open_fds()
-    client = await raw_client(running.port)
-    started = reactor.seconds()
-    client.send(request())
-    response = await client.response()
-    assert 0.25 < reactor.seconds() - started < 3
-    assert response.status == 200 and response.body == b"0123456789"
-    assert not response.complete and client.closed
-    assert running.upstream("backend").servers[0].active == 0
-    await wait_for(lambda: not upstream.open)
-    await fds_back_to(baseline)
-
-
 # -- clients that leave --------------------------------------------------
 
 
@@ -322,72 +278,3 @@ async def test_clients_pipelining_without_reading_use_bounded_memory(
             client.close()
     await wait_for(lambda: running.upstream("backend").servers[0].active == 0, 10)
     await fds_back_to(baseline)
-
-
-# -- every server down -----------------------------------------------------
-
-
-class Counting(ServerFactory):
-    """
-    A listener that counts the connections made to it and resets each one
-    at once, as a server that is down for this purpose does.
-    """
-
-    noisy = False
-
-    def __init__(self) -> None:
-        self.attempts = 0
-
-    def buildProtocol(self, addr: Any) -> Protocol:
-        self.attempts += 1
-        return _Reset()
-
-
-class _Reset(Protocol):
-    def connectionMade(self) -> None:
-        self.transport.abortConnection()  # type: ignore[union-attr]
-
-
-@pytest_twisted.ensureDeferred
-async def test_every_server_down_is_503_without_connection_attempts(
-    gourmet: Any,
-) -> None:
-    listeners = [Counting(), Counting()]
-    ports = [reactor.listenTCP(0, f, interface="127.0.0.1") for f in listeners]
-    pool = HTTPConnectionPool(reactor, persistent=False)
-    try:
-        addresses = [f"127.0.0.1:{p.getHost().port}" for p in ports]  # type: ignore[attr-defined]
-        # With the panic threshold off: all down means nothing is tried.
-        extra = "fail_timeout = 1.5\npanic_threshold = 0"
-        running = await gourmet(config(addresses, upstream_extra=extra))
-
-        def attempts() -> int:
-            return sum(listener.attempts for listener in listeners)
-
-        async def burst(count: int) -> List[int]:
-            responses = await gatherResults(
-                [
-                    treq.get(running.url + f"/{n}", pool=pool).addCallback(
-                        lambda r: treq.content(r).addCallback(lambda _: r.code)
-                    )
-                    for n in range(count)
-                ]
-            )
-            return list(responses)
-
-        # The first request finds both down, and marks them so.
-        assert await burst(1) == [502]
-        assert attempts() == 2
-        started = reactor.seconds()
-        assert await burst(100) == [503] * 100
-        assert reactor.seconds() - started < 3
-        assert attempts() == 2
-        # After fail_timeout, one trial request per server: no storm.
-        await sleep(1.6)
-        codes = await burst(100)
-        assert set(codes) <= {502, 503} and codes.count(503) >= 98
-        assert attempts() <= 4
-    finally:
-        await pool.closeCachedConnections()
-        for port in ports:
-            await maybeDeferred(port.stopListening)

@@ -1,7 +1,9 @@
 """
-The client limits of ``[server]`` over real sockets on loopback: deadlines
-for the head and the body, the body size, the number of connections and
-the idle timeout.  Every wait is bounded.
+The body size limits of ``[server]`` over real sockets on loopback, where
+what matters is what a client reads when Gourmet refuses a body it is
+still sending.  Every wait is bounded.  The deadlines, the idle timeout
+and the number of connections are tested in memory, on the reactor's
+clock (``tests/test_memory_frontend.py``).
 """
 
 from __future__ import annotations
@@ -16,35 +18,12 @@ from tests.rawhttp import RawClient, sleep, status_of
 from tests.upstreams import UpstreamServer
 
 HEAD = b"POST / HTTP/1.1\r\nHost: example.com\r\n"
-GET = b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n"
 
 
 async def refused(client: RawClient, timeout: float = 5.0) -> bytes:
     reply = await client.read_until_closed(timeout)
     assert client.closed
     return reply
-
-
-async def trickle_to_408(
-    client: RawClient,
-    server: UpstreamServer,
-    piece: bytes,
-    pause: float,
-    started: float,
-    limit: float,
-) -> None:
-    """
-    Send ``piece`` every ``pause`` seconds until the server closes the
-    connection (or ``limit`` seconds after ``started``): it answered 408,
-    0.4 to 2 s after ``started``, and nothing reached the upstream.
-    """
-    while not client.closed and time.monotonic() - started < limit:
-        await client.send(piece)
-        await sleep(pause)
-        client.poll()
-    assert client.received == refusal(408)
-    assert 0.4 < time.monotonic() - started < 2.0
-    assert server.seen == []
 
 
 async def posting(
@@ -73,67 +52,6 @@ async def refusal_of(
     await client.send(data)
     reply = await refused(client)
     return server, reply, time.monotonic() - started
-
-
-@pytest_twisted.ensureDeferred
-async def test_unfinished_head_gets_408_after_header_timeout(raw_proxy: Any) -> None:
-    server, reply, elapsed = await refusal_of(
-        raw_proxy, "header_timeout = 0.5", b"GET / HTTP/1.1\r\nHost: exa"
-    )
-    assert reply == refusal(408)
-    assert 0.4 < elapsed < 2.0
-    assert server.connections == 0
-
-
-@pytest_twisted.ensureDeferred
-async def test_trickled_head_gets_408_though_bytes_keep_coming(raw_proxy: Any) -> None:
-    server, _, client = await raw_proxy("header_timeout = 0.5")
-    started = time.monotonic()
-    await client.send(b"GET / HTTP/1.1\r\n")
-    await trickle_to_408(client, server, b"X: y\r\n", 0.05, started, limit=3)
-
-
-@pytest_twisted.ensureDeferred
-async def test_silent_connection_is_closed_without_an_answer(raw_proxy: Any) -> None:
-    # A client that asked nothing gets no 408: only a closed connection.
-    _, reply, elapsed = await refusal_of(raw_proxy, "header_timeout = 0.5", b"")
-    assert reply == b""
-    assert 0.4 < elapsed < 2.0
-
-
-@pytest_twisted.ensureDeferred
-async def test_connection_silent_after_a_blank_line_gets_408(raw_proxy: Any) -> None:
-    _, reply, _ = await refusal_of(raw_proxy, "header_timeout = 0.5", b"\r\n")
-    assert reply == refusal(408)
-
-
-@pytest_twisted.ensureDeferred
-async def test_slow_body_gets_408_when_below_body_min_rate(raw_proxy: Any) -> None:
-    server, client = await posting(
-        raw_proxy,
-        "header_timeout = 0.5\nbody_min_rate = 1000",
-        b"Content-Length: 100000\r\n",
-    )
-    started = time.monotonic()
-    # 100 bytes every 0.1 s: 1000 bytes/s at best, below it on average.
-    await trickle_to_408(client, server, b"x" * 20, 0.1, started, limit=5)
-
-
-@pytest_twisted.ensureDeferred
-async def test_body_faster_than_body_min_rate_passes(raw_proxy: Any) -> None:
-    server, client = await posting(
-        raw_proxy,
-        "header_timeout = 0.3\nbody_min_rate = 1000",
-        b"Content-Length: 4000\r\n",
-    )
-    # 4000 bytes over about 0.8 s: 5000 bytes/s, past the first checks.
-    for _ in range(8):
-        await client.send(b"y" * 500)
-        await sleep(0.1)
-    reply = await client.read_response()
-    assert status_of(reply) == 200
-    assert len(server.seen) == 1
-    assert server.seen[0].body == b"y" * 4000
 
 
 @pytest_twisted.ensureDeferred
@@ -212,66 +130,3 @@ async def test_body_far_over_the_limit_sent_at_once_still_reads_its_413(
     )
     assert reply == refusal(413)
     assert server.seen == []
-
-
-async def settle(site: Any, count: int) -> int:
-    """
-    The site's open connections, once they are ``count`` (or after 5 s).
-    """
-    for _ in range(500):
-        if site.open_connections == count:
-            break
-        await sleep(0.01)
-    return int(site.open_connections)
-
-
-@pytest_twisted.ensureDeferred
-async def test_connections_over_max_connections_are_refused(
-    proxy: Any, raw_socket: Any
-) -> None:
-    server, running = await proxy("max_connections = 3")
-    site = running.service.site
-    held = [raw_socket(running.port) for _ in range(3)]
-    assert await settle(site, 3) == 3
-    extra = raw_socket(running.port)
-    await extra.send(GET)
-    reply = await refused(extra)
-    extra.close()
-    # 503 if the answer was read before the close, at least a close.
-    assert reply in (refusal(503), b"")
-    assert site.open_connections == 3
-    held.pop().close()
-    await settle(site, 2)
-    fresh = raw_socket(running.port)
-    await fresh.send(GET)
-    assert status_of(await fresh.read_response()) == 200
-    assert len(server.seen) == 1
-
-
-@pytest_twisted.ensureDeferred
-async def test_idle_keep_alive_connection_is_closed_after_idle_timeout(
-    raw_proxy: Any,
-) -> None:
-    _, running, client = await raw_proxy("idle_timeout = 0.5")
-    assert running.service.site.timeOut == 0.5
-    await client.send(GET)
-    assert status_of(await client.read_response()) == 200
-    started = time.monotonic()
-    # Closed without a word: the client asked for nothing.
-    assert await refused(client) == b""
-    assert 0.3 < time.monotonic() - started < 2.0
-
-
-@pytest_twisted.ensureDeferred
-async def test_header_timeout_starts_again_for_each_request(raw_proxy: Any) -> None:
-    server, _, client = await raw_proxy("header_timeout = 0.5")
-    # Idle past the header timeout between requests: not a slow head.
-    for _ in range(2):
-        await client.send(GET)
-        assert status_of(await client.read_response()) == 200
-        await sleep(0.7)
-    client.poll()
-    assert not client.closed
-    await client.send(b"GET / HTTP/1.1\r\n")
-    assert await refused(client) == refusal(408)
-    assert len(server.seen) == 2
