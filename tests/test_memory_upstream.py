@@ -308,11 +308,6 @@ def test_a_get_sent_again_that_fails_again_is_502(gourmets: Gourmets) -> None:
     assert gourmet.upstream().servers[0].failures == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the request is sent again on the next idle connection, which can"
-    " be stale too, rather than on a new one (ProxyExchange._replace_stale)",
-)
 def test_a_get_is_sent_again_on_a_new_connection_when_every_kept_one_is_stale(
     gourmets: Gourmets,
 ) -> None:

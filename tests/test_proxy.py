@@ -168,31 +168,6 @@ async def test_connections_to_upstreams_are_kept_alive(
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_stopped_server_is_skipped_and_used_again_when_back(
-    gourmet: Any, make_upstreams: Any
-) -> None:
-    a, b = make_upstreams("a", "b")
-    running = await gourmet(config([a, b], upstream_extra="fail_timeout = 0.5"))
-    await a.stop()
-    answers = []
-    for _ in range(6):
-        response = await running.get("/x")
-        assert response.code == 200
-        answers.append((await json_body(response))["server"])
-    assert answers == ["b"] * 6
-    server_a = running.upstream("backend").server(a.address)
-    assert server_a.health.state.value == "down"
-    assert "connect" in server_a.health.last_error
-    a.start()  # the same port again
-    await sleep(0.6)
-    answers = []
-    for _ in range(4):
-        answers.append((await json_body(await running.get("/x")))["server"])
-    assert Counter(answers) == {"a": 2, "b": 2}
-    assert server_a.health.state.value == "up"
-
-
-@pytest_twisted.ensureDeferred
 async def test_all_servers_down_gets_502_as_json_or_html(
     gourmet: Any, make_upstreams: Any
 ) -> None:

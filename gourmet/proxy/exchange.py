@@ -152,6 +152,9 @@ class ProxyExchange:
         if idle is not None:
             self._connected(idle)
             return
+        self._connect_new(server)
+
+    def _connect_new(self, server: Server) -> None:
         connecting = self.pool.connect(server.origin)
         self.connecting = connecting
         connecting.addCallbacks(self._connected, self._connect_failed)
@@ -382,7 +385,9 @@ class ProxyExchange:
         ):
             return False
         self.replaced_stale = True
-        self._connect(self.server)
+        # A new connection: the other kept ones are likely as stale (the
+        # server restarted), and this is the one try left.
+        self._connect_new(self.server)
         return True
 
     # -- IPushProducer (the client's side of the backpressure) ----------
