@@ -75,8 +75,8 @@ def parse_head(raw: bytes) -> ResponseHead:
     codings: List[bytes] = []
     connection: List[bytes] = []
     for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        lower = _check_name(name, line) if colon else _check_name(b"", line)
+        name, _, value = line.partition(b":")
+        lower = _check_name(name, line)
         value = value.strip(b" \t")
         headers.append((name, value))
         if lower == b"content-length":
