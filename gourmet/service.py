@@ -19,6 +19,7 @@ from gourmet._twisted import sockets
 from gourmet._twisted.check import check_twisted
 from gourmet._twisted.pollloop import install_poll_loop
 from gourmet.admin.app import admin_site
+from gourmet.admin.auth import AdminSecurity, PasswordThreads
 from gourmet.config.endpoints import default_backlog, with_backlog
 from gourmet.config.load import ConfigError
 from gourmet.config.model import GourmetConfig
@@ -164,8 +165,13 @@ def build_service(
         listener.setServiceParent(service)
         service.listeners.append(listener)
     if config.admin.listen is not None:
+        threads = PasswordThreads()
+        threads.setServiceParent(service)
+        security = AdminSecurity(
+            config.admin, clock=reactor, threads=(reactor, threads)
+        )
         service.admin_site = admin_site(
-            config, upstreams, reactor, client_stats=site.client_stats
+            config, upstreams, reactor, security, client_stats=site.client_stats
         )
         service.admin_listener = _listener(
             config,

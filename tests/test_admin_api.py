@@ -15,6 +15,7 @@ import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 
 from gourmet.admin.app import AdminApp, AdminResource
 from gourmet.admin.auth import AdminSecurity
@@ -62,7 +63,7 @@ class Console:
         self.clock = Clock()
         self.clock.advance(1000)
         self.upstreams = {u.name: Upstream(u, self.clock) for u in config.upstreams}
-        self.security = AdminSecurity(config.admin)
+        self.security = AdminSecurity(config.admin, clock=self.clock)
         app = AdminApp(config, self.upstreams, self.security)
         self.client: Any = StubTreq(AdminResource(app))
 
@@ -507,3 +508,31 @@ async def test_a_panic_shows_in_the_api_and_the_metrics() -> None:
     assert [server["state"] for server in shown["servers"]] == ["down", "down"]
     metrics = (await console.call("GET", "/metrics")).body.decode()
     assert 'gourmet_upstream_panic{upstream="backend"} 1.0' in metrics.splitlines()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_password_guesser_must_wait_and_is_logged() -> None:
+    console = Console()
+    guess = basic("alice", "guess")
+    with capturedLogs() as events:
+        answers = [
+            (await console.call("GET", "/api/upstreams", auth=guess)).code
+            for _ in range(6)
+        ]
+    # Five tries are free; then the address waits, 1 s, then 2 s...
+    assert answers == [401] * 5 + [429]
+    waited = await console.call("GET", "/api/upstreams", auth=guess)
+    assert waited.code == 429
+    assert waited.headers.getRawHeaders("retry-after") == ["1"]
+    assert document(waited)["description"] == (
+        "Too many failed sign-ins: try again in 1 s."
+    )
+    said = [formatEvent(event) for event in events]
+    assert "admin: failed sign-in as alice from 127.0.0.1" in said
+    # After the wait the password is checked again: the right one works,
+    # and the address starts afresh.
+    console.clock.advance(1)
+    assert (await console.call("GET", "/api/upstreams", auth="alice")).code == 200
+    metrics = (await console.call("GET", "/metrics")).body.decode().splitlines()
+    assert "gourmet_admin_failed_signins_total 5.0" in metrics
+    assert "gourmet_admin_throttled_requests_total 2.0" in metrics

@@ -6,13 +6,19 @@ process, real upstream servers on loopback, the console on its own port.
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Union
+import platform
+from typing import Any, Dict, List, Union
 
+import pytest
 import pytest_twisted
 import treq
+from twisted.internet.defer import ensureDeferred, gatherResults
+from twisted.web.http_headers import Headers
 
+from gourmet.admin.passwords import hash_password
 from tests.configs import ADMIN_LISTEN, config
 from tests.rawhttp import sleep
+from tests.test_admin_api import basic
 from tests.upstreams import UpstreamServer
 
 TOKEN = "a-token-of-twenty-chars"
@@ -78,3 +84,51 @@ async def test_weight_0_lets_in_flight_requests_finish(
     response = await slow
     assert response.code == 200
     assert await response.text() == "late from b"
+
+
+@pytest.mark.skipif(
+    platform.python_implementation() == "PyPy",
+    reason="PyPy's hashlib has no scrypt, and the cryptography PyPy 3.9 can"
+    " have (below 44) holds the GIL while it hashes: the check runs in a"
+    " thread but still stalls the reactor there (a process pool is the fix)",
+)
+@pytest_twisted.ensureDeferred
+async def test_password_checks_do_not_stall_the_proxy(
+    gourmet: Any, make_upstreams: Any
+) -> None:
+    """
+    Wrong passwords are checked by scrypt in threads of their own: proxied
+    requests go on meanwhile, and do not wait for the checks.
+    """
+    (server,) = make_upstreams("a")
+    hashed = hash_password("the-right-one")
+    running = await gourmet(
+        config([server])
+        + f'[log]\naccess_log = "off"\n[admin]\nlisten = "{ADMIN_LISTEN}"\n'
+        + f'[admin.users]\nalice = "{hashed}"\n'
+    )
+    await (await running.get("/warm")).content()
+    finished: List[str] = []
+
+    async def guess(number: int) -> None:
+        response = await treq.get(
+            f"{running.admin_url}/api/upstreams",
+            headers=Headers({"Authorization": [basic("alice", f"guess-{number}")]}),
+            pool=running.pool,
+        )
+        await response.content()
+        finished.append(str(response.code))
+
+    async def proxied() -> None:
+        response = await running.get("/x")
+        await response.content()
+        finished.append(f"proxied {response.code}")
+
+    # Four guesses (under the five free ones): four scrypt runs, two at a
+    # time, about 0.1 s; the proxied request takes a few milliseconds.
+    guesses = [ensureDeferred(guess(number)) for number in range(4)]
+    await sleep(0.005)  # the guesses are in the threads now
+    await ensureDeferred(proxied())
+    await gatherResults(guesses)
+    assert finished[0] == "proxied 200", finished
+    assert sorted(finished[1:]) == ["401"] * 4

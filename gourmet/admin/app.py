@@ -70,7 +70,8 @@ class AdminApp:
         self.config = config
         self.upstreams = upstreams
         self.security = security
-        self._metrics = MetricsResource(metrics_registry(upstreams, client_stats))
+        registry = metrics_registry(upstreams, client_stats, security.throttle)
+        self._metrics = MetricsResource(registry)
         self._locations: Dict[str, List[str]] = {}
         for location in config.frontend.locations:
             patterns = self._locations.setdefault(location.upstream, [])
@@ -79,8 +80,8 @@ class AdminApp:
     # -- the page -------------------------------------------------------------
 
     @app.route("/", methods=["GET"])
-    def page(self, request: IRequest) -> bytes:
-        self.security.may_read(request)
+    async def page(self, request: IRequest) -> bytes:
+        await self.security.may_read(request)
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         return _static("admin.html")
 
@@ -93,12 +94,12 @@ class AdminApp:
         return _static(filename)
 
     @app.route("/login", methods=["GET"])
-    def login(self, request: IRequest) -> bytes:
+    async def login(self, request: IRequest) -> bytes:
         """
         Asks the browser for credentials (it then sends them with every
         request to the console), and goes back to the page.
         """
-        principal = self.security.principal(request)
+        principal = await self.security.principal(request)
         if principal is None:
             raise Refused(401, "Sign in to make changes.", challenge=True)
         request.redirect(b"/")
@@ -107,8 +108,8 @@ class AdminApp:
     # -- the API ---------------------------------------------------------------
 
     @app.route("/api/session", methods=["GET"])
-    def session(self, request: IRequest) -> bytes:
-        principal = self.security.may_read(request)
+    async def session(self, request: IRequest) -> bytes:
+        principal = await self.security.may_read(request)
         return _json(
             request,
             {
@@ -123,8 +124,8 @@ class AdminApp:
         )
 
     @app.route("/api/upstreams", methods=["GET"])
-    def list_upstreams(self, request: IRequest) -> bytes:
-        self.security.may_read(request)
+    async def list_upstreams(self, request: IRequest) -> bytes:
+        await self.security.may_read(request)
         return _json(
             request,
             {
@@ -135,13 +136,15 @@ class AdminApp:
         )
 
     @app.route("/api/upstreams/<name>", methods=["GET"])
-    def one_upstream(self, request: IRequest, name: str) -> bytes:
-        self.security.may_read(request)
+    async def one_upstream(self, request: IRequest, name: str) -> bytes:
+        await self.security.may_read(request)
         return _json(request, self._view(self._upstream(name)))
 
     @app.route("/api/upstreams/<name>/servers/<server_id>", methods=["PATCH", "POST"])
-    def change_server(self, request: IRequest, name: str, server_id: str) -> bytes:
-        principal = self.security.may_change(request)
+    async def change_server(
+        self, request: IRequest, name: str, server_id: str
+    ) -> bytes:
+        principal = await self.security.may_change(request)
         upstream = self._upstream(name)
         server = self._server(upstream, server_id)
         content_type = (request.getHeader(b"content-type") or b"").split(b";")[0]
@@ -166,8 +169,8 @@ class AdminApp:
         return _json(request, changed)
 
     @app.route("/metrics", methods=["GET"])
-    def metrics(self, request: IRequest) -> IResource:
-        self.security.may_read(request)
+    async def metrics(self, request: IRequest) -> IResource:
+        await self.security.may_read(request)
         return self._metrics
 
     # -- errors -----------------------------------------------------------------
@@ -178,6 +181,8 @@ class AdminApp:
         assert isinstance(error, Refused)
         if error.challenge and self.config.admin.users:
             request.setHeader(b"www-authenticate", REALM)
+        if error.retry_after is not None:
+            request.setHeader(b"retry-after", b"%d" % error.retry_after)
         return _json(request, error_document(error.status, error.message), error.status)
 
     @app.handle_errors(HTTPException)

@@ -22,12 +22,19 @@ import binascii
 import hashlib
 import hmac
 import os
-from typing import Dict, Optional, Set, Tuple
+from typing import Any, Dict, Optional, Set, Tuple
 
 from attrs import frozen
+from twisted.application.service import Service
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
+from twisted.internet.task import Clock
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 from twisted.web.iweb import IRequest
 
 from gourmet.admin.passwords import PasswordChecker
+from gourmet.admin.throttle import SignInThrottle
 from gourmet.config.model import AdminConfig
 from gourmet.http.hosts import host_name
 
@@ -47,17 +54,51 @@ REALM = b'Basic realm="Gourmet admin", charset="UTF-8"'
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 
 
+#: Password checks waiting for a thread at most; more get 429 at once, so
+#: that a flood of guesses cannot queue without bound.
+MAX_PENDING_CHECKS = 32
+
+
 class Refused(Exception):
     """
     The request may not go on: answer ``status`` with ``message``.
     """
 
-    def __init__(self, status: int, message: str, challenge: bool = False) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        challenge: bool = False,
+        retry_after: Optional[int] = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         #: Whether to ask the browser for credentials (401 with Basic).
         self.challenge = challenge
+        #: Seconds to say in ``Retry-After`` (with 429).
+        self.retry_after = retry_after
+
+
+class PasswordThreads(Service):
+    """
+    The threads that run scrypt for the console's password checks: tens of
+    milliseconds of CPU each, which on the reactor's thread would stall
+    every proxied request behind them.
+
+    :param size: threads at most.
+    """
+
+    def __init__(self, size: int = 2) -> None:
+        self.pool = ThreadPool(minthreads=0, maxthreads=size, name="gourmet-passwords")
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self.pool.stop()
 
 
 @frozen
@@ -76,13 +117,27 @@ class AdminSecurity:
 
     :param secret: keys the CSRF tokens; random for each run by default, so
         a restart signs every browser out of making changes until it reloads.
+    :param clock: for the wait after failed sign-ins.
+    :param threads: where passwords are checked; without them, on the
+        calling thread (for tests).
     """
 
-    def __init__(self, config: AdminConfig, secret: Optional[bytes] = None) -> None:
+    log = Logger()
+
+    def __init__(
+        self,
+        config: AdminConfig,
+        secret: Optional[bytes] = None,
+        clock: Optional[IReactorTime] = None,
+        threads: Optional[Tuple[IReactorFromThreads, PasswordThreads]] = None,
+    ) -> None:
         self.config = config
         self._token = config.token.encode("utf-8") if config.token else None
         self._passwords = PasswordChecker(dict(config.users))
         self._secret = secret or os.urandom(32)
+        self.throttle = SignInThrottle(clock or Clock())
+        self._threads = threads
+        self._pending = 0
         self.allowed_hosts: Set[str] = set(_LOOPBACK_HOSTS) | {
             host.lower() for host in config.hosts
         }
@@ -107,33 +162,73 @@ class AdminSecurity:
 
     # -- credentials ----------------------------------------------------------
 
-    def principal(self, request: IRequest) -> Optional[Principal]:
+    async def principal(self, request: IRequest) -> Optional[Principal]:
         """
         Who the request's credentials say it is; None without credentials.
+        A password is checked in :class:`PasswordThreads`, never on the
+        reactor's thread, unless it matched lately.
 
-        :raises Refused: 401 for credentials that are wrong.
+        :raises Refused: 401 for credentials that are wrong; 429 while the
+            client's address must wait after too many wrong ones.
         """
         header = request.getHeader(b"authorization")
         if not header:
             return None
         scheme, _, value = header.partition(b" ")
         scheme = scheme.lower()
+        user: Optional[str] = None
+        address = getattr(request.getClientAddress(), "host", "unix")
         if scheme == b"bearer" and self._token is not None:
             if hmac.compare_digest(value.strip(), self._token):
                 return Principal("token", by_token=True)
         elif scheme == b"basic" and self.config.users:
             user, password = _basic(value)
-            if user is not None and self._passwords.check(user, password):
+            if user is not None and self._passwords.remembered(user, password):
                 return Principal(user, by_token=False)
+            self._check_throttle(address)
+            if user is not None and await self._verify(user, password):
+                self._passwords.remember(user, password)
+                self.throttle.succeeded(address)
+                return Principal(user, by_token=False)
+        self.throttle.failed(address)
+        self.log.warn(
+            "admin: failed sign-in as {user} from {client}",
+            user=user if user is not None else "(token)",
+            client=address,
+        )
         raise Refused(401, "The credentials are not valid.", challenge=True)
 
-    def may_read(self, request: IRequest) -> Optional[Principal]:
-        principal = self.principal(request)
+    def _check_throttle(self, address: str) -> None:
+        wait = self.throttle.retry_after(address)
+        if wait is None and self._pending >= MAX_PENDING_CHECKS:
+            wait = 1
+        if wait is not None:
+            raise Refused(
+                429,
+                f"Too many failed sign-ins: try again in {wait} s.",
+                retry_after=wait,
+            )
+
+    async def _verify(self, user: str, password: str) -> bool:
+        if self._threads is None:
+            return self._passwords.verify(user, password)
+        reactor, threads = self._threads
+        self._pending += 1
+        try:
+            verified: bool = await deferToThreadPool(
+                reactor, threads.pool, self._passwords.verify, user, password
+            )
+        finally:
+            self._pending -= 1
+        return verified
+
+    async def may_read(self, request: IRequest) -> Optional[Principal]:
+        principal = await self.principal(request)
         if principal is None and not self.config.loopback:
             raise Refused(401, "Credentials are needed.", challenge=True)
         return principal
 
-    def may_change(self, request: IRequest) -> Principal:
+    async def may_change(self, request: IRequest) -> Principal:
         """
         :raises Refused: 401 without credentials, 403 for a browser request
             without the CSRF token or from another origin.
@@ -144,7 +239,7 @@ class AdminSecurity:
                 "Changes are turned off: configure [admin] token or "
                 "[admin.users] to allow them.",
             )
-        principal = self.principal(request)
+        principal = await self.principal(request)
         if principal is None:
             raise Refused(401, "Credentials are needed to make changes.", True)
         if not principal.by_token:

@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
+from gourmet.admin.throttle import SignInThrottle
 from gourmet.frontend.channel import ClientStats
 from gourmet.upstream.health import Health
 from gourmet.upstream.state import Upstream
@@ -133,8 +134,31 @@ class ClientCollector(Collector):
         yield dropped
 
 
+class SignInCollector(Collector):
+    """
+    Failed sign-ins to the console, and the requests refused for them.
+    """
+
+    def __init__(self, throttle: SignInThrottle) -> None:
+        self.throttle = throttle
+
+    def collect(self) -> Iterable[Metric]:
+        yield CounterMetricFamily(
+            "gourmet_admin_failed_signins",
+            "Credentials the admin console refused (wrong password or token).",
+            value=self.throttle.failures,
+        )
+        yield CounterMetricFamily(
+            "gourmet_admin_throttled_requests",
+            "Admin requests refused with 429 after too many failed sign-ins.",
+            value=self.throttle.throttled,
+        )
+
+
 def metrics_registry(
-    upstreams: Mapping[str, Upstream], client_stats: Optional[ClientStats] = None
+    upstreams: Mapping[str, Upstream],
+    client_stats: Optional[ClientStats] = None,
+    throttle: Optional[SignInThrottle] = None,
 ) -> CollectorRegistry:
     """
     A registry of Gourmet's own (not the process-wide default one, so that
@@ -144,6 +168,8 @@ def metrics_registry(
     registry.register(UpstreamCollector(upstreams))
     if client_stats is not None:
         registry.register(ClientCollector(client_stats))
+    if throttle is not None:
+        registry.register(SignInCollector(throttle))
     return registry
 
 

@@ -127,9 +127,21 @@ def _parse(encoded: str) -> _Hash:
 
 
 def _scrypt(password: str, salt: bytes, n: int, r: int, p: int, size: int) -> bytes:
-    # cryptography (which Twisted[tls] brings) rather than hashlib: PyPy's
-    # hashlib has no scrypt.
+    # hashlib's scrypt (CPython's, OpenSSL's) lets other threads run while
+    # it works, so that a check in a thread leaves the reactor free; PyPy's
+    # hashlib has none, and there cryptography's (which Twisted[tls]
+    # brings) is used.
+    if _HASHLIB_SCRYPT is not None:
+        # OpenSSL refuses to use more memory than maxmem: what N and r need.
+        needed = 128 * r * (n + p + 2) + 65536
+        return _HASHLIB_SCRYPT(
+            _encode(password), salt=salt, n=n, r=r, p=p, maxmem=needed, dklen=size
+        )
     return Scrypt(salt=salt, length=size, n=n, r=r, p=p).derive(_encode(password))
+
+
+#: hashlib's scrypt, where the Python has one.
+_HASHLIB_SCRYPT = getattr(hashlib, "scrypt", None)
 
 
 def hash_password(password: str, *, salt: Optional[bytes] = None) -> str:
@@ -205,23 +217,49 @@ class PasswordChecker:
         """
         Whether ``password`` is ``user``'s.
         """
-        encoded = self._users.get(user)
-        # A NUL in the name would make the key ambiguous: user "a\0b" with
-        # password "c" must not let user "a" in with password "b\0c".
-        key = self._key(user, password) if "\0" not in user else None
-        if encoded is not None and key is not None and key in self._verified:
-            self._verified.move_to_end(key)
+        if self.remembered(user, password):
             return True
+        if not self.verify(user, password):
+            return False
+        self.remember(user, password)
+        return True
+
+    def remembered(self, user: str, password: str) -> bool:
+        """
+        Whether ``password`` matched ``user``'s hash lately: no scrypt then.
+        """
+        key = self._cache_key(user, password)
+        if key is None or user not in self._users or key not in self._verified:
+            return False
+        self._verified.move_to_end(key)
+        return True
+
+    def verify(self, user: str, password: str) -> bool:
+        """
+        Whether ``password`` is ``user``'s, by scrypt, without looking at or
+        changing what is remembered: safe to run in another thread.  An
+        unknown user costs as much as a known one.
+        """
+        encoded = self._users.get(user)
         if encoded is None:
             verify_password(password, _DUMMY_HASH)
             return False
-        if not verify_password(password, encoded):
-            return False
+        return verify_password(password, encoded)
+
+    def remember(self, user: str, password: str) -> None:
+        """
+        Remember that ``password`` is ``user``'s (a salted digest of both).
+        """
+        key = self._cache_key(user, password)
         if key is not None:
             self._verified[key] = None
             if len(self._verified) > _CACHE_SIZE:
                 self._verified.popitem(last=False)
-        return True
+
+    def _cache_key(self, user: str, password: str) -> Optional[bytes]:
+        # A NUL in the name would make the key ambiguous: user "a\0b" with
+        # password "c" must not let user "a" in with password "b\0c".
+        return self._key(user, password) if "\0" not in user else None
 
 
 def _ask() -> str:
