@@ -269,13 +269,13 @@ class MemoryGourmet:
 
     # -- connections -------------------------------------------------------
 
-    def connect(self) -> Client:
+    def connect(self, site: Optional[Any] = None) -> Client:
         """
-        A new client connection to the proxy's site, as its listener would
-        accept it.
+        A new client connection to the proxy's site (or ``site``, such as
+        the admin console's), as its listener would accept it.
         """
         peer = IPv4Address("TCP", CLIENT_HOST, 40000 + len(self.clients))
-        channel = self.service.site.buildProtocol(peer)
+        channel = (site or self.service.site).buildProtocol(peer)
         client = Client(self)
         self._join(
             channel,

@@ -211,6 +211,11 @@ INVALID = [
     ({}, "Expected a JSON object"),
     ([1, 2], "Expected a JSON object"),
     (b"weight=3", "The body is not JSON."),
+    # Hostile bodies: each a JSON 400, never a 500 and a traceback.
+    (b"[" * 100_000 + b"]" * 100_000, "The body is not JSON."),
+    (b'{"weight": "\xff\xfe"}', "The body is not JSON."),
+    ({"state": ["up"]}, 'state must be one of up, drain, disabled, got ["up"]'),
+    ({"state": {"a": 1}}, "state must be one of up, drain, disabled"),
 ]
 
 
@@ -536,3 +541,18 @@ async def test_a_password_guesser_must_wait_and_is_logged() -> None:
     metrics = (await console.call("GET", "/metrics")).body.decode().splitlines()
     assert "gourmet_admin_failed_signins_total 5.0" in metrics
     assert "gourmet_admin_throttled_requests_total 2.0" in metrics
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_non_ascii_csrf_token_is_403_not_a_crash() -> None:
+    console = Console()
+    response = await console.call(
+        "PATCH",
+        SERVER_A,
+        auth="alice",
+        body={"weight": 3},
+        headers={"X-CSRF-Token": "jeton-\u00e9t\u00e9".encode().decode("latin-1")},
+    )
+    assert response.code == 403
+    assert "CSRF token" in document(response)["description"]
+    assert console.server(0).weight == 2

@@ -252,3 +252,60 @@ def test_connections_over_max_connections_are_refused(
     fresh.send(get())
     assert fresh.response().status == 200
     assert len(server.requests) == 1
+
+
+# -- the admin console's listener ------------------------------------------------
+
+ADMIN = (
+    '\n[admin]\nlisten = "tcp:0:interface=127.0.0.1"\n'
+    'token = "a-token-of-twenty-chars"\nmax_connections = 2\n'
+)
+
+
+def console(gourmets: Gourmets, server: MemoryServer) -> MemoryGourmet:
+    return gourmets(config([server.address]) + ADMIN, server)
+
+
+def test_a_console_client_trickling_its_head_gets_408(
+    gourmets: Gourmets, server: MemoryServer
+) -> None:
+    gourmet = console(gourmets, server)
+    client = gourmet.connect(gourmet.service.admin_site)
+    client.send(b"GET /api/upstreams HTTP/1.1\r\n")
+    for _ in range(9):
+        gourmet.advance(1)
+        client.send(b"X")
+    gourmet.advance(1)
+    # [server] header_timeout (10 s) holds on the console too.
+    assert client.received == refusal(408)
+    assert client.closed
+
+
+def test_a_huge_console_body_gets_413_before_credentials(
+    gourmets: Gourmets, server: MemoryServer
+) -> None:
+    gourmet = console(gourmets, server)
+    client = gourmet.connect(gourmet.service.admin_site)
+    client.send(
+        b"PATCH /api/upstreams/backend/servers/x HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 10000000000\r\n\r\n"
+    )
+    gourmet.flush()
+    # At once, from the head alone: no byte of the body is read or kept.
+    assert client.received == refusal(413)
+
+
+def test_console_connections_over_its_limit_are_refused_the_proxy_serves(
+    gourmets: Gourmets, server: MemoryServer
+) -> None:
+    gourmet = console(gourmets, server)
+    admin_site = gourmet.service.admin_site
+    held = [gourmet.connect(admin_site) for _ in range(2)]
+    extra = gourmet.connect(admin_site)
+    gourmet.flush()
+    assert extra.received == refusal(503)
+    assert extra.closed
+    assert len(held) == admin_site.open_connections  # type: ignore[union-attr]
+    proxied = gourmet.connect()
+    proxied.send(get())
+    assert proxied.response().status == 200

@@ -14,6 +14,7 @@ from http import HTTPStatus
 from importlib import resources
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from attrs import evolve
 from klein import Klein
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -28,7 +29,7 @@ from gourmet.admin.views import upstream_view
 from gourmet.config.model import MAX_WEIGHT, GourmetConfig
 from gourmet.frontend.channel import ClientStats
 from gourmet.frontend.errors import error_document
-from gourmet.frontend.site import NamedRequest
+from gourmet.frontend.site import GourmetSite, NamedRequest
 from gourmet.upstream.state import AdminState, Server, Upstream
 
 #: The console's own files, served from the package.
@@ -228,7 +229,8 @@ def parse_change(body: bytes) -> Tuple[object, Optional[AdminState]]:
     """
     try:
         change = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
+        # Not JSON, not UTF-8, or nested deeper than Python recurses.
         raise Refused(400, "The body is not JSON.") from None
     if not isinstance(change, dict) or not change:
         raise Refused(400, 'Expected a JSON object with "weight" and/or "state".')
@@ -243,7 +245,7 @@ def parse_change(body: bytes) -> Tuple[object, Optional[AdminState]]:
             f"(or null for the configured weight), got {json.dumps(weight)}.",
         )
     state = change.get("state")
-    if state is not None and state not in _STATES:
+    if state is not None and not (isinstance(state, str) and state in _STATES):
         raise Refused(
             400, f"state must be one of up, drain, disabled, got {json.dumps(state)}."
         )
@@ -313,14 +315,23 @@ def admin_site(
     client_stats: Optional[ClientStats] = None,
 ) -> Site:
     """
-    The console's site, for its own listener.
+    The console's site, for its own listener: with the proxy's strict
+    channel and its limits on what clients send (the console is on a
+    network too), but a body limit and connection count of its own, both
+    enforced before any credential is checked.
 
     :param client_stats: the proxy site's, for the metrics.
     """
     security = security or AdminSecurity(config.admin)
     admin = AdminApp(config, upstreams, security, client_stats)
-    site = Site(AdminResource(admin), reactor=reactor)
+    limits = evolve(
+        config.frontend,
+        locations=(),
+        max_body_size=config.admin.max_body_size,
+        max_connections=config.admin.max_connections,
+        trusted_proxies=(),
+    )
+    site = GourmetSite(AdminResource(admin), reactor, frontend=limits)
     site.requestFactory = NamedRequest
-    site.displayTracebacks = False
     site.noisy = False
     return site

@@ -672,7 +672,12 @@ def _frontend(
 
 def _admin(table: _Table, base_dir: str) -> AdminConfig:
     token = table.either("token_file", token=_token, token_file=_token_file(base_dir))
-    values = table.fields(listen=_admin_listen, hosts=_array(_console_host))
+    values = table.fields(
+        listen=_admin_listen,
+        hosts=_array(_console_host),
+        max_body_size=_size,
+        max_connections=_whole(1),
+    )
     users = tuple(table.table("users").entries(_user_name, _password_hash))
     table.done()
     admin = AdminConfig(token=token, users=users, **values)

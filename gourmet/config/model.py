@@ -183,6 +183,12 @@ class AdminConfig:
     users: Tuple[Tuple[str, str], ...] = ()
     #: Host header names accepted besides localhost and loopback addresses.
     hosts: Tuple[str, ...] = ()
+    #: Largest request body the console takes (413 beyond, before any
+    #: credential is checked): a change is a few bytes of JSON.
+    max_body_size: int = 64 * 1024
+    #: Console connections at once; more are refused (503), so that they
+    #: cannot use up what the proxy needs.
+    max_connections: int = 256
 
     @property
     def has_credentials(self) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import tempfile
-from typing import IO, Any, Callable, Optional, Sequence, Union, cast
+from typing import IO, Any, Callable, Optional, Sequence, Type, Union, cast
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -34,16 +34,26 @@ IN_MEMORY_BODY = 100_000
 SERVER = b"Gourmet"
 
 
+@provider(INonQueuedRequestFactory)
 class NamedRequest(Request):
     """
-    A request whose own responses say ``Server: Gourmet`` rather than
-    Twisted's name and version, which twisted.web sets for every request.
+    A request served through a :class:`GourmetChannel`, whose own
+    responses say ``Server: Gourmet`` rather than Twisted's name and
+    version, which twisted.web sets for every request.
     """
 
     def setHeader(self, name: Union[str, bytes], value: Union[str, bytes]) -> None:
         if name == b"Server":
             value = SERVER
         super().setHeader(name, value)
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        # The channel holds the head back for the body's first bytes; with
+        # none in this write, it goes now (a client may be waiting on it).
+        channel: Optional[GourmetChannel] = self.channel  # type: ignore[assignment]
+        if channel is not None:
+            channel.flush_head()
 
 
 # Declared, so that the channel's check for it finds a declaration rather
@@ -84,14 +94,6 @@ class GourmetRequest(NamedRequest):
         super().connectionLost(reason)
         if self.gourmet_client_gone is not None:
             self.gourmet_client_gone(reason)
-
-    def write(self, data: bytes) -> None:
-        super().write(data)
-        # The channel holds the head back for the body's first bytes; with
-        # none in this write, it goes now (a client may be waiting on it).
-        channel: Optional[GourmetChannel] = self.channel  # type: ignore[assignment]
-        if channel is not None:
-            channel.flush_head()
 
     def process(self) -> None:
         site: GourmetSite = self.channel.site  # type: ignore[attr-defined]
@@ -165,7 +167,8 @@ class GourmetSite(Site):
     :ivar client_stats: what was done to clients' requests on the way in.
     """
 
-    requestFactory = GourmetRequest
+    # The admin console's site makes NamedRequests.
+    requestFactory: Type[NamedRequest] = GourmetRequest
     displayTracebacks = False
     # Twisted types this as its HTTP/1-or-2 wrapper's factory; any
     # callable returning a protocol will do.
