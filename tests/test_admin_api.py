@@ -117,6 +117,7 @@ def document(response: Any) -> Any:
 
 
 SERVER_A = "/api/upstreams/backend/servers/127.0.0.1-9001"
+SERVER_B = "/api/upstreams/backend/servers/https-api.internal-8443"
 
 
 @pytest_twisted.ensureDeferred
@@ -556,3 +557,40 @@ async def test_a_non_ascii_csrf_token_is_403_not_a_crash() -> None:
     assert response.code == 403
     assert "CSRF token" in document(response)["description"]
     assert console.server(0).weight == 2
+
+
+@pytest.mark.parametrize(
+    "last_change", [{"state": "drain"}, {"state": "disabled"}, {"weight": 0}]
+)
+@pytest_twisted.ensureDeferred
+async def test_leaving_an_upstream_with_no_server_needs_force(
+    last_change: Dict[str, Any],
+) -> None:
+    console = Console()
+    first = await console.call("PATCH", SERVER_A, auth="token", body=last_change)
+    assert first.code == 200  # the other server still takes requests
+    refused = await console.call("PATCH", SERVER_B, auth="token", body=last_change)
+    assert refused.code == 409
+    assert document(refused)["description"].startswith(
+        "This would leave backend with no server taking requests: every request"
+        " to it would get 503."
+    )
+    assert console.server(1).weight == 1  # unchanged
+    forced = await console.call(
+        "PATCH", SERVER_B, auth="token", body={**last_change, "force": True}
+    )
+    assert forced.code == 200
+    assert console.server(1).weight == 0
+    assert console.upstreams["backend"].candidates() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_force_must_be_a_boolean() -> None:
+    console = Console()
+    response = await console.call(
+        "PATCH", SERVER_A, auth="token", body={"state": "drain", "force": "yes"}
+    )
+    assert response.code == 400
+    assert (
+        document(response)["description"] == 'force must be true or false, got "yes".'
+    )

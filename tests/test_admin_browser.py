@@ -19,7 +19,16 @@ import time
 from base64 import b64encode
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Protocol
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterator,
+    List,
+    NamedTuple,
+    Optional,
+    Protocol,
+)
 
 import pytest
 from playwright.sync_api import (
@@ -775,3 +784,37 @@ def test_a_panic_is_shown_on_its_upstream(
     with Traffic(deployment.port, seconds=10) as traffic:
         expect(panic).to_be_hidden(timeout=(FAIL_TIMEOUT + 5) * 1000)
     assert traffic.answered[deployment.a.name] > 0, traffic.answered
+
+
+def test_draining_the_last_server_asks_first(
+    deployment: Deployment, open_console: OpenConsole
+) -> None:
+    """
+    Draining the last server taking requests would answer every request
+    with 503: the page asks first, names the consequence, and does nothing
+    unless the operator says so.
+    """
+    console = open_console()
+    page = console.page
+    a, b = deployment.a, deployment.b
+    console.button(b, "drain").click()
+    expect(state_badge(console, b)).to_have_attribute("data-state", "drain")
+
+    asked: List[str] = []
+
+    def dismiss(dialog: Any) -> None:
+        asked.append(dialog.message)
+        dialog.dismiss()
+
+    page.once("dialog", dismiss)
+    console.button(a, "drain").click()
+    expect(page.locator("#status")).to_have_text(f"backend / {a.address}: not changed.")
+    assert len(asked) == 1
+    assert "no server taking requests: every request to it would get 503" in asked[0]
+    expect(state_badge(console, a)).to_have_attribute("data-state", "up")
+    assert send_requests(deployment.port, 3) == {a.name: 3}
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    console.button(a, "drain").click()
+    expect(state_badge(console, a)).to_have_attribute("data-state", "drain")
+    assert send_requests(deployment.port, 2) == {"status 503": 2}

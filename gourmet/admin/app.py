@@ -151,12 +151,22 @@ class AdminApp:
         content_type = (request.getHeader(b"content-type") or b"").split(b";")[0]
         if content_type.strip().lower() != b"application/json":
             raise Refused(415, "Send the change as application/json.")
-        weight, state = parse_change(request.content.read())
+        weight, state, force = parse_change(request.content.read())
         before = _settings(server)
+        serving = bool(upstream.in_rotation()[0])
+        undo = (server.weight_override, server.admin_state)
         if weight is not _UNCHANGED:
             server.set_weight(weight)  # type: ignore[arg-type]
         if state is not None:
             server.admin_state = state
+        if serving and not upstream.in_rotation()[0] and not force:
+            server.weight_override, server.admin_state = undo
+            raise Refused(
+                409,
+                f"This would leave {upstream.name} with no server taking"
+                " requests: every request to it would get 503. Send"
+                ' "force": true to do it anyway.',
+            )
         self.log.info(
             "admin: {who} from {client} changed {upstream}/{server}: {change}",
             who=principal.name,
@@ -220,10 +230,12 @@ class AdminApp:
 _UNCHANGED = object()
 
 
-def parse_change(body: bytes) -> Tuple[object, Optional[AdminState]]:
+def parse_change(body: bytes) -> Tuple[object, Optional[AdminState], bool]:
     """
     The weight (an int, None to go back to the configured one, or
-    ``_UNCHANGED``) and the state (or None) a PATCH body asks for.
+    ``_UNCHANGED``) and the state (or None) a PATCH body asks for, and
+    whether it insists (``"force": true``) on a change that leaves its
+    upstream with no server taking requests.
 
     :raises Refused: 400 for anything else, saying what was expected.
     """
@@ -234,9 +246,14 @@ def parse_change(body: bytes) -> Tuple[object, Optional[AdminState]]:
         raise Refused(400, "The body is not JSON.") from None
     if not isinstance(change, dict) or not change:
         raise Refused(400, 'Expected a JSON object with "weight" and/or "state".')
-    unknown = sorted(set(change) - {"weight", "state"})
+    unknown = sorted(set(change) - {"weight", "state", "force"})
     if unknown:
         raise Refused(400, f"Unknown field {unknown[0]!r}: expected weight or state.")
+    force = change.pop("force", False)
+    if not isinstance(force, bool):
+        raise Refused(400, f"force must be true or false, got {json.dumps(force)}.")
+    if not change:
+        raise Refused(400, 'Expected a JSON object with "weight" and/or "state".')
     weight = change.get("weight", _UNCHANGED)
     if weight is not _UNCHANGED and weight is not None and not _valid_weight(weight):
         raise Refused(
@@ -249,7 +266,7 @@ def parse_change(body: bytes) -> Tuple[object, Optional[AdminState]]:
         raise Refused(
             400, f"state must be one of up, drain, disabled, got {json.dumps(state)}."
         )
-    return weight, _STATES[state] if state is not None else None
+    return weight, _STATES[state] if state is not None else None, force
 
 
 def _valid_weight(weight: object) -> bool:

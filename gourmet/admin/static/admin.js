@@ -675,7 +675,7 @@
         renderSession();
       }
       if (canChange()) {
-        after = await patchServer(row, change);
+        after = await patchOrConfirm(row, change);
       } else {
         showStatus(`${label(row)}: sign in to make changes.`, "error");
       }
@@ -694,6 +694,26 @@
     if ("weight" in change) clearEdited(row);
     updateRow(row, after);
     showStatus(`${label(row)}: ${describeChange(before, after, change)}`, "ok");
+  }
+
+  /**
+   * PATCHes the server; when Gourmet answers that the change would leave
+   * the upstream with no server taking requests (409), asks the operator,
+   * naming the consequence, and sends it again with force only if they
+   * say so.  Null when they do not.
+   */
+  async function patchOrConfirm(row, change) {
+    try {
+      return await patchServer(row, change);
+    } catch (error) {
+      if (!(error instanceof ApiError && error.status === 409)) throw error;
+      const question = error.message.replace(/ Send "force".*$/, "");
+      if (!window.confirm(`${label(row)}: ${question}\n\nDo it anyway?`)) {
+        showStatus(`${label(row)}: not changed.`, "ok");
+        return null;
+      }
+      return await patchServer(row, { ...change, force: true });
+    }
   }
 
   /**
