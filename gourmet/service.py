@@ -20,7 +20,7 @@ from gourmet._twisted.check import check_twisted
 from gourmet._twisted.pollloop import install_poll_loop
 from gourmet.admin.app import admin_site
 from gourmet.admin.auth import AdminSecurity, PasswordThreads
-from gourmet.config.endpoints import default_backlog, with_backlog
+from gourmet.config.endpoints import default_backlog, with_backlog, with_unix_mode
 from gourmet.config.load import ConfigError
 from gourmet.config.model import GourmetConfig
 from gourmet.demo import demo_service
@@ -35,6 +35,9 @@ from gourmet.upstream.pool import ConnectionPool
 from gourmet.upstream.state import Upstream
 
 __all__ = ["GourmetService", "build_service"]
+
+#: The mode of a ``unix:`` socket file for the admin console that sets none.
+ADMIN_SOCKET_MODE = "660"
 
 
 class GourmetService(MultiService):
@@ -176,7 +179,8 @@ def build_service(
         service.admin_listener = _listener(
             config,
             "admin.listen",
-            config.admin.listen,
+            # The console's socket file: its owner and group, not every user.
+            with_unix_mode(config.admin.listen, ADMIN_SOCKET_MODE),
             backlog,
             service.admin_site,
             reactor,

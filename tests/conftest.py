@@ -156,9 +156,10 @@ async def gourmet() -> AsyncIterator[Callable[[str], Any]]:
         service.privilegedStartService()
         service.startService()
         instance = RunningGourmet(service, listening_port(service.listeners[0]))
-        if service.admin_listener is not None:
-            admin_port = listening_port(service.admin_listener)
-            instance.admin_url = f"http://127.0.0.1:{admin_port}"
+        admin = service.admin_listener
+        # A console on a unix: socket has no URL of this kind.
+        if admin is not None and hasattr(admin.port and admin.port.getHost(), "port"):
+            instance.admin_url = f"http://127.0.0.1:{listening_port(admin)}"
         running.append(instance)
         return instance
 

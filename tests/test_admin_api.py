@@ -594,3 +594,48 @@ async def test_force_must_be_a_boolean() -> None:
     assert (
         document(response)["description"] == 'force must be true or false, got "yes".'
     )
+
+
+READ_TOKEN = "a-read-token-for-scrapers"
+VIEWER = f'read_token = "{READ_TOKEN}"\n[admin.viewers]\nvera = "{PASSWORD_HASH}"\n'
+#: The read-only credentials beside the token and alice, who may change.
+ALL_ROLES = (
+    f'read_token = "{READ_TOKEN}"\n{CREDENTIALS}'
+    f'[admin.viewers]\nvera = "{PASSWORD_HASH}"\n'
+)
+
+
+@pytest.mark.parametrize(
+    "auth", [f"Bearer {READ_TOKEN}", basic("vera", PASSWORD)], ids=["token", "viewer"]
+)
+@pytest_twisted.ensureDeferred
+async def test_read_only_credentials_read_everything_and_change_nothing(
+    auth: str,
+) -> None:
+    console = Console(
+        listen="tcp:8081:interface=0.0.0.0",
+        credentials=f"read_requires_credentials = true\n{ALL_ROLES}",
+    )
+    for path in ("/", "/api/upstreams", "/api/upstreams/backend", "/metrics"):
+        assert (await console.call("GET", path)).code == 401, path
+        assert (await console.call("GET", path, auth=auth)).code == 200, path
+    session = document(await console.call("GET", "/api/session", auth=auth))
+    assert session["can_change"] is False
+    change = await console.call(
+        "PATCH",
+        SERVER_A,
+        auth=auth,
+        body={"weight": 7},
+        headers={"X-CSRF-Token": session["csrf_token"]},
+    )
+    assert change.code == 403
+    assert document(change)["description"] == "These credentials may read, not change."
+    assert console.server(0).weight == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_read_requires_credentials_closes_reading_on_loopback() -> None:
+    console = Console(credentials=f"read_requires_credentials = true\n{VIEWER}")
+    assert (await console.call("GET", "/api/upstreams")).code == 401
+    opened = Console(credentials=VIEWER)
+    assert (await opened.call("GET", "/api/upstreams")).code == 200

@@ -189,6 +189,7 @@ def test_admin_listens_beyond_loopback_with_credentials(credentials: str) -> Non
 def test_admin_token_file_is_relative_to_the_file(tmp_path: Path) -> None:
     (tmp_path / "secrets").mkdir()
     (tmp_path / "secrets" / "admin.token").write_text(f"  {TOKEN}\n")
+    (tmp_path / "secrets" / "admin.token").chmod(0o600)
     path = tmp_path / "gourmet.toml"
     path.write_text(config(tail='[admin]\ntoken_file = "secrets/admin.token"'))
     assert load_config(str(path)).admin.token == TOKEN
@@ -207,6 +208,7 @@ def test_admin_token_file_is_relative_to_the_file(tmp_path: Path) -> None:
 def test_admin_token_file_refused(tmp_path: Path, content: bytes, message: str) -> None:
     token = tmp_path / "admin.token"
     token.write_bytes(content)
+    token.chmod(0o600)
     path = tmp_path / "gourmet.toml"
     path.write_text(config(tail='[admin]\ntoken_file = "admin.token"'))
     with pytest.raises(ConfigError) as caught:
@@ -705,3 +707,67 @@ def test_limits_and_trusted_proxies() -> None:
     assert (server.max_connections, server.backlog) == (100, 1024)
     assert server.trusted_proxies == ("10.0.0.0/8", "::1")
     assert loaded.upstreams[0].header_timeout == 5
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+def test_a_token_file_others_may_read_stops_start_up(tmp_path: Path, mode: int) -> None:
+    token = tmp_path / "admin.token"
+    token.write_text(TOKEN)
+    token.chmod(mode)
+    path = tmp_path / "gourmet.toml"
+    path.write_text(config(tail='[admin]\ntoken_file = "admin.token"'))
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path))
+    assert str(caught.value) == (
+        f"{path}: admin.token_file: {token} may be read by others (mode"
+        f" {mode:04o}): make it its owner's only (chmod 600 {token})"
+    )
+
+
+def test_secrets_from_systemd_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "admin-token").write_text(TOKEN + "\n")
+    (credentials / "read-token").write_text("r" * 20)
+    for secret in credentials.iterdir():
+        secret.chmod(0o400)  # as systemd makes them
+    text = config(
+        tail="[admin]\n"
+        'token_file = "$CREDENTIALS_DIRECTORY/admin-token"\n'
+        'read_token_file = "$CREDENTIALS_DIRECTORY/read-token"'
+    )
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    admin = parse_config(text, "test.toml").admin
+    assert (admin.token, admin.read_token) == (TOKEN, "r" * 20)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "test.toml")
+    assert caught.value.key == "admin.token_file"
+    assert caught.value.message.startswith("$CREDENTIALS_DIRECTORY is not set")
+
+
+def test_roles_and_their_checks() -> None:
+    hashed = hash_password("x" * 12)
+    admin = parse_config(
+        config(
+            tail="[admin]\nread_requires_credentials = true\n"
+            f'read_token = "{"r" * 20}"\n[admin.viewers]\nvera = "{hashed}"'
+        ),
+        "test.toml",
+    ).admin
+    assert admin.viewers == (("vera", hashed),)
+    assert admin.reading_needs_credentials and not admin.has_credentials
+    with pytest.raises(ConfigError, match=r"'vera' is in \[admin.users\] too"):
+        parse_config(
+            config(
+                tail=f'[admin.users]\nvera = "{hashed}"\n'
+                f'[admin.viewers]\nvera = "{hashed}"'
+            ),
+            "test.toml",
+        )
+    with pytest.raises(ConfigError, match="nobody could read"):
+        parse_config(
+            config(tail="[admin]\nread_requires_credentials = true"), "test.toml"
+        )

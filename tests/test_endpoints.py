@@ -6,6 +6,7 @@ queue rather than being dropped and retried seconds later.
 from __future__ import annotations
 
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,12 @@ from typing import Any
 import pytest
 import pytest_twisted
 
-from gourmet.config.endpoints import DEFAULT_BACKLOG, default_backlog, with_backlog
+from gourmet.config.endpoints import (
+    DEFAULT_BACKLOG,
+    default_backlog,
+    with_backlog,
+    with_unix_mode,
+)
 from tests.configs import config
 
 
@@ -78,3 +84,24 @@ async def test_backlog_setting_and_an_explicit_one_in_the_endpoint(
     )
     running = await gourmet(text)
     assert listen_queue(running.port) == 60
+
+
+@pytest.mark.parametrize(
+    ("description", "expected"),
+    [
+        ("unix:/run/gourmet/admin.sock", "unix:/run/gourmet/admin.sock:mode=660"),
+        ("unix:address=/run/a.sock:mode=600", "unix:address=/run/a.sock:mode=600"),
+        ("tcp:8081:interface=127.0.0.1", "tcp:8081:interface=127.0.0.1"),
+    ],
+)
+def test_with_unix_mode(description: str, expected: str) -> None:
+    assert with_unix_mode(description, "660") == expected
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_consoles_unix_socket_is_not_for_every_user(
+    gourmet: Any, tmp_path: Path
+) -> None:
+    socket_path = tmp_path / "admin.sock"
+    await gourmet(config(["127.0.0.1:9"]) + f'[admin]\nlisten = "unix:{socket_path}"\n')
+    assert stat.S_IMODE(socket_path.stat().st_mode) == 0o660

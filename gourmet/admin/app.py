@@ -118,8 +118,9 @@ class AdminApp:
                 "csrf_token": (
                     self.security.csrf_token(principal) if principal else None
                 ),
-                "can_change": principal is not None,
-                "sign_in": bool(self.config.admin.users) and principal is None,
+                "can_change": principal is not None and principal.may_change,
+                "sign_in": principal is None
+                and bool(self.config.admin.users or self.config.admin.viewers),
                 "max_weight": MAX_WEIGHT,
             },
         )
@@ -190,7 +191,7 @@ class AdminApp:
     def refused(self, request: IRequest, failure: Failure) -> bytes:
         error = failure.value
         assert isinstance(error, Refused)
-        if error.challenge and self.config.admin.users:
+        if error.challenge and (self.config.admin.users or self.config.admin.viewers):
             request.setHeader(b"www-authenticate", REALM)
         if error.retry_after is not None:
             request.setHeader(b"retry-after", b"%d" % error.retry_after)

@@ -104,11 +104,16 @@ class PasswordThreads(Service):
 @frozen
 class Principal:
     """
-    Who made a request: a user name, or ``"token"`` for the bearer token.
+    Who made a request: a user name, or ``"token"`` or ``"read token"``
+    for a bearer token.
+
+    :ivar may_change: whether these credentials may change anything (users
+        and the token) or only read (viewers and the read token).
     """
 
     name: str
     by_token: bool
+    may_change: bool = True
 
 
 class AdminSecurity:
@@ -133,7 +138,11 @@ class AdminSecurity:
     ) -> None:
         self.config = config
         self._token = config.token.encode("utf-8") if config.token else None
-        self._passwords = PasswordChecker(dict(config.users))
+        self._read_token = (
+            config.read_token.encode("utf-8") if config.read_token else None
+        )
+        self._passwords = PasswordChecker(dict(config.users + config.viewers))
+        self._changers = {name for name, _ in config.users}
         self._secret = secret or os.urandom(32)
         self.throttle = SignInThrottle(clock or Clock())
         self._threads = threads
@@ -178,18 +187,22 @@ class AdminSecurity:
         scheme = scheme.lower()
         user: Optional[str] = None
         address = getattr(request.getClientAddress(), "host", "unix")
-        if scheme == b"bearer" and self._token is not None:
-            if hmac.compare_digest(value.strip(), self._token):
+        if scheme == b"bearer":
+            token = value.strip()
+            if self._token is not None and hmac.compare_digest(token, self._token):
                 return Principal("token", by_token=True)
-        elif scheme == b"basic" and self.config.users:
+            read = self._read_token
+            if read is not None and hmac.compare_digest(token, read):
+                return Principal("read token", by_token=True, may_change=False)
+        elif scheme == b"basic" and (self.config.users or self.config.viewers):
             user, password = _basic(value)
             if user is not None and self._passwords.remembered(user, password):
-                return Principal(user, by_token=False)
+                return self._user(user)
             self._check_throttle(address)
             if user is not None and await self._verify(user, password):
                 self._passwords.remember(user, password)
                 self.throttle.succeeded(address)
-                return Principal(user, by_token=False)
+                return self._user(user)
         self.throttle.failed(address)
         self.log.warn(
             "admin: failed sign-in as {user} from {client}",
@@ -197,6 +210,9 @@ class AdminSecurity:
             client=address,
         )
         raise Refused(401, "The credentials are not valid.", challenge=True)
+
+    def _user(self, name: str) -> Principal:
+        return Principal(name, by_token=False, may_change=name in self._changers)
 
     def _check_throttle(self, address: str) -> None:
         wait = self.throttle.retry_after(address)
@@ -224,7 +240,7 @@ class AdminSecurity:
 
     async def may_read(self, request: IRequest) -> Optional[Principal]:
         principal = await self.principal(request)
-        if principal is None and not self.config.loopback:
+        if principal is None and self.config.reading_needs_credentials:
             raise Refused(401, "Credentials are needed.", challenge=True)
         return principal
 
@@ -242,6 +258,8 @@ class AdminSecurity:
         principal = await self.principal(request)
         if principal is None:
             raise Refused(401, "Credentials are needed to make changes.", True)
+        if not principal.may_change:
+            raise Refused(403, "These credentials may read, not change.")
         if not principal.by_token:
             self._check_same_origin(request, principal)
         return principal

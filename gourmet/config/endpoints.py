@@ -112,3 +112,17 @@ def with_backlog(description: str, backlog: int) -> str:
     if kind.lower() == "tcp6" and len(positional) >= 2:
         return description  # tcp6:port:backlog:...
     return f"{description}:backlog={backlog}"
+
+
+def with_unix_mode(description: str, mode: str) -> str:
+    """
+    ``description`` with ``mode`` (octal, as ``660``) for the socket file,
+    when it is a ``unix:`` endpoint that says no ``mode=`` of its own
+    (Twisted's default, 666, lets every local user connect).
+    """
+    (kind_key, kind), *arguments = _endpoint_arguments(description)
+    if kind_key is not None or kind.lower() != "unix":
+        return description
+    if any(key == "mode" for key, _ in arguments):
+        return description
+    return f"{description}:mode={mode}"

@@ -331,14 +331,51 @@ def _token(value: Any) -> str:
     )
 
 
+#: Where systemd puts a service's credentials (``LoadCredential=``).
+CREDENTIALS_DIRECTORY = "$CREDENTIALS_DIRECTORY"
+
+
+def _secret_path(value: Any, base_dir: str) -> str:
+    """
+    A secret file's path: ``$CREDENTIALS_DIRECTORY/name`` is in the
+    directory systemd made for the service's credentials.
+    """
+    text = _string(value)
+    if text.startswith(CREDENTIALS_DIRECTORY + "/"):
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            raise _Invalid(
+                "$CREDENTIALS_DIRECTORY is not set: give the file with"
+                " LoadCredential= in the service's unit, or another path"
+            )
+        return os.path.join(directory, text[len(CREDENTIALS_DIRECTORY) + 1 :])
+    return _existing_file(base_dir)(text)
+
+
+def _private(path: str) -> None:
+    """
+    Refuse a secret that others may read, as OpenSSH refuses a key file.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        raise _Invalid(f"cannot read {path}: {error.strerror or error}") from None
+    if mode & 0o077:
+        raise _Invalid(
+            f"{path} may be read by others (mode {mode & 0o777:04o}):"
+            f" make it its owner's only (chmod 600 {path})"
+        )
+
+
 def _token_file(base_dir: str) -> Kind[str]:
     """
-    A file holding a token, which may end with a newline.
+    A file holding a token, which may end with a newline, and which only
+    its owner may read.
     """
-    existing = _existing_file(base_dir)
 
     def token_file(value: Any) -> str:
-        path = existing(value)
+        path = _secret_path(value, base_dir)
+        _private(path)
         try:
             with open(path, encoding="utf-8") as file:
                 text = file.read()
@@ -671,21 +708,42 @@ def _frontend(
 
 
 def _admin(table: _Table, base_dir: str) -> AdminConfig:
-    token = table.either("token_file", token=_token, token_file=_token_file(base_dir))
+    secret = _token_file(base_dir)
+    token = table.either("token_file", token=_token, token_file=secret)
+    read_token = table.either(
+        "read_token_file", read_token=_token, read_token_file=secret
+    )
     values = table.fields(
         listen=_admin_listen,
         hosts=_array(_console_host),
         max_body_size=_size,
         max_connections=_whole(1),
+        read_requires_credentials=_boolean,
     )
     users = tuple(table.table("users").entries(_user_name, _password_hash))
+    viewers = tuple(table.table("viewers").entries(_user_name, _password_hash))
+    both = sorted({name for name, _ in users} & {name for name, _ in viewers})
+    if both:
+        raise table.error(
+            "viewers", f"{both[0]!r} is in [admin.users] too: give each user one role"
+        )
+    if token is not None and token == read_token:
+        raise table.error("read_token", "must differ from admin.token")
     table.done()
-    admin = AdminConfig(token=token, users=users, **values)
-    if admin.listen is not None and not admin.loopback and not admin.has_credentials:
+    admin = AdminConfig(
+        token=token, read_token=read_token, users=users, viewers=viewers, **values
+    )
+    if admin.listen is not None and not admin.loopback and not admin.has_readers:
         raise table.error(
             "listen",
             "an admin listener that is not on loopback needs credentials: set"
             " admin.token, admin.token_file or [admin.users]",
+        )
+    if admin.read_requires_credentials and not admin.has_readers:
+        raise table.error(
+            "read_requires_credentials",
+            "nobody could read: set admin.read_token, [admin.viewers],"
+            " admin.token or [admin.users]",
         )
     return admin
 

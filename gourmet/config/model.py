@@ -181,6 +181,13 @@ class AdminConfig:
     token: Optional[str] = None
     #: User name → password hash (:mod:`gourmet.admin.passwords`) for the browser.
     users: Tuple[Tuple[str, str], ...] = ()
+    #: A bearer token that may read everything and change nothing (for
+    #: scrapers and dashboards).
+    read_token: Optional[str] = None
+    #: Users who may read everything and change nothing.
+    viewers: Tuple[Tuple[str, str], ...] = ()
+    #: Whether reading needs credentials on a loopback listener too.
+    read_requires_credentials: bool = False
     #: Host header names accepted besides localhost and loopback addresses.
     hosts: Tuple[str, ...] = ()
     #: Largest request body the console takes (413 beyond, before any
@@ -193,10 +200,25 @@ class AdminConfig:
     @property
     def has_credentials(self) -> bool:
         """
-        Whether anyone can sign in: without credentials the console is
-        read-only.
+        Whether anyone can sign in to make changes: without such
+        credentials the console is read-only.
         """
         return self.token is not None or bool(self.users)
+
+    @property
+    def has_readers(self) -> bool:
+        """
+        Whether any credentials at all are configured, read-only ones too.
+        """
+        return self.has_credentials or self.read_token is not None or bool(self.viewers)
+
+    @property
+    def reading_needs_credentials(self) -> bool:
+        """
+        Whether reading needs credentials: off loopback always, and on
+        loopback when ``read_requires_credentials`` says so.
+        """
+        return self.read_requires_credentials or not self.loopback
 
     @property
     def loopback(self) -> bool:
