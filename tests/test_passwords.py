@@ -30,7 +30,8 @@ DIGEST_TEXT = HASH.split("$")[5]
 
 def test_hash_format() -> None:
     scheme, n, r, p, salt, digest = HASH.split("$")
-    assert (scheme, n, r, p) == ("scrypt", "16384", "8", "1")
+    # OWASP's minimum for scrypt.
+    assert (scheme, n, r, p) == ("scrypt", "131072", "8", "1")
     assert salt == "AAECAwQFBgcICQoLDA0ODw"
     assert len(digest) == 43
     assert "=" not in HASH
@@ -64,13 +65,25 @@ def test_random_salts_differ() -> None:
 
 def test_other_parameters_verify() -> None:
     """
-    A hash keeps its own parameters: cheaper or costlier ones still verify.
+    A hash keeps its own parameters: the earlier default (N=2^14), and
+    other ones at or above the floor, still verify.
     """
-    digest = passwords._scrypt("s3cret", SALT, 2**10, 4, 2, 32)
-    encoded = f"scrypt$1024$4$2${SALT_TEXT}${passwords._b64encode(digest)}"
+    digest = passwords._scrypt("s3cret", SALT, 2**14, 8, 2, 32)
+    encoded = f"scrypt$16384$8$2${SALT_TEXT}${passwords._b64encode(digest)}"
     check_hash(encoded)
     assert verify_password("s3cret", encoded)
-    assert not verify_password("s3cret", encoded.replace("$4$2$", "$4$1$"))
+    assert not verify_password("s3cret", encoded.replace("$8$2$", "$8$1$"))
+
+
+def test_a_hash_below_the_floor_is_refused_with_the_command() -> None:
+    digest = passwords._scrypt("s3cret", SALT, 2**10, 4, 2, 32)
+    encoded = f"scrypt$1024$4$2${SALT_TEXT}${passwords._b64encode(digest)}"
+    with pytest.raises(ValueError) as refused:
+        check_hash(encoded)
+    assert str(refused.value) == (
+        "a hash weaker than Gourmet accepts (scrypt N=1024, r=4: 512 KiB, at"
+        " least 16 MiB): make a new one with `python -m gourmet.passwords`"
+    )
 
 
 def replace(index: int, value: str) -> str:

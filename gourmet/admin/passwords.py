@@ -5,7 +5,7 @@ them::
     $ python -m gourmet.passwords
     Password:
     Again:
-    scrypt$16384$8$1$...$...
+    scrypt$131072$8$1$...$...
 
 A hash is scrypt's, with its parameters and salt written beside it, so that
 a configuration keeps working when the defaults here grow::
@@ -41,10 +41,15 @@ __all__ = [
 
 _SCHEME = "scrypt"
 
-#: scrypt's cost parameters for new hashes: about 16 MiB and 50 ms each.
-_N = 2**14
+#: scrypt's cost parameters for new hashes: OWASP's minimum (N=2^17, r=8,
+#: p=1), about 128 MiB and a few hundred milliseconds each.
+_N = 2**17
 _R = 8
 _P = 1
+#: The least memory cost (128 * N * r bytes) a configured hash may have:
+#: Gourmet's earlier default, N=2^14 with r=8 (16 MiB); weaker ones are
+#: refused at start-up.
+MIN_MEMORY_COST = 128 * 2**14 * 8
 _SALT_SIZE = 16
 _HASH_SIZE = 32
 _MIN_HASH_SIZE = 16
@@ -161,9 +166,17 @@ def check_hash(encoded: str) -> None:
     """
     Check that ``encoded`` is a hash :func:`verify_password` can use.
 
-    :raises ValueError: saying what a hash looks like, when it is not one.
+    :raises ValueError: saying what a hash looks like, when it is not one,
+        or that it is weaker than :data:`MIN_MEMORY_COST`.
     """
-    _parse(encoded)
+    parsed = _parse(encoded)
+    cost = 128 * parsed.n * parsed.r
+    if cost < MIN_MEMORY_COST:
+        raise ValueError(
+            f"a hash weaker than Gourmet accepts (scrypt N={parsed.n}, r={parsed.r}:"
+            f" {cost // 1024} KiB, at least {MIN_MEMORY_COST // 2**20} MiB): make a"
+            " new one with `python -m gourmet.passwords`"
+        )
 
 
 def verify_password(password: str, encoded: str) -> bool:
