@@ -79,3 +79,22 @@ async def test_gourmet_names_itself_without_a_version(
     head = (await client.read_response()).partition(b"\r\n\r\n")[0]
     assert head.startswith(b"HTTP/1.1 200 ")
     assert b"\r\nServer: Gourmet\r\n" in head
+
+
+@pytest_twisted.ensureDeferred
+async def test_server_header_off_names_nothing(gourmet: Any, raw_socket: Any) -> None:
+    text = config(["127.0.0.1:9"], server_extra="server_header = false")
+    running = await gourmet(text.replace('"^/"', '"^/api/"'))
+    answers = [
+        await running.get("/elsewhere"),
+        await treq.get(running.admin_url + "/api/upstreams"),
+    ]
+    assert [answer.code for answer in answers] == [404, 200]
+    for answer in answers:
+        await answer.content()
+        assert answer.headers.getRawHeaders("server") is None
+    client = raw_socket(running.port)
+    await client.send(b"GET / HTTP/1.1\r\n\r\n")  # no Host: refused
+    reply = await client.read_until_closed()
+    assert reply.startswith(b"HTTP/1.1 400 ")
+    assert b"Server:" not in reply

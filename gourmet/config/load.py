@@ -699,6 +699,7 @@ def _frontend(
         trusted_proxies=_array(_network),
         backlog=_whole(1, 65535),
         underscores_in_headers=_choice(("drop", "refuse", "pass")),
+        server_header=_boolean,
     )
     locations = tuple(
         _location(location, upstreams) for location in table.tables("locations")

@@ -136,6 +136,9 @@ class FrontendConfig:
     #: read ``X_Real_IP`` as ``X-Real-IP``, a header Gourmet sets, so it is
     #: not passed by default (nginx's ``underscores_in_headers off``).
     underscores_in_headers: str = "drop"
+    #: Whether Gourmet's own responses (errors, refusals, the console) say
+    #: ``Server: Gourmet``; never with a version.
+    server_header: bool = True
     #: The listen backlog of Gourmet's listeners whose endpoint string sets
     #: none; None: the kernel's ``somaxconn``, at least 511
     #: (:func:`gourmet.config.endpoints.default_backlog`).

@@ -514,7 +514,7 @@ class GourmetChannel(HTTPChannelHooks):
                 status=error.status,
                 reason=error.reason,
             )
-        transport.write(refusal(error.status))
+        transport.write(refusal(error.status, self._limits.server_header))
         # Only a socket of the reactor's own can be half-closed: a TLS
         # wrapper would pass the half-close to the socket under it.
         plain_socket = isinstance(transport, FileDescriptor)

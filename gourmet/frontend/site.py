@@ -43,7 +43,10 @@ class NamedRequest(Request):
     """
 
     def setHeader(self, name: Union[str, bytes], value: Union[str, bytes]) -> None:
-        if name == b"Server":
+        if name == b"Server":  # twisted.web's own, set for every request
+            site: GourmetSite = self.channel.site  # type: ignore[attr-defined]
+            if not site.frontend.server_header:
+                return
             value = SERVER
         super().setHeader(name, value)
 

@@ -112,13 +112,17 @@ class Head(NamedTuple):
     keep_alive: bool = False
 
 
-def refusal(status: int) -> bytes:
+def refusal(status: int, server: bool = True) -> bytes:
     """
     Gourmet's answer to a request it refuses: a status and nothing else.
+
+    :param server: whether to say ``Server: Gourmet``.
     """
-    return (
-        b"HTTP/1.1 %d %s\r\nServer: Gourmet\r\nContent-Length: 0\r\n"
-        b"Connection: close\r\n\r\n" % (status, REASONS[status])
+    named = b"Server: Gourmet\r\n" if server else b""
+    return b"HTTP/1.1 %d %s\r\n%sContent-Length: 0\r\nConnection: close\r\n\r\n" % (
+        status,
+        REASONS[status],
+        named,
     )
 
 
