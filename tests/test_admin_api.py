@@ -639,3 +639,29 @@ async def test_read_requires_credentials_closes_reading_on_loopback() -> None:
     assert (await console.call("GET", "/api/upstreams")).code == 401
     opened = Console(credentials=VIEWER)
     assert (await opened.call("GET", "/api/upstreams")).code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_changes_are_listed_and_the_latest_undone() -> None:
+    console = Console()
+    await console.call("PATCH", SERVER_A, auth="token", body={"weight": 7})
+    console.clock.advance(5)
+    await console.call("PATCH", SERVER_A, auth="token", body={"state": "drain"})
+    listed = document(await console.call("GET", "/api/upstreams"))["changes"]
+    assert [(c["who"], c["when"], c["description"]) for c in listed] == [
+        ("token", 1005.0, "state up -> drain"),
+        ("token", 1000.0, "weight 2 -> 7"),
+    ]
+    undone = await console.call("POST", "/api/changes/undo", auth="token")
+    assert undone.code == 200
+    assert document(undone)["undone"]["description"] == "state up -> drain"
+    assert (console.server(0).admin_state.value, console.server(0).weight) == (
+        "up",
+        7,
+    )
+    await console.call("POST", "/api/changes/undo", auth="token")
+    assert console.server(0).weight == 2
+    assert console.server(0).weight_override is None  # the configured one again
+    nothing = await console.call("POST", "/api/changes/undo", auth="token")
+    assert nothing.code == 409
+    assert document(nothing)["description"] == "There is no change to undo."

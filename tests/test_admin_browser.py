@@ -818,3 +818,37 @@ def test_draining_the_last_server_asks_first(
     console.button(a, "drain").click()
     expect(state_badge(console, a)).to_have_attribute("data-state", "drain")
     assert send_requests(deployment.port, 2) == {"status 503": 2}
+
+
+def test_the_changes_panel_lists_changes_and_undoes_the_latest(
+    deployment: Deployment, open_console: OpenConsole
+) -> None:
+    """
+    Each change is listed with who made it; Undo gives the server back the
+    weight it had, and the traffic follows.
+    """
+    console = open_console()
+    page = console.page
+    a = deployment.a
+    row_a = console.row(a)
+    undo = page.locator("#undo")
+    expect(page.locator("#changes-list li")).to_have_text(
+        ["No changes since Gourmet started."]
+    )
+    expect(undo).to_be_disabled()
+    row_a.locator("input[name=weight]").fill("3")
+    console.button(a, "set-weight").click()
+    expect(row_a.locator(".weight-now")).to_have_text("3")
+    expect(page.locator("#changes-list li")).to_have_count(1)
+    expect(page.locator("#changes-list li").first).to_contain_text(
+        f"{USER}: backend / {a.address}: weight 1 -> 3"
+    )
+    expect(undo).to_be_enabled()
+    undo.click()
+    expect(page.locator("#status")).to_have_text(
+        f"Undone: backend / {a.address}: weight 1 -> 3"
+    )
+    expect(row_a.locator(".weight-now")).to_have_text("1")
+    expect(undo).to_be_disabled()
+    split = send_requests(deployment.port, 40)
+    assert split[a.name] == split[deployment.b.name] == 20, split

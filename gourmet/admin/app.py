@@ -10,11 +10,12 @@ the next request.  Who may do what is decided in :mod:`gourmet.admin.auth`.
 from __future__ import annotations
 
 import json
+from collections import deque
 from http import HTTPStatus
 from importlib import resources
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Deque, Dict, List, Mapping, Optional, Tuple
 
-from attrs import evolve
+from attrs import evolve, frozen
 from klein import Klein
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -71,6 +72,8 @@ class AdminApp:
         self.config = config
         self.upstreams = upstreams
         self.security = security
+        #: The latest changes, newest last.
+        self.changes: Deque[Change] = deque(maxlen=CHANGES_KEPT)
         registry = metrics_registry(upstreams, client_stats, security.throttle)
         self._metrics = MetricsResource(registry)
         self._locations: Dict[str, List[str]] = {}
@@ -133,7 +136,8 @@ class AdminApp:
             {
                 "upstreams": [
                     self._view(upstream) for upstream in self.upstreams.values()
-                ]
+                ],
+                "changes": [change.view() for change in reversed(self.changes)],
             },
         )
 
@@ -168,6 +172,17 @@ class AdminApp:
                 " requests: every request to it would get 503. Send"
                 ' "force": true to do it anyway.',
             )
+        self.changes.append(
+            Change(
+                who=principal.name,
+                when=self.security.clock.seconds(),
+                upstream=upstream.name,
+                server=server,
+                before=before,
+                after=_settings(server),
+                undo=undo,
+            )
+        )
         self.log.info(
             "admin: {who} from {client} changed {upstream}/{server}: {change}",
             who=principal.name,
@@ -179,6 +194,28 @@ class AdminApp:
         view = self._view(upstream)
         (changed,) = (each for each in view["servers"] if each["id"] == server.id)
         return _json(request, changed)
+
+    @app.route("/api/changes/undo", methods=["POST"])
+    async def undo(self, request: IRequest) -> bytes:
+        """
+        Undo the latest change: its server gets back the weight and state it
+        had before.
+        """
+        principal = await self.security.may_change(request)
+        if not self.changes:
+            raise Refused(409, "There is no change to undo.")
+        change = self.changes.pop()
+        server = change.server
+        server.weight_override, server.admin_state = change.undo
+        self.log.info(
+            "admin: {who} from {client} undid {upstream}/{server}: {change}",
+            who=principal.name,
+            client=getattr(request.getClientAddress(), "host", "-"),
+            upstream=change.upstream,
+            server=server.name,
+            change=_describe_change(change.after, change.before),
+        )
+        return _json(request, {"undone": change.view()})
 
     @app.route("/metrics", methods=["GET"])
     async def metrics(self, request: IRequest) -> IResource:
@@ -229,6 +266,41 @@ class AdminApp:
 
 
 _UNCHANGED = object()
+
+#: Changes the console lists (and may undo the latest of).
+CHANGES_KEPT = 50
+
+
+@frozen
+class Change:
+    """
+    One change an operator made: who, when, to which server, and its
+    settings before and after; ``undo`` is what restores it exactly (the
+    weight override, None for the configured weight, and the state).
+    """
+
+    who: str
+    when: float
+    upstream: str
+    server: Server
+    before: Dict[str, Any]
+    after: Dict[str, Any]
+    undo: Tuple[Optional[int], AdminState]
+
+    def view(self) -> Dict[str, Any]:
+        """
+        The change as the API shows it.
+        """
+        return {
+            "who": self.who,
+            "when": self.when,
+            "upstream": self.upstream,
+            "server": self.server.name,
+            "server_id": self.server.id,
+            "before": self.before,
+            "after": self.after,
+            "description": _describe_change(self.before, self.after),
+        }
 
 
 def parse_change(body: bytes) -> Tuple[object, Optional[AdminState], bool]:

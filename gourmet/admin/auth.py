@@ -144,7 +144,9 @@ class AdminSecurity:
         self._passwords = PasswordChecker(dict(config.users + config.viewers))
         self._changers = {name for name, _ in config.users}
         self._secret = secret or os.urandom(32)
-        self.throttle = SignInThrottle(clock or Clock())
+        #: Where the console's time comes from.
+        self.clock: IReactorTime = clock or Clock()
+        self.throttle = SignInThrottle(self.clock)
         self._threads = threads
         self._pending = 0
         self.allowed_hosts: Set[str] = set(_LOOPBACK_HOSTS) | {

@@ -29,6 +29,8 @@
     lastChangeAt: 0,
     /** Successful refreshes so far (shown as data-refreshes, for tests). */
     refreshes: 0,
+    /** Whether an undo is being sent. */
+    undoing: false,
   };
 
   const numberFormat = new Intl.NumberFormat("en");
@@ -181,7 +183,10 @@
       // A change answered while this was in flight is newer than this.
       // (A bug in rendering is not a lost connection: it goes to the
       // browser's console, and the next refresh still comes.)
-      if (started >= app.lastChangeAt) render(data.upstreams);
+      if (started >= app.lastChangeAt) {
+        render(data.upstreams);
+        renderChanges(data.changes || []);
+      }
     } finally {
       const elapsed = performance.now() - started;
       setTimeout(refresh, Math.max(REFRESH_MS - elapsed, 100));
@@ -779,11 +784,49 @@
     status.classList.add("flash");
   }
 
+  // -- recent changes, and undoing the latest --------------------------------------------
+
+  function renderChanges(changes) {
+    const list = document.getElementById("changes-list");
+    const shown = changes.map((change) =>
+      `${clockTime(change.when)} ${change.who}: ${change.upstream} / ${change.server}: ` +
+        change.description);
+    if (list.dataset.shown !== shown.join("\n")) {
+      list.dataset.shown = shown.join("\n");
+      list.replaceChildren(...(shown.length
+        ? shown.map((text) => el("li", { text }))
+        : [el("li", { className: "empty", text: "No changes since Gourmet started." })]));
+    }
+    const undo = document.getElementById("undo");
+    undo.disabled = !(canChange() && changes.length > 0) || app.undoing;
+  }
+
+  async function undoLatest() {
+    const undo = document.getElementById("undo");
+    app.undoing = true;
+    undo.disabled = true;
+    try {
+      const answer = await api("/api/changes/undo", {
+        method: "POST",
+        headers: { "X-CSRF-Token": app.session.csrf_token },
+      });
+      const change = answer.undone;
+      showStatus(`Undone: ${change.upstream} / ${change.server}: ${change.description}`, "ok");
+    } catch (error) {
+      const why =
+        error instanceof ApiError ? error.message : "Gourmet did not answer; try again.";
+      showStatus(`Undo: ${why}`, "error");
+    } finally {
+      app.undoing = false;
+    }
+  }
+
   // -- start ---------------------------------------------------------------------------------
 
   window.addEventListener("resize", () => {
     for (const section of app.sections.values()) drawChart(section);
   });
+  document.getElementById("undo").addEventListener("click", undoLatest);
   renderSession();
   refresh();
 })();
