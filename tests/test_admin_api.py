@@ -652,8 +652,15 @@ async def test_changes_are_listed_and_the_latest_undone() -> None:
         ("token", 1005.0, "state up -> drain"),
         ("token", 1000.0, "weight 2 -> 7"),
     ]
-    undone = await console.call("POST", "/api/changes/undo", auth="token")
+    with capturedLogs() as events:
+        undone = await console.call("POST", "/api/changes/undo", auth="token")
     assert undone.code == 200
+    said = [formatEvent(event) for event in events]
+    assert any(
+        line.startswith("admin: token from ")
+        and line.endswith(" undid backend/127.0.0.1:9001: state up -> drain")
+        for line in said
+    ), said
     assert document(undone)["undone"]["description"] == "state up -> drain"
     assert (console.server(0).admin_state.value, console.server(0).weight) == (
         "up",

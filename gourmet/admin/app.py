@@ -24,7 +24,13 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 from werkzeug.exceptions import HTTPException
 
-from gourmet.admin.auth import REALM, SECURITY_HEADERS, AdminSecurity, Refused
+from gourmet.admin.auth import (
+    REALM,
+    SECURITY_HEADERS,
+    AdminSecurity,
+    Principal,
+    Refused,
+)
 from gourmet.admin.metrics import MetricsResource, metrics_registry
 from gourmet.admin.views import upstream_view
 from gourmet.config.model import MAX_WEIGHT, GourmetConfig
@@ -183,14 +189,7 @@ class AdminApp:
                 undo=undo,
             )
         )
-        self.log.info(
-            "admin: {who} from {client} changed {upstream}/{server}: {change}",
-            who=principal.name,
-            client=getattr(request.getClientAddress(), "host", "-"),
-            upstream=upstream.name,
-            server=server.name,
-            change=_describe_change(before, _settings(server)),
-        )
+        self._log_change(request, principal, "changed", self.changes[-1])
         view = self._view(upstream)
         (changed,) = (each for each in view["servers"] if each["id"] == server.id)
         return _json(request, changed)
@@ -207,15 +206,21 @@ class AdminApp:
         change = self.changes.pop()
         server = change.server
         server.weight_override, server.admin_state = change.undo
+        self._log_change(request, principal, "undid", change)
+        return _json(request, {"undone": change.view()})
+
+    def _log_change(
+        self, request: IRequest, principal: Principal, verb: str, change: Change
+    ) -> None:
         self.log.info(
-            "admin: {who} from {client} undid {upstream}/{server}: {change}",
+            "admin: {who} from {client} {verb} {upstream}/{server}: {change}",
             who=principal.name,
             client=getattr(request.getClientAddress(), "host", "-"),
+            verb=verb,
             upstream=change.upstream,
-            server=server.name,
-            change=_describe_change(change.after, change.before),
+            server=change.server.name,
+            change=change.view()["description"],
         )
-        return _json(request, {"undone": change.view()})
 
     @app.route("/metrics", methods=["GET"])
     async def metrics(self, request: IRequest) -> IResource:
