@@ -6,6 +6,7 @@ servers on loopback.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import (
     Any,
     AsyncIterator,
@@ -30,6 +31,7 @@ from gourmet.config.load import parse_config
 from gourmet.listener import Listener
 from gourmet.service import GourmetService, build_service
 from tests.configs import ADMIN_LISTEN, config
+from tests.memory import Gourmets
 from tests.rawhttp import RawClient
 from tests.upstreams import Answer, ScriptedServer, UpstreamServer
 
@@ -248,3 +250,14 @@ def raw_proxy(
         return server, running, raw_socket(running.port)
 
     return start
+
+
+@pytest.fixture
+def gourmets(tmp_path: Path) -> Iterator[Gourmets]:
+    """
+    ``gourmets(config_text, *servers)`` starts Gourmet in memory
+    (:mod:`tests.memory`); every one is stopped and checked after the test.
+    """
+    started = Gourmets(tmp_path)
+    yield started
+    started.stop()

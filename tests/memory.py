@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump, connect
 
 from gourmet.config.load import parse_config
+from gourmet.http.request import refusal
 from gourmet.service import GourmetService, build_service
 from tests.test_rfc import Response
 
@@ -93,6 +94,14 @@ class Client(Protocol):
         self._gourmet = gourmet
         self.received = b""
         self.closed = False
+
+    def assert_refused(self, status: int) -> None:
+        """
+        Gourmet answered with its bare refusal of ``status`` and nothing
+        else, and closed the connection.
+        """
+        assert self.received == refusal(status), self.received[:200]
+        assert self.closed
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data

@@ -9,10 +9,7 @@ with no sleep.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Iterator, List, Tuple
-
-import pytest
+from typing import List, Tuple
 
 from tests.configs import config
 from tests.memory import (
@@ -30,13 +27,6 @@ from tests.memory import (
 
 A = "192.0.2.10:8000"
 B = "192.0.2.11:8000"
-
-
-@pytest.fixture
-def gourmets(tmp_path: Path) -> Iterator[Gourmets]:
-    started = Gourmets(tmp_path)
-    yield started
-    started.stop()
 
 
 def proxy(
