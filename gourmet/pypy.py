@@ -1,5 +1,6 @@
 """
-What Gourmet needs from PyPy's garbage collector.
+What Gourmet needs from PyPy: a large enough young generation for its
+garbage collector, and an scrypt that lets other threads run.
 
 PyPy sizes its young generation (the nursery) from the CPU's cache: 1 MiB
 on the machine the benchmark ran on.  A proxied request allocates tens of
@@ -18,7 +19,7 @@ from __future__ import annotations
 import gc
 import platform
 import re
-from typing import Optional
+from typing import Callable, Optional
 
 #: The nursery Gourmet is measured and tested with on PyPy.
 RECOMMENDED_NURSERY = "32MB"
@@ -63,3 +64,43 @@ def nursery_warning(nursery: Optional[str]) -> Optional[str]:
         f"PYPY_GC_NURSERY={RECOMMENDED_NURSERY} in its environment "
         "(see the README's section on PyPy)"
     )
+
+
+#: scrypt(password, salt, n, r, p, maxmem, size) -> hash.
+Scrypt = Callable[[bytes, bytes, int, int, int, int, int], bytes]
+
+
+def openssl_scrypt() -> Optional[Scrypt]:
+    """
+    OpenSSL's scrypt through PyPy's own bindings (those its ``ssl`` and
+    ``hashlib`` use), or None where they do not have it.
+
+    PyPy's ``hashlib`` has no scrypt, and cryptography's (Rust, below 44
+    on PyPy 3.9) keeps the GIL while it hashes, so a password check in a
+    thread would still stall the reactor for a few hundred milliseconds.
+    A call through cffi lets other threads run, as CPython's hashlib does.
+    ``_pypy_openssl`` is PyPy's private module: when it is missing or
+    lacks the function, Gourmet falls back to cryptography.
+    """
+    try:
+        from _pypy_openssl import ffi, lib  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    function = getattr(lib, "EVP_PBE_scrypt", None)
+    if function is None:
+        return None
+
+    def scrypt(
+        password: bytes, salt: bytes, n: int, r: int, p: int, maxmem: int, size: int
+    ) -> bytes:
+        out = ffi.new("unsigned char[]", size)
+        if (
+            function(
+                password, len(password), salt, len(salt), n, r, p, maxmem, out, size
+            )
+            != 1
+        ):
+            raise ValueError("OpenSSL refused the scrypt parameters")
+        return bytes(ffi.buffer(out, size))
+
+    return scrypt

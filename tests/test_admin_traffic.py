@@ -6,10 +6,8 @@ process, real upstream servers on loopback, the console on its own port.
 from __future__ import annotations
 
 import json
-import platform
 from typing import Any, Dict, List, Union
 
-import pytest
 import pytest_twisted
 import treq
 from twisted.internet.defer import ensureDeferred, gatherResults
@@ -86,12 +84,6 @@ async def test_weight_0_lets_in_flight_requests_finish(
     assert await response.text() == "late from b"
 
 
-@pytest.mark.skipif(
-    platform.python_implementation() == "PyPy",
-    reason="PyPy's hashlib has no scrypt, and the cryptography PyPy 3.9 can"
-    " have (below 44) holds the GIL while it hashes: the check runs in a"
-    " thread but still stalls the reactor there (a process pool is the fix)",
-)
 @pytest_twisted.ensureDeferred
 async def test_password_checks_do_not_stall_the_proxy(
     gourmet: Any, make_upstreams: Any

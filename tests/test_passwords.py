@@ -7,11 +7,13 @@ hashes.
 from __future__ import annotations
 
 import getpass
+import platform
 import subprocess
 import sys
 from typing import Callable, List
 
 import pytest
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from gourmet.admin import passwords
 from gourmet.admin.passwords import (
@@ -20,6 +22,7 @@ from gourmet.admin.passwords import (
     hash_password,
     verify_password,
 )
+from gourmet.pypy import openssl_scrypt
 
 #: hash_password("s3cret") with a fixed salt, made once: scrypt is slow.
 SALT = bytes(range(16))
@@ -53,6 +56,25 @@ def test_unicode_password() -> None:
     assert not verify_password("passwörd ☕", encoded)
     # Undecodable input turned into lone surrogates fails; it does not raise.
     assert not verify_password("\udcff", encoded)
+
+
+def test_every_scrypt_gives_the_same_hash() -> None:
+    """
+    The hash does not depend on which scrypt this Python has (hashlib's,
+    OpenSSL's through PyPy's bindings, cryptography's): a configuration
+    made on CPython works on PyPy.  On PyPy the one that lets other threads
+    run is the one in use.
+    """
+    expected = Scrypt(salt=SALT, length=32, n=2**14, r=8, p=2).derive(b"s3cret")
+    assert passwords._scrypt("s3cret", SALT, 2**14, 8, 2, 32) == expected
+    scrypt = openssl_scrypt()
+    if platform.python_implementation() == "PyPy":
+        assert scrypt is not None
+        assert scrypt(b"s3cret", SALT, 2**14, 8, 2, 2**26, 32) == expected
+        with pytest.raises(ValueError, match="refused the scrypt parameters"):
+            scrypt(b"s3cret", SALT, 2**14, 8, 2, 2**20, 32)
+    else:
+        assert scrypt is None
 
 
 def test_random_salts_differ() -> None:

@@ -31,6 +31,8 @@ from typing import List, Mapping, NamedTuple, Optional
 
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from gourmet.pypy import openssl_scrypt
+
 __all__ = [
     "PasswordChecker",
     "check_hash",
@@ -134,19 +136,22 @@ def _parse(encoded: str) -> _Hash:
 def _scrypt(password: str, salt: bytes, n: int, r: int, p: int, size: int) -> bytes:
     # hashlib's scrypt (CPython's, OpenSSL's) lets other threads run while
     # it works, so that a check in a thread leaves the reactor free; PyPy's
-    # hashlib has none, and there cryptography's (which Twisted[tls]
-    # brings) is used.
+    # hashlib has none, and there OpenSSL's is called through PyPy's own
+    # bindings, or failing those cryptography's (which holds the GIL).
+    # OpenSSL refuses to use more memory than maxmem: what N and r need.
+    needed = 128 * r * (n + p + 2) + 65536
     if _HASHLIB_SCRYPT is not None:
-        # OpenSSL refuses to use more memory than maxmem: what N and r need.
-        needed = 128 * r * (n + p + 2) + 65536
         return _HASHLIB_SCRYPT(
             _encode(password), salt=salt, n=n, r=r, p=p, maxmem=needed, dklen=size
         )
+    if _OPENSSL_SCRYPT is not None:
+        return _OPENSSL_SCRYPT(_encode(password), salt, n, r, p, needed, size)
     return Scrypt(salt=salt, length=size, n=n, r=r, p=p).derive(_encode(password))
 
 
-#: hashlib's scrypt, where the Python has one.
+#: hashlib's scrypt, where the Python has one; else OpenSSL's on PyPy.
 _HASHLIB_SCRYPT = getattr(hashlib, "scrypt", None)
+_OPENSSL_SCRYPT = None if _HASHLIB_SCRYPT is not None else openssl_scrypt()
 
 
 def hash_password(password: str, *, salt: Optional[bytes] = None) -> str:
