@@ -18,8 +18,9 @@ from twisted.web.server import Site
 from gourmet._twisted import sockets
 from gourmet._twisted.check import check_twisted
 from gourmet._twisted.pollloop import install_poll_loop
-from gourmet.admin.app import admin_site
+from gourmet.admin.app import Running, admin_site
 from gourmet.admin.auth import AdminSecurity, PasswordThreads
+from gourmet.admin.views import ListenerInfo
 from gourmet.config.endpoints import default_backlog, with_backlog, with_unix_mode
 from gourmet.config.load import ConfigError
 from gourmet.config.model import GourmetConfig
@@ -61,7 +62,7 @@ class GourmetService(MultiService):
         self.upstreams = upstreams
         self.pools = pools
         self.site = site
-        self.admin_site: Optional[Site] = None
+        self.admin_site: Optional[GourmetSite] = None
         self.listeners: List[Listener] = []
         self.admin_listener: Optional[Listener] = None
         self._log_observer = log_observer
@@ -108,6 +109,20 @@ class GourmetService(MultiService):
         if warning is not None:
             self.log.warn("{warning}", warning=warning)
         super().startService()
+
+    def listener_infos(self) -> List[ListenerInfo]:
+        """
+        The proxy's site and the console's, and where each listens.
+        """
+        infos = [
+            ListenerInfo(
+                "proxy", [each.address() for each in self.listeners], self.site
+            )
+        ]
+        if self.admin_site is not None and self.admin_listener is not None:
+            address = self.admin_listener.address()
+            infos.append(ListenerInfo("admin", [address], self.admin_site))
+        return infos
 
     def stopService(self) -> Any:
         async def stop() -> None:
@@ -174,7 +189,12 @@ def build_service(
             config.admin, clock=reactor, threads=(reactor, threads)
         )
         service.admin_site = admin_site(
-            config, upstreams, reactor, security, client_stats=site.client_stats
+            config,
+            upstreams,
+            reactor,
+            security,
+            client_stats=site.client_stats,
+            running=Running(reactor, pools, service.listener_infos),
         )
         service.admin_listener = _listener(
             config,

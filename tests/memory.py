@@ -18,6 +18,8 @@ backpressure, TLS, how the kernel reports a reset, twistd itself.
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
 
@@ -102,6 +104,23 @@ class Client(Protocol):
         """
         assert self.received == refusal(status), self.received[:200]
         assert self.closed
+
+    def assert_refused_in_json(self, status: int) -> Dict[str, object]:
+        """
+        The console refused with ``status``, its reason in a JSON body that
+        a script reads as it reads the API's errors, and closed.
+
+        :return: the JSON document.
+        """
+        head, _, body = self.received.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        assert lines[0].startswith(b"HTTP/1.1 %d " % status), lines[0]
+        assert b"Content-Type: application/json" in lines
+        assert b"Content-Length: %d" % len(body) in lines
+        document = json.loads(body)
+        assert document["status"] == status
+        assert self.closed
+        return document
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data

@@ -7,6 +7,8 @@ the reactor's clock, with no sleep.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.configs import config
@@ -261,7 +263,7 @@ def test_a_console_client_trickling_its_head_gets_408(
         client.send(b"X")
     gourmet.advance(1)
     # [server] header_timeout (10 s) holds on the console too.
-    client.assert_refused(408)
+    client.assert_refused_in_json(408)
 
 
 def test_a_huge_console_body_gets_413_before_credentials(
@@ -275,7 +277,8 @@ def test_a_huge_console_body_gets_413_before_credentials(
     )
     gourmet.flush()
     # At once, from the head alone: no byte of the body is read or kept.
-    client.assert_refused(413)
+    document = client.assert_refused_in_json(413)
+    assert document["description"] == "body larger than 65536 bytes"
 
 
 def test_console_connections_over_its_limit_are_refused_the_proxy_serves(
@@ -286,8 +289,46 @@ def test_console_connections_over_its_limit_are_refused_the_proxy_serves(
     held = [gourmet.connect(admin_site) for _ in range(2)]
     extra = gourmet.connect(admin_site)
     gourmet.flush()
-    extra.assert_refused(503)
+    extra.assert_refused_in_json(503)
     assert len(held) == admin_site.open_connections  # type: ignore[union-attr]
     proxied = gourmet.connect()
     proxied.send(get())
     assert proxied.response().status == 200
+
+
+def test_each_listener_counts_its_connections_and_gourmets_own_answers(
+    gourmets: Gourmets, server: MemoryServer
+) -> None:
+    """
+    The console's listeners panel: client connections against the limit,
+    and what Gourmet refused or answered itself, per listener.
+    """
+    gourmet = console(gourmets, server)
+    admin_site = gourmet.service.admin_site
+    held = gourmet.connect()
+    held.send(b"GET / HTTP/1.1\r\nHost: shop.example\r\nContent-Length: x\r\n\r\n")
+    gourmet.flush()
+    held.assert_refused(400)
+    idle = gourmet.connect()
+    refused = gourmet.connect(admin_site)
+    refused.send(b"PUT / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 70000\r\n\r\n")
+    gourmet.flush()
+    refused.assert_refused_in_json(413)
+    api = gourmet.connect(admin_site)
+    api.send(b"GET /api/upstreams HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    gourmet.flush()
+    response = api.response()
+    assert response.status == 200
+    proxy, admin = json.loads(response.body)["listeners"]
+    assert idle is not None
+    assert (proxy["name"], proxy["connections"], proxy["refusals"]) == (
+        "proxy",
+        1,
+        {"400": 1},
+    )
+    assert (admin["name"], admin["connections"], admin["max_connections"]) == (
+        "admin",
+        1,
+        2,
+    )
+    assert admin["refusals"] == {"413": 1}

@@ -19,6 +19,7 @@ import treq
 from twisted.internet import reactor
 from twisted.web.client import HTTPConnectionPool
 
+from gourmet import __version__ as gourmet_version
 from tests.processes import (
     ADMIN_CONSOLE,
     GOURMET_LISTENING,
@@ -151,6 +152,19 @@ async def test_reference_configuration_runs_under_twistd(
         servers[1].address: 1,
         servers[2].address: 1,
     }
+    # Which Gourmet this is, and the 404 it answered itself.
+    console = await treq.get(
+        f"http://127.0.0.1:{gourmet.admin_port}/api/upstreams", pool=gourmet.pool
+    )
+    everything = await console.json()
+    instance = everything["instance"]
+    assert instance["pid"] == gourmet.process.pid
+    assert instance["config_file"] == str(config.resolve())
+    assert instance["version"] == gourmet_version
+    assert 0 < instance["uptime"] < 60
+    proxy = everything["listeners"][0]
+    assert proxy["addresses"] == [f"127.0.0.1:{gourmet.port}"]
+    assert proxy["refusals"] == {"404": 1}
     # twistd shuts down cleanly, then re-raises SIGTERM so that its exit
     # status says why it stopped (systemd counts that as a clean stop).
     assert gourmet.stop() == -signal.SIGTERM

@@ -13,15 +13,14 @@ import json
 from collections import deque
 from http import HTTPStatus
 from importlib import resources
-from typing import Any, Deque, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional, Tuple
 
-from attrs import evolve, frozen
+from attrs import evolve, field, frozen
 from klein import Klein
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import Site
 from werkzeug.exceptions import HTTPException
 
 from gourmet.admin.auth import (
@@ -32,11 +31,12 @@ from gourmet.admin.auth import (
     Refused,
 )
 from gourmet.admin.metrics import MetricsResource, metrics_registry
-from gourmet.admin.views import upstream_view
+from gourmet.admin.views import Instance, ListenerInfo, listener_view, upstream_view
 from gourmet.config.model import MAX_WEIGHT, GourmetConfig
 from gourmet.frontend.channel import ClientStats
 from gourmet.frontend.errors import error_document
 from gourmet.frontend.site import GourmetSite, NamedRequest
+from gourmet.upstream.pool import ConnectionPool
 from gourmet.upstream.state import AdminState, Server, Upstream
 
 #: The console's own files, served from the package.
@@ -59,6 +59,14 @@ def _json(request: IRequest, document: Any, status: int = 200) -> bytes:
     return json.dumps(document).encode("utf-8") + b"\n"
 
 
+def _error(request: IRequest, status: int, description: str) -> bytes:
+    # Counted with the channel's refusals, as the console listener's own.
+    site = getattr(request, "site", None)
+    if isinstance(site, GourmetSite):
+        site.client_stats.refusals[status] += 1
+    return _json(request, error_document(status, description), status)
+
+
 class AdminApp:
     """
     The console's routes, as methods of an object that holds the running
@@ -74,13 +82,23 @@ class AdminApp:
         upstreams: Mapping[str, Upstream],
         security: AdminSecurity,
         client_stats: Optional[ClientStats] = None,
+        running: Optional[Running] = None,
     ) -> None:
         self.config = config
         self.upstreams = upstreams
         self.security = security
+        self.running = running or Running(security.clock)
+        self.instance = Instance.here(self.running.clock.seconds(), config.source)
         #: The latest changes, newest last.
         self.changes: Deque[Change] = deque(maxlen=CHANGES_KEPT)
-        registry = metrics_registry(upstreams, client_stats, security.throttle)
+        registry = metrics_registry(
+            upstreams,
+            client_stats,
+            security.throttle,
+            pools=self.running.pools,
+            listeners=self.running.listeners,
+            instance=self.instance,
+        )
         self._metrics = MetricsResource(registry)
         self._locations: Dict[str, List[str]] = {}
         for location in config.frontend.locations:
@@ -144,6 +162,8 @@ class AdminApp:
                     self._view(upstream) for upstream in self.upstreams.values()
                 ],
                 "changes": [change.view() for change in reversed(self.changes)],
+                "instance": self.instance.view(self.running.clock.seconds()),
+                "listeners": [listener_view(each) for each in self.running.listeners()],
             },
         )
 
@@ -237,7 +257,7 @@ class AdminApp:
             request.setHeader(b"www-authenticate", REALM)
         if error.retry_after is not None:
             request.setHeader(b"retry-after", b"%d" % error.retry_after)
-        return _json(request, error_document(error.status, error.message), error.status)
+        return _error(request, error.status, error.message)
 
     @app.handle_errors(HTTPException)
     def routing_error(self, request: IRequest, failure: Failure) -> bytes:
@@ -247,12 +267,16 @@ class AdminApp:
         if status == 405 and error.response is None:
             request.setHeader(b"allow", b", ".join(_allowed(error)))
         description = "No such page." if status == 404 else HTTPStatus(status).phrase
-        return _json(request, error_document(status, description), status)
+        return _error(request, status, description)
 
     # -- helpers ------------------------------------------------------------------
 
     def _view(self, upstream: Upstream) -> Dict[str, Any]:
-        return upstream_view(upstream, self._locations.get(upstream.name, []))
+        return upstream_view(
+            upstream,
+            self._locations.get(upstream.name, []),
+            self.running.pools.get(upstream.name),
+        )
 
     def _upstream(self, name: str) -> Upstream:
         upstream = self.upstreams.get(name)
@@ -268,6 +292,27 @@ class AdminApp:
             raise Refused(
                 404, f"Upstream {upstream.name!r} has no server {server_id!r}."
             ) from None
+
+
+def _no_listeners() -> Iterable[ListenerInfo]:
+    return ()
+
+
+@frozen
+class Running:
+    """
+    What the console shows beside the upstreams, from the running service.
+
+    :ivar clock: for the instance's uptime.
+    :ivar pools: each upstream's connections, by upstream name.
+    :ivar listeners: the sites listening for clients now (the console's
+        own included), asked for at each look: addresses are known only
+        once listening has started.
+    """
+
+    clock: Any
+    pools: Mapping[str, ConnectionPool] = field(factory=dict)
+    listeners: Callable[[], Iterable[ListenerInfo]] = _no_listeners
 
 
 _UNCHANGED = object()
@@ -396,9 +441,7 @@ class AdminResource(Resource):
         try:
             self.admin.security.check_host(request)
         except Refused as error:
-            return _json(
-                request, error_document(error.status, error.message), error.status
-            )
+            return _error(request, error.status, error.message)
         return self.wrapped.render(request)
 
 
@@ -408,7 +451,8 @@ def admin_site(
     reactor: Any,
     security: Optional[AdminSecurity] = None,
     client_stats: Optional[ClientStats] = None,
-) -> Site:
+    running: Optional[Running] = None,
+) -> GourmetSite:
     """
     The console's site, for its own listener: with the proxy's strict
     channel and its limits on what clients send (the console is on a
@@ -416,9 +460,12 @@ def admin_site(
     enforced before any credential is checked.
 
     :param client_stats: the proxy site's, for the metrics.
+    :param running: the pools and listeners it shows.
     """
     security = security or AdminSecurity(config.admin)
-    admin = AdminApp(config, upstreams, security, client_stats)
+    admin = AdminApp(
+        config, upstreams, security, client_stats, running or Running(reactor)
+    )
     limits = evolve(
         config.frontend,
         locations=(),
@@ -428,5 +475,6 @@ def admin_site(
     )
     site = GourmetSite(AdminResource(admin), reactor, frontend=limits)
     site.requestFactory = NamedRequest
+    site.json_refusals = True
     site.noisy = False
     return site

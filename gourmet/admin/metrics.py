@@ -11,7 +11,8 @@ binds the global reactor when imported.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Optional
+import platform
+from typing import Callable, Iterable, List, Mapping, Optional, Tuple, Type, Union
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -24,12 +25,73 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
+import gourmet
+import twisted
 from gourmet.admin.throttle import SignInThrottle
+from gourmet.admin.views import Instance, ListenerInfo
 from gourmet.frontend.channel import ClientStats
 from gourmet.upstream.health import Health
-from gourmet.upstream.state import Upstream
+from gourmet.upstream.pool import ConnectionPool
+from gourmet.upstream.state import Server, Upstream
 
 _STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "failed")
+
+
+#: The per-server figures that are one number each: name, type, help, and
+#: how to read it from a server.
+_Family = Type[Union[CounterMetricFamily, GaugeMetricFamily]]
+_SERVER_FIGURES: Tuple[Tuple[str, _Family, str, Callable[[Server], float]], ...] = (
+    (
+        "gourmet_upstream_failures",
+        CounterMetricFamily,
+        "Failures counted against servers by passive health.",
+        lambda server: server.failures,
+    ),
+    (
+        "gourmet_upstream_active_requests",
+        GaugeMetricFamily,
+        "Requests in flight.",
+        lambda server: server.active,
+    ),
+    (
+        "gourmet_upstream_server_up",
+        GaugeMetricFamily,
+        "1 when passive health lets the server take requests, else 0.",
+        lambda server: 0 if server.health.state is Health.DOWN else 1,
+    ),
+    (
+        "gourmet_upstream_server_weight",
+        GaugeMetricFamily,
+        "The weight balancers use now (0 while draining or disabled).",
+        lambda server: server.weight,
+    ),
+    (
+        "gourmet_upstream_server_configured_weight",
+        GaugeMetricFamily,
+        "The weight in the configuration.",
+        lambda server: server.configured_weight,
+    ),
+    (
+        "gourmet_upstream_retries",
+        CounterMetricFamily,
+        "Requests that failed on the server and were sent to another.",
+        lambda server: server.stats.retries,
+    ),
+    (
+        "gourmet_upstream_sent_bytes",
+        CounterMetricFamily,
+        "Request body bytes sent to the server.",
+        lambda server: server.stats.bytes_sent,
+    ),
+    (
+        "gourmet_upstream_received_bytes",
+        CounterMetricFamily,
+        "Response body bytes read from the server.",
+        lambda server: server.stats.bytes_received,
+    ),
+)
+
+_SERVER_LABELS = ["upstream", "server"]
 
 
 class UpstreamCollector(Collector):
@@ -37,55 +99,73 @@ class UpstreamCollector(Collector):
     Every upstream's and server's figures, as metric families.
     """
 
-    def __init__(self, upstreams: Mapping[str, Upstream]) -> None:
+    def __init__(
+        self,
+        upstreams: Mapping[str, Upstream],
+        pools: Optional[Mapping[str, ConnectionPool]] = None,
+    ) -> None:
         self.upstreams = upstreams
+        self.pools = pools or {}
+
+    def _servers(self) -> Iterable[Tuple[List[str], Server, Optional[ConnectionPool]]]:
+        for upstream in self.upstreams.values():
+            pool = self.pools.get(upstream.name)
+            for server in upstream.servers:
+                yield [upstream.name, server.name], server, pool
 
     def collect(self) -> Iterable[Metric]:
-        labels = ["upstream", "server"]
+        for name, kind, documentation, read in _SERVER_FIGURES:
+            family = kind(name, documentation, labels=_SERVER_LABELS)
+            for values, server, _ in self._servers():
+                family.add_metric(values, read(server))
+            yield family
+        yield from self._by_kind()
+        yield self._gourmet_responses()
+        yield self._panics()
+        yield self._response_times()
+
+    def _by_kind(self) -> Iterable[Metric]:
         requests = CounterMetricFamily(
             "gourmet_upstream_requests",
             "Requests sent to upstream servers, by status class of the answer "
             "(failed: no usable answer).",
-            labels=[*labels, "code"],
+            labels=[*_SERVER_LABELS, "code"],
         )
-        failures = CounterMetricFamily(
-            "gourmet_upstream_failures",
-            "Failures counted against servers by passive health.",
-            labels=labels,
+        errors = CounterMetricFamily(
+            "gourmet_upstream_errors",
+            "Failures by what the client saw: seen (it got an error) or hidden"
+            " (a retry on another server answered it well).",
+            labels=[*_SERVER_LABELS, "outcome"],
         )
-        active = GaugeMetricFamily(
-            "gourmet_upstream_active_requests", "Requests in flight.", labels=labels
+        connections = GaugeMetricFamily(
+            "gourmet_upstream_connections",
+            "Connections to the server, idle (kept alive) or busy.",
+            labels=[*_SERVER_LABELS, "state"],
         )
-        up = GaugeMetricFamily(
-            "gourmet_upstream_server_up",
-            "1 when passive health lets the server take requests, else 0.",
-            labels=labels,
-        )
-        weight = GaugeMetricFamily(
-            "gourmet_upstream_server_weight",
-            "The weight balancers use now (0 while draining or disabled).",
-            labels=labels,
-        )
-        configured = GaugeMetricFamily(
-            "gourmet_upstream_server_configured_weight",
-            "The weight in the configuration.",
-            labels=labels,
+        for values, server, pool in self._servers():
+            stats = server.stats
+            for code in _STATUS_CLASSES:
+                requests.add_metric([*values, code], stats.statuses.get(code, 0))
+            errors.add_metric([*values, "seen"], stats.errors_seen)
+            errors.add_metric([*values, "hidden"], stats.errors_hidden)
+            if pool is not None:
+                idle, busy = pool.connection_counts(server.origin)
+                connections.add_metric([*values, "idle"], idle)
+                connections.add_metric([*values, "busy"], busy)
+        yield from (requests, errors, connections)
+
+    def _gourmet_responses(self) -> Metric:
+        family = CounterMetricFamily(
+            "gourmet_upstream_gourmet_responses",
+            "Gourmet's own answers for the upstream: 502 (no server could"
+            " be reached), 503 (none available), 504 (none answered in time).",
+            labels=["upstream", "code"],
         )
         for upstream in self.upstreams.values():
-            for server in upstream.servers:
-                values = [upstream.name, server.name]
-                for code in _STATUS_CLASSES:
-                    count = server.stats.statuses.get(code, 0)
-                    requests.add_metric([*values, code], count)
-                failures.add_metric(values, server.failures)
-                active.add_metric(values, server.active)
-                healthy = server.health.state is not Health.DOWN
-                up.add_metric(values, 1 if healthy else 0)
-                weight.add_metric(values, server.weight)
-                configured.add_metric(values, server.configured_weight)
-        yield from (requests, failures, active, up, weight, configured)
-        yield self._panics()
-        yield self._response_times()
+            for code in (502, 503, 504):
+                count = upstream.stats.gourmet_statuses.get(code, 0)
+                family.add_metric([upstream.name, str(code)], count)
+        return family
 
     def _panics(self) -> Metric:
         family = GaugeMetricFamily(
@@ -155,17 +235,82 @@ class SignInCollector(Collector):
         )
 
 
+class ListenerCollector(Collector):
+    """
+    Client connections and Gourmet's own answers, per listener.
+    """
+
+    def __init__(self, listeners: Callable[[], Iterable[ListenerInfo]]) -> None:
+        self.listeners = listeners
+
+    def collect(self) -> Iterable[Metric]:
+        connections = GaugeMetricFamily(
+            "gourmet_client_connections",
+            "Client connections open.",
+            labels=["listener"],
+        )
+        limit = GaugeMetricFamily(
+            "gourmet_client_max_connections",
+            "Client connections allowed (0: no limit).",
+            labels=["listener"],
+        )
+        refusals = CounterMetricFamily(
+            "gourmet_own_responses",
+            "Gourmet's own answers to clients (refusals and errors), by status.",
+            labels=["listener", "code"],
+        )
+        for listener in self.listeners():
+            site = listener.site
+            connections.add_metric([listener.name], site.open_connections)
+            limit.add_metric([listener.name], site.frontend.max_connections)
+            for code, count in sorted(site.client_stats.refusals.items()):
+                refusals.add_metric([listener.name, str(code)], count)
+        yield from (connections, limit, refusals)
+
+
+class InstanceCollector(Collector):
+    """
+    Which Gourmet this is, and since when.
+    """
+
+    def __init__(self, instance: Instance) -> None:
+        self.instance = instance
+
+    def collect(self) -> Iterable[Metric]:
+        info = GaugeMetricFamily(
+            "gourmet_build_info",
+            "1, labelled with Gourmet's, Python's and Twisted's versions.",
+            labels=["version", "python", "twisted"],
+        )
+        python = f"{platform.python_implementation()} {platform.python_version()}"
+        info.add_metric([gourmet.__version__, python, twisted.__version__], 1)
+        yield info
+        yield GaugeMetricFamily(
+            "gourmet_start_time_seconds",
+            "When this Gourmet started, in seconds since the epoch.",
+            value=self.instance.started,
+        )
+
+
 def metrics_registry(
     upstreams: Mapping[str, Upstream],
     client_stats: Optional[ClientStats] = None,
     throttle: Optional[SignInThrottle] = None,
+    *,
+    pools: Optional[Mapping[str, ConnectionPool]] = None,
+    listeners: Optional[Callable[[], Iterable[ListenerInfo]]] = None,
+    instance: Optional[Instance] = None,
 ) -> CollectorRegistry:
     """
     A registry of Gourmet's own (not the process-wide default one, so that
     two services in one process, as in tests, do not collide).
     """
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(UpstreamCollector(upstreams))
+    registry.register(UpstreamCollector(upstreams, pools))
+    if listeners is not None:
+        registry.register(ListenerCollector(listeners))
+    if instance is not None:
+        registry.register(InstanceCollector(instance))
     if client_stats is not None:
         registry.register(ClientCollector(client_stats))
     if throttle is not None:

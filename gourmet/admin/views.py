@@ -5,10 +5,19 @@ plain dictionaries made from the runtime state at one moment.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+import os
+import platform
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from attrs import frozen
+
+import gourmet
+import twisted
+from gourmet.frontend.site import GourmetSite
 from gourmet.upstream.health import Health
+from gourmet.upstream.pool import ConnectionPool
 from gourmet.upstream.state import AdminState, Server, Upstream
+from gourmet.upstream.stats import PerSecond
 
 #: Seconds of per-second history sent for the charts.
 CHART_SECONDS = 120
@@ -32,12 +41,28 @@ def _milliseconds(seconds: Optional[float]) -> Optional[float]:
     return None if seconds is None else round(seconds * 1000, 3)
 
 
-def server_view(server: Server, upstream_recent: int) -> Dict[str, Any]:
+def rate_view(counts: PerSecond) -> Dict[str, float]:
+    """
+    Requests per second now (the last 5 s), over the minute, and in the
+    minute's busiest second.
+    """
+    current, minute, peak = counts.rates()
+    return {"current": round(current, 3), "minute": round(minute, 3), "peak": peak}
+
+
+def _by_status(counts: Mapping[int, int]) -> Dict[str, int]:
+    return {str(status): count for status, count in sorted(counts.items())}
+
+
+def server_view(
+    server: Server, upstream_recent: int, pool: Optional[ConnectionPool] = None
+) -> Dict[str, Any]:
     """
     One server as the API shows it.
 
     :param upstream_recent: its upstream's requests over the last minute,
         for the server's share.
+    :param pool: its upstream's connections, for the idle and busy ones.
     """
     health = server.health
     stats = server.stats
@@ -66,14 +91,31 @@ def server_view(server: Server, upstream_recent: int) -> Dict[str, Any]:
         },
         "requests_per_second": round(recent / RECENT_SECONDS, 3),
         "share": round(recent / upstream_recent, 4) if upstream_recent else None,
+        "rate": rate_view(stats.requests),
+        "gourmet_statuses": _by_status(stats.gourmet_statuses),
+        "retries": stats.retries,
+        "errors": {"seen": stats.errors_seen, "hidden": stats.errors_hidden},
+        "bytes": {"sent": stats.bytes_sent, "received": stats.bytes_received},
+        "up_since": health.up_since,
+        "pool": _pool_view(server, pool),
     }
 
 
-def upstream_view(upstream: Upstream, locations: List[str]) -> Dict[str, Any]:
+def _pool_view(server: Server, pool: Optional[ConnectionPool]) -> Dict[str, int]:
+    if pool is None:
+        return {"idle": 0, "busy": 0}
+    idle, busy = pool.connection_counts(server.origin)
+    return {"idle": idle, "busy": busy}
+
+
+def upstream_view(
+    upstream: Upstream, locations: List[str], pool: Optional[ConnectionPool] = None
+) -> Dict[str, Any]:
     """
     One upstream, its servers and its recent history, as the API shows it.
 
     :param locations: the patterns of the locations it serves.
+    :param pool: its connections.
     """
     stats = upstream.stats
     recent = stats.requests.total(RECENT_SECONDS)
@@ -83,10 +125,79 @@ def upstream_view(upstream: Upstream, locations: List[str]) -> Dict[str, Any]:
         "panic": upstream.in_panic(),
         "panic_since": upstream.panic_since,
         "locations": locations,
-        "servers": [server_view(server, recent) for server in upstream.servers],
+        "servers": [server_view(server, recent, pool) for server in upstream.servers],
+        "rate": rate_view(stats.requests),
+        "errors": {
+            "last_minute": stats.errors.total(RECENT_SECONDS),
+            "seen": stats.errors_seen.total(RECENT_SECONDS),
+            "hidden": stats.errors_hidden.total(RECENT_SECONDS),
+        },
+        "gourmet_statuses": _by_status(stats.gourmet_statuses),
         "history": {
             "seconds": CHART_SECONDS,
             "requests": stats.requests.series(CHART_SECONDS),
             "errors": stats.errors.series(CHART_SECONDS),
         },
+    }
+
+
+@frozen
+class Instance:
+    """
+    Which Gourmet this is: what an operator checks first after a deploy.
+
+    :ivar started: when it started, in the clock's seconds.
+    :ivar config_file: the configuration's absolute path (or its source's
+        name when it was not a file).
+    """
+
+    started: float
+    config_file: str
+
+    @classmethod
+    def here(cls, started: float, source: str) -> Instance:
+        """
+        This process, started at ``started`` from the configuration ``source``.
+        """
+        path = os.path.abspath(source) if os.path.isfile(source) else source
+        return cls(started, path)
+
+    def view(self, now: float) -> Dict[str, Any]:
+        """
+        The instance as the API shows it, ``now``.
+        """
+        return {
+            "version": gourmet.__version__,
+            "started": self.started,
+            "uptime": round(now - self.started, 3),
+            "config_file": self.config_file,
+            "pid": os.getpid(),
+            "python": f"{platform.python_implementation()} {platform.python_version()}",
+            "twisted": twisted.__version__,
+        }
+
+
+@frozen
+class ListenerInfo:
+    """
+    One site Gourmet listens for clients with, and where.
+    """
+
+    name: str
+    addresses: Sequence[str]
+    site: GourmetSite
+
+
+def listener_view(listener: ListenerInfo) -> Dict[str, Any]:
+    """
+    A listener as the API shows it: its client connections against its
+    limit (0: none), and Gourmet's own answers by status.
+    """
+    site = listener.site
+    return {
+        "name": listener.name,
+        "addresses": list(listener.addresses),
+        "connections": site.open_connections,
+        "max_connections": site.frontend.max_connections,
+        "refusals": _by_status(site.client_stats.refusals),
     }

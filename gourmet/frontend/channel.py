@@ -16,6 +16,7 @@ before Twisted acts on them, and decides the body's framing itself.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import (
     Any,
@@ -37,6 +38,7 @@ from gourmet._twisted.channel import HTTPChannelHooks
 from gourmet._twisted.sockets import tune
 from gourmet.config.model import FrontendConfig
 from gourmet.deadline import Deadline
+from gourmet.frontend.errors import error_document
 from gourmet.http.request import (
     MAX_BODY,
     BadRequest,
@@ -78,10 +80,13 @@ class ClientStats:
 
     :ivar headers_dropped: request header lines dropped, by reason
         (``"underscore"``: see ``underscores_in_headers``).
+    :ivar refusals: Gourmet's own answers by status: the channel's
+        refusals and the site's error responses (404, 502...).
     """
 
     def __init__(self) -> None:
         self.headers_dropped: Counter[str] = Counter()
+        self.refusals: Counter[int] = Counter()
 
 
 class ChannelSite(Protocol):
@@ -93,6 +98,8 @@ class ChannelSite(Protocol):
     frontend: FrontendConfig
     clock: IReactorTime
     client_stats: ClientStats
+    #: Whether refusals carry a JSON body (the admin console's clients).
+    json_refusals: bool
 
     def connection_opened(self) -> bool:
         """
@@ -514,7 +521,11 @@ class GourmetChannel(HTTPChannelHooks):
                 status=error.status,
                 reason=error.reason,
             )
-        transport.write(refusal(error.status, self._limits.server_header))
+        self.site.client_stats.refusals[error.status] += 1
+        body = b""
+        if self.site.json_refusals:
+            body = json.dumps(error_document(error.status, error.reason)).encode()
+        transport.write(refusal(error.status, self._limits.server_header, body))
         # Only a socket of the reactor's own can be half-closed: a TLS
         # wrapper would pass the half-close to the socket under it.
         plain_socket = isinstance(transport, FileDescriptor)

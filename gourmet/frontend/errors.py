@@ -115,6 +115,10 @@ class ErrorPages:
         """
         if getattr(request, "_disconnected", False):
             return
+        # Gourmet's sites count their own answers, per listener.
+        stats = getattr(getattr(request, "site", None), "client_stats", None)
+        if stats is not None:
+            stats.refusals[status] += 1
         accept = request.getHeader(b"accept")
         content_type, body = self.body(
             status, description, accept.decode("latin-1") if accept else None

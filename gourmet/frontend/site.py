@@ -178,6 +178,8 @@ class GourmetSite(Site):
     protocol = GourmetChannel  # type: ignore[assignment]
     # Not "log": that is the access log method of a Site.
     logger = Logger()
+    #: Whether refusals carry a JSON body: the admin console's do.
+    json_refusals = False
 
     def __init__(
         self,

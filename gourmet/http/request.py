@@ -112,17 +112,22 @@ class Head(NamedTuple):
     keep_alive: bool = False
 
 
-def refusal(status: int, server: bool = True) -> bytes:
+def refusal(status: int, server: bool = True, json_body: bytes = b"") -> bytes:
     """
-    Gourmet's answer to a request it refuses: a status and nothing else.
+    Gourmet's answer to a request it refuses: a status and nothing else,
+    or for clients that read JSON (the admin console's) a JSON body.
 
     :param server: whether to say ``Server: Gourmet``.
     """
     named = b"Server: Gourmet\r\n" if server else b""
-    return b"HTTP/1.1 %d %s\r\n%sContent-Length: 0\r\nConnection: close\r\n\r\n" % (
+    if json_body:
+        named += b"Content-Type: application/json\r\n"
+    return b"HTTP/1.1 %d %s\r\n%sContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (
         status,
         REASONS[status],
         named,
+        len(json_body),
+        json_body,
     )
 
 

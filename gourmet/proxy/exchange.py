@@ -121,6 +121,9 @@ class ProxyExchange:
         self.replayable = method in IDEMPOTENT and body_length == 0
         self.tries_left = config.tries or len(self.upstream.servers)
         self.tried: List[Server] = []
+        #: The servers that failed this request (once per failure), until
+        #: its client gets an answer that says whether it saw them.
+        self.failed_on: List[Server] = []
         self.server: Optional[Server] = None
         self.attempt_started = 0.0
         self.connecting: Optional[Deferred[UpstreamConnection]] = None
@@ -139,6 +142,8 @@ class ProxyExchange:
             self._give_up()
             return
         self.tries_left -= 1
+        if self.tried:
+            self.tried[-1].retried()
         self.tried.append(server)
         self.server = server
         self.attempt_started = self.clock.seconds()
@@ -174,6 +179,7 @@ class ProxyExchange:
             body_length=self.body_length,
         )
         config = self.config
+        server.stats.bytes_sent += self.body_length
         connection.send(request, self, config.read_timeout, config.header_timeout)
 
     def _host_sent(self, server: Server) -> bytes:
@@ -209,6 +215,7 @@ class ProxyExchange:
         self.record.upstream_statuses.append("504" if timed_out else "502")
         description = describe(error)
         server.failed(description, responded=False)
+        self.failed_on.append(server)
         self._end_attempt()
         self.log.info(
             "{method} {target} to {server} failed: {error}",
@@ -234,7 +241,20 @@ class ProxyExchange:
             status, text = 504, "The upstream server did not answer in time."
         else:
             status, text = 502, "The upstream server could not be reached."
+        self.upstream.stats.gourmet_statuses[status] += 1
+        if error is not None:
+            self.tried[-1].stats.gourmet_statuses[status] += 1
+        self._settle_failures(seen=True)
         self.error_pages.render(self.request, status, text)
+
+    def _settle_failures(self, seen: bool) -> None:
+        """
+        The client has its answer: count the failures on the way as seen
+        (it got an error) or hidden (a retry answered it well).
+        """
+        for server in self.failed_on:
+            server.failures_settled(seen)
+        self.failed_on.clear()
 
     # -- IResponseReceiver ---------------------------------------------
 
@@ -247,6 +267,7 @@ class ProxyExchange:
         config = self.config
         if status in config.fail_status:
             server.failed(f"status {status}")
+            self.failed_on.append(server)
         else:
             server.succeeded()
         if status in config.retry_status and self._may_retry():
@@ -273,6 +294,8 @@ class ProxyExchange:
         )
 
     def _send_head(self, head: ResponseHead) -> None:
+        if self.failed_on:
+            self._settle_failures(seen=head.status in self.config.fail_status)
         request = self.request
         self.responding = True
         request.setResponseCode(head.status, head.reason)
@@ -325,6 +348,9 @@ class ProxyExchange:
         )
 
     def response_data(self, data: bytes) -> None:
+        server = self.server
+        if server is not None:
+            server.stats.bytes_received += len(data)
         self.request.write(data)
 
     def response_end(self) -> None:
@@ -353,6 +379,8 @@ class ProxyExchange:
         description = describe(error)
         if self.server is not None:
             self.server.failed(description)
+            self.failed_on.append(self.server)
+            self._settle_failures(seen=True)
         self._end_attempt()
         self.log.info(
             "{method} {target}: response cut short: {error}",

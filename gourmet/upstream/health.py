@@ -51,6 +51,8 @@ class PassiveHealth:
         self.fail_timeout = fail_timeout
         self._failures: Deque[float] = deque(maxlen=max(max_fail, 1))
         self._state = Health.UP
+        #: Since when it has been up: start-up, or its last recovery.
+        self.up_since: Optional[float] = clock.seconds()
         self.down_since: Optional[float] = None
         self.down_until: Optional[float] = None
         self.last_error: Optional[str] = None
@@ -112,6 +114,7 @@ class PassiveHealth:
         self._failures.clear()
         if self.down_since is None:
             self.down_since = now
+        self.up_since = None
         self.down_until = now + self.fail_timeout
         self.log.warn(
             "server {server} down for {seconds}s: {error}",
@@ -129,6 +132,7 @@ class PassiveHealth:
             server_up=True,
         )
         self._state = Health.UP
+        self.up_since = self._clock.seconds()
         self.down_since = None
         self.down_until = None
 

@@ -6,7 +6,7 @@ most-recently-used first, so that a busy proxy opens almost none.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from twisted.internet import endpoints, ssl
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
@@ -70,6 +70,15 @@ class ConnectionPool:
         if origin is not None:
             return len(self._idle.get(origin, ()))
         return sum(len(idle) for idle in self._idle.values())
+
+    def connection_counts(self, origin: Origin) -> Tuple[int, int]:
+        """
+        Connections to ``origin`` that are idle, and those carrying a
+        request (connecting ones are in neither).
+        """
+        idle = self.idle_count(origin)
+        open_ = sum(1 for connection in self._all if connection.origin == origin)
+        return idle, open_ - idle
 
     # -- getting a connection ---------------------------------------------
 

@@ -127,6 +127,24 @@ class Server:
         if not responded:
             self.stats.statuses["failed"] += 1
 
+    def retried(self) -> None:
+        """
+        A request that failed here goes to another server.
+        """
+        self.stats.retries += 1
+
+    def failures_settled(self, seen: bool) -> None:
+        """
+        A request that failed here has its answer: ``seen`` when its
+        client got an error, else a retry elsewhere hid the failure.
+        """
+        if seen:
+            self.stats.errors_seen += 1
+            self._upstream_stats.errors_seen.add()
+        else:
+            self.stats.errors_hidden += 1
+            self._upstream_stats.errors_hidden.add()
+
     def attempt_finished(self) -> None:
         """
         The request is no longer in flight to the server, with or without a

@@ -15,6 +15,9 @@ from twisted.internet.interfaces import IReactorTime
 
 #: Seconds of per-second history kept (the console's chart).
 HISTORY_SECONDS = 300
+#: Seconds the current rate is taken over, and the minute's.
+CURRENT_SECONDS = 5
+MINUTE = 60
 #: Response times kept for the recent average and percentile.
 LATENCY_SAMPLES = 256
 #: Histogram bucket bounds in seconds (Prometheus's defaults, extended).
@@ -69,6 +72,16 @@ class PerSecond:
 
     def total(self, seconds: int) -> int:
         return sum(self.series(seconds))
+
+    def rates(self) -> Tuple[float, float, int]:
+        """
+        Events per second now (the last :data:`CURRENT_SECONDS`), over the
+        last minute, and in the busiest second of that minute: a server
+        that stopped seconds ago shows it at once, not a minute later.
+        """
+        minute = self.series(MINUTE)
+        current = sum(minute[-CURRENT_SECONDS:]) / CURRENT_SECONDS
+        return current, sum(minute) / MINUTE, max(minute)
 
 
 class RecentLatency:
@@ -142,6 +155,15 @@ class ServerStats:
 
     :ivar statuses: responses by status class (``"2xx"``...), and
         ``"failed"`` for requests that got no usable response.
+    :ivar gourmet_statuses: Gourmet's own answers (502, 504) to requests
+        whose last try failed on this server.
+    :ivar retries: requests that failed here and were sent to another
+        server.
+    :ivar errors_seen: failures here in requests whose client got an error.
+    :ivar errors_hidden: failures here in requests that a retry on another
+        server answered well: the client never knew.
+    :ivar bytes_sent: request body bytes sent to the server.
+    :ivar bytes_received: response body bytes read from it.
     """
 
     def __init__(self, clock: IReactorTime) -> None:
@@ -149,14 +171,30 @@ class ServerStats:
         self.errors = PerSecond(clock)
         self.latency = RecentLatency()
         self.statuses: Counter[str] = Counter()
+        self.gourmet_statuses: Counter[int] = Counter()
+        self.retries = 0
+        self.errors_seen = 0
+        self.errors_hidden = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
 
 
 class UpstreamStats:
     """
     The same for a whole upstream, plus its response-time histogram.
+
+    :ivar errors_hidden: failures per second that a retry hid from the
+        client (counted when the good answer came).
+    :ivar errors_seen: failures per second in requests whose client got an
+        error.
+    :ivar gourmet_statuses: Gourmet's own answers (502, 503, 504) to the
+        upstream's requests.
     """
 
     def __init__(self, clock: IReactorTime) -> None:
         self.requests = PerSecond(clock)
         self.errors = PerSecond(clock)
+        self.errors_hidden = PerSecond(clock)
+        self.errors_seen = PerSecond(clock)
         self.response_time = Histogram()
+        self.gourmet_statuses: Counter[int] = Counter()
