@@ -5,6 +5,7 @@ of its own, spoken to over TCP.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
@@ -298,3 +299,51 @@ def test_a_port_in_use_stops_twistd_with_one_clear_line(tmp_path: Path) -> None:
     stderr = result.stderr.decode()
     assert f"cannot start: Couldn't listen on 127.0.0.1:{port}" in stderr
     assert "Traceback" not in stderr
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_100_mb_body_to_the_console_is_a_json_413_in_bounded_memory(
+    tmp_path: Path, processes: List[Twistd], make_upstreams: Any
+) -> None:
+    """
+    A chunked body (no Content-Length to refuse it by) sent to the console
+    without credentials: refused with a JSON 413 once it passes
+    ``[admin] max_body_size``, without the rest being kept anywhere, and
+    without a traceback.
+    """
+    (server,) = make_upstreams("a")
+    config = tmp_path / "gourmet.toml"
+    config.write_text(
+        f"[upstreams.b]\n[[upstreams.b.servers]]\npath='{server.address}'\n"
+        f"[server]\nlisten=['{LISTEN}']\n"
+        "[[server.locations]]\nlocation='/'\nupstream='b'\n"
+        f"[log]\naccess_log='off'\n[admin]\nlisten='{LISTEN}'\n"
+    )
+    gourmet = Twistd(config)
+    processes.append(gourmet)
+    await gourmet.ready(admin=True)
+    before = gourmet.rss_kib()
+    client = socket.create_connection(("127.0.0.1", gourmet.admin_port), timeout=10)
+    client.sendall(
+        b"PATCH /api/upstreams/b/servers/x HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    chunk = b"100000\r\n" + b"[" * 0x100000 + b"\r\n"
+    sent = 0
+    with contextlib.suppress(OSError):  # refused: the rest is not wanted
+        while sent < 100 * 2**20:
+            client.sendall(chunk)
+            sent += 0x100000
+    reply = b""
+    with contextlib.suppress(OSError):
+        while data := client.recv(65536):
+            reply += data
+    client.close()
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413 "), reply[:200]
+    assert json.loads(body)["status"] == 413
+    # Past 64 KiB the rest is read and dropped for a few seconds (so that
+    # the client can read its answer, as nginx's lingering close does),
+    # never kept.
+    assert gourmet.rss_kib() - before < 10 * 1024
+    assert "Traceback" not in gourmet.stderr.read_text()
