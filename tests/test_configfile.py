@@ -26,6 +26,7 @@ from gourmet.config.model import (
 from gourmet.config.origin import parse_origin
 from gourmet.upstream.balancers import BALANCERS
 from tests.reference import reference_config
+from tests.test_tls import certificate_files
 
 ETC = Path(__file__).parents[1] / "etc"
 
@@ -358,6 +359,57 @@ def test_relative_paths_are_relative_to_the_file(tmp_path: Path) -> None:
     loaded = load_config(str(path))
     assert loaded.frontend.error_page == str(directory / "error.html")
     assert loaded.log == LogConfig(str(directory / "logs" / "access.log"), "json")
+
+
+def test_certificate_files_are_relative_to_the_file(tmp_path: Path) -> None:
+    directory = tmp_path / "conf"
+    key, certificate = certificate_files(directory / "tls")
+    path = directory / "gourmet.toml"
+    listen = "ssl:8443:privateKey=tls/key.pem:certKey=tls/cert.pem"
+    admin = f"ssl:8444:interface=127.0.0.1:privateKey={key}:certKey=tls/cert.pem"
+    path.write_text(
+        config(frontend=f"listen = ['{listen}']", tail=f"[admin]\nlisten = '{admin}'")
+    )
+    loaded = load_config(str(path))
+    assert loaded.frontend.listen == (
+        f"ssl:8443:privateKey={key}:certKey={certificate}",
+    )
+    # An absolute name is kept as it is.
+    assert loaded.admin.listen == (
+        f"ssl:8444:interface=127.0.0.1:privateKey={key}:certKey={certificate}"
+    )
+
+
+@pytest.mark.parametrize("key", ["server.listen[0]", "admin.listen"])
+def test_a_missing_certificate_is_a_configuration_error(
+    tmp_path: Path, key: str
+) -> None:
+    path = tmp_path / "gourmet.toml"
+    listen = "'ssl:8443:interface=127.0.0.1:certKey=cert.pem'"
+    path.write_text(
+        config(frontend=f"listen = [{listen}]")
+        if key.startswith("server")
+        else config(tail=f"[admin]\nlisten = {listen}")
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path))
+    # Twisted's default key file, found beside the configuration.
+    missing = tmp_path / "server.pem"
+    assert str(caught.value) == (
+        f"{path}: {key}: cannot read {missing}: No such file or directory"
+    )
+
+
+def test_an_error_page_that_is_not_text_is_refused(tmp_path: Path) -> None:
+    page = tmp_path / "error.html"
+    page.write_bytes(b"<p>\xff</p>")
+    path = tmp_path / "gourmet.toml"
+    path.write_text(config(frontend='error_page = "error.html"'))
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path))
+    assert str(caught.value).startswith(
+        f"{path}: server.error_page: cannot read {page}: 'utf-8' codec can't decode"
+    )
 
 
 @pytest.mark.parametrize("target", ["stdout", "off", "/var/log/gourmet.log"])

@@ -16,11 +16,15 @@ import pytest_twisted
 
 from gourmet.config.endpoints import (
     DEFAULT_BACKLOG,
+    check_tls_files,
     default_backlog,
+    tls_files,
     with_backlog,
+    with_files_from,
     with_unix_mode,
 )
 from tests.configs import config
+from tests.test_tls import certificate_files
 
 
 @pytest.mark.parametrize(
@@ -105,3 +109,98 @@ async def test_the_consoles_unix_socket_is_not_for_every_user(
     socket_path = tmp_path / "admin.sock"
     await gourmet(config(["127.0.0.1:9"]) + f'[admin]\nlisten = "unix:{socket_path}"\n')
     assert stat.S_IMODE(socket_path.stat().st_mode) == 0o660
+
+
+@pytest.mark.parametrize(
+    ("description", "expected"),
+    [
+        (
+            "ssl:8443:privateKey=key.pem:certKey=cert.pem",
+            "ssl:8443:privateKey=/etc/g/key.pem:certKey=/etc/g/cert.pem",
+        ),
+        # Positional, as Twisted names them: port, privateKey, certKey,
+        # sslmethod, interface, backlog, extraCertChain, dhParameters.
+        (
+            "ssl:8443:k.pem:c.pem:SSLv23_METHOD:127.0.0.1:50:chain.pem:dh.pem",
+            "ssl:8443:/etc/g/k.pem:/etc/g/c.pem:SSLv23_METHOD:127.0.0.1:50"
+            ":/etc/g/chain.pem:/etc/g/dh.pem",
+        ),
+        (
+            "ssl:8443:privateKey=tls/k.pem:extraCertChain=../chain.pem",
+            "ssl:8443:privateKey=/etc/g/tls/k.pem:extraCertChain=/etc/chain.pem",
+        ),
+        # Twisted's default key file, server.pem, is found there too.
+        (
+            "ssl:8443:interface=\\:\\:1",
+            "ssl:8443:interface=\\:\\:1:privateKey=/etc/g/server.pem",
+        ),
+        # Escapes survive: a colon in a file name.
+        ("ssl:8443:privateKey=a\\:b.pem", "ssl:8443:privateKey=/etc/g/a\\:b.pem"),
+        # Absolute names, and other endpoint types, are left as they are.
+        (
+            "ssl:8443:privateKey=/k.pem:certKey=/c.pem",
+            "ssl:8443:privateKey=/k.pem:certKey=/c.pem",
+        ),
+        ("tcp:8080:interface=127.0.0.1", "tcp:8080:interface=127.0.0.1"),
+        ("unix:key.pem", "unix:key.pem"),
+        ("systemd:domain=INET:index=0", "systemd:domain=INET:index=0"),
+    ],
+)
+def test_certificate_files_are_found_from_the_configuration(
+    description: str, expected: str
+) -> None:
+    assert with_files_from(description, "/etc/g") == expected
+
+
+def test_the_files_of_an_ssl_endpoint_are_those_twisted_reads() -> None:
+    assert tls_files("ssl:8443:privateKey=/k.pem") == {
+        "privateKey": "/k.pem",
+        "certKey": "/k.pem",
+    }
+    assert tls_files("ssl:8443:/k.pem:/c.pem:dhParameters=/dh.pem") == {
+        "privateKey": "/k.pem",
+        "certKey": "/c.pem",
+        "dhParameters": "/dh.pem",
+    }
+    assert tls_files("tcp:8443") == {}
+
+
+def test_tls_files_that_go_together_pass(tmp_path: Path) -> None:
+    key, certificate = certificate_files(tmp_path)
+    check_tls_files(f"ssl:8443:privateKey={key}:certKey={certificate}")
+    # Key and certificate in one file, as Twisted's server.pem.
+    both = tmp_path / "server.pem"
+    both.write_bytes(key.read_bytes() + certificate.read_bytes())
+    check_tls_files(f"ssl:8443:privateKey={both}")
+    check_tls_files("tcp:8443:privateKey=/nowhere.pem")
+
+
+def test_tls_files_that_do_not_go_together_say_which(tmp_path: Path) -> None:
+    key, certificate = certificate_files(tmp_path)
+    other_key, _ = certificate_files(tmp_path / "other")
+    problems = {
+        f"privateKey={tmp_path / 'no.pem'}:certKey={certificate}": (
+            f"cannot read {tmp_path / 'no.pem'}: No such file or directory"
+        ),
+        f"privateKey={other_key}:certKey={certificate}": (
+            f"the private key in {other_key} does not match the certificate in"
+            f" {certificate}"
+        ),
+        f"privateKey={key}:certKey={key}": f"no PEM certificate in {key}",
+        f"privateKey={certificate}:certKey={certificate}": (
+            f"no PEM private key in {certificate}"
+        ),
+    }
+    for arguments, problem in problems.items():
+        with pytest.raises(ValueError) as raised:
+            check_tls_files(f"ssl:8443:{arguments}")
+        assert str(raised.value) == problem
+
+
+def test_an_encrypted_private_key_is_refused_in_one_line(tmp_path: Path) -> None:
+    key, certificate = certificate_files(tmp_path, password=b"secret")
+    with pytest.raises(ValueError) as raised:
+        check_tls_files(f"ssl:8443:privateKey={key}:certKey={certificate}")
+    assert str(raised.value) == (
+        f"the private key in {key} is encrypted: Gourmet needs it without a passphrase"
+    )

@@ -3,14 +3,20 @@ HTTPS upstreams: certificates and host names are verified unless a server
 says ``tls_verify = false``.  The certificate authority is made here, and
 trusted through OpenSSL's ``SSL_CERT_FILE``, as an operator would trust a
 private CA.
+
+HTTPS listeners: an ``ssl:`` endpoint's files are found beside the
+configuration file, and a missing or mismatched one stops twistd in one line.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import socket
+import ssl as stdlib_ssl
+import subprocess
 from pathlib import Path
-from typing import Any, Tuple
+from typing import Any, List, Optional, Tuple
 
 import pytest
 import pytest_twisted
@@ -21,6 +27,7 @@ from cryptography.x509.oid import NameOID
 from twisted.internet import ssl
 
 from tests.configs import LISTEN
+from tests.processes import GOURMET_LISTENING, TWISTD, ports_of, wait_reported
 from tests.upstreams import UpstreamServer
 
 Key = ec.EllipticCurvePrivateKey
@@ -53,6 +60,32 @@ def _pem(key: Key, certificate: x509.Certificate) -> bytes:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     ) + certificate.public_bytes(serialization.Encoding.PEM)
+
+
+def certificate_files(
+    directory: Path, password: Optional[bytes] = None
+) -> Tuple[Path, Path]:
+    """
+    A new private key and a self-signed certificate for ``localhost``, in
+    ``key.pem`` and ``cert.pem`` in ``directory`` (made if need be); the key
+    encrypted with ``password`` when one is given.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    certificate = _certificate("localhost", key, ("localhost", key))
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(password)
+        if password
+        else serialization.NoEncryption()
+    )
+    key_path, certificate_path = directory / "key.pem", directory / "cert.pem"
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+        )
+    )
+    certificate_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return key_path, certificate_path
 
 
 @pytest.fixture
@@ -135,3 +168,93 @@ async def test_tls_verify_false_accepts_any_certificate(
         assert len(server.seen) == 1
     finally:
         await server.stop()
+
+
+def https_listener_config(directory: Path, listen: str) -> Path:
+    """
+    A configuration file in ``directory`` whose one listener is ``listen``,
+    sending every request to a server that is not there.
+    """
+    path = directory / "gourmet.toml"
+    path.write_text(
+        "[upstreams.b]\n[[upstreams.b.servers]]\npath = '127.0.0.1:1'\n"
+        f"[server]\nlisten = ['{listen}']\n"
+        "[[server.locations]]\nlocation = '^/'\nupstream = 'b'\n"
+        "[log]\naccess_log = 'off'\n[admin]\nlisten = 'off'\n"
+    )
+    return path
+
+
+def test_an_https_listener_reads_its_files_beside_the_configuration(
+    tmp_path: Path,
+) -> None:
+    _, certificate = certificate_files(tmp_path / "etc" / "tls")
+    config = https_listener_config(
+        tmp_path / "etc",
+        "ssl:0:interface=127.0.0.1:privateKey=tls/key.pem:certKey=tls/cert.pem",
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    log = tmp_path / "twistd.log"
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(
+            [*TWISTD, "-n", "--pidfile=", "gourmet", "--config", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            cwd=elsewhere,
+        )
+    try:
+        (listening,) = wait_reported(process, log, [GOURMET_LISTENING])
+        port = ports_of(listening["addresses"])[0]
+        client = stdlib_ssl.create_default_context()
+        # The test compares the certificate itself: no CA to verify it by.
+        client.check_hostname = False
+        client.verify_mode = stdlib_ssl.CERT_NONE
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        with client.wrap_socket(raw, server_hostname="localhost") as tls:
+            served = tls.getpeercert(binary_form=True)
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            reply = tls.recv(65536)
+    finally:
+        process.terminate()
+        process.wait(10)
+    pem = x509.load_pem_x509_certificate(certificate.read_bytes())
+    assert served == pem.public_bytes(serialization.Encoding.DER)
+    # Gourmet's own answer, over TLS: the upstream is not there.
+    assert reply.startswith(b"HTTP/1.1 502 ")
+
+
+def twistd_refusal(config: Path) -> Tuple[int, List[str]]:
+    """
+    How twistd stops on ``config``: its exit status and standard error's
+    lines.
+    """
+    result = subprocess.run(
+        [*TWISTD, "-n", "--pidfile=", "gourmet", "--config", str(config)],
+        capture_output=True,
+        timeout=60,
+        cwd=config.parent,
+    )
+    return result.returncode, result.stderr.decode().splitlines()
+
+
+def test_a_missing_or_mismatched_certificate_stops_twistd_in_one_line(
+    tmp_path: Path,
+) -> None:
+    _, certificate = certificate_files(tmp_path / "tls")
+    other_key, _ = certificate_files(tmp_path / "other")
+    problems = {
+        "privateKey=tls/key.pem:certKey=tls/nowhere.pem": (
+            f"cannot read {tmp_path / 'tls' / 'nowhere.pem'}: No such file or directory"
+        ),
+        "privateKey=other/key.pem:certKey=tls/cert.pem": (
+            f"the private key in {other_key} does not match the certificate in"
+            f" {certificate}"
+        ),
+    }
+    for files, problem in problems.items():
+        config = https_listener_config(tmp_path, f"ssl:0:{files}")
+        assert twistd_refusal(config) == (
+            1,
+            [f"gourmet: {config}: server.listen[0]: {problem}"],
+        )

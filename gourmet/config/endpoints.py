@@ -1,12 +1,22 @@
 """
 Twisted endpoint strings as Gourmet's listeners use them: what they listen
-on, and the listen backlog Gourmet gives them.
+on, the listen backlog Gourmet gives them, and the certificate files of an
+``ssl:`` one, found from the configuration file's directory and checked
+before anything listens.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from typing import Dict, Iterator, Optional, Tuple
+import os
+from typing import TYPE_CHECKING, Dict, Iterator, Optional, Tuple
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 #: nginx's default listen backlog, used where the kernel's limit cannot be
 #: read: Twisted's own default, 50, stalls a burst of new connections for
@@ -53,12 +63,37 @@ def _endpoint_arguments(description: str) -> Iterator[Tuple[Optional[str], str]]
 
 
 #: The positional arguments of the endpoint types that take an interface, up
-#: to the interface, as Twisted's parsers name them.
+#: to the interface (for ``ssl:``, up to its last file), as Twisted's
+#: parsers name them.
 _POSITIONAL: Dict[str, Tuple[str, ...]] = {
     "tcp": ("port", "interface"),
     "tcp6": ("port", "backlog", "interface"),
-    "ssl": ("port", "privateKey", "certKey", "sslmethod", "interface"),
+    "ssl": (
+        "port",
+        "privateKey",
+        "certKey",
+        "sslmethod",
+        "interface",
+        "backlog",
+        "extraCertChain",
+        "dhParameters",
+    ),
 }
+
+
+def _named_arguments(description: str) -> Tuple[Optional[str], Dict[str, str]]:
+    """
+    The type of a Twisted endpoint string (None when its first argument is
+    a keyword one), and its arguments by the names Twisted's parser gives
+    them, for the types of :data:`_POSITIONAL`.
+    """
+    (kind_key, kind), *arguments = _endpoint_arguments(description)
+    names = _POSITIONAL.get(kind, ()) if kind_key is None else ()
+    positional = [value for key, value in arguments if key is None]
+    values = dict(zip(names, positional))
+    # A keyword given twice: the last one counts, as for Twisted.
+    values.update((key, value) for key, value in arguments if key is not None)
+    return (None if kind_key is not None else kind), values
 
 
 def endpoint_is_loopback(description: str) -> bool:
@@ -68,15 +103,125 @@ def endpoint_is_loopback(description: str) -> bool:
     loopback address or ``localhost``.  Anything else (no interface means
     every one; ``systemd:`` sockets could be anywhere) is not.
     """
-    (kind_key, kind), *arguments = _endpoint_arguments(description)
-    if kind_key is None and kind == "unix":
+    kind, values = _named_arguments(description)
+    if kind == "unix":
         return True
-    names = _POSITIONAL.get(kind, ()) if kind_key is None else ()
-    positional = [value for key, value in arguments if key is None]
-    values = dict(zip(names, positional))
-    # A keyword given twice: the last one counts, as for Twisted.
-    values.update((key, value) for key, value in arguments if key is not None)
-    return bool(names) and is_loopback_host(values.get("interface", ""))
+    return kind in _POSITIONAL and is_loopback_host(values.get("interface", ""))
+
+
+#: The arguments of an ``ssl:`` endpoint that name files.
+_TLS_FILES = ("privateKey", "certKey", "extraCertChain", "dhParameters")
+#: The private key (and certificate) file of an ``ssl:`` endpoint that names
+#: none, as Twisted's parser has it.
+_DEFAULT_PRIVATE_KEY = "server.pem"
+
+
+def tls_files(description: str) -> Dict[str, str]:
+    """
+    The files an ``ssl:`` endpoint string has Twisted read, by argument:
+    ``privateKey`` (``server.pem`` when not given), ``certKey`` (the
+    private key's file when not given), and ``extraCertChain`` and
+    ``dhParameters`` when given.  Empty for other endpoint types.
+    """
+    kind, values = _named_arguments(description)
+    if kind != "ssl":
+        return {}
+    files = {name: values[name] for name in _TLS_FILES if name in values}
+    files.setdefault("privateKey", _DEFAULT_PRIVATE_KEY)
+    files.setdefault("certKey", files["privateKey"])
+    return files
+
+
+def _escaped(text: str) -> str:
+    """
+    ``text`` as one argument of an endpoint string: ``\\``, ``:`` and
+    ``=`` escaped with a backslash, as Twisted's parser reads them.
+    """
+    for character in "\\:=":
+        text = text.replace(character, "\\" + character)
+    return text
+
+
+def with_files_from(description: str, base_dir: str) -> str:
+    """
+    ``description`` with the relative file names of an ``ssl:`` endpoint
+    (its key, certificate, chain and DH parameters, and the key's default
+    ``server.pem``) made absolute against ``base_dir``, the configuration
+    file's directory, so that they do not depend on where twistd runs.
+    Absolute names, and other endpoint types, are left as they are.
+    """
+    if all(os.path.isabs(path) for path in tls_files(description).values()):
+        return description
+    names = iter(_POSITIONAL["ssl"])
+    (_, first), *arguments = _endpoint_arguments(description)
+    parts = [first]
+    for key, value in arguments:
+        name = key if key is not None else next(names, None)
+        if name in _TLS_FILES:
+            value = _absolute(value, base_dir)
+        parts.append(_escaped(value) if key is None else f"{key}={_escaped(value)}")
+    if "privateKey" not in _named_arguments(description)[1]:
+        default = _absolute(_DEFAULT_PRIVATE_KEY, base_dir)
+        parts.append(f"privateKey={_escaped(default)}")
+    return ":".join(parts)
+
+
+def _absolute(path: str, base_dir: str) -> str:
+    return (
+        path if os.path.isabs(path) else os.path.abspath(os.path.join(base_dir, path))
+    )
+
+
+def check_tls_files(description: str) -> None:
+    """
+    Read the files an ``ssl:`` endpoint string names, as Twisted does when
+    it makes the endpoint, and check that they hold a certificate and the
+    private key that goes with it: a problem is then one line naming the
+    file, before anything listens, rather than Twisted's traceback.
+
+    :raises ValueError: saying which file cannot be read, holds no
+        certificate or key, or holds a key that is not the certificate's.
+    """
+    files = tls_files(description)
+    if not files:
+        return
+    contents = {name: _read(path) for name, path in files.items()}
+    key_path, certificate_path = files["privateKey"], files["certKey"]
+    # Twisted reads the two as one PEM text, the certificate's file first,
+    # and takes the first certificate and the first key in it.
+    pem = contents["certKey"] + b"\n" + contents["privateKey"]
+    try:
+        certificate = x509.load_pem_x509_certificate(pem)
+    except ValueError:
+        raise ValueError(f"no PEM certificate in {certificate_path}") from None
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except TypeError:
+        raise ValueError(
+            f"the private key in {key_path} is encrypted: Gourmet needs it"
+            " without a passphrase"
+        ) from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise ValueError(f"no PEM private key in {key_path}") from None
+    if _public_bytes(key.public_key()) != _public_bytes(certificate.public_key()):
+        raise ValueError(
+            f"the private key in {key_path} does not match the certificate in"
+            f" {certificate_path}"
+        )
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError as error:
+        raise ValueError(f"cannot read {path}: {error.strerror or error}") from None
+
+
+def _public_bytes(key: PublicKeyTypes) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 #: Endpoint types whose parser takes a ``backlog`` argument.

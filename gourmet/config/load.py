@@ -37,7 +37,11 @@ from typing import (
 )
 
 from gourmet.admin import passwords
-from gourmet.config.endpoints import is_loopback_host
+from gourmet.config.endpoints import (
+    check_tls_files,
+    is_loopback_host,
+    with_files_from,
+)
 from gourmet.config.model import (
     MAX_WEIGHT,
     AdminConfig,
@@ -271,6 +275,32 @@ def _existing_file(base_dir: str) -> Kind[str]:
     return existing_file
 
 
+def _read_text(path: str) -> str:
+    """
+    The text of the UTF-8 file at ``path``.
+    """
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.read()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or error
+        raise _Invalid(f"cannot read {path}: {reason}") from None
+
+
+def _text_file(base_dir: str) -> Kind[str]:
+    """
+    An existing file that can be read as UTF-8 (start-up reads it whole).
+    """
+    existing = _existing_file(base_dir)
+
+    def text_file(value: Any) -> str:
+        path = existing(value)
+        _read_text(path)
+        return path
+
+    return text_file
+
+
 def _log_target(base_dir: str) -> Kind[str]:
     """
     ``"stdout"``, ``"off"``, or a file (which need not exist yet).
@@ -306,12 +336,34 @@ def _demo_address(value: Any) -> str:
     return text
 
 
-def _admin_listen(value: Any) -> Optional[str]:
+def _endpoint(base_dir: str) -> Kind[str]:
+    """
+    A Twisted endpoint string; an ``ssl:`` one's files are found from
+    ``base_dir`` (as other file names are) and read: a certificate, and the
+    private key that goes with it.
+    """
+
+    def endpoint(value: Any) -> str:
+        description = with_files_from(_string(value), base_dir)
+        try:
+            check_tls_files(description)
+        except ValueError as error:
+            raise _Invalid(str(error)) from None
+        return description
+
+    return endpoint
+
+
+def _admin_listen(base_dir: str) -> Kind[Optional[str]]:
     """
     A Twisted endpoint string, or ``"off"``.
     """
-    text = _string(value)
-    return None if text == "off" else text
+    endpoint = _endpoint(base_dir)
+
+    def admin_listen(value: Any) -> Optional[str]:
+        return None if _string(value) == "off" else endpoint(value)
+
+    return admin_listen
 
 
 _MIN_TOKEN = 16
@@ -376,12 +428,7 @@ def _token_file(base_dir: str) -> Kind[str]:
     def token_file(value: Any) -> str:
         path = _secret_path(value, base_dir)
         _private(path)
-        try:
-            with open(path, encoding="utf-8") as file:
-                text = file.read()
-        except (OSError, UnicodeDecodeError) as error:
-            reason = getattr(error, "strerror", None) or error
-            raise _Invalid(f"cannot read {path}: {reason}") from None
+        text = _read_text(path)
         try:
             return _token(text.strip())
         except _Invalid as error:
@@ -686,9 +733,9 @@ def _frontend(
 ) -> FrontendConfig:
     values = table.fields(
         port=_whole(1, 65535),
-        listen=_array(_string),
+        listen=_array(_endpoint(base_dir)),
         max_body_size=_size,
-        error_page=_existing_file(base_dir),
+        error_page=_text_file(base_dir),
         max_request_line=_whole(256, 1024 * 1024),
         max_header_size=_whole(1024, 1024 * 1024),
         max_headers=_whole(1, 10000),
@@ -715,7 +762,7 @@ def _admin(table: _Table, base_dir: str) -> AdminConfig:
         "read_token_file", read_token=_token, read_token_file=secret
     )
     values = table.fields(
-        listen=_admin_listen,
+        listen=_admin_listen(base_dir),
         hosts=_array(_console_host),
         max_body_size=_size,
         max_connections=_whole(1),
