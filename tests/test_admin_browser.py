@@ -10,14 +10,18 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import platform
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from base64 import b64encode
 from collections import Counter
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import (
     Any,
@@ -28,6 +32,8 @@ from typing import (
     NamedTuple,
     Optional,
     Protocol,
+    Tuple,
+    Union,
 )
 
 import pytest
@@ -41,6 +47,8 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
+import gourmet
+import twisted
 from gourmet.admin.passwords import hash_password
 from gourmet.upstream.state import server_ids
 from tests.processes import (
@@ -158,6 +166,61 @@ class UpstreamProcess:
         return stop_process(self.process)
 
 
+class _StatusHandler(BaseHTTPRequestHandler):
+    """
+    ``GET /status/NNN`` answers with status NNN.
+    """
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        status = int(self.path.rsplit("/", 1)[1])
+        body = f"status {status}\n".encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # the test says what went wrong, not each request
+
+
+class StatusServer:
+    """
+    An upstream server in a thread of the test's own process that answers
+    with the status its path asks for: the answers (404, 500...) that the
+    demo servers of the other upstreams never give.
+    """
+
+    def __init__(self) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _StatusHandler)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, name="statuses", daemon=True
+        )
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server.server_address[1]}"
+
+    @property
+    def id(self) -> str:
+        (id_,) = server_ids([self.address])
+        return id_
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(10)
+
+
+#: A server of an upstream, as the tests name it.
+Upstream = Union[UpstreamProcess, StatusServer]
+
+
 class GourmetProcess:
     """
     ``twistd -n --pidfile= gourmet --config FILE``, once it said where it
@@ -204,9 +267,10 @@ weight = 1
 path = "{b}"
 weight = 1
 
+{statuses_upstream}
 [server]
 listen = ["tcp:{port}:interface=127.0.0.1"]
-
+{statuses_location}
 [[server.locations]]
 location = "^/"
 upstream = "backend"
@@ -223,17 +287,34 @@ token = "{token}"
 """
 
 
+#: With a StatusServer: the upstream ``statuses`` for paths ``/status/NNN``.
+STATUSES_UPSTREAM = """
+[upstreams.statuses]
+balancer = "round_robin"
+
+[[upstreams.statuses.servers]]
+path = "{address}"
+"""
+STATUSES_LOCATION = """
+[[server.locations]]
+location = "^/status/"
+upstream = "statuses"
+"""
+
+
 class Deployment:
     """
-    Gourmet balancing ``backend`` over upstreams ``a`` and ``b``.
+    Gourmet balancing ``backend`` over upstreams ``a`` and ``b``, and with
+    ``statuses=True`` the upstream ``statuses`` over a :class:`StatusServer`.
 
     :ivar port: Gourmet's port, once started.
     :ivar admin_port: its console's port, once started.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, statuses: bool = False) -> None:
         self.a = UpstreamProcess("alpha", directory)
         self.b = UpstreamProcess("beta", directory)
+        self.statuses = StatusServer() if statuses else None
         self.password_hash = hash_password(PASSWORD)
         self.port = 0
         self.admin_port = 0
@@ -244,9 +325,15 @@ class Deployment:
     def admin_url(self) -> str:
         return f"http://127.0.0.1:{self.admin_port}"
 
+    @property
+    def server_count(self) -> int:
+        return 3 if self.statuses else 2
+
     def start(self) -> None:
         self.a.start()
         self.b.start()
+        if self.statuses:
+            self.statuses.start()
         self.start_gourmet()
 
     def start_gourmet(self) -> None:
@@ -268,6 +355,12 @@ class Deployment:
                 token=TOKEN,
                 user=USER,
                 password_hash=self.password_hash,
+                statuses_upstream=(
+                    STATUSES_UPSTREAM.format(address=self.statuses.address)
+                    if self.statuses
+                    else ""
+                ),
+                statuses_location=STATUSES_LOCATION if self.statuses else "",
             )
         )
         self.gourmet = GourmetProcess(self.config)
@@ -282,11 +375,23 @@ class Deployment:
         self.stop_gourmet()
         self.a.stop()
         self.b.stop()
+        if self.statuses:
+            self.statuses.stop()
+
+
+#: ``@WITH_STATUSES`` on a test: its deployment has the upstream ``statuses``.
+WITH_STATUSES = pytest.mark.parametrize(
+    "deployment", [{"statuses": True}], indirect=True, ids=["statuses"]
+)
 
 
 @pytest.fixture
-def deployment(tmp_path: Path) -> Iterator[Deployment]:
-    running = Deployment(tmp_path)
+def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deployment]:
+    """
+    Gourmet and its upstreams; a test parametrized with :data:`WITH_STATUSES`
+    has the upstream ``statuses`` too.
+    """
+    running = Deployment(tmp_path, **getattr(request, "param", {}))
     try:
         running.start()
         yield running
@@ -394,6 +499,90 @@ def raw_get(url: str, path: str, authorization: Optional[str] = None) -> Answer:
         connection.close()
 
 
+def exchange(port: int, path: str, body: Optional[bytes] = None) -> Tuple[int, bytes]:
+    """
+    One request through Gourmet (a POST when it has a body): the status and
+    the body of its answer.
+    """
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("POST" if body else "GET", path, body=body)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+@contextmanager
+def idle_connections(port: int, count: int) -> Iterator[None]:
+    """
+    ``count`` client connections to ``port`` that send nothing, while in
+    the block.
+    """
+    sockets = [socket.create_connection(("127.0.0.1", port), 5) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def refused_status(port: int, head: bytes) -> int:
+    """
+    The status of Gourmet's answer to a request head it will not read.
+    """
+    with socket.create_connection(("127.0.0.1", port), 5) as sock:
+        sock.sendall(head)
+        answer = sock.recv(65536)
+    return int(answer.split(b" ", 2)[1])
+
+
+def api_server(
+    deployment: Deployment, server: Upstream, upstream: str = "backend"
+) -> Any:
+    """
+    The server as the API shows it now.
+    """
+    document = json.loads(
+        raw_get(deployment.admin_url, f"/api/upstreams/{upstream}").text
+    )
+    (found,) = [each for each in document["servers"] if each["id"] == server.id]
+    return found
+
+
+def local_clock(seconds: float) -> str:
+    """
+    Unix seconds as the page shows a time of day (the browser runs here).
+    """
+    return time.strftime("%H:%M:%S", time.localtime(seconds))
+
+
+def answered(status: int, count: object) -> str:
+    """
+    How the page counts answers by status: 502, a times sign, and the count.
+    """
+    return f"{status} \N{MULTIPLICATION SIGN}{count}"
+
+
+def number_after(prefix: str, locator: Locator) -> int:
+    """
+    The whole number after ``prefix`` in an element's text, 0 without one.
+    """
+    match = re.search(re.escape(prefix) + r"([\d,]+)", locator.inner_text())
+    return int(match.group(1).replace(",", "")) if match else 0
+
+
+def leading_number(locator: Locator) -> float:
+    """
+    The number an element's text starts with: 12.5 of "12.5/s", 1234 of
+    "1,234 failures".
+    """
+    text = locator.inner_text()
+    match = re.match(r"[\d,.]+", text)
+    assert match, text
+    return float(match.group().replace(",", ""))
+
+
 # -- the browser ------------------------------------------------------------------
 
 
@@ -435,13 +624,35 @@ class Console:
         if message.type == "error":
             self.errors.append(f"console: {message.text}")
 
-    def row(self, server: UpstreamProcess, upstream: str = "backend") -> Locator:
+    def row(self, server: Upstream, upstream: str = "backend") -> Locator:
         return self.page.locator(
             f'tr[data-upstream="{upstream}"][data-server="{server.id}"]'
         )
 
-    def button(self, server: UpstreamProcess, action: str) -> Locator:
+    def button(self, server: Upstream, action: str) -> Locator:
         return self.row(server).locator(f'button[data-action="{action}"]')
+
+    def state_of(self, server: Upstream, upstream: str = "backend") -> Locator:
+        return self.row(server, upstream).locator(".state")
+
+    def section(self, upstream: str = "backend") -> Locator:
+        return self.page.locator(f'[data-upstream-section="{upstream}"]')
+
+    def figures(self, upstream: str = "backend") -> Locator:
+        """
+        The upstream's figures beside its chart (rates, Gourmet's answers).
+        """
+        return self.section(upstream).locator(".summary")
+
+    def status_count(
+        self, server: Upstream, name: str, upstream: str = "backend"
+    ) -> Locator:
+        """
+        The count of ``name`` (``"2xx"``..., ``"failed"``) in the server's row.
+        """
+        return self.row(server, upstream).locator(
+            f'[data-class="{name}"] .status-count'
+        )
 
     def refreshes(self) -> int:
         count = self.page.locator("#upstreams").get_attribute("data-refreshes")
@@ -468,16 +679,22 @@ class OpenConsole(Protocol):
     ) -> Console: ...
 
 
+class NewTab(Protocol):
+    def __call__(
+        self, signed_in: bool = True, width: int = 1280, height: int = 900
+    ) -> Console: ...
+
+
 @pytest.fixture
-def open_console(browser: Browser, deployment: Deployment) -> Iterator[OpenConsole]:
+def new_tab(browser: Browser, deployment: Deployment) -> Iterator[NewTab]:
     """
-    ``open_console()`` opens the console signed in (through /login, as a
-    browser does after the Basic challenge); ``signed_in=False`` without
-    credentials.
+    ``new_tab()`` is a blank tab of a browser that answers the console's
+    Basic challenge with the test's credentials (``signed_in=False``: with
+    none).
     """
     contexts: List[BrowserContext] = []
 
-    def open_(signed_in: bool = True, width: int = 1280, height: int = 900) -> Console:
+    def new(signed_in: bool = True, width: int = 1280, height: int = 900) -> Console:
         context = browser.new_context(
             base_url=deployment.admin_url,
             viewport={"width": width, "height": height},
@@ -488,22 +705,36 @@ def open_console(browser: Browser, deployment: Deployment) -> Iterator[OpenConso
         contexts.append(context)
         context.set_default_timeout(10_000)
         context.add_init_script(RECORD_CSP_VIOLATIONS)
-        console = Console(context.new_page())
-        page = console.page
-        page.goto("/login" if signed_in else "/")
-        # /login sent the browser back to the console.
-        assert page.url == deployment.admin_url + "/"
-        expect(page.locator("tr[data-server]")).to_have_count(2)
-        if signed_in:
-            expect(page.locator("#session")).to_have_text(f"Signed in as {USER}")
-        return console
+        return Console(context.new_page())
 
-    yield open_
+    yield new
     for context in contexts:
         context.close()
 
 
-def state_badge(console: Console, server: UpstreamProcess) -> Locator:
+@pytest.fixture
+def open_console(new_tab: NewTab, deployment: Deployment) -> OpenConsole:
+    """
+    ``open_console()`` opens the console signed in (through /login, as a
+    browser does after the Basic challenge); ``signed_in=False`` without
+    credentials.
+    """
+
+    def open_(signed_in: bool = True, width: int = 1280, height: int = 900) -> Console:
+        console = new_tab(signed_in, width, height)
+        page = console.page
+        page.goto("/login" if signed_in else "/")
+        # /login sent the browser back to the console.
+        assert page.url == deployment.admin_url + "/"
+        expect(page.locator("tr[data-server]")).to_have_count(deployment.server_count)
+        if signed_in:
+            expect(page.locator("#session")).to_have_text(f"Signed in as {USER}")
+        return console
+
+    return open_
+
+
+def state_badge(console: Console, server: Upstream) -> Locator:
     return console.row(server).locator(".state")
 
 
@@ -547,13 +778,13 @@ def test_clicking_changes_the_split(
 
     # The page shows an en dash for a share it does not know yet.
     expect(row_a.locator(".share-percent")).not_to_have_text("\N{EN DASH}")
-    expect(page.locator(".peak")).not_to_have_text("peak 0/s")
+    expect(console.figures().locator(".rate-now")).not_to_have_text("0.00/s")
     console.wait_for_refreshes(1)
     target = (
         SCREENSHOT if os.environ.get("GOURMET_SCREENSHOT") else tmp_path / "console.png"
     )
     target.parent.mkdir(exist_ok=True)
-    page.screenshot(path=str(target))
+    page.screenshot(path=str(target), full_page=True)
     assert target.stat().st_size > 10_000  # a real picture, not a blank page
 
 
@@ -582,7 +813,7 @@ def test_a_server_that_stops_shows_down_then_up_again(
         )
         assert time.monotonic() - killed <= 2.0
         assert "connect" in last_error.inner_text().lower()
-        expect(console.row(b).locator(".down-times")).to_contain_text("since ")
+        expect(console.row(b).locator(".since")).to_contain_text("down since ")
 
         b.start()
         restarted = time.monotonic()
@@ -593,6 +824,7 @@ def test_a_server_that_stops_shows_down_then_up_again(
         )
         assert time.monotonic() - restarted <= FAIL_TIMEOUT + 3
         expect(console.row(b).locator(".last-error")).to_be_hidden()
+        expect(console.row(b).locator(".since")).to_contain_text("up since ")
         wait_until(
             lambda: traffic.answered[b.name] > answered_before, 5, "traffic to b again"
         )
@@ -659,8 +891,10 @@ def test_the_console_fits_a_phone_screen(
     page_width = page.evaluate("document.documentElement.scrollWidth")
     assert page_width <= 390
     # The table is wider than the screen, and scrolls inside its own box.
-    box: Dict[str, int] = page.locator(".table-scroll").evaluate(
-        "box => ({scroll: box.scrollWidth, client: box.clientWidth})"
+    box: Dict[str, int] = (
+        console.section()
+        .locator(".table-scroll")
+        .evaluate("box => ({scroll: box.scrollWidth, client: box.clientWidth})")
     )
     assert box["client"] <= 390
     assert box["scroll"] > box["client"]
@@ -768,16 +1002,30 @@ def test_a_panic_is_shown_on_its_upstream(
 ) -> None:
     """
     With every server down, the upstream is in a panic (requests still go
-    to all its servers) and the page says so; it ends when they are back.
+    to all its servers) and the page says so, and counts the 502s Gourmet
+    answered itself; the panic ends when the servers are back.
     """
     console = open_console()
-    panic = console.page.locator("[data-upstream-section=backend] .panic")
+    panic = console.section().locator(".panic")
+    own_answers = console.figures().locator(".gourmet-statuses")
     expect(panic).to_be_hidden()
+    expect(own_answers).to_have_text("none")
     assert deployment.a.stop() == 0
     assert deployment.b.stop() == 0
-    send_requests(deployment.port, 4)
+    assert send_requests(deployment.port, 4) == {"status 502": 4}
     expect(panic).to_be_visible(timeout=3000)
     expect(panic).to_have_text("panic")
+    expect(own_answers).to_have_text(answered(502, 4))
+    # Each 502 is counted on the server whose failure ended the request.
+    own = [
+        console.row(server).locator(".gourmet-statuses")
+        for server in (deployment.a, deployment.b)
+    ]
+    wait_until(
+        lambda: sum(number_after(answered(502, ""), line) for line in own) == 4,
+        3,
+        "502s per server",
+    )
     deployment.a.start()
     deployment.b.start()
     # In a panic both servers keep being tried, and come back up.
@@ -832,23 +1080,254 @@ def test_the_changes_panel_lists_changes_and_undoes_the_latest(
     a = deployment.a
     row_a = console.row(a)
     undo = page.locator("#undo")
-    expect(page.locator("#changes-list li")).to_have_text(
-        ["No changes since Gourmet started."]
-    )
+    changes = page.locator("#changes-list li")
+    expect(changes).to_have_text(["No changes since Gourmet started."])
     expect(undo).to_be_disabled()
-    row_a.locator("input[name=weight]").fill("3")
-    console.button(a, "set-weight").click()
-    expect(row_a.locator(".weight-now")).to_have_text("3")
-    expect(page.locator("#changes-list li")).to_have_count(1)
-    expect(page.locator("#changes-list li").first).to_contain_text(
+    for weight in ("3", "5"):
+        row_a.locator("input[name=weight]").fill(weight)
+        console.button(a, "set-weight").click()
+        expect(row_a.locator(".weight-now")).to_have_text(weight)
+    # Newest first.
+    expect(changes).to_have_count(2)
+    expect(changes.nth(0)).to_contain_text(
+        f"{USER}: backend / {a.address}: weight 3 -> 5"
+    )
+    expect(changes.nth(1)).to_contain_text(
         f"{USER}: backend / {a.address}: weight 1 -> 3"
     )
     expect(undo).to_be_enabled()
+
+    # The weight before the change, not the configured one.
+    undo.click()
+    expect(page.locator("#status")).to_have_text(
+        f"Undone: backend / {a.address}: weight 3 -> 5"
+    )
+    expect(row_a.locator(".weight-now")).to_have_text("3")
+    expect(row_a.locator(".weight-note")).to_have_text("configured 1 (override)")
+    expect(changes).to_have_count(1)
     undo.click()
     expect(page.locator("#status")).to_have_text(
         f"Undone: backend / {a.address}: weight 1 -> 3"
     )
     expect(row_a.locator(".weight-now")).to_have_text("1")
+    expect(changes).to_have_text(["No changes since Gourmet started."])
     expect(undo).to_be_disabled()
     split = send_requests(deployment.port, 40)
     assert split[a.name] == split[deployment.b.name] == 20, split
+
+
+def test_the_rates_and_answers_follow_the_traffic(
+    deployment: Deployment, open_console: OpenConsole
+) -> None:
+    """
+    Twenty requests show on the page as they happened: the rate now (the
+    last 5 s) beside the minute's average and busiest second, and per
+    server its requests, 2xx answers, body bytes and pooled connection.
+    """
+    console = open_console()
+    a, b = deployment.a, deployment.b
+    received: Counter[str] = Counter()
+    sent: Counter[str] = Counter()
+    started = time.monotonic()
+    for index in range(20):
+        # One POST, for the bytes sent.
+        body = b"x" * 500 if index == 0 else None
+        status, answer = exchange(deployment.port, f"/traffic/{index}", body)
+        assert status == 200, answer
+        name = json.loads(answer)["server"]
+        received[name] += len(answer)
+        sent[name] += len(body or b"")
+    took = time.monotonic() - started
+
+    figures = console.figures()
+    # All 20 in the last 5 whole seconds (the one under way does not count).
+    expect(figures.locator(".rate-now")).to_have_text("4.00/s", timeout=4000)
+    rows_now = [
+        console.row(server).locator(".rate-now").inner_text() for server in (a, b)
+    ]
+    assert rows_now == ["2.00/s", "2.00/s"]
+    expect(figures.locator(".rate-minute")).to_have_text("0.33/s")
+    peak = leading_number(figures.locator(".rate-peak"))
+    assert 20 / (int(took) + 2) <= peak <= 20, (peak, took)
+    for server in (a, b):
+        row = console.row(server)
+        expect(row.locator(".requests")).to_have_text("10 requests")
+        expect(console.status_count(server, "2xx")).to_have_text("10")
+        expect(row.locator(".status-class:visible")).to_have_count(1)
+        expect(row.locator(".share-percent")).to_have_text("50.0%")
+        expect(row.locator(".bytes")).to_have_text(
+            [
+                f"{sent[server.name]} B body sent",
+                f"{received[server.name]} B body received",
+            ]
+        )
+        expect(row.locator(".active")).to_have_text("0 in flight")
+        # One after the other, the requests to a server share one connection.
+        expect(row.locator(".pool")).to_have_text("pool 1 idle · 0 busy")
+    assert console.errors == []
+
+
+@WITH_STATUSES
+def test_status_classes_show_what_the_server_answered(
+    deployment: Deployment, open_console: OpenConsole
+) -> None:
+    """
+    A server's answers are counted by class on its row, as its clients got
+    them: a 404 or a 500 from the server is its answer, not a failure.
+    """
+    console = open_console()
+    server = deployment.statuses
+    assert server is not None
+    statuses = [200] * 4 + [301] + [404] * 3 + [500] * 2
+    got = Counter(
+        exchange(deployment.port, f"/status/{status}")[0] for status in statuses
+    )
+    assert got == Counter(statuses)
+
+    row = console.row(server, "statuses")
+    expect(row.locator(".requests")).to_have_text("10 requests")
+    for name, count in {"2xx": 4, "3xx": 1, "4xx": 3, "5xx": 2}.items():
+        expect(console.status_count(server, name, "statuses")).to_have_text(str(count))
+    expect(row.locator('.status-class[data-class="failed"]')).to_be_hidden()
+    expect(row.locator(".failures")).to_have_text("0 failures")
+    expect(row.locator(".gourmet-statuses")).to_be_hidden()
+    expect(console.state_of(server, "statuses")).to_have_attribute("data-state", "up")
+
+
+def test_failures_a_retry_hid_are_not_errors_clients_saw(
+    deployment: Deployment, open_console: OpenConsole
+) -> None:
+    """
+    A server that refuses connections fails requests that Gourmet then
+    sends to the other server: clients get only 200s, and the page says the
+    failures were hidden by retries, none reached clients.  The server is
+    shown down since it stopped, the other up since Gourmet started.
+    """
+    console = open_console()
+    a, b = deployment.a, deployment.b
+    summary = console.section().locator(".errors-summary")
+    expect(summary).to_have_text("no failures in the last 60 s")
+    with Traffic(deployment.port) as traffic:
+        wait_until(lambda: traffic.answered[b.name] >= 3, 10, "traffic to reach b")
+        assert b.stop() == 0, b.log.read_text()
+        stopped = time.time()
+        # Once down, b is tried again after fail_timeout (1 s), and fails.
+        retried = console.row(b).locator(".retries")
+        wait_until(lambda: leading_number(retried) >= 2, 5, "retries of b's requests")
+    assert set(traffic.answered) == {a.name, b.name}, traffic.answered
+
+    row_b = console.row(b)
+    failures = leading_number(row_b.locator(".failures"))
+    assert failures >= 2
+    expect(row_b.locator(".errors-seen")).to_have_text("0")
+    expect(row_b.locator(".errors-hidden")).to_have_text(str(int(failures)))
+    expect(row_b.locator(".retries")).to_have_text(f"{int(failures)} retried elsewhere")
+    expect(console.status_count(b, "failed")).to_have_text(str(int(failures)))
+    # The same number twice: every failure was hidden.
+    hidden_all = (
+        r"^(\d+) failures? in the last 60 s, 0 reached clients, \1 hidden by retries$"
+    )
+    expect(summary).to_have_text(re.compile(hidden_all), timeout=3000)
+    expect(summary).not_to_have_class(re.compile("reached-clients"))
+
+    down_since = api_server(deployment, b)["down_since"]
+    assert stopped - 1 <= down_since <= stopped + 2
+    expect(row_b.locator(".since")).to_contain_text(
+        f"down since {local_clock(down_since)} ("
+    )
+    up_since = api_server(deployment, a)["up_since"]
+    expect(console.row(a).locator(".since")).to_have_text(
+        re.compile(rf"^up since {local_clock(up_since)} \(\d+ s ago\)$")
+    )
+    expect(console.row(a).locator(".errors-hidden")).to_have_text("0")
+
+
+def test_the_page_says_which_gourmet_it_is_and_what_it_listens_on(
+    deployment: Deployment, open_console: OpenConsole
+) -> None:
+    """
+    The instance (version, process, configuration) is the one running, and
+    the listeners show their client connections against their limits and
+    the answers Gourmet gave itself.
+    """
+    console = open_console()
+    page = console.page
+    assert deployment.gourmet is not None
+
+    def fact(name: str) -> Locator:
+        return page.locator(f'[data-fact="{name}"]')
+
+    expect(fact("version")).to_have_text(gourmet.__version__)
+    expect(fact("pid")).to_have_text(str(deployment.gourmet.process.pid))
+    expect(fact("config")).to_have_text(str(deployment.config))
+    implementation = f"{platform.python_implementation()} {platform.python_version()}"
+    expect(fact("python")).to_have_text(implementation)
+    expect(fact("twisted")).to_have_text(twisted.__version__)
+    expect(fact("uptime")).to_have_text(re.compile(r"^\d+ s$"))
+    expect(fact("started")).to_have_text(
+        re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$")
+    )
+
+    proxy = page.locator('tr[data-listener="proxy"]')
+    expect(proxy.locator(".addresses")).to_have_text(f"127.0.0.1:{deployment.port}")
+    expect(proxy.locator(".connections")).to_have_text("0 of 10,000")
+    with idle_connections(deployment.port, 3):
+        expect(proxy.locator(".connections")).to_have_text("3 of 10,000")
+    expect(proxy.locator(".connections")).to_have_text("0 of 10,000")
+    expect(proxy.locator(".refusals")).to_have_text("none")
+    assert refused_status(deployment.port, b"NOT HTTP\r\n\r\n") == 400
+    expect(proxy.locator(".refusals")).to_have_text(answered(400, 1))
+
+    admin = page.locator('tr[data-listener="admin"]')
+    expect(admin.locator(".addresses")).to_have_text(
+        f"127.0.0.1:{deployment.admin_port}"
+    )
+    expect(admin.locator(".connections")).to_have_text(re.compile(r"^[1-9]\d* of 256$"))
+    # Signing in began with the console's challenge.
+    expect(admin.locator(".refusals")).to_have_text(answered(401, 1))
+
+
+#: Counts the page's calls of fetch(), before its own script runs.
+COUNT_FETCHES = """
+window.fetches = 0;
+const originalFetch = window.fetch;
+window.fetch = (...args) => {
+  window.fetches += 1;
+  return originalFetch(...args);
+};
+"""
+
+
+def test_an_address_with_credentials_says_how_to_sign_in(
+    deployment: Deployment, new_tab: NewTab
+) -> None:
+    """
+    Opened as http://user:password@host/, where browsers refuse the page's
+    every request, the page says to open the address without them and sign
+    in, links to both, and does not keep trying.
+    """
+    console = new_tab(signed_in=False)
+    page = console.page
+    page.add_init_script(COUNT_FETCHES)
+    clean = deployment.admin_url + "/"
+    page.goto(f"http://{USER}:{PASSWORD}@127.0.0.1:{deployment.admin_port}/")
+
+    banner = page.locator("#connection")
+    expect(banner).to_be_visible()
+    expect(banner).to_contain_text("with a user name and password in its address")
+    link = banner.locator("a.clean-address")
+    expect(link).to_have_text(clean)
+    expect(link).to_have_attribute("href", clean)
+    expect(banner.get_by_role("link", name="Sign in")).to_have_attribute(
+        "href", clean + "login"
+    )
+    page.wait_for_timeout(2500)
+    expect(banner).not_to_contain_text("Connection lost")
+    assert page.evaluate("window.fetches") == 0
+    assert PASSWORD not in page.locator("body").inner_text()
+
+    link.click()
+    expect(page.locator("tr[data-server]")).to_have_count(2)
+    expect(banner).to_be_hidden()
+    assert page.url == clean
+    assert console.errors == []

@@ -1,9 +1,9 @@
 /*
  * Gourmet's admin console.
  *
- * Shows every upstream and its servers, refreshed every second from the
- * JSON API, and lets a signed-in operator change a server's weight and
- * state (drain, disable, enable).
+ * Shows this Gourmet, its listeners, and every upstream with its servers,
+ * refreshed every second from the JSON API, and lets a signed-in operator
+ * change a server's weight and state (drain, disable, enable).
  *
  * The page's Content-Security-Policy allows no inline script or style, so
  * everything is built here with DOM calls and event listeners.  Text that
@@ -25,6 +25,14 @@
     session: null,
     /** Upstream name → its section's elements and rows. */
     sections: new Map(),
+    /** Listener name → its row's elements. */
+    listeners: new Map(),
+    /**
+     * Gourmet's clock at its last answer, in Unix seconds: "up 5 min" is
+     * measured on it, so a console read from a computer whose clock is off
+     * still says how long.
+     */
+    serverNow: null,
     /** When a change last completed: a refresh started before that is stale. */
     lastChangeAt: 0,
     /** Successful refreshes so far (shown as data-refreshes, for tests). */
@@ -58,6 +66,56 @@
     if (node.textContent !== text) node.textContent = text;
   }
 
+  /** Sets an element's text, and hides it while that is empty. */
+  function setLine(node, text) {
+    setText(node, text);
+    node.hidden = text === "";
+  }
+
+  /**
+   * Brings `parent`'s children in line with `items`, one entry of
+   * `entries` (a Map) per item's key: builds the new, updates every one,
+   * removes the gone.  Only a node that is out of place is moved: moving
+   * one drops its focus.
+   *
+   * @param how {key(item), build(item), update(entry, item), node(entry)}
+   */
+  function reconcile(parent, entries, items, how) {
+    const keys = new Set();
+    items.forEach((item, index) => {
+      const key = how.key(item);
+      keys.add(key);
+      let entry = entries.get(key);
+      if (!entry) {
+        entry = how.build(item);
+        entries.set(key, entry);
+      }
+      const node = how.node(entry);
+      if (parent.children[index] !== node) {
+        parent.insertBefore(node, parent.children[index] || null);
+      }
+      how.update(entry, item);
+    });
+    for (const [key, entry] of entries) {
+      if (!keys.has(key)) {
+        how.node(entry).remove();
+        entries.delete(key);
+      }
+    }
+  }
+
+  /** Rebuilds `node`'s children, one `make(text)` a text, when they changed. */
+  function showList(node, texts, make) {
+    const shown = texts.join("\n");
+    if (node.dataset.shown === shown) return;
+    node.dataset.shown = shown;
+    node.replaceChildren(...texts.map(make));
+  }
+
+  function count(value) {
+    return numberFormat.format(value);
+  }
+
   function pad(number) {
     return String(number).padStart(2, "0");
   }
@@ -69,6 +127,31 @@
     return `${pad(date.getHours())}:${pad(date.getMinutes())}:${pad(date.getSeconds())}`;
   }
 
+  /** Unix seconds as local YYYY-MM-DD HH:MM:SS. */
+  function dateTime(seconds) {
+    const date = new Date(seconds * 1000);
+    const day = `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}`;
+    return `${day} ${clockTime(seconds)}`;
+  }
+
+  /** A duration such as "42 s", "5 min", "3 h 02 min" or "2 d 4 h". */
+  function duration(seconds) {
+    const whole = Math.max(0, Math.floor(seconds));
+    if (whole < 60) return `${whole} s`;
+    const minutes = Math.floor(whole / 60);
+    if (minutes < 60) return `${minutes} min`;
+    const hours = Math.floor(minutes / 60);
+    if (hours < 24) return `${hours} h ${pad(minutes % 60)} min`;
+    return `${Math.floor(hours / 24)} d ${hours % 24} h`;
+  }
+
+  /** "16:02:11 (5 min ago)", the time measured on Gourmet's clock. */
+  function since(seconds) {
+    if (seconds === null || seconds === undefined) return "?";
+    const now = app.serverNow === null ? Date.now() / 1000 : app.serverNow;
+    return `${clockTime(seconds)} (${duration(now - seconds)} ago)`;
+  }
+
   function milliseconds(value) {
     if (value === null || value === undefined) return "–";
     const digits = value < 10 ? 2 : value < 100 ? 1 : 0;
@@ -78,6 +161,31 @@
   /** A rate such as 12.5/s, with fewer digits as it grows. */
   function rate(value) {
     return value >= 100 ? value.toFixed(0) : value >= 10 ? value.toFixed(1) : value.toFixed(2);
+  }
+
+  const BYTE_UNITS = ["B", "KiB", "MiB", "GiB", "TiB"];
+
+  /** A number of bytes such as "812 B" or "56.8 KiB". */
+  function byteSize(value) {
+    let size = value;
+    let unit = 0;
+    while (size >= 1024 && unit < BYTE_UNITS.length - 1) {
+      size /= 1024;
+      unit += 1;
+    }
+    return unit === 0 ? `${value} B` : `${size.toFixed(size < 100 ? 1 : 0)} ${BYTE_UNITS[unit]}`;
+  }
+
+  /**
+   * Counts by HTTP status as "502 ×1 · 504 ×3", in status order; without
+   * `zeros`, only those that happened.
+   */
+  function statusCounts(counts, zeros) {
+    return Object.keys(counts || {})
+      .sort()
+      .filter((status) => zeros || counts[status] > 0)
+      .map((status) => `${status} ×${count(counts[status])}`)
+      .join(" · ");
   }
 
   // -- talking to the API --------------------------------------------------------
@@ -162,35 +270,87 @@
     }
   }
 
+  // -- an address with a user name and password in it ------------------------------
+
+  /**
+   * The page's address without the user name and password, or null when it
+   * has none.  Browsers refuse every fetch() from a page opened as
+   * http://user:pass@host/, and Chromium leaves them out of `location`:
+   * the document's URL still has them.
+   */
+  function addressWithoutCredentials() {
+    const address = new URL(document.URL);
+    if (address.username === "" && address.password === "") return null;
+    address.username = "";
+    address.password = "";
+    return address.href;
+  }
+
+  /** Whether fetch() refused because the page's address holds credentials. */
+  function refusedForCredentials(error) {
+    return error instanceof TypeError && /credentials/i.test(error.message);
+  }
+
+  /**
+   * Says how to sign in instead.  The links are whole addresses: relative
+   * ones would keep the user name and password of this page's address.
+   */
+  function adviseSigningIn(clean) {
+    const banner = document.getElementById("connection");
+    banner.replaceChildren(
+      "This page was opened with a user name and password in its address " +
+        "(user:password@), which browsers do not let it use. Open ",
+      el("a", { className: "clean-address", text: clean, attrs: { href: clean } }),
+      " instead, then ",
+      el("a", { text: "Sign in", attrs: { href: new URL("/login", clean).href } }),
+      ": the browser asks for the user name and password.",
+    );
+    banner.hidden = false;
+    document.getElementById("upstreams").setAttribute("aria-busy", "false");
+    const loading = document.getElementById("loading");
+    if (loading) setText(loading, "Nothing to show from this address.");
+  }
+
   // -- the page, kept up to date ---------------------------------------------------
 
   /** Fetches everything once, renders it, and schedules the next refresh. */
   async function refresh() {
     const started = performance.now();
+    let data = null;
     try {
-      let data;
-      try {
-        if (app.session === null) {
-          app.session = await api("/api/session");
-          renderSession();
-        }
-        data = await api("/api/upstreams");
-      } catch (error) {
-        offline(error);
+      data = await fetchAll();
+    } catch (error) {
+      if (refusedForCredentials(error)) {
+        // Every request from this page would be refused the same way.
+        adviseSigningIn(addressWithoutCredentials() || location.href);
         return;
       }
-      online();
-      // A change answered while this was in flight is newer than this.
-      // (A bug in rendering is not a lost connection: it goes to the
-      // browser's console, and the next refresh still comes.)
-      if (started >= app.lastChangeAt) {
-        render(data.upstreams);
-        renderChanges(data.changes || []);
-      }
-    } finally {
-      const elapsed = performance.now() - started;
-      setTimeout(refresh, Math.max(REFRESH_MS - elapsed, 100));
+      offline(error);
     }
+    // Scheduled first: a bug in rendering is not a lost connection (it goes
+    // to the browser's console), and the next refresh still comes.
+    const elapsed = performance.now() - started;
+    setTimeout(refresh, Math.max(REFRESH_MS - elapsed, 100));
+    if (data === null) return;
+    online();
+    // A change answered while this was in flight is newer than this.
+    if (started >= app.lastChangeAt) renderAll(data);
+  }
+
+  async function fetchAll() {
+    if (app.session === null) {
+      app.session = await api("/api/session");
+      renderSession();
+    }
+    return api("/api/upstreams");
+  }
+
+  function renderAll(data) {
+    const instance = data.instance;
+    app.serverNow = instance ? instance.started + instance.uptime : null;
+    renderOverview(instance, data.listeners || []);
+    render(data.upstreams);
+    renderChanges(data.changes || []);
   }
 
   function online() {
@@ -224,30 +384,81 @@
     }
   }
 
+  // -- this Gourmet, and its listeners ----------------------------------------------
+
+  /** The facts shown about this Gourmet: label, data-fact, and the text. */
+  const FACTS = [
+    ["Version", "version", (instance) => instance.version],
+    ["Started", "started", (instance) => dateTime(instance.started)],
+    ["Up for", "uptime", (instance) => duration(instance.uptime)],
+    ["Process id", "pid", (instance) => String(instance.pid)],
+    ["Python", "python", (instance) => instance.python],
+    ["Twisted", "twisted", (instance) => instance.twisted],
+    ["Configuration", "config", (instance) => instance.config_file || "none (the defaults)"],
+  ];
+
+  function renderOverview(instance, listeners) {
+    document.getElementById("overview").hidden = !instance;
+    if (!instance) return;
+    renderInstance(instance);
+    reconcile(document.getElementById("listeners-body"), app.listeners, listeners, {
+      key: (listener) => listener.name,
+      build: buildListenerRow,
+      update: updateListenerRow,
+      node: (row) => row.tr,
+    });
+  }
+
+  function renderInstance(instance) {
+    const list = document.getElementById("instance");
+    if (list.children.length === 0) {
+      for (const [label, name] of FACTS) {
+        list.append(el("div", { className: `fact fact-${name}` }, [
+          el("dt", { text: label }),
+          el("dd", { attrs: { "data-fact": name } }),
+        ]));
+      }
+    }
+    for (const [, name, show] of FACTS) {
+      setText(list.querySelector(`[data-fact="${name}"]`), show(instance));
+    }
+  }
+
+  function buildListenerRow(listener) {
+    const row = {
+      addresses: el("td", { className: "addresses" }),
+      connections: el("td", { className: "num connections" }),
+      refusals: el("td", { className: "refusals" }),
+    };
+    row.tr = el("tr", { attrs: { "data-listener": listener.name } }, [
+      el("th", { text: listener.name, attrs: { scope: "row" } }),
+      row.addresses,
+      row.connections,
+      row.refusals,
+    ]);
+    return row;
+  }
+
+  function updateListenerRow(row, listener) {
+    showList(row.addresses, listener.addresses, (address) => el("div", { text: address }));
+    const open = listener.connections;
+    const limit = listener.max_connections;
+    // max_connections 0 is no limit at all.
+    setText(row.connections, limit > 0 ? `${count(open)} of ${count(limit)}` : `${count(open)}, no limit`);
+    row.connections.classList.toggle("near-limit", limit > 0 && open >= 0.9 * limit);
+    setText(row.refusals, statusCounts(listener.refusals, false) || "none");
+  }
+
   /** Brings the page in line with the upstreams the API returned. */
   function render(upstreams) {
     const main = document.getElementById("upstreams");
     for (const note of main.querySelectorAll(".loading, .empty")) note.remove();
-    const names = new Set();
-    upstreams.forEach((upstream, index) => {
-      names.add(upstream.name);
-      let section = app.sections.get(upstream.name);
-      if (!section) {
-        section = buildSection(upstream);
-        app.sections.set(upstream.name, section);
-      }
-      // Only move a node that is out of place: moving one drops focus.
-      if (main.children[index] !== section.root) {
-        main.insertBefore(section.root, main.children[index] || null);
-      }
-      updateSection(section, upstream);
+    reconcile(main, app.sections, upstreams, {
+      key: (upstream) => upstream.name,
+      build: buildSection,
+      update: updateSection,
+      node: (section) => section.root,
     });
-    for (const [name, section] of app.sections) {
-      if (!names.has(name)) {
-        section.root.remove();
-        app.sections.delete(name);
-      }
-    }
     if (upstreams.length === 0) {
       main.append(el("p", { className: "empty", text: "No upstreams are configured." }));
     }
@@ -255,16 +466,23 @@
 
   // -- one upstream -----------------------------------------------------------------
 
+  /** The servers' columns: heading, class, and what it means (a tooltip). */
   const COLUMNS = [
     ["Server", "col-server"],
     ["State", "col-state"],
-    ["Weight", "col-weight"],
-    ["Active", "num"],
-    ["Requests", "num"],
-    ["Failures", "num"],
-    ["Response time", "num col-latency"],
-    ["Share", "col-share"],
-    ["Actions", "col-actions"],
+    ["Rate", "col-rate",
+      "Requests per second now (last 5 s); the last 60 s: average, busiest second, share"],
+    ["Responses", "col-responses",
+      "Requests since start, answers by status class (failed: no usable answer), " +
+        "and Gourmet's own 502/504 after this server failed"],
+    ["Errors", "col-errors",
+      "Failures since start: seen by clients, or hidden by a retry; " +
+        "retried: requests that failed here and went to another server"],
+    ["Response time", "num col-latency", "Time to the response head, last 256 requests"],
+    ["Connections", "col-connections",
+      "Requests in flight; idle and busy connections in the pool; " +
+        "body bytes sent (requests) and received (responses)"],
+    ["Weight and actions", "col-actions"],
   ];
 
   function buildSection(upstream) {
@@ -281,84 +499,109 @@
     });
     section.panic.hidden = true;
     section.locations = el("ul", { className: "locations", attrs: { "aria-label": "Locations" } });
-    section.totals = el("p", { className: "totals" });
+    section.available = el("span", { className: "available" });
+    section.errors = el("span", { className: "errors-summary" });
+    section.tbody = el("tbody");
+    section.root = el("section", { className: "upstream", attrs: { "data-upstream-section": upstream.name } }, [
+      el("header", { className: "upstream-head" }, [
+        el("div", { className: "upstream-title" }, [section.title, section.balancer, section.panic]),
+        section.locations,
+        el("p", { className: "totals" }, [section.available, " · ", section.errors]),
+      ]),
+      el("div", { className: "upstream-body" }, [buildSummary(section), buildChart(section, upstream)]),
+      el("p", {
+        className: "scroll-hint",
+        text: "Swipe the table sideways for errors, connections, weights and actions.",
+      }),
+      // Wide tables scroll inside this box, never the whole page.
+      el("div", {
+        className: "table-scroll",
+        attrs: { role: "region", tabindex: "0", "aria-label": `Servers of ${upstream.name}` },
+      }, [el("table", { className: "servers" }, [el("thead", {}, [headRow()]), section.tbody])]),
+    ]);
+    return section;
+  }
+
+  function headRow() {
+    return el("tr", {}, COLUMNS.map(([label, className, help]) =>
+      el("th", { className, text: label, attrs: help ? { scope: "col", title: help } : { scope: "col" } })));
+  }
+
+  /** The upstream's rates and Gourmet's own answers for it, as figures. */
+  function buildSummary(section) {
+    section.rateNow = el("dd", { className: "rate-now" });
+    section.rateMinute = el("dd", { className: "rate-minute" });
+    section.ratePeak = el("dd", { className: "rate-peak" });
+    section.gourmetStatuses = el("dd", { className: "gourmet-statuses" });
+    const figure = (label, value, className) =>
+      el("div", { className: `figure ${className || ""}`.trim() }, [el("dt", { text: label }), value]);
+    return el("dl", { className: "summary" }, [
+      figure("Now", section.rateNow),
+      figure("Avg 60 s", section.rateMinute),
+      figure("Peak 60 s", section.ratePeak),
+      figure("Gourmet's own answers", section.gourmetStatuses, "wide"),
+    ]);
+  }
+
+  function buildChart(section, upstream) {
     section.canvas = el("canvas", {
       attrs: {
         role: "img",
         "aria-label": `Requests and errors per second to ${upstream.name}`,
       },
     });
-    section.peak = el("span", { className: "peak" });
-    section.tbody = el("tbody");
-    const head = el("tr", {}, COLUMNS.map(([label, className]) =>
-      el("th", { className, text: label, attrs: { scope: "col" } })));
-    section.root = el("section", { className: "upstream", attrs: { "data-upstream-section": upstream.name } }, [
-      el("header", { className: "upstream-head" }, [
-        el("div", { className: "upstream-title" }, [section.title, section.balancer, section.panic]),
-        section.locations,
-        section.totals,
+    return el("figure", { className: "chart" }, [
+      section.canvas,
+      el("figcaption", { className: "legend" }, [
+        el("span", { className: "key key-requests", text: "requests/s" }),
+        el("span", { className: "key key-errors", text: "errors/s" }),
+        el("span", { className: "chart-span", text: "last 2 minutes" }),
       ]),
-      el("figure", { className: "chart" }, [
-        section.canvas,
-        el("figcaption", { className: "legend" }, [
-          el("span", { className: "key key-requests", text: "requests/s" }),
-          el("span", { className: "key key-errors", text: "errors/s" }),
-          section.peak,
-        ]),
-      ]),
-      el("p", {
-        className: "scroll-hint",
-        text: "Swipe the table sideways for weights, traffic and actions.",
-      }),
-      // Wide tables scroll inside this box, never the whole page.
-      el("div", {
-        className: "table-scroll",
-        attrs: { role: "region", tabindex: "0", "aria-label": `Servers of ${upstream.name}` },
-      }, [el("table", { className: "servers" }, [el("thead", {}, [head]), section.tbody])]),
     ]);
-    return section;
   }
 
   function updateSection(section, upstream) {
     setText(section.balancer, upstream.balancer);
     section.panic.hidden = !upstream.panic;
-    const locations = upstream.locations.join("\n");
-    if (section.locations.dataset.shown !== locations) {
-      section.locations.dataset.shown = locations;
-      section.locations.replaceChildren(...upstream.locations.map((pattern) =>
-        el("li", {}, [el("code", { text: pattern })])));
-    }
-    const servers = upstream.servers;
-    const perSecond = servers.reduce((sum, server) => sum + server.requests_per_second, 0);
-    const errors = upstream.history.errors.slice(-60).reduce((sum, count) => sum + count, 0);
-    const available = servers.filter((server) => server.state === "up").length;
-    setText(
-      section.totals,
-      `${available} of ${servers.length} servers taking requests · ${rate(perSecond)} req/s · ` +
-        `${numberFormat.format(errors)} ${errors === 1 ? "error" : "errors"} in the last 60 s`,
-    );
+    showList(section.locations, upstream.locations, (pattern) =>
+      el("li", {}, [el("code", { text: pattern })]));
+    updateSummary(section, upstream);
     section.history = upstream.history;
     drawChart(section);
-
-    const ids = new Set();
-    servers.forEach((server, index) => {
-      ids.add(server.id);
-      let row = section.rows.get(server.id);
-      if (!row) {
-        row = buildRow(upstream.name, server);
-        section.rows.set(server.id, row);
-      }
-      if (section.tbody.children[index] !== row.tr) {
-        section.tbody.insertBefore(row.tr, section.tbody.children[index] || null);
-      }
-      updateRow(row, server);
+    reconcile(section.tbody, section.rows, upstream.servers, {
+      key: (server) => server.id,
+      build: (server) => buildRow(upstream.name, server),
+      update: updateRow,
+      node: (row) => row.tr,
     });
-    for (const [id, row] of section.rows) {
-      if (!ids.has(id)) {
-        row.tr.remove();
-        section.rows.delete(id);
-      }
-    }
+  }
+
+  function updateSummary(section, upstream) {
+    const servers = upstream.servers;
+    const available = servers.filter((server) => server.state === "up").length;
+    setText(section.available, `${available} of ${servers.length} servers taking requests`);
+    setText(section.errors, failuresSentence(upstream.errors));
+    section.errors.classList.toggle("reached-clients", upstream.errors.seen > 0);
+    setText(section.rateNow, `${rate(upstream.rate.current)}/s`);
+    setText(section.rateMinute, `${rate(upstream.rate.minute)}/s`);
+    setText(section.ratePeak, `${count(upstream.rate.peak)}/s`);
+    const own = upstream.gourmet_statuses;
+    setText(section.gourmetStatuses, statusCounts(own, true) || "none");
+    section.gourmetStatuses.classList.toggle("some", statusCounts(own, false) !== "");
+  }
+
+  /**
+   * "3 failures in the last 60 s, 0 reached clients, 3 hidden by retries":
+   * a failure a retry hid is not an error a client saw, and the operator
+   * needs to tell them apart.
+   */
+  function failuresSentence(errors) {
+    if (errors.last_minute === 0) return "no failures in the last 60 s";
+    const noun = errors.last_minute === 1 ? "failure" : "failures";
+    return (
+      `${count(errors.last_minute)} ${noun} in the last 60 s, ` +
+      `${count(errors.seen)} reached clients, ${count(errors.hidden)} hidden by retries`
+    );
   }
 
   // -- the chart ----------------------------------------------------------------------
@@ -397,7 +640,6 @@
     const errors = history.errors;
     const peak = Math.max(0, ...requests, ...errors);
     const top = niceCeiling(Math.max(peak, 1));
-    setText(section.peak, `peak ${numberFormat.format(peak)}/s`);
 
     const left = 34;
     const right = width - 6;
@@ -419,7 +661,7 @@
       context.lineTo(right, lineY);
       context.stroke();
       context.fillStyle = colour("--chart-label");
-      context.fillText(numberFormat.format(value), left - 6, lineY);
+      context.fillText(count(value), left - 6, lineY);
     }
     context.textBaseline = "alphabetic";
     context.textAlign = "left";
@@ -461,24 +703,121 @@
     ["reset", "Reset", { weight: null }, "Go back to the configured weight."],
   ];
 
+  /** The status classes in the order shown; "failed" is no usable answer. */
+  const STATUS_CLASSES = ["2xx", "3xx", "4xx", "5xx", "failed"];
+
+  /**
+   * A server's row: each cell holds a figure and a line or two under it,
+   * so that nine columns show rate, answers and errors without a click.
+   */
   function buildRow(upstreamName, server) {
     const row = { upstream: upstreamName, id: server.id, server, busy: false, buttons: {} };
-    row.address = el("span", { className: "address" });
-    row.badge = el("span", { className: "state" });
-    row.downTimes = el("div", { className: "down-times" });
-    row.lastError = el("div", { className: "last-error" });
-    row.weight = el("span", { className: "weight-now" });
-    row.weightNote = el("div", { className: "weight-note" });
-    row.active = el("td", { className: "num" });
-    row.requests = el("td", { className: "num" });
-    row.failures = el("td", { className: "num" });
-    row.mean = el("div", { className: "latency-mean" });
-    row.p95 = el("div", { className: "latency-p95" });
-    row.sharePercent = el("span", { className: "share-percent" });
-    row.shareFill = el("span", { className: "bar-fill" });
-    row.rate = el("div", { className: "share-rate" });
+    row.tr = el("tr", { attrs: { "data-upstream": upstreamName, "data-server": server.id } }, [
+      cell(row, "col-server", { address: "address" }),
+      cell(row, "col-state", { badge: "state", since: "since", lastError: "last-error" }),
+      buildRateCell(row),
+      buildResponsesCell(row),
+      buildErrorsCell(row),
+      cell(row, "num col-latency", { mean: "latency-mean", p95: "latency-p95" }),
+      cell(row, "col-connections", { active: "active", pool: "pool", sent: "bytes", received: "bytes" }),
+      buildActionsCell(row, server),
+    ]);
+    return row;
+  }
 
-    // The weight field and Set button are a form: Enter in the field submits.
+  /** A new element, kept as `holder[name]` to be updated later. */
+  function keep(holder, name, tag, className) {
+    holder[name] = el(tag, { className });
+    return holder[name];
+  }
+
+  /** A cell of lines, each kept as `row[name]` with the class given. */
+  function cell(row, className, lines) {
+    return el("td", { className }, Object.entries(lines).map(([name, lineClass]) =>
+      keep(row, name, "div", lineClass)));
+  }
+
+  function buildRateCell(row) {
+    return el("td", { className: "col-rate" }, [
+      keep(row, "rateNow", "div", "rate-now"),
+      el("div", { className: "rate-more" }, [
+        "avg ",
+        keep(row, "rateMinute", "span", "rate-minute"),
+        " · peak ",
+        keep(row, "ratePeak", "span", "rate-peak"),
+      ]),
+      el("div", { className: "share" }, [
+        keep(row, "sharePercent", "span", "share-percent"),
+        el("span", { className: "bar", attrs: { "aria-hidden": "true" } }, [
+          keep(row, "shareFill", "span", "bar-fill"),
+        ]),
+      ]),
+    ]);
+  }
+
+  function buildResponsesCell(row) {
+    row.classes = {};
+    const chips = STATUS_CLASSES.map((name) =>
+      el("span", { className: "status-class", attrs: { "data-class": name } }, [
+        `${name} `,
+        keep(row.classes, name, "span", "status-count"),
+      ]));
+    const own = keep(row, "gourmetStatuses", "div", "gourmet-statuses");
+    own.title = "Gourmet's own answers after this server failed";
+    return el("td", { className: "col-responses" }, [
+      keep(row, "requests", "div", "requests"),
+      el("div", { className: "status-classes" }, chips),
+      own,
+    ]);
+  }
+
+  function buildErrorsCell(row) {
+    return el("td", { className: "col-errors" }, [
+      keep(row, "failures", "div", "failures"),
+      el("div", { className: "errors-split" }, [
+        keep(row, "seen", "span", "errors-seen"),
+        " seen by clients",
+      ]),
+      el("div", { className: "errors-split" }, [
+        keep(row, "hidden", "span", "errors-hidden"),
+        " hidden by retries",
+      ]),
+      keep(row, "retries", "div", "retries"),
+    ]);
+  }
+
+  /**
+   * The weight now, then two groups of controls: the weight (Set, Reset)
+   * and the state (Drain, Disable, Enable).
+   */
+  function buildActionsCell(row, server) {
+    row.weight = el("span", { className: "weight-now" });
+    row.weightNote = el("span", { className: "weight-note" });
+    for (const [action, label, change, help] of ACTIONS) {
+      const button = el("button", {
+        className: `button ${action === "drain" || action === "disable" ? "caution" : ""}`.trim(),
+        text: label,
+        attrs: { type: "button", "data-action": action, title: help },
+      });
+      if (action === "reset") button.setAttribute("aria-label", "Reset weight");
+      button.addEventListener("click", () => send(row, change));
+      row.buttons[action] = button;
+    }
+    return el("td", { className: "col-actions" }, [
+      el("div", { className: "weight" }, ["weight ", row.weight, " ", row.weightNote]),
+      el("div", { className: "actions" }, [
+        el("div", { className: "action-group" }, [buildWeightForm(row, server), row.buttons.reset]),
+        el("div", { className: "action-group" }, [
+          row.buttons.drain,
+          row.buttons.disable,
+          row.buttons.enable,
+        ]),
+      ]),
+    ]);
+  }
+
+  /** The weight field and Set button are a form: Enter in the field submits. */
+  function buildWeightForm(row, server) {
     row.input = el("input", {
       attrs: {
         name: "weight",
@@ -515,46 +854,7 @@
         updateRow(row, row.server);
       }
     });
-
-    for (const [action, label, change, help] of ACTIONS) {
-      const button = el("button", {
-        className: `button ${action === "drain" || action === "disable" ? "caution" : ""}`.trim(),
-        text: label,
-        attrs: { type: "button", "data-action": action, title: help },
-      });
-      if (action === "reset") button.setAttribute("aria-label", "Reset weight");
-      button.addEventListener("click", () => send(row, change));
-      row.buttons[action] = button;
-    }
-
-    row.tr = el("tr", { attrs: { "data-upstream": upstreamName, "data-server": server.id } }, [
-      el("td", { className: "col-server" }, [row.address]),
-      el("td", { className: "col-state" }, [row.badge, row.downTimes, row.lastError]),
-      el("td", { className: "col-weight" }, [row.weight, row.weightNote]),
-      row.active,
-      row.requests,
-      row.failures,
-      el("td", { className: "num col-latency" }, [row.mean, row.p95]),
-      el("td", { className: "col-share" }, [
-        el("div", { className: "share" }, [
-          row.sharePercent,
-          el("span", { className: "bar", attrs: { "aria-hidden": "true" } }, [row.shareFill]),
-        ]),
-        row.rate,
-      ]),
-      // Two groups: the weight (Set, Reset) and the state (Drain, Disable, Enable).
-      el("td", { className: "col-actions" }, [
-        el("div", { className: "actions" }, [
-          el("div", { className: "action-group" }, [form, row.buttons.reset]),
-          el("div", { className: "action-group" }, [
-            row.buttons.drain,
-            row.buttons.disable,
-            row.buttons.enable,
-          ]),
-        ]),
-      ]),
-    ]);
-    return row;
+    return form;
   }
 
   function clearEdited(row) {
@@ -574,48 +874,85 @@
     row.server = server;
     row.setting = weightSetting(row, server);
     setText(row.address, server.address);
+    updateState(row, server);
+    updateRate(row, server);
+    updateResponses(row, server);
+    updateErrors(row, server);
+    setText(row.mean, `mean ${milliseconds(server.latency_ms.mean)}`);
+    setText(row.p95, `p95 ${milliseconds(server.latency_ms.p95)}`);
+    updateConnections(row, server);
+    updateWeight(row, server);
+    updateControls(row);
+  }
 
+  function updateState(row, server) {
     row.badge.dataset.state = server.state;
     setText(row.badge, server.state);
     const healthy = server.health === "up";
-    let times = "";
+    // "up" is the badge's word only when the operator has it in rotation.
+    let times = `${server.state === "up" ? "up" : "healthy"} since ${since(server.up_since)}`;
     if (server.health === "down") {
-      times = `since ${clockTime(server.down_since)}, until ${clockTime(server.down_until)}`;
+      times = `down since ${since(server.down_since)}, until ${clockTime(server.down_until)}`;
     } else if (server.health === "trial") {
-      times = `down since ${clockTime(server.down_since)}; on trial`;
+      times = `down since ${since(server.down_since)}; on trial`;
     }
     if (!healthy && server.state !== server.health) times = `health ${server.health}: ${times}`;
-    setText(row.downTimes, times);
-    row.downTimes.hidden = healthy;
+    setText(row.since, times);
+    row.since.classList.toggle("is-down", !healthy);
     const error = !healthy && server.last_error ? server.last_error : "";
-    setText(row.lastError, error);
-    row.lastError.hidden = error === "";
+    setLine(row.lastError, error);
     row.lastError.title = error;
+  }
 
-    setText(row.weight, numberFormat.format(server.weight));
+  function updateRate(row, server) {
+    setText(row.rateNow, `${rate(server.rate.current)}/s`);
+    setText(row.rateMinute, rate(server.rate.minute));
+    setText(row.ratePeak, count(server.rate.peak));
+    const share = server.share;
+    setText(row.sharePercent, share === null ? "–" : `${(share * 100).toFixed(1)}%`);
+    // Setting a style property from script is allowed by the CSP.
+    row.shareFill.style.width = `${share === null ? 0 : Math.min(share * 100, 100)}%`;
+  }
+
+  function updateResponses(row, server) {
+    setText(row.requests, `${count(server.requests)} requests`);
+    for (const name of STATUS_CLASSES) {
+      const seen = server.statuses[name] || 0;
+      setText(row.classes[name], count(seen));
+      // A class that never happened takes no room; 2xx always shows.
+      row.classes[name].parentElement.hidden = seen === 0 && name !== "2xx";
+    }
+    const own = statusCounts(server.gourmet_statuses, false);
+    setLine(row.gourmetStatuses, own && `Gourmet answered ${own}`);
+  }
+
+  function updateErrors(row, server) {
+    setText(row.failures, `${count(server.failures)} failures`);
+    row.failures.classList.toggle("has-failures", server.failures > 0);
+    setText(row.seen, count(server.errors.seen));
+    row.seen.classList.toggle("has-failures", server.errors.seen > 0);
+    setText(row.hidden, count(server.errors.hidden));
+    setText(row.retries, `${count(server.retries)} retried elsewhere`);
+  }
+
+  function updateConnections(row, server) {
+    setText(row.active, `${count(server.active)} in flight`);
+    setText(row.pool, `pool ${count(server.pool.idle)} idle · ${count(server.pool.busy)} busy`);
+    // Bodies only, as counted: a GET sends none.
+    setText(row.sent, `${byteSize(server.bytes.sent)} body sent`);
+    setText(row.received, `${byteSize(server.bytes.received)} body received`);
+  }
+
+  function updateWeight(row, server) {
+    setText(row.weight, count(server.weight));
     let note = "";
     if (server.weight_overridden) {
       note = `configured ${server.configured_weight} (override)`;
     } else if (server.weight !== server.configured_weight) {
       note = `configured ${server.configured_weight}`;
     }
-    setText(row.weightNote, note);
-    row.weightNote.hidden = note === "";
+    setLine(row.weightNote, note);
     row.tr.classList.toggle("overridden", server.weight_overridden);
-
-    setText(row.active, numberFormat.format(server.active));
-    setText(row.requests, numberFormat.format(server.requests));
-    setText(row.failures, numberFormat.format(server.failures));
-    row.failures.classList.toggle("has-failures", server.failures > 0);
-    setText(row.mean, `mean ${milliseconds(server.latency_ms.mean)}`);
-    setText(row.p95, `p95 ${milliseconds(server.latency_ms.p95)}`);
-
-    const share = server.share;
-    setText(row.sharePercent, share === null ? "–" : `${(share * 100).toFixed(1)}%`);
-    // Setting a style property from script is allowed by the CSP.
-    row.shareFill.style.width = `${share === null ? 0 : Math.min(share * 100, 100)}%`;
-    setText(row.rate, `${rate(server.requests_per_second)} req/s`);
-
     // Never overwrite what the operator is typing.
     const input = row.input;
     if (document.activeElement !== input && !input.dataset.edited) {
@@ -623,7 +960,6 @@
       if (input.value !== value) input.value = value;
     }
     input.max = String(maxWeight());
-    updateControls(row);
   }
 
   /** Enables the controls that make sense now, for an operator who may change. */
@@ -791,12 +1127,9 @@
     const shown = changes.map((change) =>
       `${clockTime(change.when)} ${change.who}: ${change.upstream} / ${change.server}: ` +
         change.description);
-    if (list.dataset.shown !== shown.join("\n")) {
-      list.dataset.shown = shown.join("\n");
-      list.replaceChildren(...(shown.length
-        ? shown.map((text) => el("li", { text }))
-        : [el("li", { className: "empty", text: "No changes since Gourmet started." })]));
-    }
+    const none = shown.length === 0;
+    showList(list, none ? ["No changes since Gourmet started."] : shown, (text) =>
+      el("li", { className: none ? "empty" : "", text }));
     const undo = document.getElementById("undo");
     undo.disabled = !(canChange() && changes.length > 0) || app.undoing;
   }
@@ -828,5 +1161,8 @@
   });
   document.getElementById("undo").addEventListener("click", undoLatest);
   renderSession();
-  refresh();
+  const clean = addressWithoutCredentials();
+  // Every request from a page opened with credentials in its address fails.
+  if (clean === null) refresh();
+  else adviseSigningIn(clean);
 })();
