@@ -28,13 +28,19 @@ class Listener(Service):
     the listening port, whose address (a port 0 made real) it can tell.
 
     :ivar port: the listening port, once listening.
+    :ivar description: the endpoint as the configuration says it, by which
+        a reload knows it.
     """
 
     def __init__(
-        self, endpoint: IStreamServerEndpoint, factory: IProtocolFactory
+        self,
+        endpoint: IStreamServerEndpoint,
+        factory: IProtocolFactory,
+        description: str = "",
     ) -> None:
         self.endpoint = endpoint
         self.factory = factory
+        self.description = description
         self.port: Optional[IListeningPort] = None
 
     def privilegedStartService(self) -> None:

@@ -6,39 +6,40 @@ and the demo upstreams, built from a :class:`GourmetConfig`.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, cast
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import DeferredList, ensureDeferred
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.defer import DeferredList, ensureDeferred, maybeDeferred
 from twisted.internet.error import CannotListenError
 from twisted.logger import ILogObserver, Logger
-from twisted.web.server import Site
 
 from gourmet._twisted import sockets
 from gourmet._twisted.check import check_twisted
 from gourmet._twisted.pollloop import install_poll_loop
-from gourmet.admin.app import Running, admin_site
+from gourmet.admin.app import AdminApp, AdminResource, Running, admin_site
 from gourmet.admin.auth import AdminSecurity, PasswordThreads
 from gourmet.admin.views import ListenerInfo
-from gourmet.config.endpoints import default_backlog, with_backlog, with_unix_mode
-from gourmet.config.load import ConfigError
+from gourmet.building import (
+    ADMIN_SOCKET_MODE,
+    listener_for,
+    routing_root,
+    upstream_pool,
+)
+from gourmet.config.endpoints import default_backlog, with_unix_mode
+from gourmet.config.load import ConfigError, load_config
 from gourmet.config.model import GourmetConfig
 from gourmet.demo import demo_service
 from gourmet.frontend.accesslog import AccessLog
-from gourmet.frontend.errors import ErrorPages
-from gourmet.frontend.routing import Router
-from gourmet.frontend.site import GourmetSite, RoutingResource
+from gourmet.frontend.site import GourmetSite
 from gourmet.listener import Listener
-from gourmet.proxy.resource import LocationResource
 from gourmet.pypy import nursery_warning, running_nursery
+from gourmet.reload import Reload
+from gourmet.shutdown import GracefulStop
+from gourmet.systemd import SystemdNotifier
 from gourmet.upstream.pool import ConnectionPool
 from gourmet.upstream.state import Upstream
 
 __all__ = ["GourmetService", "build_service"]
-
-#: The mode of a ``unix:`` socket file for the admin console that sets none.
-ADMIN_SOCKET_MODE = "660"
 
 
 class GourmetService(MultiService):
@@ -48,6 +49,8 @@ class GourmetService(MultiService):
     """
 
     log = Logger()
+    #: What systemd is told (set by :func:`build_service`).
+    notifier: SystemdNotifier
 
     def __init__(
         self,
@@ -55,6 +58,7 @@ class GourmetService(MultiService):
         upstreams: Dict[str, Upstream],
         pools: Dict[str, ConnectionPool],
         site: GourmetSite,
+        access_log: AccessLog,
         log_observer: Optional[ILogObserver] = None,
     ) -> None:
         super().__init__()
@@ -62,10 +66,12 @@ class GourmetService(MultiService):
         self.upstreams = upstreams
         self.pools = pools
         self.site = site
+        self.access_log = access_log
         self.admin_site: Optional[GourmetSite] = None
         self.listeners: List[Listener] = []
         self.admin_listener: Optional[Listener] = None
         self._log_observer = log_observer
+        self._stopping: Optional[GracefulStop] = None
 
     def setServiceParent(self, parent: Any) -> None:
         # twistd starts its logging after makeService, from an ILogObserver
@@ -125,11 +131,122 @@ class GourmetService(MultiService):
         return infos
 
     def stopService(self) -> Any:
-        async def stop() -> None:
-            await super(GourmetService, self).stopService()
-            await DeferredList([pool.close() for pool in self.pools.values()])
+        return ensureDeferred(self._stop())
 
-        return ensureDeferred(stop())
+    async def _stop(self) -> None:
+        # systemd hears of the stop first, not after the requests in flight.
+        self.notifier.stopService()
+        # Listeners first: nothing new comes in while the requests in flight
+        # finish; the access log, closed with the other services, after
+        # them, so that it has their lines.
+        listeners = self.all_listeners()
+        await DeferredList([maybeDeferred(each.stopService) for each in listeners])
+        sites = [self.site, *filter(None, [self.admin_site])]
+        self._stopping = GracefulStop(
+            sites, self.site.clock, self.config.frontend.shutdown_timeout
+        )
+        await self._stopping.run()
+        await super().stopService()
+        await DeferredList([pool.close() for pool in self.pools.values()])
+
+    # -- reloading ---------------------------------------------------------
+
+    def reload(self, who: str) -> Optional[str]:
+        """
+        Load the configuration file again and apply it (see
+        :mod:`gourmet.reload`), for ``who`` (``"SIGHUP"``, a console user).
+
+        :return: None, or the error line of a file not valid, in which
+            case nothing changed.
+        """
+        self.notifier.reloading()
+        try:
+            try:
+                reload = Reload(self, load_config(self.config.source))
+                reload.prepare()
+            except ConfigError as error:
+                line = f"gourmet: {error}"
+                self.log.error(
+                    "{line} (reload for {who} refused: nothing changed)",
+                    line=line,
+                    who=who,
+                )
+                return line
+            reload.apply()
+        finally:
+            self.notifier.ready()
+        summary = self._summary()
+        self.log.info(
+            "gourmet reloaded {source} for {who}: {summary}",
+            source=self.config.source,
+            who=who,
+            summary=summary,
+        )
+        app = self.admin_app
+        if app is not None:
+            app.note_reload(who, f"reloaded the configuration: {summary}")
+        return None
+
+    def _summary(self) -> str:
+        servers = sum(len(each.servers) for each in self.upstreams.values())
+        return (
+            f"{len(self.upstreams)} upstreams, {servers} servers,"
+            f" {len(self.config.frontend.locations)} locations, listening on "
+            + ", ".join(listener.address() for listener in self.listeners)
+        )
+
+    def reopen_logs(self) -> None:
+        """
+        Reopen the access log file where the configuration says (logrotate
+        moved it away).
+        """
+        try:
+            self.access_log.reopen()
+        except OSError as error:
+            self.log.error("cannot reopen the access log: {error}", error=error)
+
+    @property
+    def admin_app(self) -> Optional[AdminApp]:
+        """
+        The console's application, when it has one.
+        """
+        if self.admin_site is None:
+            return None
+        return cast(AdminResource, self.admin_site.resource).admin
+
+    def all_listeners(self) -> List[Listener]:
+        """
+        The proxy's listeners and the console's.
+        """
+        return [*self.listeners, *filter(None, [self.admin_listener])]
+
+    def adopt_listener(self, listener: Listener) -> None:
+        """
+        Count a listener a reload opened as the proxy's or the console's.
+        """
+        if listener.factory is self.admin_site:
+            self.admin_listener = listener
+        else:
+            self.listeners.append(listener)
+
+    def forget_listener(self, listener: Listener) -> None:
+        """
+        Stop counting a listener a reload is closing.
+        """
+        if listener is self.admin_listener:
+            self.admin_listener = None
+        elif listener in self.listeners:
+            self.listeners.remove(listener)
+
+    # -- stopping -------------------------------------------------------------
+
+    def stop_now(self) -> None:
+        """
+        A stop under way cuts the requests still in flight, rather than
+        wait for them (a second SIGTERM or SIGINT).
+        """
+        if self._stopping is not None:
+            self._stopping.cut("on a second signal")
 
 
 def build_service(
@@ -149,37 +266,17 @@ def build_service(
         install_poll_loop(reactor)
     sockets.speedups = "gourmet._twisted.sockets" not in unusable
     upstreams = {u.name: Upstream(u, reactor) for u in config.upstreams}
-    pools = {
-        u.name: ConnectionPool(
-            reactor,
-            max_idle_per_origin=u.keepalive,
-            idle_timeout=u.keepalive_timeout,
-            connect_timeout=u.connect_timeout,
-        )
-        for u in config.upstreams
-    }
-    error_pages = ErrorPages(_error_page(config))
+    pools = {u.name: upstream_pool(u, reactor) for u in config.upstreams}
     frontend = config.frontend
-    locations = [
-        LocationResource(
-            upstreams[location.upstream],
-            pools[location.upstream],
-            error_pages,
-            reactor,
-            max_body_size=frontend.max_body_size,
-            trusted_proxies=frontend.trusted_proxies,
-        )
-        for location in frontend.locations
-    ]
-    root = RoutingResource(Router(frontend.locations), locations, error_pages)
+    root = routing_root(config, upstreams, pools, reactor)
     access_log = AccessLog(config.log.access_log, config.log.access_log_format, reactor)
     site = GourmetSite(root, reactor, access_log, frontend)
-    service = GourmetService(config, upstreams, pools, site, log_observer)
+    service = GourmetService(config, upstreams, pools, site, access_log, log_observer)
     access_log.setServiceParent(service)
     backlog = frontend.backlog or default_backlog()
     for index, description in enumerate(frontend.endpoints):
         key = f"server.listen[{index}]" if frontend.listen else "server.port"
-        listener = _listener(config, key, description, backlog, site, reactor)
+        listener = listener_for(config, key, description, backlog, site, reactor)
         listener.setServiceParent(service)
         service.listeners.append(listener)
     if config.admin.listen is not None:
@@ -194,9 +291,9 @@ def build_service(
             reactor,
             security,
             client_stats=site.client_stats,
-            running=Running(reactor, pools, service.listener_infos),
+            running=Running(reactor, pools, service.listener_infos, service.reload),
         )
-        service.admin_listener = _listener(
+        service.admin_listener = listener_for(
             config,
             "admin.listen",
             # The console's socket file: its owner and group, not every user.
@@ -208,33 +305,7 @@ def build_service(
         service.admin_listener.setServiceParent(service)
     if config.demo.listen:
         demo_service(reactor, config.demo.listen).setServiceParent(service)
+    # Last: started once every listener listens, stopped first.
+    service.notifier = SystemdNotifier(lambda: service.upstreams, reactor)
+    service.notifier.setServiceParent(service)
     return service
-
-
-def _listener(
-    config: GourmetConfig,
-    key: str,
-    description: str,
-    backlog: int,
-    site: Site,
-    reactor: Any,
-) -> Listener:
-    description = with_backlog(description, backlog)
-    try:
-        endpoint = serverFromString(reactor, description)
-    except (ValueError, KeyError, TypeError) as error:
-        raise ConfigError(
-            config.source, key, f"not a Twisted endpoint string: {error}"
-        ) from None
-    return Listener(endpoint, site)
-
-
-def _error_page(config: GourmetConfig) -> Optional[str]:
-    path = config.frontend.error_page
-    if path is None:
-        return None
-    try:
-        with open(path, encoding="utf-8") as page:
-            return page.read()
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(config.source, "server.error_page", str(error)) from None

@@ -42,12 +42,16 @@ def makeService(options: Options) -> GourmetService:
         # Twisted is one clear line, not an ImportError's traceback.
         check_twisted(log_fallbacks=False)
         from gourmet.service import build_service
+        from gourmet.signals import SignalHandlers
 
         config = load_config(options["config"])
-        return build_service(
+        service = build_service(
             config, reactor, foreground_observer(getattr(options, "parent", None))
         )
     except (ConfigError, TwistedMismatch) as error:
         # One line and a non-zero exit: twistd would print its whole usage
         # text before a UsageError.
         raise SystemExit(f"gourmet: {error}") from None
+    # Once the reactor runs, after it has installed its own handlers.
+    reactor.callWhenRunning(SignalHandlers(reactor, service).install)
+    return service

@@ -32,6 +32,7 @@ from gourmet.listener import Listener
 from gourmet.service import GourmetService, build_service
 from tests.configs import ADMIN_LISTEN, config
 from tests.memory import Gourmets
+from tests.processes import Twistd
 from tests.rawhttp import RawClient
 from tests.upstreams import Answer, ScriptedServer, UpstreamServer
 
@@ -261,3 +262,16 @@ def gourmets(tmp_path: Path) -> Iterator[Gourmets]:
     started = Gourmets(tmp_path)
     yield started
     started.stop()
+
+
+@pytest.fixture
+def processes() -> Iterator[List[Twistd]]:
+    """
+    The ``twistd gourmet`` processes a test starts (``processes.append``),
+    stopped after it.
+    """
+    started: List[Twistd] = []
+    yield started
+    for process in started:
+        process.stop()
+        pytest_twisted.blockon(process.pool.closeCachedConnections())

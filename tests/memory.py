@@ -19,7 +19,6 @@ backpressure, TLS, how the kernel reports a reset, twistd itself.
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
 

@@ -12,11 +12,18 @@ fail with "Address already in use".
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
+
+import treq
+from twisted.internet import reactor
+from twisted.web.client import HTTPConnectionPool
+
+from tests.rawhttp import sleep
 
 TWISTD = [str(Path(sys.executable).with_name("twistd"))]
 #: How long a process may take to say where it listens.
@@ -98,3 +105,69 @@ def wait_reported(
             text = log.read_bytes()[start:].decode("utf-8", "replace")
             raise AssertionError(f"did not say where it listens: {text}")
         time.sleep(POLL_SECONDS)
+
+
+class Twistd:
+    """
+    A ``twistd -n gourmet`` process.
+
+    Its configuration listens on port 0; :meth:`ready` reads the ports it
+    got from its log (standard error, under ``-n`` with no ``--logfile``).
+
+    :ivar port: the port of its first listener, once ready.
+    :ivar admin_port: the console's port, once ready, if it has one.
+    """
+
+    def __init__(self, config: Path) -> None:
+        self.stdout = config.with_suffix(".out")
+        self.stderr = config.with_suffix(".err")
+        self.process = subprocess.Popen(
+            [*TWISTD, "-n", "--pidfile=", "gourmet", "--config", str(config)],
+            stdout=self.stdout.open("wb"),
+            stderr=self.stderr.open("wb"),
+            cwd=config.parent,
+        )
+        self.pool = HTTPConnectionPool(reactor, persistent=False)
+        self.port = 0
+        self.admin_port: Optional[int] = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def ready(self, admin: bool = False) -> None:
+        """
+        Wait until twistd says where it listens (and, with ``admin``, where
+        its console does), without blocking the reactor.
+        """
+        patterns = [GOURMET_LISTENING, ADMIN_CONSOLE] if admin else [GOURMET_LISTENING]
+        deadline = time.monotonic() + START_SECONDS
+        while True:
+            matches = reported(self.process, self.stderr, patterns)
+            if matches is not None:
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"twistd did not say: {self.stderr.read_text()}")
+            await sleep(POLL_SECONDS)
+        self.port = ports_of(matches[0]["addresses"])[0]
+        if admin:
+            self.admin_port = port_of(matches[1]["address"])
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return treq.get(self.url + path, pool=self.pool, **kwargs)
+
+    def rss_kib(self, field: str = "VmRSS") -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise AssertionError(field)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode

@@ -1116,6 +1116,41 @@ def test_the_changes_panel_lists_changes_and_undoes_the_latest(
     assert split[a.name] == split[deployment.b.name] == 20, split
 
 
+def test_the_reload_button_applies_the_file_or_says_why_not(
+    deployment: Deployment, open_console: OpenConsole
+) -> None:
+    """
+    Reload reads the configuration file again: a changed weight shows and
+    the traffic follows, the reload is listed with who asked for it, and
+    a file that is not valid gets Gourmet's one line and changes nothing.
+    """
+    console = open_console()
+    page = console.page
+    a = deployment.a
+    config = deployment.config
+    text = config.read_text()
+    assert text.count("weight = 1") == 2  # a's then b's
+    config.write_text(text.replace("weight = 1", "weight = 3", 1))
+    page.locator("#reload").click()
+    expect(page.locator("#status")).to_contain_text("Reloaded: reloaded the configuration")
+    expect(console.row(a).locator(".weight-now")).to_have_text("3")
+    expect(page.locator("#changes-list li").nth(0)).to_contain_text(
+        f"{USER} from 127.0.0.1: reloaded the configuration: 1 upstreams, 2 servers"
+    )
+    # A reload is undone by editing the file, not from the page.
+    expect(page.locator("#undo")).to_be_disabled()
+    split = send_requests(deployment.port, 40)
+    assert (split[a.name], split[deployment.b.name]) == (30, 10), split
+
+    config.write_text(text.replace("weight = 1", "weight = -1", 1))
+    page.locator("#reload").click()
+    expect(page.locator("#status")).to_contain_text(
+        f"Reload refused, nothing changed: gourmet: {config}: "
+        "upstreams.backend.servers[0].weight: expected"
+    )
+    expect(console.row(a).locator(".weight-now")).to_have_text("3")
+
+
 def test_the_rates_and_answers_follow_the_traffic(
     deployment: Deployment, open_console: OpenConsole
 ) -> None:

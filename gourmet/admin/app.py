@@ -13,7 +13,18 @@ import json
 from collections import deque
 from http import HTTPStatus
 from importlib import resources
-from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import (
+    Any,
+    Callable,
+    Deque,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Tuple,
+    Union,
+)
 
 from attrs import evolve, field, frozen
 from klein import Klein
@@ -32,7 +43,7 @@ from gourmet.admin.auth import (
 )
 from gourmet.admin.metrics import MetricsResource, metrics_registry
 from gourmet.admin.views import Instance, ListenerInfo, listener_view, upstream_view
-from gourmet.config.model import MAX_WEIGHT, GourmetConfig
+from gourmet.config.model import MAX_WEIGHT, FrontendConfig, GourmetConfig
 from gourmet.frontend.channel import ClientStats
 from gourmet.frontend.errors import error_document
 from gourmet.frontend.site import GourmetSite, NamedRequest
@@ -90,7 +101,7 @@ class AdminApp:
         self.running = running or Running(security.clock)
         self.instance = Instance.here(self.running.clock.seconds(), config.source)
         #: The latest changes, newest last.
-        self.changes: Deque[Change] = deque(maxlen=CHANGES_KEPT)
+        self.changes: Deque[Union[Change, Reloaded]] = deque(maxlen=CHANGES_KEPT)
         registry = metrics_registry(
             upstreams,
             client_stats,
@@ -100,10 +111,15 @@ class AdminApp:
             instance=self.instance,
         )
         self._metrics = MetricsResource(registry)
-        self._locations: Dict[str, List[str]] = {}
-        for location in config.frontend.locations:
-            patterns = self._locations.setdefault(location.upstream, [])
-            patterns.append(location.pattern.pattern)
+        self._locations = _locations_by_upstream(config)
+
+    def reconfigure(self, config: GourmetConfig) -> None:
+        """
+        Take a reload's configuration: its users, tokens and locations.
+        """
+        self.config = config
+        self.security = self.security.with_config(config.admin)
+        self._locations = _locations_by_upstream(config)
 
     # -- the page -------------------------------------------------------------
 
@@ -198,18 +214,17 @@ class AdminApp:
                 " requests: every request to it would get 503. Send"
                 ' "force": true to do it anyway.',
             )
-        self.changes.append(
-            Change(
-                who=principal.name,
-                when=self.security.clock.seconds(),
-                upstream=upstream.name,
-                server=server,
-                before=before,
-                after=_settings(server),
-                undo=undo,
-            )
+        change = Change(
+            who=principal.name,
+            when=self.security.clock.seconds(),
+            upstream=upstream.name,
+            server=server,
+            before=before,
+            after=_settings(server),
+            undo=undo,
         )
-        self._log_change(request, principal, "changed", self.changes[-1])
+        self.changes.append(change)
+        self._log_change(request, principal, "changed", change)
         view = self._view(upstream)
         (changed,) = (each for each in view["servers"] if each["id"] == server.id)
         return _json(request, changed)
@@ -223,7 +238,14 @@ class AdminApp:
         principal = await self.security.may_change(request)
         if not self.changes:
             raise Refused(409, "There is no change to undo.")
+        if isinstance(self.changes[-1], Reloaded):
+            raise Refused(
+                409,
+                "The latest change is a reload of the configuration file:"
+                " change the file and reload again.",
+            )
         change = self.changes.pop()
+        assert isinstance(change, Change)
         server = change.server
         server.weight_override, server.admin_state = change.undo
         self._log_change(request, principal, "undid", change)
@@ -241,6 +263,29 @@ class AdminApp:
             server=change.server.name,
             change=change.view()["description"],
         )
+
+    @app.route("/api/reload", methods=["POST"])
+    async def reload(self, request: IRequest) -> bytes:
+        """
+        Load the configuration file again, as SIGHUP does: 400 with the
+        error line when it is not valid (nothing changes then).
+        """
+        principal = await self.security.may_change(request)
+        reload = self.running.reload
+        if reload is None:
+            raise Refused(409, "This console cannot reload its configuration.")
+        client = getattr(request.getClientAddress(), "host", "-")
+        error = reload(f"{principal.name} from {client}")
+        if error is not None:
+            raise Refused(400, error)
+        return _json(request, {"reloaded": self.changes[-1].view()})
+
+    def note_reload(self, who: str, description: str) -> None:
+        """
+        List a reload with the console's changes.
+        """
+        when = self.running.clock.seconds()
+        self.changes.append(Reloaded(who, when, description))
 
     @app.route("/metrics", methods=["GET"])
     async def metrics(self, request: IRequest) -> IResource:
@@ -294,6 +339,13 @@ class AdminApp:
             ) from None
 
 
+def _locations_by_upstream(config: GourmetConfig) -> Dict[str, List[str]]:
+    locations: Dict[str, List[str]] = {}
+    for location in config.frontend.locations:
+        locations.setdefault(location.upstream, []).append(location.pattern.pattern)
+    return locations
+
+
 def _no_listeners() -> Iterable[ListenerInfo]:
     return ()
 
@@ -313,6 +365,9 @@ class Running:
     clock: Any
     pools: Mapping[str, ConnectionPool] = field(factory=dict)
     listeners: Callable[[], Iterable[ListenerInfo]] = _no_listeners
+    #: Reloads the configuration file for whom it names; the error line
+    #: when the file is not valid.
+    reload: Optional[Callable[[str], Optional[str]]] = None
 
 
 _UNCHANGED = object()
@@ -350,6 +405,34 @@ class Change:
             "before": self.before,
             "after": self.after,
             "description": _describe_change(self.before, self.after),
+            "kind": "change",
+        }
+
+
+@frozen
+class Reloaded:
+    """
+    A reload of the configuration file, listed with the changes.
+    """
+
+    who: str
+    when: float
+    description: str
+
+    def view(self) -> Dict[str, Any]:
+        """
+        The reload as the API lists it.
+        """
+        return {
+            "who": self.who,
+            "when": self.when,
+            "upstream": None,
+            "server": None,
+            "server_id": None,
+            "before": None,
+            "after": None,
+            "description": self.description,
+            "kind": "reload",
         }
 
 
@@ -466,15 +549,22 @@ def admin_site(
     admin = AdminApp(
         config, upstreams, security, client_stats, running or Running(reactor)
     )
-    limits = evolve(
+    site = GourmetSite(AdminResource(admin), reactor, frontend=admin_limits(config))
+    site.requestFactory = NamedRequest
+    site.json_refusals = True
+    site.noisy = False
+    return site
+
+
+def admin_limits(config: GourmetConfig) -> FrontendConfig:
+    """
+    The limits of the console's listener: the proxy's, with a body limit
+    and a connection count of its own.
+    """
+    return evolve(
         config.frontend,
         locations=(),
         max_body_size=config.admin.max_body_size,
         max_connections=config.admin.max_connections,
         trusted_proxies=(),
     )
-    site = GourmetSite(AdminResource(admin), reactor, frontend=limits)
-    site.requestFactory = NamedRequest
-    site.json_refusals = True
-    site.noisy = False
-    return site

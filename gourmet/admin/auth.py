@@ -153,6 +153,15 @@ class AdminSecurity:
             host.lower() for host in config.hosts
         }
 
+    def with_config(self, config: AdminConfig) -> AdminSecurity:
+        """
+        The same checks for a reload's configuration: the CSRF tokens given
+        out stay valid, and password guessers keep their wait.
+        """
+        security = AdminSecurity(config, self._secret, self.clock, self._threads)
+        security.throttle = self.throttle
+        return security
+
     # -- Host ---------------------------------------------------------------
 
     def check_host(self, request: IRequest) -> None:

@@ -128,6 +128,8 @@ class FrontendConfig:
     idle_timeout: float = 75.0
     #: Client connections served at once; more are refused (0: no limit).
     max_connections: int = 10000
+    #: Seconds a stop waits for requests in flight before cutting them.
+    shutdown_timeout: float = 30.0
     #: Addresses or networks (CIDR) of proxies in front of Gourmet whose
     #: X-Forwarded-For and Forwarded headers are believed.
     trusted_proxies: Tuple[str, ...] = ()

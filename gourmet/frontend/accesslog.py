@@ -125,14 +125,28 @@ class AccessLog(MultiService):
         flusher.setServiceParent(self)
 
     def startService(self) -> None:
-        if self.enabled:
-            if self._path == "stdout":
-                # Descriptor 1 itself: by now twistd has replaced
-                # sys.stdout with a file that feeds its log.
-                self._file = open(1, "ab", closefd=False)  # noqa: SIM115
-            else:
-                self._file = open(self._path, "ab")  # noqa: SIM115
+        self._file = _open(self._path)
         super().startService()
+
+    def reopen(
+        self, path: Optional[str] = None, line_format: Optional[str] = None
+    ) -> None:
+        """
+        Write to ``path`` from now on (by default the same path: a file
+        that logrotate moved away is made anew, as nginx does on SIGUSR1),
+        in ``line_format``; the lines buffered so far go to the old file.
+
+        :raises OSError: when the file cannot be opened; nothing changes.
+        """
+        path = self._path if path is None else path
+        new = _open(path) if self.running else None
+        old, self._file = self._file, new
+        if old is not None:
+            old.close()
+        self._path = path
+        self.enabled = path != "off"
+        if line_format is not None:
+            self._format = FORMATS[line_format]
 
     def stopService(self) -> Any:
         result = super().stopService()
@@ -155,3 +169,13 @@ class AccessLog(MultiService):
     def flush(self) -> None:
         if self._file is not None:
             self._file.flush()
+
+
+def _open(path: str) -> Optional[IO[bytes]]:
+    if path == "off":
+        return None
+    if path == "stdout":
+        # Descriptor 1 itself: by now twistd has replaced sys.stdout with a
+        # file that feeds its log.
+        return open(1, "ab", closefd=False)
+    return open(path, "ab")

@@ -101,12 +101,12 @@ class ChannelSite(Protocol):
     #: Whether refusals carry a JSON body (the admin console's clients).
     json_refusals: bool
 
-    def connection_opened(self) -> bool:
+    def connection_opened(self, channel: GourmetChannel) -> bool:
         """
         Count a new connection; whether it may be served.
         """
 
-    def connection_closed(self) -> None:
+    def connection_closed(self, channel: GourmetChannel) -> None:
         """
         A counted connection is gone.
         """
@@ -142,6 +142,7 @@ class GourmetChannel(HTTPChannelHooks):
         self._peer: Any = None
         self._held_head = b""
         self._body_started = 0.0
+        self._closing = False
         self._reset_request()
 
     @property
@@ -171,7 +172,7 @@ class GourmetChannel(HTTPChannelHooks):
         self.totalHeadersSize = limits.max_header_size
         self.maxHeaders = limits.max_headers
         self.MAX_LENGTH = limits.max_request_line
-        if not self.site.connection_opened():
+        if not self.site.connection_opened(self):
             self._reject(BadRequest(503, "too many connections"), linger=False)
             return
         self._counted = True
@@ -181,10 +182,12 @@ class GourmetChannel(HTTPChannelHooks):
         self._stop_deadlines()
         self._body_timer = _cancel(self._body_timer)
         self._linger = _cancel(self._linger)
+        # The request hears of it first: a stop waiting for the last
+        # connection then finds its line in the access log.
+        super().connectionLost(reason)
         if self._counted:
             self._counted = False
-            self.site.connection_closed()
-        super().connectionLost(reason)
+            self.site.connection_closed(self)
 
     # Every request asks for both addresses, and they cannot change: the
     # local one costs a system call and the peer's a new object each time.
@@ -198,6 +201,17 @@ class GourmetChannel(HTTPChannelHooks):
         if self._peer is None:
             self._peer = super().getPeer()
         return self._peer
+
+    def close_when_idle(self) -> None:
+        """
+        Gourmet is stopping: close at once if no request is under way, else
+        once its response has gone, saying ``Connection: close`` if its head
+        has not.
+        """
+        self._closing = True
+        self.persistent = False
+        if not self.requests:
+            self.loseConnection()
 
     # -- writing responses ------------------------------------------------
     # Writes reach the socket at once (gourmet._twisted.sockets), so the head waits
@@ -215,7 +229,9 @@ class GourmetChannel(HTTPChannelHooks):
         for name, values in headers.getAllRawHeaders():
             for value in values:
                 pieces.extend((name, b": ", value, b"\r\n"))
-        if keep_alive_1_0:
+        if self._closing and not headers.hasHeader(b"connection"):
+            pieces.append(b"Connection: close\r\n")
+        elif keep_alive_1_0:
             if self._length_known(code, headers):
                 pieces.append(b"Connection: keep-alive\r\n")
             else:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import io
 import tempfile
-from typing import IO, Any, Callable, Optional, Sequence, Type, Union, cast
+from typing import IO, Any, Callable, Optional, Sequence, Set, Type, Union, cast
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -166,7 +167,6 @@ class GourmetSite(Site):
 
     :ivar frontend: the ``[server]`` limits its channels enforce;
         ``idle_timeout`` is its idle timeout.
-    :ivar open_connections: client connections being served.
     :ivar client_stats: what was done to clients' requests on the way in.
     """
 
@@ -194,11 +194,26 @@ class GourmetSite(Site):
         self.clock = clock
         self.access_log = access_log
         self.frontend = frontend
-        self.open_connections = 0
         self.client_stats = ClientStats()
         self._refusing = False
+        self._channels: Set[GourmetChannel] = set()
+        self._all_closed: Optional[Deferred[None]] = None
 
-    def connection_opened(self) -> bool:
+    @property
+    def open_connections(self) -> int:
+        """
+        Client connections being served.
+        """
+        return len(self._channels)
+
+    @property
+    def busy_connections(self) -> int:
+        """
+        Client connections with a request under way.
+        """
+        return sum(1 for channel in self._channels if channel.requests)
+
+    def connection_opened(self, channel: GourmetChannel) -> bool:
         """
         Count a new client connection, unless ``max_connections`` are
         open already.
@@ -216,14 +231,45 @@ class GourmetSite(Site):
                 self._refusing = True
             return False
         self._refusing = False
-        self.open_connections += 1
+        self._channels.add(channel)
         return True
 
-    def connection_closed(self) -> None:
+    def connection_closed(self, channel: GourmetChannel) -> None:
         """
         A connection counted by :meth:`connection_opened` is gone.
         """
-        self.open_connections -= 1
+        self._channels.discard(channel)
+        waiting = self._all_closed
+        if waiting is not None and not self._channels:
+            self._all_closed = None
+            waiting.callback(None)
+
+    def close_connections(self) -> Deferred[None]:
+        """
+        Close the idle client connections now and the others once their
+        request is answered (Gourmet is stopping; its listeners are
+        closed); fires when none is left.
+        """
+        for channel in list(self._channels):
+            channel.close_when_idle()
+        if not self._channels:
+            return succeed(None)
+        if self._all_closed is None:
+            self._all_closed = Deferred()
+        return self._all_closed
+
+    def abort_connections(self) -> int:
+        """
+        Cut every client connection still open, at once.
+
+        :return: how many there were.
+        """
+        channels = list(self._channels)
+        for channel in channels:
+            transport: Any = channel.transport
+            if transport is not None:
+                transport.abortConnection()
+        return len(channels)
 
     def getContentFile(self, length: Optional[int]) -> IO[bytes]:
         """

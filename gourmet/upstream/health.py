@@ -58,6 +58,15 @@ class PassiveHealth:
         self.last_error: Optional[str] = None
         self._trial_in_flight = False
 
+    def reconfigure(self, max_fail: int, fail_timeout: float) -> None:
+        """
+        A reload's settings: from the next failure on.
+        """
+        if max_fail != self.max_fail:
+            self._failures = deque(self._failures, maxlen=max(max_fail, 1))
+        self.max_fail = max_fail
+        self.fail_timeout = fail_timeout
+
     @property
     def state(self) -> Health:
         if self._state is Health.DOWN and self._clock.seconds() >= (

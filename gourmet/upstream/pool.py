@@ -62,6 +62,8 @@ class ConnectionPool:
         self._connecting: Set[Deferred[UpstreamConnection]] = set()
         self._sweeper: Optional[IDelayedCall] = None
         self._closing = False
+        #: The servers whose connections are kept when idle; None: all.
+        self._wanted: Optional[Set[Origin]] = None
 
     def idle_count(self, origin: Optional[Origin] = None) -> int:
         """
@@ -193,8 +195,28 @@ class ConnectionPool:
 
     # -- connections coming back and going away ---------------------------
 
+    def keep_only(self, origins: Set[Origin]) -> None:
+        """
+        Keep connections to ``origins`` only (a reload removed the other
+        servers): idle ones to others are closed now, busy ones once
+        their response is read.
+        """
+        self._wanted = set(origins)
+        for origin in [each for each in self._idle if each not in origins]:
+            for connection in self._idle.pop(origin):
+                self._idle_since.pop(connection, None)
+                connection.close()
+        if not self._idle_since and self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+
     def _connection_idle(self, connection: UpstreamConnection) -> None:
-        if self._closing or self.max_idle_per_origin <= 0:
+        wanted = self._wanted
+        if (
+            self._closing
+            or self.max_idle_per_origin <= 0
+            or (wanted is not None and connection.origin not in wanted)
+        ):
             connection.close()
             return
         idle = self._idle.setdefault(connection.origin, [])

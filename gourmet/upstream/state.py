@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import random
 import re
-from typing import Collection, List, Optional, Tuple
+from typing import Collection, Dict, List, Optional, Tuple
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -81,6 +81,19 @@ class Server:
         if self.weight_override is not None:
             return self.weight_override
         return self.config.weight
+
+    def reconfigure(
+        self, config: UpstreamServerConfig, server_id: str, alone: bool
+    ) -> None:
+        """
+        Take a reload's configuration of this same address.
+
+        :param alone: whether it is its upstream's only server, which
+            passive health never takes out.
+        """
+        self.config = config
+        self.id = server_id
+        self.health.reconfigure(0 if alone else config.max_fail, config.fail_timeout)
 
     def set_weight(self, weight: Optional[int]) -> None:
         """
@@ -172,30 +185,54 @@ class Upstream:
         clock: IReactorTime,
         rng: Optional[random.Random] = None,
     ) -> None:
-        self.config = config
         self.name = config.name
         self.stats = UpstreamStats(clock)
         self._clock = clock
+        self._rng = rng or random.Random()
         self.panic_since: Optional[float] = None
+        self.servers: List[Server] = []
+        self.reconfigure(config)
+
+    def reconfigure(self, config: UpstreamConfig) -> List[Server]:
+        """
+        Take ``config`` (a reload's) for the next request: a server whose
+        address stays keeps its health, figures and the operator's weight
+        and state; new ones start up; a fresh balancer.
+
+        :return: the servers no longer in it: those in flight to them
+            finish, and none is sent there again.
+        """
+        kept: Dict[str, List[Server]] = {}
+        for server in self.servers:
+            kept.setdefault(server.name, []).append(server)
         # nginx: a server alone in its group is never considered unavailable.
         alone = len(config.servers) == 1
         ids = server_ids([server.path for server in config.servers])
-        self.servers: List[Server] = [
-            Server(
-                server,
-                PassiveHealth(
-                    f"{config.name}/{server.path}",
-                    clock,
-                    max_fail=0 if alone else server.max_fail,
-                    fail_timeout=server.fail_timeout,
-                ),
-                server_id,
-                self.stats,
-                clock,
-            )
-            for server, server_id in zip(config.servers, ids)
-        ]
-        self.balancer: IBalancer = BALANCERS[config.balancer](rng or random.Random())
+        servers = []
+        for server_config, server_id in zip(config.servers, ids):
+            same = kept.get(server_config.path)
+            if same:
+                server = same.pop(0)
+                server.reconfigure(server_config, server_id, alone)
+            else:
+                server = self._new_server(server_config, server_id, alone)
+            servers.append(server)
+        self.config = config
+        self.servers = servers
+        # The old one's state names servers that may be gone.
+        self.balancer: IBalancer = BALANCERS[config.balancer](self._rng)
+        return [server for left in kept.values() for server in left]
+
+    def _new_server(
+        self, config: UpstreamServerConfig, server_id: str, alone: bool
+    ) -> Server:
+        health = PassiveHealth(
+            f"{self.name}/{config.path}",
+            self._clock,
+            max_fail=0 if alone else config.max_fail,
+            fail_timeout=config.fail_timeout,
+        )
+        return Server(config, health, server_id, self.stats, self._clock)
 
     def in_rotation(self) -> Tuple[List[Server], List[Server]]:
         """

@@ -39,6 +39,8 @@
     refreshes: 0,
     /** Whether an undo is being sent. */
     undoing: false,
+    /** Whether a reload is being asked for. */
+    reloading: false,
   };
 
   const numberFormat = new Intl.NumberFormat("en");
@@ -1125,33 +1127,62 @@
   function renderChanges(changes) {
     const list = document.getElementById("changes-list");
     const shown = changes.map((change) =>
-      `${clockTime(change.when)} ${change.who}: ${change.upstream} / ${change.server}: ` +
-        change.description);
+      change.kind === "reload"
+        ? `${clockTime(change.when)} ${change.who}: ${change.description}`
+        : `${clockTime(change.when)} ${change.who}: ${change.upstream} / ${change.server}: ` +
+          change.description);
     const none = shown.length === 0;
     showList(list, none ? ["No changes since Gourmet started."] : shown, (text) =>
       el("li", { className: none ? "empty" : "", text }));
     const undo = document.getElementById("undo");
-    undo.disabled = !(canChange() && changes.length > 0) || app.undoing;
+    // A reload is undone by changing the file, not from here.
+    const undoable = changes.length > 0 && changes[0].kind !== "reload";
+    undo.disabled = !(canChange() && undoable) || app.undoing;
+    document.getElementById("reload").disabled = !canChange() || app.reloading;
   }
 
-  async function undoLatest() {
-    const undo = document.getElementById("undo");
-    app.undoing = true;
-    undo.disabled = true;
+  /**
+   * Posts to one of the API's actions, its button off meanwhile, and says
+   * what came of it: `done(answer)`, or why it was `refused`.
+   */
+  async function act(button, busy, path, done, refused) {
+    app[busy] = true;
+    button.disabled = true;
     try {
-      const answer = await api("/api/changes/undo", {
+      const answer = await api(path, {
         method: "POST",
         headers: { "X-CSRF-Token": app.session.csrf_token },
       });
-      const change = answer.undone;
-      showStatus(`Undone: ${change.upstream} / ${change.server}: ${change.description}`, "ok");
+      showStatus(done(answer), "ok");
     } catch (error) {
       const why =
         error instanceof ApiError ? error.message : "Gourmet did not answer; try again.";
-      showStatus(`Undo: ${why}`, "error");
+      showStatus(`${refused}: ${why}`, "error");
     } finally {
-      app.undoing = false;
+      app[busy] = false;
     }
+  }
+
+  /** Asks Gourmet to read its configuration file again. */
+  function reloadConfiguration() {
+    // A file that is not valid: Gourmet's one line, and nothing changed.
+    return act(
+      document.getElementById("reload"),
+      "reloading",
+      "/api/reload",
+      (answer) => `Reloaded: ${answer.reloaded.description}`,
+      "Reload refused, nothing changed",
+    );
+  }
+
+  function undoLatest() {
+    return act(
+      document.getElementById("undo"),
+      "undoing",
+      "/api/changes/undo",
+      ({ undone }) => `Undone: ${undone.upstream} / ${undone.server}: ${undone.description}`,
+      "Undo",
+    );
   }
 
   // -- start ---------------------------------------------------------------------------------
@@ -1160,6 +1191,7 @@
     for (const section of app.sections.values()) drawChart(section);
   });
   document.getElementById("undo").addEventListener("click", undoLatest);
+  document.getElementById("reload").addEventListener("click", reloadConfiguration);
   renderSession();
   const clean = addressWithoutCredentials();
   // Every request from a page opened with credentials in its address fails.

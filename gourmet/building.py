@@ -1,0 +1,102 @@
+"""
+The parts of the running service that a configuration makes, made the
+same way at start-up and at a reload: an upstream's connection pool, the
+proxy site's routing root, and listeners.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+from twisted.internet.endpoints import serverFromString
+from twisted.web.server import Site
+
+from gourmet.config.endpoints import with_backlog
+from gourmet.config.load import ConfigError
+from gourmet.config.model import GourmetConfig, UpstreamConfig
+from gourmet.frontend.errors import ErrorPages
+from gourmet.frontend.routing import Router
+from gourmet.frontend.site import RoutingResource
+from gourmet.listener import Listener
+from gourmet.proxy.resource import LocationResource
+from gourmet.systemd import systemd_endpoint_problem
+from gourmet.upstream.pool import ConnectionPool
+from gourmet.upstream.state import Upstream
+
+#: The mode of a ``unix:`` socket file for the admin console that sets none.
+ADMIN_SOCKET_MODE = "660"
+
+
+def upstream_pool(config: UpstreamConfig, reactor: Any) -> ConnectionPool:
+    """
+    The connection pool of the upstream ``config`` configures.
+    """
+    return ConnectionPool(
+        reactor,
+        max_idle_per_origin=config.keepalive,
+        idle_timeout=config.keepalive_timeout,
+        connect_timeout=config.connect_timeout,
+    )
+
+
+def routing_root(
+    config: GourmetConfig,
+    upstreams: Dict[str, Upstream],
+    pools: Dict[str, ConnectionPool],
+    reactor: Any,
+) -> RoutingResource:
+    """
+    The proxy site's root resource: its locations, each proxying to its
+    upstream.
+
+    :raises ConfigError: when the error page cannot be read.
+    """
+    error_pages = ErrorPages(_error_page(config))
+    frontend = config.frontend
+    locations = [
+        LocationResource(
+            upstreams[location.upstream],
+            pools[location.upstream],
+            error_pages,
+            reactor,
+            max_body_size=frontend.max_body_size,
+            trusted_proxies=frontend.trusted_proxies,
+        )
+        for location in frontend.locations
+    ]
+    return RoutingResource(Router(frontend.locations), locations, error_pages)
+
+
+def listener_for(
+    config: GourmetConfig,
+    key: str,
+    description: str,
+    backlog: int,
+    site: Site,
+    reactor: Any,
+) -> Listener:
+    """
+    A listener for ``site`` on the endpoint ``description`` (the
+    configuration's ``key``), with ``backlog`` unless it sets its own.
+
+    :raises ConfigError: when Twisted cannot parse the endpoint.
+    """
+    try:
+        endpoint = serverFromString(reactor, with_backlog(description, backlog))
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as error:
+        problem = systemd_endpoint_problem(description, error)
+        raise ConfigError(
+            config.source, key, problem or f"not a Twisted endpoint string: {error}"
+        ) from None
+    return Listener(endpoint, site, description)
+
+
+def _error_page(config: GourmetConfig) -> Optional[str]:
+    path = config.frontend.error_page
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as page:
+            return page.read()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(config.source, "server.error_page", str(error)) from None

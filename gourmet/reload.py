@@ -1,0 +1,240 @@
+"""
+Reloading the configuration file while Gourmet runs (``SIGHUP``,
+``systemctl reload``, ``POST /api/reload``), as nginx does, in one process.
+
+A reload first does everything that can fail: the file is read and checked
+whole, the error page read, new listeners opened and the access log
+reopened.  If any of it fails, what it opened is closed and nothing else
+has changed.  Then it applies the rest, which cannot fail, for the next
+request: upstreams and their servers (a server that stays keeps its
+health, figures and the operator's weight and state), balancers, pools,
+locations, limits and the console's users.  Requests in flight finish on
+what they started with; servers removed get no new request, and their
+kept connections are closed once idle.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Protocol, Tuple, cast
+
+from twisted.application.service import IServiceCollection
+from twisted.internet.defer import maybeDeferred
+from twisted.internet.error import CannotListenError
+
+from gourmet.admin.app import AdminApp, admin_limits
+from gourmet.building import (
+    ADMIN_SOCKET_MODE,
+    listener_for,
+    routing_root,
+    upstream_pool,
+)
+from gourmet.config.endpoints import default_backlog, with_unix_mode
+from gourmet.config.load import ConfigError
+from gourmet.config.model import GourmetConfig
+from gourmet.frontend.accesslog import AccessLog
+from gourmet.frontend.site import GourmetSite, RoutingResource
+from gourmet.listener import Listener
+from gourmet.upstream.pool import ConnectionPool
+from gourmet.upstream.state import Upstream
+
+
+class Reloadable(Protocol):
+    """
+    What a reload changes: :class:`gourmet.service.GourmetService`, a
+    service collection its new listeners join.
+    """
+
+    config: GourmetConfig
+    upstreams: Dict[str, Upstream]
+    pools: Dict[str, ConnectionPool]
+    site: GourmetSite
+    admin_site: Optional[GourmetSite]
+    access_log: AccessLog
+
+    @property
+    def admin_app(self) -> Optional[AdminApp]:
+        """
+        The console's application, when it has one.
+        """
+
+    def all_listeners(self) -> List[Listener]:
+        """
+        The proxy's listeners and the console's.
+        """
+
+    def adopt_listener(self, listener: Listener) -> None:
+        """
+        Count a listener the reload opened.
+        """
+
+    def forget_listener(self, listener: Listener) -> None:
+        """
+        Stop counting a listener the reload closes.
+        """
+
+
+class Reload:
+    """
+    One reload of ``service`` to ``config``: :meth:`prepare`, then
+    :meth:`apply`.
+    """
+
+    def __init__(self, service: Reloadable, config: GourmetConfig) -> None:
+        self.service = service
+        self.config = config
+        self.reactor: Any = service.site.clock
+        self._opened: List[Listener] = []
+        self._closing: List[Listener] = []
+        self._root: RoutingResource
+
+    # -- what can fail --------------------------------------------------
+
+    def prepare(self) -> None:
+        """
+        Do what may fail, undoing it if it does.
+
+        :raises ConfigError: naming the key at fault.
+        """
+        config = self.config
+        if (config.admin.listen is None) != (self.service.admin_site is None):
+            raise ConfigError(
+                config.source,
+                "admin.listen",
+                "turning the admin console on or off needs a restart",
+            )
+        upstreams, pools = self._upstreams_for_routing()
+        try:
+            self._root = routing_root(config, upstreams, pools, self.reactor)
+            self._open_listeners()
+            self._reopen_access_log()
+        except ConfigError:
+            self.undo()
+            raise
+
+    def _upstreams_for_routing(self) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+        # The new root needs every upstream by name; those that exist now are
+        # reconfigured in place at apply, the others made here.
+        service = self.service
+        upstreams: Dict[str, Any] = {}
+        pools: Dict[str, Any] = {}
+        for upstream in self.config.upstreams:
+            name = upstream.name
+            existing = service.upstreams.get(name)
+            upstreams[name] = existing or Upstream(upstream, self.reactor)
+            pools[name] = service.pools.get(name) or upstream_pool(
+                upstream, self.reactor
+            )
+        self._upstreams, self._pools = upstreams, pools
+        return upstreams, pools
+
+    def _wanted_listeners(self) -> List[Tuple[str, str, GourmetSite]]:
+        config = self.config
+        frontend = config.frontend
+        wanted = [
+            (
+                f"server.listen[{index}]" if frontend.listen else "server.port",
+                description,
+                self.service.site,
+            )
+            for index, description in enumerate(frontend.endpoints)
+        ]
+        admin_site = self.service.admin_site
+        if config.admin.listen is not None and admin_site is not None:
+            description = with_unix_mode(config.admin.listen, ADMIN_SOCKET_MODE)
+            wanted.append(("admin.listen", description, admin_site))
+        return wanted
+
+    def _open_listeners(self) -> None:
+        service = self.service
+        current = {each.description: each for each in service.all_listeners()}
+        backlog = self.config.frontend.backlog or default_backlog()
+        kept = set()
+        for key, description, site in self._wanted_listeners():
+            if description in current:
+                kept.add(description)
+                continue
+            listener = listener_for(
+                self.config, key, description, backlog, site, self.reactor
+            )
+            try:
+                # A running parent starts it: it listens now.
+                listener.setServiceParent(cast(IServiceCollection, service))
+            except CannotListenError as error:
+                listener.disownServiceParent()
+                raise ConfigError(
+                    self.config.source, key, f"cannot listen: {error}"
+                ) from None
+            self._opened.append(listener)
+        self._closing = [
+            each for description, each in current.items() if description not in kept
+        ]
+
+    def _reopen_access_log(self) -> None:
+        log = self.config.log
+        access_log = self.service.access_log
+        try:
+            access_log.reopen(log.access_log, log.access_log_format)
+        except OSError as error:
+            raise ConfigError(
+                self.config.source, "log.access_log", f"cannot open: {error}"
+            ) from None
+
+    def undo(self) -> None:
+        """
+        Close the listeners :meth:`prepare` opened.
+        """
+        for listener in self._opened:
+            listener.disownServiceParent()
+        self._opened = []
+
+    # -- what cannot fail ----------------------------------------------
+
+    def apply(self) -> Any:
+        """
+        Make the prepared configuration the one requests get.
+
+        :return: a Deferred that fires once the listeners the file no
+            longer has are closed.
+        """
+        self._apply_upstreams()
+        service, config = self.service, self.config
+        site = service.site
+        site.resource = self._root
+        site.frontend = config.frontend
+        site.timeOut = config.frontend.idle_timeout
+        admin_site = service.admin_site
+        if admin_site is not None:
+            admin_site.frontend = admin_limits(config)
+            admin_site.timeOut = config.frontend.idle_timeout
+            app = service.admin_app
+            assert app is not None  # the console has a site, so an app
+            app.reconfigure(config)
+        for listener in self._opened:
+            service.adopt_listener(listener)
+        service.config = config
+        closing = self._closing
+        for listener in closing:
+            service.forget_listener(listener)
+        return maybeDeferred(
+            lambda: [listener.disownServiceParent() for listener in closing]
+        )
+
+    def _apply_upstreams(self) -> None:
+        service = self.service
+        for upstream in self.config.upstreams:
+            name = upstream.name
+            state, pool = self._upstreams[name], self._pools[name]
+            if name in service.upstreams:
+                state.reconfigure(upstream)
+            pool.max_idle_per_origin = upstream.keepalive
+            pool.idle_timeout = upstream.keepalive_timeout
+            pool.connect_timeout = upstream.connect_timeout
+            pool.keep_only({server.origin for server in state.servers})
+        for name in [each for each in service.upstreams if each not in self._upstreams]:
+            # Requests in flight hold the pool; its connections close once
+            # their responses are read.
+            service.pools[name].keep_only(set())
+            del service.upstreams[name], service.pools[name]
+        for name, state in self._upstreams.items():
+            service.upstreams.setdefault(name, state)
+            service.pools.setdefault(name, self._pools[name])
