@@ -33,6 +33,7 @@ def bodies(gourmet: MemoryGourmet, count: int) -> list[bytes]:
     for _ in range(count):
         client.send(get())
         answers.append(client.response().body)
+    client.close()
     return answers
 
 
@@ -123,3 +124,15 @@ def test_a_removed_upstream_keeps_no_connection(gourmets: Gourmets) -> None:
     assert set(gourmet.service.upstreams) == {"backend"}
     client.send(get(b"/other"))
     assert client.response().body == b"a"
+
+
+def test_reloads_leave_no_timer_behind(gourmets: Gourmets) -> None:
+    a, b, c = (MemoryServer(x, then=ok(x.encode())) for x in (A, B, C))
+    gourmet = gourmets(config([A, B]), a, b, c)
+    files = [config([A, B]), config([A, C], weights=[3, 1])]
+    bodies(gourmet, 4)
+    timers = len(gourmet.reactor.getDelayedCalls())
+    for number in range(20):
+        reload(gourmet, files[number % 2])
+        bodies(gourmet, 4)
+    assert len(gourmet.reactor.getDelayedCalls()) == timers

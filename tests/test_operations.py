@@ -7,6 +7,7 @@ real ``twistd -n gourmet`` with real upstreams on loopback.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import time
@@ -15,9 +16,10 @@ from typing import Any, Collection, Dict, List
 
 import pytest_twisted
 import treq
+from twisted.internet import reactor
 from twisted.internet.defer import DeferredList, ensureDeferred
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseFailed
+from twisted.web.client import HTTPConnectionPool, ResponseFailed
 from twisted.web.http_headers import Headers
 
 from tests.configs import ADMIN_LISTEN as LISTEN
@@ -379,3 +381,58 @@ async def test_sigusr1_reopens_the_access_log(
     assert await exited(gourmet, 10) == 0
     assert len(access_lines(tmp_path, "access.log.1")) == 5
     assert len(access_lines(tmp_path)) == 4
+
+
+@pytest_twisted.ensureDeferred
+async def test_reloads_under_keep_alive_load_lose_no_request(
+    tmp_path: Path, processes: List[Twistd], make_upstreams: Any
+) -> None:
+    """
+    Ten reloads, alternating two files (weights, b out and c in), while
+    four clients send requests on kept connections: none fails, and each
+    file's split holds between reloads.  (benchmarks/reload_soak.py does
+    hundreds, and prints the memory and descriptors.)
+    """
+    a, b, c = make_upstreams("a", "b", "c")
+    files = [
+        config_text({a.address: 1, b.address: 1}),
+        config_text({a.address: 3, c.address: 1}),
+    ]
+    gourmet = await start(tmp_path, processes, files[0])
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    failures: List[str] = []
+    answered: List[str] = []
+    stop = False
+
+    async def client() -> None:
+        while not stop and len(answered) < 100_000:
+            try:
+                response = await treq.get(gourmet.url + "/", pool=pool)
+                answered.append(json.loads(await response.content())["server"])
+            except Exception as error:
+                failures.append(repr(error))
+
+    clients = [ensureDeferred(client()) for _ in range(4)]
+    descriptors = []
+    try:
+        for number in range(1, 11):
+            (tmp_path / "gourmet.toml").write_text(files[number % 2])
+            gourmet.process.send_signal(signal.SIGHUP)
+            while gourmet.stderr.read_text().count("gourmet reloaded") < number:
+                await sleep(0.02)
+            await sleep(0.1)  # requests started before it finish
+            del answered[:]
+            await sleep(0.3)
+            expected = {"a", "b"} if number % 2 == 0 else {"a", "c"}
+            assert set(answered) == expected, (number, counts(answered))
+            if number in (2, 10):
+                descriptors.append(len(os.listdir(f"/proc/{gourmet.process.pid}/fd")))
+    finally:
+        stop = True
+        await DeferredList(clients)
+        await pool.closeCachedConnections()
+    assert failures == []
+    # After the same file, as many descriptors (kept connections vary by one
+    # or two with the load), not one more per reload.
+    first, last = descriptors
+    assert last <= first + 2, descriptors
