@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Dict, Optional
 
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.web.server import Site
 
 from gourmet.config.endpoints import with_backlog
@@ -81,14 +82,27 @@ def listener_for(
 
     :raises ConfigError: when Twisted cannot parse the endpoint.
     """
+    endpoint = endpoint_for(config, key, description, backlog, reactor)
+    return Listener(endpoint, site, description)
+
+
+def endpoint_for(
+    config: GourmetConfig, key: str, description: str, backlog: int, reactor: Any
+) -> IStreamServerEndpoint:
+    """
+    The endpoint ``description`` (the configuration's ``key``) names, with
+    ``backlog`` unless it sets its own: parsed, not listening (``gourmet
+    check`` parses every listener's this way).
+
+    :raises ConfigError: when Twisted cannot parse the endpoint.
+    """
     try:
-        endpoint = serverFromString(reactor, with_backlog(description, backlog))
+        return serverFromString(reactor, with_backlog(description, backlog))
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as error:
         problem = systemd_endpoint_problem(description, error)
         raise ConfigError(
             config.source, key, problem or f"not a Twisted endpoint string: {error}"
         ) from None
-    return Listener(endpoint, site, description)
 
 
 def _error_page(config: GourmetConfig) -> Optional[str]:
