@@ -29,6 +29,15 @@ class Options(usage.Options):
         ["config", "c", DEFAULT_CONFIG_PATH, "The configuration file to load."],
     ]
 
+    def opt_version(self) -> None:
+        """
+        Display Gourmet's version, and Twisted's, and exit.
+        """
+        from gourmet.cli import version_line
+
+        print(version_line())
+        raise SystemExit(0)
+
 
 def makeService(options: Options) -> GourmetService:
     """

@@ -26,6 +26,8 @@ from twisted.web.client import HTTPConnectionPool
 from tests.rawhttp import sleep
 
 TWISTD = [str(Path(sys.executable).with_name("twistd"))]
+#: The ``gourmet`` command, as installed beside twistd.
+GOURMET = [str(Path(sys.executable).with_name("gourmet"))]
 #: How long a process may take to say where it listens.
 START_SECONDS = 20.0
 #: Seconds between two looks at a log.

@@ -19,6 +19,7 @@ import treq
 
 from gourmet import __version__ as gourmet_version
 from tests.processes import (
+    GOURMET,
     TWISTD,
     Twistd,
 )
@@ -131,11 +132,17 @@ def test_bad_configuration_stops_twistd_with_one_line(
         timeout=60,
         cwd=tmp_path,
     )
-    assert result.returncode != 0
+    assert result.returncode == 1
     lines = result.stderr.decode().strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"gourmet: {config}")
     assert named in lines[0]
+    # `gourmet check` (the installed command) finds it first, in that line.
+    checked = subprocess.run(
+        [*GOURMET, "check", str(config)], capture_output=True, timeout=60
+    )
+    assert (checked.returncode, checked.stdout) == (1, b"")
+    assert checked.stderr == result.stderr
 
 
 @pytest_twisted.ensureDeferred

@@ -35,9 +35,11 @@ from gourmet.pypy import openssl_scrypt
 
 __all__ = [
     "PasswordChecker",
+    "add_arguments",
     "check_hash",
     "hash_password",
     "main",
+    "run",
     "verify_password",
 ]
 
@@ -297,6 +299,42 @@ def _read_line() -> str:
     return line[:-1] if line.endswith("\n") else line
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """
+    The password command's options, on ``parser``: this module's ``main``
+    and ``gourmet hash-password`` take the same.
+    """
+    parser.add_argument(
+        "--stdin",
+        action="store_true",
+        help="read the password from one line of standard input (for scripts)",
+    )
+
+
+def run(options: argparse.Namespace, prog: str) -> int:
+    """
+    Write the hash of the password typed (or read, with ``--stdin``) to
+    standard output; an error is one line on standard error.
+
+    :param prog: the command's name, to begin an error line with.
+    :return: the exit status.
+    """
+    try:
+        password = _read_line() if options.stdin else _ask()
+    except (ValueError, EOFError) as error:
+        sys.stderr.write(f"{prog}: {str(error) or 'no password given'}\n")
+        return 1
+    if not password:
+        sys.stderr.write(f"{prog}: the password is empty\n")
+        return 1
+    sys.stdout.write(hash_password(password) + "\n")
+    return 0
+
+
+#: What the command says it does, in ``--help``.
+DESCRIPTION = "Make a password hash for Gourmet's [admin.users] table."
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """
     Write the hash of a password to standard output.
@@ -305,25 +343,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     :return: the exit status.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m gourmet.passwords",
-        description="Make a password hash for Gourmet's [admin.users] table.",
+        prog="python -m gourmet.passwords", description=DESCRIPTION
     )
-    parser.add_argument(
-        "--stdin",
-        action="store_true",
-        help="read the password from one line of standard input (for scripts)",
-    )
-    options = parser.parse_args(argv)
-    try:
-        password = _read_line() if options.stdin else _ask()
-    except (ValueError, EOFError) as error:
-        sys.stderr.write(f"{parser.prog}: {str(error) or 'no password given'}\n")
-        return 1
-    if not password:
-        sys.stderr.write(f"{parser.prog}: the password is empty\n")
-        return 1
-    sys.stdout.write(hash_password(password) + "\n")
-    return 0
+    add_arguments(parser)
+    return run(parser.parse_args(argv), parser.prog)
 
 
 if __name__ == "__main__":
