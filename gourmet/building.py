@@ -6,13 +6,13 @@ proxy site's routing root, and listeners.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.web.server import Site
 
-from gourmet.config.endpoints import with_backlog
+from gourmet.config.endpoints import with_backlog, with_unix_mode
 from gourmet.config.load import ConfigError
 from gourmet.config.model import GourmetConfig, UpstreamConfig
 from gourmet.frontend.errors import ErrorPages
@@ -26,6 +26,26 @@ from gourmet.upstream.state import Upstream
 
 #: The mode of a ``unix:`` socket file for the admin console that sets none.
 ADMIN_SOCKET_MODE = "660"
+
+
+def proxy_endpoints(config: GourmetConfig) -> List[Tuple[str, str]]:
+    """
+    Each endpoint string the proxy listens on, with its key in the file.
+    """
+    frontend = config.frontend
+    key = "server.listen[{}]" if frontend.listen else "server.port"
+    return [(key.format(index), each) for index, each in enumerate(frontend.endpoints)]
+
+
+def admin_endpoint(config: GourmetConfig) -> Optional[Tuple[str, str]]:
+    """
+    The console's endpoint string and its key, if it has one: a ``unix:``
+    socket file for its owner and group only, unless it says otherwise.
+    """
+    listen = config.admin.listen
+    if listen is None:
+        return None
+    return "admin.listen", with_unix_mode(listen, ADMIN_SOCKET_MODE)
 
 
 def upstream_pool(config: UpstreamConfig, reactor: Any) -> ConnectionPool:

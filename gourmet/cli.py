@@ -18,7 +18,7 @@ import sys
 import urllib.error
 import urllib.request
 from importlib import resources
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence
 
 import twisted
 from gourmet import __version__
@@ -76,32 +76,18 @@ def check_file(path: str, reactor: Any) -> GourmetConfig:
     # Imported here, not above: the other commands need none of Twisted's
     # reactor or of Gourmet's service.
     from gourmet._twisted.check import check_twisted
-    from gourmet.building import endpoint_for
+    from gourmet.building import admin_endpoint, endpoint_for, proxy_endpoints
     from gourmet.config.endpoints import default_backlog
     from gourmet.config.load import load_config
 
     check_twisted(log_fallbacks=False)
     config = load_config(path)
     backlog = config.frontend.backlog or default_backlog()
-    for key, description in _listen_strings(config):
+    admin = admin_endpoint(config)
+    for key, description in proxy_endpoints(config) + ([admin] if admin else []):
         if not description.lower().startswith("systemd:"):
             endpoint_for(config, key, description, backlog, reactor)
     return config
-
-
-def _listen_strings(config: GourmetConfig) -> List[Tuple[str, str]]:
-    """
-    Each endpoint string Gourmet listens on, with its key in the file, as
-    start-up names them (:func:`gourmet.service.build_service`).
-    """
-    frontend = config.frontend
-    key = "server.listen[{}]" if frontend.listen else "server.port"
-    strings = [
-        (key.format(index), each) for index, each in enumerate(frontend.endpoints)
-    ]
-    if config.admin.listen is not None:
-        strings.append(("admin.listen", config.admin.listen))
-    return strings
 
 
 def _summary(config: GourmetConfig) -> str:

@@ -23,12 +23,13 @@ from twisted.internet.error import CannotListenError
 
 from gourmet.admin.app import AdminApp, admin_limits
 from gourmet.building import (
-    ADMIN_SOCKET_MODE,
+    admin_endpoint,
     listener_for,
+    proxy_endpoints,
     routing_root,
     upstream_pool,
 )
-from gourmet.config.endpoints import default_backlog, with_unix_mode
+from gourmet.config.endpoints import default_backlog
 from gourmet.config.load import ConfigError
 from gourmet.config.model import GourmetConfig
 from gourmet.frontend.accesslog import AccessLog
@@ -128,20 +129,12 @@ class Reload:
         return upstreams, pools
 
     def _wanted_listeners(self) -> List[Tuple[str, str, GourmetSite]]:
-        config = self.config
-        frontend = config.frontend
-        wanted = [
-            (
-                f"server.listen[{index}]" if frontend.listen else "server.port",
-                description,
-                self.service.site,
-            )
-            for index, description in enumerate(frontend.endpoints)
-        ]
+        site = self.service.site
+        wanted = [(key, each, site) for key, each in proxy_endpoints(self.config)]
+        admin = admin_endpoint(self.config)
         admin_site = self.service.admin_site
-        if config.admin.listen is not None and admin_site is not None:
-            description = with_unix_mode(config.admin.listen, ADMIN_SOCKET_MODE)
-            wanted.append(("admin.listen", description, admin_site))
+        if admin is not None and admin_site is not None:
+            wanted.append((*admin, admin_site))
         return wanted
 
     def _open_listeners(self) -> None:

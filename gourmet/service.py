@@ -20,12 +20,13 @@ from gourmet.admin.app import AdminApp, AdminResource, Running, admin_site
 from gourmet.admin.auth import AdminSecurity, PasswordThreads
 from gourmet.admin.views import ListenerInfo
 from gourmet.building import (
-    ADMIN_SOCKET_MODE,
+    admin_endpoint,
     listener_for,
+    proxy_endpoints,
     routing_root,
     upstream_pool,
 )
-from gourmet.config.endpoints import default_backlog, with_unix_mode
+from gourmet.config.endpoints import default_backlog
 from gourmet.config.load import ConfigError, load_config
 from gourmet.config.model import GourmetConfig
 from gourmet.demo import demo_service
@@ -161,20 +162,24 @@ class GourmetService(MultiService):
         """
         self.notifier.reloading()
         try:
-            try:
-                reload = Reload(self, load_config(self.config.source))
-                reload.prepare()
-            except ConfigError as error:
-                line = f"gourmet: {error}"
-                self.log.error(
-                    "{line} (reload for {who} refused: nothing changed)",
-                    line=line,
-                    who=who,
-                )
-                return line
-            reload.apply()
+            return self._reload(who)
         finally:
+            # systemd's reload ends when this is sent, whatever came of it.
             self.notifier.ready()
+
+    def _reload(self, who: str) -> Optional[str]:
+        try:
+            reload = Reload(self, load_config(self.config.source))
+            reload.prepare()
+        except ConfigError as error:
+            line = f"gourmet: {error}"
+            self.log.error(
+                "{line} (reload for {who} refused: nothing changed)",
+                line=line,
+                who=who,
+            )
+            return line
+        reload.apply()
         summary = self._summary()
         self.log.info(
             "gourmet reloaded {source} for {who}: {summary}",
@@ -274,12 +279,12 @@ def build_service(
     service = GourmetService(config, upstreams, pools, site, access_log, log_observer)
     access_log.setServiceParent(service)
     backlog = frontend.backlog or default_backlog()
-    for index, description in enumerate(frontend.endpoints):
-        key = f"server.listen[{index}]" if frontend.listen else "server.port"
+    for key, description in proxy_endpoints(config):
         listener = listener_for(config, key, description, backlog, site, reactor)
         listener.setServiceParent(service)
         service.listeners.append(listener)
-    if config.admin.listen is not None:
+    admin = admin_endpoint(config)
+    if admin is not None:
         threads = PasswordThreads()
         threads.setServiceParent(service)
         security = AdminSecurity(
@@ -293,14 +298,9 @@ def build_service(
             client_stats=site.client_stats,
             running=Running(reactor, pools, service.listener_infos, service.reload),
         )
+        key, description = admin
         service.admin_listener = listener_for(
-            config,
-            "admin.listen",
-            # The console's socket file: its owner and group, not every user.
-            with_unix_mode(config.admin.listen, ADMIN_SOCKET_MODE),
-            backlog,
-            service.admin_site,
-            reactor,
+            config, key, description, backlog, service.admin_site, reactor
         )
         service.admin_listener.setServiceParent(service)
     if config.demo.listen:

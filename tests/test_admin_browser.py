@@ -1132,7 +1132,8 @@ def test_the_reload_button_applies_the_file_or_says_why_not(
     assert text.count("weight = 1") == 2  # a's then b's
     config.write_text(text.replace("weight = 1", "weight = 3", 1))
     page.locator("#reload").click()
-    expect(page.locator("#status")).to_contain_text("Reloaded: reloaded the configuration")
+    status = page.locator("#status")
+    expect(status).to_contain_text("Reloaded: reloaded the configuration")
     expect(console.row(a).locator(".weight-now")).to_have_text("3")
     expect(page.locator("#changes-list li").nth(0)).to_contain_text(
         f"{USER} from 127.0.0.1: reloaded the configuration: 1 upstreams, 2 servers"
