@@ -106,6 +106,13 @@ async def wait_for_log(gourmet: Twistd, text: str, within: float = 10) -> str:
     return log
 
 
+def logged(tmp_path: Path, request_and_status: str) -> int:
+    """
+    The access log's lines with ``request_and_status``.
+    """
+    return sum(request_and_status in line for line in access_lines(tmp_path))
+
+
 def access_lines(tmp_path: Path, name: str = "access.log") -> List[str]:
     path = tmp_path / name
     return path.read_text().splitlines() if path.exists() else []
@@ -159,10 +166,8 @@ async def test_sigterm_lets_the_requests_in_flight_finish(
     results = await DeferredList(slow, consumeErrors=True)
     assert [ok for ok, _ in results] == [True] * 20
     assert await exited(gourmet, 10) == 0
-    log = gourmet.stderr.read_text()
-    assert "every request in flight was answered" in log
-    lines = access_lines(tmp_path)
-    assert sum('"GET /slow/1.5 HTTP/1.1" 200' in line for line in lines) == 20
+    assert "every request in flight was answered" in gourmet.stderr.read_text()
+    assert logged(tmp_path, '"GET /slow/1.5 HTTP/1.1" 200') == 20
 
 
 @pytest_twisted.ensureDeferred
@@ -178,8 +183,7 @@ async def test_requests_longer_than_shutdown_timeout_are_cut_and_logged(
     log = gourmet.stderr.read_text()
     assert "cut 3 client connections still open after 0.5s" in log
     # Each cut request is in the access log, as one its client left (499).
-    lines = access_lines(tmp_path)
-    assert sum('"GET /slow/30 HTTP/1.1" 499' in line for line in lines) == 3
+    assert logged(tmp_path, '"GET /slow/30 HTTP/1.1" 499') == 3
 
 
 @pytest_twisted.ensureDeferred
@@ -436,3 +440,26 @@ async def test_reloads_under_keep_alive_load_lose_no_request(
     # or two with the load), not one more per reload.
     first, last = descriptors
     assert last <= first + 2, descriptors
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reload_changes_who_may_use_the_console(
+    tmp_path: Path, processes: List[Twistd], make_upstreams: Any
+) -> None:
+    (a,) = make_upstreams("a")
+    text = config_text({a.address: 1})
+    gourmet = await start(tmp_path, processes, text)
+    new_token = "a-new-token-after-the-reload"
+    (tmp_path / "gourmet.toml").write_text(text.replace(TOKEN, new_token))
+    code, _ = await reload_by_console(gourmet)
+    assert code == 200
+    # The old token no longer changes anything; the new one does.
+    code, document = await reload_by_console(gourmet)
+    assert (code, document["description"]) == (401, "The credentials are not valid.")
+    response = await treq.post(
+        f"http://127.0.0.1:{gourmet.admin_port}/api/reload",
+        headers=Headers({"Authorization": [f"Bearer {new_token}"]}),
+        pool=gourmet.pool,
+    )
+    assert response.code == 200
+    await response.content()
