@@ -169,7 +169,8 @@ async def gourmet() -> AsyncIterator[Callable[[str], Any]]:
     yield start
     for instance in running:
         await instance.pool.closeCachedConnections()
-        await instance.service.stopService()
+        if instance.service.running:  # not stopped by the test itself
+            await instance.service.stopService()
 
 
 #: ``await proxy(server_extra="", upstream_extra="", name="one")``: see

@@ -13,6 +13,7 @@ import treq
 from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.web.http_headers import Headers
 
+from gourmet.admin.auth import PasswordThreads
 from gourmet.admin.passwords import hash_password
 from tests.configs import ADMIN_LISTEN, config
 from tests.rawhttp import sleep
@@ -124,3 +125,16 @@ async def test_password_checks_do_not_stall_the_proxy(
     await gatherResults(guesses)
     assert finished[0] == "proxied 200", finished
     assert sorted(finished[1:]) == ["401"] * 4
+
+
+def test_the_password_threads_stop_once_however_often_asked() -> None:
+    """
+    A stop after a stop (twistd's shutdown after a test's, say) is no error:
+    Twisted's thread pool raises AlreadyQuit for a second stop.
+    """
+    threads = PasswordThreads()
+    threads.startService()
+    assert threads.pool.started
+    threads.stopService()
+    threads.stopService()
+    assert not threads.pool.started

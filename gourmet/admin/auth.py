@@ -98,7 +98,9 @@ class PasswordThreads(Service):
 
     def stopService(self) -> Any:
         super().stopService()
-        self.pool.stop()
+        # A pool stopped (or never started) cannot be stopped again.
+        if self.pool.started:
+            self.pool.stop()
 
 
 @frozen
