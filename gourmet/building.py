@@ -6,21 +6,25 @@ proxy site's routing root, and listeners.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.server import Site
 
 from gourmet.config.endpoints import with_backlog, with_unix_mode
 from gourmet.config.load import ConfigError
 from gourmet.config.model import GourmetConfig, UpstreamConfig
 from gourmet.frontend.errors import ErrorPages
+from gourmet.frontend.https import HttpsRedirect
 from gourmet.frontend.routing import Router
 from gourmet.frontend.site import RoutingResource
 from gourmet.listener import Listener
 from gourmet.proxy.resource import LocationResource
 from gourmet.systemd import systemd_endpoint_problem
+from gourmet.tls.certificates import CertificateError
+from gourmet.tls.store import CertificateStore, ServerContexts, build_contexts
 from gourmet.upstream.pool import ConnectionPool
 from gourmet.upstream.state import Upstream
 
@@ -35,6 +39,41 @@ def proxy_endpoints(config: GourmetConfig) -> List[Tuple[str, str]]:
     frontend = config.frontend
     key = "server.listen[{}]" if frontend.listen else "server.port"
     return [(key.format(index), each) for index, each in enumerate(frontend.endpoints)]
+
+
+def tls_endpoints(config: GourmetConfig) -> List[Tuple[str, str]]:
+    """
+    Each endpoint string the proxy serves TLS on, with its key in the file.
+    """
+    return [
+        (f"server.tls_listen[{index}]", each)
+        for index, each in enumerate(config.frontend.tls_listen)
+    ]
+
+
+def tls_contexts(
+    config: GourmetConfig, store: CertificateStore
+) -> Optional[ServerContexts]:
+    """
+    The OpenSSL contexts of the configuration's certificates, for
+    ``store``'s connections (None without certificates), built once.
+
+    :raises ConfigError: when OpenSSL refuses a certificate or key.
+    """
+    frontend = config.frontend
+    try:
+        return build_contexts(store, frontend.certificates, frontend.min_tls_version)
+    except CertificateError as error:
+        key = f"server.certificates[{error.index}].{error.part}"
+        raise ConfigError(config.source, key, str(error)) from None
+
+
+def tls_factory(site: Site, store: CertificateStore, reactor: Any) -> IProtocolFactory:
+    """
+    The factory of the proxy's TLS listeners: ``site`` in TLS, served with
+    the certificates ``store`` has when each connection starts.
+    """
+    return TLSMemoryBIOFactory(store, False, site, clock=reactor)
 
 
 def admin_endpoint(config: GourmetConfig) -> Optional[Tuple[str, str]]:
@@ -65,11 +104,14 @@ def routing_root(
     upstreams: Dict[str, Upstream],
     pools: Dict[str, ConnectionPool],
     reactor: Any,
+    https_port: Callable[[], Optional[int]] = lambda: None,
 ) -> RoutingResource:
     """
     The proxy site's root resource: its locations, each proxying to its
-    upstream.
+    upstream; and, with ``redirect_to_https``, the redirect that plain
+    listeners answer with instead.
 
+    :param https_port: the port of the first TLS listener, for redirects.
     :raises ConfigError: when the error page cannot be read.
     """
     error_pages = ErrorPages(_error_page(config))
@@ -85,7 +127,10 @@ def routing_root(
         )
         for location in frontend.locations
     ]
-    return RoutingResource(Router(frontend.locations), locations, error_pages)
+    redirect = (
+        HttpsRedirect(error_pages, https_port) if frontend.redirect_to_https else None
+    )
+    return RoutingResource(Router(frontend.locations), locations, error_pages, redirect)
 
 
 def listener_for(
@@ -93,17 +138,19 @@ def listener_for(
     key: str,
     description: str,
     backlog: int,
-    site: Site,
+    factory: IProtocolFactory,
     reactor: Any,
+    tls: bool = False,
 ) -> Listener:
     """
-    A listener for ``site`` on the endpoint ``description`` (the
-    configuration's ``key``), with ``backlog`` unless it sets its own.
+    A listener for ``factory`` (a site, or with ``tls`` a site in TLS) on
+    the endpoint ``description`` (the configuration's ``key``), with
+    ``backlog`` unless it sets its own.
 
     :raises ConfigError: when Twisted cannot parse the endpoint.
     """
     endpoint = endpoint_for(config, key, description, backlog, reactor)
-    return Listener(endpoint, site, description)
+    return Listener(endpoint, factory, description, tls)
 
 
 def endpoint_for(

@@ -64,7 +64,8 @@ def check_file(path: str, reactor: Any) -> GourmetConfig:
     """
     Check the configuration file at ``path`` as ``twistd gourmet`` does at
     start-up, without listening or opening anything else: the Twisted
-    installed, the file, the files it names, and every listener's endpoint
+    installed, the file, the files it names (certificates made into the
+    OpenSSL contexts start-up serves), and every listener's endpoint
     string, parsed by the code start-up parses it with.  A ``systemd:``
     endpoint is left to start-up: its socket exists only in the process
     systemd starts.
@@ -76,15 +77,24 @@ def check_file(path: str, reactor: Any) -> GourmetConfig:
     # Imported here, not above: the other commands need none of Twisted's
     # reactor or of Gourmet's service.
     from gourmet._twisted.check import check_twisted
-    from gourmet.building import admin_endpoint, endpoint_for, proxy_endpoints
+    from gourmet.building import (
+        admin_endpoint,
+        endpoint_for,
+        proxy_endpoints,
+        tls_contexts,
+        tls_endpoints,
+    )
     from gourmet.config.endpoints import default_backlog
     from gourmet.config.load import load_config
+    from gourmet.tls.store import CertificateStore
 
     check_twisted(log_fallbacks=False)
     config = load_config(path)
+    tls_contexts(config, CertificateStore())
     backlog = config.frontend.backlog or default_backlog()
     admin = admin_endpoint(config)
-    for key, description in proxy_endpoints(config) + ([admin] if admin else []):
+    listeners = proxy_endpoints(config) + tls_endpoints(config)
+    for key, description in listeners + ([admin] if admin else []):
         if not description.lower().startswith("systemd:"):
             endpoint_for(config, key, description, backlog, reactor)
     return config
@@ -99,6 +109,10 @@ def _summary(config: GourmetConfig) -> str:
         _plural(len(config.frontend.locations), "location"),
         "listening on " + ", ".join(config.frontend.endpoints),
     ]
+    frontend = config.frontend
+    if frontend.tls_listen:
+        certificates = _plural(len(frontend.certificates), "certificate")
+        parts.append(f"TLS on {', '.join(frontend.tls_listen)} ({certificates})")
     if config.admin.listen is not None:
         parts.append(f"admin console on {config.admin.listen}")
     if config.demo.listen:

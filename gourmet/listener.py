@@ -29,7 +29,9 @@ class Listener(Service):
 
     :ivar port: the listening port, once listening.
     :ivar description: the endpoint as the configuration says it, by which
-        a reload knows it.
+        (and by ``tls``) a reload knows it.
+    :ivar tls: whether Gourmet serves TLS on it (``factory`` wraps the
+        site in TLS).
     """
 
     def __init__(
@@ -37,10 +39,12 @@ class Listener(Service):
         endpoint: IStreamServerEndpoint,
         factory: IProtocolFactory,
         description: str = "",
+        tls: bool = False,
     ) -> None:
         self.endpoint = endpoint
         self.factory = factory
         self.description = description
+        self.tls = tls
         self.port: Optional[IListeningPort] = None
 
     def privilegedStartService(self) -> None:
@@ -61,12 +65,23 @@ class Listener(Service):
 
     def address(self) -> str:
         """
-        Where it listens, as a person reads it: ``127.0.0.1:8080``, a path.
+        Where it listens, as a person reads it: ``127.0.0.1:8080``, a path;
+        ``https://127.0.0.1:8443`` (or a path and ``(TLS)``) when Gourmet
+        serves TLS on it.
         """
         if self.port is None:
             return "(not listening)"
         host = self.port.getHost()
         if isinstance(host, (IPv4Address, IPv6Address)):
             name = f"[{host.host}]" if ":" in host.host else host.host
-            return f"{name}:{host.port}"
-        return str(getattr(host, "name", host))
+            address = f"{name}:{host.port}"
+            return f"https://{address}" if self.tls else address
+        address = str(getattr(host, "name", host))
+        return f"{address} (TLS)" if self.tls else address
+
+    def port_number(self) -> Optional[int]:
+        """
+        The TCP port it listens on, if it listens on one.
+        """
+        host = self.port.getHost() if self.port is not None else None
+        return host.port if isinstance(host, (IPv4Address, IPv6Address)) else None

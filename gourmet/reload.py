@@ -3,14 +3,16 @@ Reloading the configuration file while Gourmet runs (``SIGHUP``,
 ``systemctl reload``, ``POST /api/reload``), as nginx does, in one process.
 
 A reload first does everything that can fail: the file is read and checked
-whole, the error page read, new listeners opened and the access log
-reopened.  If any of it fails, what it opened is closed and nothing else
-has changed.  Then it applies the rest, which cannot fail, for the next
-request: upstreams and their servers (a server that stays keeps its
-health, figures and the operator's weight and state), balancers, pools,
-locations, limits and the console's users.  Requests in flight finish on
-what they started with; servers removed get no new request, and their
-kept connections are closed once idle.
+whole (its certificates read again), the error page read, the TLS contexts
+built, new listeners opened and the access log reopened.  If any of it
+fails, what it opened is closed and nothing else has changed.  Then it
+applies the rest, which cannot fail, for the next request: upstreams and
+their servers (a server that stays keeps its health, figures and the
+operator's weight and state), balancers, pools, locations, limits, the
+certificates new TLS connections get, and the console's users.  Requests
+in flight finish on what they started with (open TLS connections keep
+their certificate); servers removed get no new request, and their kept
+connections are closed once idle.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Protocol, Tuple, cast
 
 from twisted.application.service import IServiceCollection
-from twisted.internet.defer import maybeDeferred
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IProtocolFactory
 
 from gourmet.admin.app import AdminApp, admin_limits
 from gourmet.building import (
@@ -27,6 +29,8 @@ from gourmet.building import (
     listener_for,
     proxy_endpoints,
     routing_root,
+    tls_contexts,
+    tls_endpoints,
     upstream_pool,
 )
 from gourmet.config.endpoints import default_backlog
@@ -35,6 +39,7 @@ from gourmet.config.model import GourmetConfig
 from gourmet.frontend.accesslog import AccessLog
 from gourmet.frontend.site import GourmetSite, RoutingResource
 from gourmet.listener import Listener
+from gourmet.tls.store import CertificateStore, ServerContexts
 from gourmet.upstream.pool import ConnectionPool
 from gourmet.upstream.state import Upstream
 
@@ -51,6 +56,13 @@ class Reloadable(Protocol):
     site: GourmetSite
     admin_site: Optional[GourmetSite]
     access_log: AccessLog
+    certificates: CertificateStore
+    tls_factory: IProtocolFactory
+
+    def https_port(self) -> Optional[int]:
+        """
+        The port of the first TLS listener.
+        """
 
     @property
     def admin_app(self) -> Optional[AdminApp]:
@@ -87,6 +99,7 @@ class Reload:
         self._opened: List[Listener] = []
         self._closing: List[Listener] = []
         self._root: RoutingResource
+        self._contexts: Optional[ServerContexts] = None
 
     # -- what can fail --------------------------------------------------
 
@@ -105,7 +118,10 @@ class Reload:
             )
         upstreams, pools = self._upstreams_for_routing()
         try:
-            self._root = routing_root(config, upstreams, pools, self.reactor)
+            self._root = routing_root(
+                config, upstreams, pools, self.reactor, self.service.https_port
+            )
+            self._contexts = tls_contexts(config, self.service.certificates)
             self._open_listeners()
             self._reopen_access_log()
         except ConfigError:
@@ -128,26 +144,35 @@ class Reload:
         self._upstreams, self._pools = upstreams, pools
         return upstreams, pools
 
-    def _wanted_listeners(self) -> List[Tuple[str, str, GourmetSite]]:
+    def _wanted_listeners(self) -> List[Tuple[str, str, IProtocolFactory, bool]]:
         site = self.service.site
-        wanted = [(key, each, site) for key, each in proxy_endpoints(self.config)]
-        admin = admin_endpoint(self.config)
+        config = self.config
+        wanted: List[Tuple[str, str, IProtocolFactory, bool]] = [
+            (key, each, site, False) for key, each in proxy_endpoints(config)
+        ]
+        tls = self.service.tls_factory
+        wanted += [(key, each, tls, True) for key, each in tls_endpoints(config)]
+        admin = admin_endpoint(config)
         admin_site = self.service.admin_site
         if admin is not None and admin_site is not None:
-            wanted.append((*admin, admin_site))
+            wanted.append((*admin, admin_site, False))
         return wanted
 
     def _open_listeners(self) -> None:
         service = self.service
-        current = {each.description: each for each in service.all_listeners()}
+        # A listener is known by its endpoint and whether it is TLS: one
+        # moved from listen to tls_listen is closed and opened again.
+        current = {
+            (each.description, each.tls): each for each in service.all_listeners()
+        }
         backlog = self.config.frontend.backlog or default_backlog()
         kept = set()
-        for key, description, site in self._wanted_listeners():
-            if description in current:
-                kept.add(description)
+        for key, description, factory, tls in self._wanted_listeners():
+            if (description, tls) in current:
+                kept.add((description, tls))
                 continue
             listener = listener_for(
-                self.config, key, description, backlog, site, self.reactor
+                self.config, key, description, backlog, factory, self.reactor, tls
             )
             try:
                 # A running parent starts it: it listens now.
@@ -158,9 +183,7 @@ class Reload:
                     self.config.source, key, f"cannot listen: {error}"
                 ) from None
             self._opened.append(listener)
-        self._closing = [
-            each for description, each in current.items() if description not in kept
-        ]
+        self._closing = [each for known, each in current.items() if known not in kept]
 
     def _reopen_access_log(self) -> None:
         log = self.config.log
@@ -182,17 +205,15 @@ class Reload:
 
     # -- what cannot fail ----------------------------------------------
 
-    def apply(self) -> Any:
+    def apply(self) -> None:
         """
         Make the prepared configuration the one requests get.
-
-        :return: a Deferred that fires once the listeners the file no
-            longer has are closed.
         """
         self._apply_upstreams()
         service, config = self.service, self.config
         site = service.site
         site.resource = self._root
+        service.certificates.replace(self._contexts)
         site.frontend = config.frontend
         site.timeOut = config.frontend.idle_timeout
         admin_site = service.admin_site
@@ -205,12 +226,10 @@ class Reload:
         for listener in self._opened:
             service.adopt_listener(listener)
         service.config = config
-        closing = self._closing
-        for listener in closing:
+        for listener in self._closing:
             service.forget_listener(listener)
-        return maybeDeferred(
-            lambda: [listener.disownServiceParent() for listener in closing]
-        )
+            # It stops listening; its clients' connections stay open.
+            listener.disownServiceParent()
 
     def _apply_upstreams(self) -> None:
         service = self.service

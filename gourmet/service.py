@@ -24,6 +24,9 @@ from gourmet.building import (
     listener_for,
     proxy_endpoints,
     routing_root,
+    tls_contexts,
+    tls_endpoints,
+    tls_factory,
     upstream_pool,
 )
 from gourmet.config.endpoints import default_backlog
@@ -37,6 +40,7 @@ from gourmet.pypy import nursery_warning, running_nursery
 from gourmet.reload import Reload
 from gourmet.shutdown import GracefulStop
 from gourmet.systemd import SystemdNotifier
+from gourmet.tls.store import CertificateStore
 from gourmet.upstream.pool import ConnectionPool
 from gourmet.upstream.state import Upstream
 
@@ -52,6 +56,10 @@ class GourmetService(MultiService):
     log = Logger()
     #: What systemd is told (set by :func:`build_service`).
     notifier: SystemdNotifier
+    #: The certificates TLS listeners serve (set by :func:`build_service`).
+    certificates: CertificateStore
+    #: What TLS listeners listen with: the site in TLS.
+    tls_factory: Any
 
     def __init__(
         self,
@@ -130,6 +138,17 @@ class GourmetService(MultiService):
             address = self.admin_listener.address()
             infos.append(ListenerInfo("admin", [address], self.admin_site))
         return infos
+
+    def https_port(self) -> Optional[int]:
+        """
+        The port of the first TLS listener the configuration lists, where
+        ``redirect_to_https`` sends clients; None if it has none.
+        """
+        for description in self.config.frontend.tls_listen:
+            for listener in self.listeners:
+                if listener.tls and listener.description == description:
+                    return listener.port_number()
+        return None
 
     def stopService(self) -> Any:
         return ensureDeferred(self._stop())
@@ -273,14 +292,24 @@ def build_service(
     upstreams = {u.name: Upstream(u, reactor) for u in config.upstreams}
     pools = {u.name: upstream_pool(u, reactor) for u in config.upstreams}
     frontend = config.frontend
-    root = routing_root(config, upstreams, pools, reactor)
+    # Asked only when a request is redirected, once the service exists.
+    root = routing_root(config, upstreams, pools, reactor, lambda: service.https_port())
     access_log = AccessLog(config.log.access_log, config.log.access_log_format, reactor)
     site = GourmetSite(root, reactor, access_log, frontend)
     service = GourmetService(config, upstreams, pools, site, access_log, log_observer)
     access_log.setServiceParent(service)
+    service.certificates = CertificateStore()
+    service.certificates.replace(tls_contexts(config, service.certificates))
+    service.tls_factory = tls_factory(site, service.certificates, reactor)
     backlog = frontend.backlog or default_backlog()
     for key, description in proxy_endpoints(config):
         listener = listener_for(config, key, description, backlog, site, reactor)
+        listener.setServiceParent(service)
+        service.listeners.append(listener)
+    for key, description in tls_endpoints(config):
+        listener = listener_for(
+            config, key, description, backlog, service.tls_factory, reactor, tls=True
+        )
         listener.setServiceParent(service)
         service.listeners.append(listener)
     admin = admin_endpoint(config)
@@ -296,7 +325,13 @@ def build_service(
             reactor,
             security,
             client_stats=site.client_stats,
-            running=Running(reactor, pools, service.listener_infos, service.reload),
+            running=Running(
+                reactor,
+                pools,
+                service.listener_infos,
+                service.reload,
+                lambda: service.certificates.certificates,
+            ),
         )
         key, description = admin
         service.admin_listener = listener_for(

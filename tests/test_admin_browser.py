@@ -60,6 +60,7 @@ from tests.processes import (
     ports_of,
     wait_reported,
 )
+from tests.test_sni import key_and_certificate
 
 ROOT = Path(__file__).parents[1]
 #: The README's picture of the console; set GOURMET_SCREENSHOT=1 to take it
@@ -271,6 +272,7 @@ weight = 1
 [server]
 listen = ["tcp:{port}:interface=127.0.0.1"]
 {statuses_location}
+{certificates}
 [[server.locations]]
 location = "^/"
 upstream = "backend"
@@ -311,7 +313,11 @@ class Deployment:
     :ivar admin_port: its console's port, once started.
     """
 
-    def __init__(self, directory: Path, statuses: bool = False) -> None:
+    def __init__(
+        self, directory: Path, statuses: bool = False, certificates: bool = False
+    ) -> None:
+        self.directory = directory
+        self.certificates = certificates
         self.a = UpstreamProcess("alpha", directory)
         self.b = UpstreamProcess("beta", directory)
         self.statuses = StatusServer() if statuses else None
@@ -361,10 +367,26 @@ class Deployment:
                     else ""
                 ),
                 statuses_location=STATUSES_LOCATION if self.statuses else "",
+                certificates=self.certificate_tables() if self.certificates else "",
             )
         )
         self.gourmet = GourmetProcess(self.config)
         self.port, self.admin_port = self.gourmet.port, self.gourmet.admin_port
+
+    def certificate_tables(self) -> str:
+        """
+        Two certificates (served by no listener, but listed): ``a.test``'s
+        for 30 days, and ``b.test``'s for 5.
+        """
+        tables = ""
+        for name, days in (("a", 30), ("b", 5)):
+            directory = self.directory / name
+            directory.mkdir(exist_ok=True)
+            key, cert = key_and_certificate(
+                directory, (f"{name}.test", f"*.{name}.test"), -1, days
+            )
+            tables += f"[[server.certificates]]\ncert = '{cert}'\nkey = '{key}'\n"
+        return tables
 
     def stop_gourmet(self) -> None:
         if self.gourmet is not None:
@@ -1321,6 +1343,8 @@ def test_the_page_says_which_gourmet_it_is_and_what_it_listens_on(
     expect(admin.locator(".connections")).to_have_text(re.compile(r"^[1-9]\d* of 256$"))
     # Signing in began with the console's challenge.
     expect(admin.locator(".refusals")).to_have_text(answered(401, 1))
+    # No certificates configured: no panel for them.
+    expect(page.locator("#certificates-panel")).to_be_hidden()
 
 
 #: Counts the page's calls of fetch(), before its own script runs.
@@ -1367,3 +1391,30 @@ def test_an_address_with_credentials_says_how_to_sign_in(
     expect(banner).to_be_hidden()
     assert page.url == clean
     assert console.errors == []
+
+
+@pytest.mark.parametrize(
+    "deployment", [{"certificates": True}], indirect=True, ids=["certificates"]
+)
+def test_the_page_lists_the_certificates_and_when_they_expire(
+    deployment: Deployment, open_console: OpenConsole
+) -> None:
+    """
+    Each certificate's file, names and expiry, the default one marked, and
+    one that expires within two weeks shown as a warning.
+    """
+    page = open_console().page
+    expect(page.locator("#certificates-panel")).to_be_visible()
+    first = page.locator(f'tr[data-certificate="{deployment.directory}/a/cert.pem"]')
+    expect(first.locator(".file")).to_have_text(
+        f"{deployment.directory}/a/cert.pem (default)"
+    )
+    expect(first.locator(".names div")).to_have_text(["a.test", "*.a.test"])
+    expect(first.locator(".expires")).to_have_text(
+        re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \(in 29 d 23 h\)$")
+    )
+    expect(first.locator(".expires")).not_to_have_class(re.compile("near-limit"))
+    second = page.locator(f'tr[data-certificate="{deployment.directory}/b/cert.pem"]')
+    expect(second.locator(".file")).to_have_text(f"{deployment.directory}/b/cert.pem")
+    expect(second.locator(".expires")).to_have_text(re.compile(r"\(in 4 d 23 h\)$"))
+    expect(second.locator(".expires")).to_have_class(re.compile("near-limit"))

@@ -16,7 +16,7 @@ import socket
 import ssl as stdlib_ssl
 import subprocess
 from pathlib import Path
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import pytest
 import pytest_twisted
@@ -34,8 +34,20 @@ Key = ec.EllipticCurvePrivateKey
 
 
 def _certificate(
-    name: str, key: Key, issuer: Tuple[str, Key], is_ca: bool = False
+    name: str,
+    key: Key,
+    issuer: Tuple[str, Key],
+    is_ca: bool = False,
+    *,
+    names: Optional[Sequence[str]] = None,
+    valid_from: float = -1,
+    valid_until: float = 1,
 ) -> x509.Certificate:
+    """
+    A certificate for ``name`` (and ``names`` in its subjectAltName, just
+    ``name`` by default), valid from ``valid_from`` to ``valid_until``
+    days from now.
+    """
     now = datetime.datetime.now(datetime.timezone.utc)
     builder = (
         x509.CertificateBuilder()
@@ -43,14 +55,13 @@ def _certificate(
         .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer[0])]))
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
+        .not_valid_before(now + datetime.timedelta(days=valid_from))
+        .not_valid_after(now + datetime.timedelta(days=valid_until))
         .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), True)
     )
     if not is_ca:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(name)]), False
-        )
+        alternative = [x509.DNSName(each) for each in names or [name]]
+        builder = builder.add_extension(x509.SubjectAlternativeName(alternative), False)
     return builder.sign(issuer[1], hashes.SHA256())
 
 

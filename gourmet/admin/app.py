@@ -42,11 +42,18 @@ from gourmet.admin.auth import (
     Refused,
 )
 from gourmet.admin.metrics import MetricsResource, metrics_registry
-from gourmet.admin.views import Instance, ListenerInfo, listener_view, upstream_view
+from gourmet.admin.views import (
+    Instance,
+    ListenerInfo,
+    certificate_view,
+    listener_view,
+    upstream_view,
+)
 from gourmet.config.model import MAX_WEIGHT, FrontendConfig, GourmetConfig
 from gourmet.frontend.channel import ClientStats
 from gourmet.frontend.errors import error_document
 from gourmet.frontend.site import GourmetSite, NamedRequest
+from gourmet.tls.certificates import Certificate
 from gourmet.upstream.pool import ConnectionPool
 from gourmet.upstream.state import AdminState, Server, Upstream
 
@@ -109,6 +116,7 @@ class AdminApp:
             pools=self.running.pools,
             listeners=self.running.listeners,
             instance=self.instance,
+            certificates=self.running.certificates,
         )
         self._metrics = MetricsResource(registry)
         self._locations = _locations_by_upstream(config)
@@ -180,6 +188,10 @@ class AdminApp:
                 "changes": [change.view() for change in reversed(self.changes)],
                 "instance": self.instance.view(self.running.clock.seconds()),
                 "listeners": [listener_view(each) for each in self.running.listeners()],
+                "certificates": [
+                    certificate_view(each, index == 0)
+                    for index, each in enumerate(self.running.certificates())
+                ],
             },
         )
 
@@ -350,6 +362,10 @@ def _no_listeners() -> Iterable[ListenerInfo]:
     return ()
 
 
+def _no_certificates() -> Iterable[Certificate]:
+    return ()
+
+
 @frozen
 class Running:
     """
@@ -368,6 +384,8 @@ class Running:
     #: Reloads the configuration file for whom it names; the error line
     #: when the file is not valid.
     reload: Optional[Callable[[str], Optional[str]]] = None
+    #: The certificates TLS listeners serve now, the default one first.
+    certificates: Callable[[], Iterable[Certificate]] = _no_certificates
 
 
 _UNCHANGED = object()
@@ -567,4 +585,6 @@ def admin_limits(config: GourmetConfig) -> FrontendConfig:
         max_body_size=config.admin.max_body_size,
         max_connections=config.admin.max_connections,
         trusted_proxies=(),
+        # The proxy's HSTS is for the proxy's clients.
+        hsts=None,
     )

@@ -30,6 +30,7 @@ import twisted
 from gourmet.admin.throttle import SignInThrottle
 from gourmet.admin.views import Instance, ListenerInfo
 from gourmet.frontend.channel import ClientStats
+from gourmet.tls.certificates import Certificate
 from gourmet.upstream.health import Health
 from gourmet.upstream.pool import ConnectionPool
 from gourmet.upstream.state import Server, Upstream
@@ -292,6 +293,28 @@ class InstanceCollector(Collector):
         )
 
 
+class CertificateCollector(Collector):
+    """
+    When each certificate TLS listeners serve expires, by name.
+    """
+
+    def __init__(self, certificates: Callable[[], Iterable[Certificate]]) -> None:
+        self.certificates = certificates
+
+    def collect(self) -> Iterable[Metric]:
+        expiry = GaugeMetricFamily(
+            "gourmet_certificate_expiry_seconds",
+            "When the certificate served for the name stops being valid, in"
+            " seconds since the epoch.",
+            labels=["file", "name"],
+        )
+        for certificate in self.certificates():
+            not_after = certificate.not_after.timestamp()
+            for name in certificate.names:
+                expiry.add_metric([certificate.cert_file, name], not_after)
+        yield expiry
+
+
 def metrics_registry(
     upstreams: Mapping[str, Upstream],
     client_stats: Optional[ClientStats] = None,
@@ -300,6 +323,7 @@ def metrics_registry(
     pools: Optional[Mapping[str, ConnectionPool]] = None,
     listeners: Optional[Callable[[], Iterable[ListenerInfo]]] = None,
     instance: Optional[Instance] = None,
+    certificates: Optional[Callable[[], Iterable[Certificate]]] = None,
 ) -> CollectorRegistry:
     """
     A registry of Gourmet's own (not the process-wide default one, so that
@@ -311,6 +335,8 @@ def metrics_registry(
         registry.register(ListenerCollector(listeners))
     if instance is not None:
         registry.register(InstanceCollector(instance))
+    if certificates is not None:
+        registry.register(CertificateCollector(certificates))
     if client_stats is not None:
         registry.register(ClientCollector(client_stats))
     if throttle is not None:

@@ -14,6 +14,7 @@ from attrs import frozen
 import gourmet
 import twisted
 from gourmet.frontend.site import GourmetSite
+from gourmet.tls.certificates import Certificate
 from gourmet.upstream.health import Health
 from gourmet.upstream.pool import ConnectionPool
 from gourmet.upstream.state import AdminState, Server, Upstream
@@ -200,4 +201,20 @@ def listener_view(listener: ListenerInfo) -> Dict[str, Any]:
         "connections": site.open_connections,
         "max_connections": site.frontend.max_connections,
         "refusals": _by_status(site.client_stats.refusals),
+    }
+
+
+def certificate_view(certificate: Certificate, default: bool) -> Dict[str, Any]:
+    """
+    A certificate TLS listeners serve, as the API shows it: its file, the
+    names it is for, when it stops being valid (seconds since the epoch),
+    and whether clients asking for no name (or another) get it.
+    """
+    return {
+        "file": certificate.cert_file,
+        "key_file": certificate.key_file,
+        "names": list(certificate.names),
+        "not_before": certificate.not_before.timestamp(),
+        "not_after": certificate.not_after.timestamp(),
+        "default": default,
     }

@@ -7,16 +7,18 @@ before anything listens.
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import os
-from typing import TYPE_CHECKING, Dict, Iterator, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-
-if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+from gourmet.tls.certificates import (
+    certificates_in,
+    check_key_matches,
+    check_valid_at,
+    private_key_in,
+    read_file,
+)
 
 #: nginx's default listen backlog, used where the kernel's limit cannot be
 #: read: Twisted's own default, 50, stalls a burst of new connections for
@@ -175,52 +177,29 @@ def _absolute(path: str, base_dir: str) -> str:
 def check_tls_files(description: str) -> None:
     """
     Read the files an ``ssl:`` endpoint string names, as Twisted does when
-    it makes the endpoint, and check that they hold a certificate and the
-    private key that goes with it: a problem is then one line naming the
-    file, before anything listens, rather than Twisted's traceback.
+    it makes the endpoint, and check them as ``[[server.certificates]]``
+    are checked (:mod:`gourmet.tls.certificates`): a certificate, the
+    private key that goes with it, valid now.  A problem is then one line
+    naming the file, before anything listens, rather than Twisted's
+    traceback (or a certificate every client refuses).
 
     :raises ValueError: saying which file cannot be read, holds no
-        certificate or key, or holds a key that is not the certificate's.
+        certificate or key, holds a key that is not the certificate's, or
+        a certificate expired or not valid yet.
     """
     files = tls_files(description)
     if not files:
         return
-    contents = {name: _read(path) for name, path in files.items()}
+    contents = {name: read_file(path) for name, path in files.items()}
     key_path, certificate_path = files["privateKey"], files["certKey"]
     # Twisted reads the two as one PEM text, the certificate's file first,
     # and takes the first certificate and the first key in it.
     pem = contents["certKey"] + b"\n" + contents["privateKey"]
-    try:
-        certificate = x509.load_pem_x509_certificate(pem)
-    except ValueError:
-        raise ValueError(f"no PEM certificate in {certificate_path}") from None
-    try:
-        key = serialization.load_pem_private_key(pem, password=None)
-    except TypeError:
-        raise ValueError(
-            f"the private key in {key_path} is encrypted: Gourmet needs it"
-            " without a passphrase"
-        ) from None
-    except (ValueError, UnsupportedAlgorithm):
-        raise ValueError(f"no PEM private key in {key_path}") from None
-    if _public_bytes(key.public_key()) != _public_bytes(certificate.public_key()):
-        raise ValueError(
-            f"the private key in {key_path} does not match the certificate in"
-            f" {certificate_path}"
-        )
-
-
-def _read(path: str) -> bytes:
-    try:
-        with open(path, "rb") as file:
-            return file.read()
-    except OSError as error:
-        raise ValueError(f"cannot read {path}: {error.strerror or error}") from None
-
-
-def _public_bytes(key: PublicKeyTypes) -> bytes:
-    return key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    certificate = certificates_in(pem, certificate_path)[0]
+    key = private_key_in(pem, key_path)
+    check_key_matches(key, certificate, key_path, certificate_path)
+    check_valid_at(
+        certificate, certificate_path, datetime.datetime.now(datetime.timezone.utc)
     )
 
 

@@ -40,6 +40,7 @@ from gourmet.admin import passwords
 from gourmet.config.endpoints import (
     check_tls_files,
     is_loopback_host,
+    tls_files,
     with_files_from,
 )
 from gourmet.config.model import (
@@ -54,6 +55,7 @@ from gourmet.config.model import (
     UpstreamServerConfig,
 )
 from gourmet.config.origin import parse_origin
+from gourmet.tls.certificates import Certificate, CertificateError, load_certificate
 from gourmet.upstream.balancers import BALANCERS
 
 if sys.version_info >= (3, 11):
@@ -354,6 +356,38 @@ def _endpoint(base_dir: str) -> Kind[str]:
     return endpoint
 
 
+def _plain_endpoint(value: Any) -> str:
+    """
+    A Twisted endpoint string for Gourmet to serve TLS on: not ``ssl:``,
+    whose TLS would be Twisted's, with one certificate.
+    """
+    text = _string(value)
+    if tls_files(text):
+        raise _Invalid(
+            "expected a plain endpoint such as tcp:443 (Gourmet adds TLS with"
+            f" [[server.certificates]]), got {_show(value)}"
+        )
+    return text
+
+
+#: What RFC 6797 requires of a Strict-Transport-Security value: max-age.
+_HSTS_MAX_AGE = re.compile(r'(?:\A|;)\s*max-age\s*=\s*"?[0-9]+"?\s*(?:;|\Z)', re.I)
+
+
+def _hsts(value: Any) -> str:
+    """
+    A ``Strict-Transport-Security`` header value: printable ASCII with a
+    ``max-age`` directive.
+    """
+    text = _string(value)
+    if not (text.isascii() and text.isprintable() and _HSTS_MAX_AGE.search(text)):
+        raise _Invalid(
+            "expected a Strict-Transport-Security value such as"
+            f' "max-age=31536000; includeSubDomains", got {_show(value)}'
+        )
+    return text
+
+
 def _admin_listen(base_dir: str) -> Kind[Optional[str]]:
     """
     A Twisted endpoint string, or ``"off"``.
@@ -610,13 +644,16 @@ class _Table:
             raise self._missing(name, expected)
         return _Table({}, self.key(name), self._source)
 
-    def tables(self, name: str) -> List[_Table]:
+    def tables(self, name: str, required: bool = True) -> List[_Table]:
         """
         The array of tables (``[[name]]``) under ``name``: required, and not
-        empty.
+        empty, unless not ``required`` (then it may be absent).
         """
         key = self.key(name)
         expected = f"at least one [[{key}]] table"
+        if not required and name not in self._data:
+            self._asked.add(name)
+            return []
         value = self.require(name, lambda value: value, expected)
         if not isinstance(value, list) or not value:
             raise self.error(
@@ -728,6 +765,50 @@ def _location(table: _Table, upstreams: Collection[str]) -> LocationConfig:
     return LocationConfig(pattern=pattern, upstream=upstream, **values)
 
 
+def _certificate(table: _Table, base_dir: str) -> Certificate:
+    """
+    A ``[[server.certificates]]`` table: its files, read and checked.
+    """
+    path = _file_path(base_dir)
+    files = {
+        "cert": table.require("cert", path, "the certificate's PEM file"),
+        "key": table.require("key", path, "the private key's PEM file"),
+    }
+    table.done()
+    try:
+        return load_certificate(files["cert"], files["key"])
+    except CertificateError as error:
+        raise table.error(error.part, str(error)) from None
+
+
+def _tls(table: _Table, base_dir: str) -> Dict[str, Any]:
+    """
+    The ``[server]`` keys of TLS, checked together.
+    """
+    values = table.fields(
+        tls_listen=_array(_plain_endpoint),
+        min_tls_version=_choice(("1.2", "1.3")),
+        redirect_to_https=_boolean,
+        hsts=_hsts,
+    )
+    certificates = tuple(
+        _certificate(each, base_dir)
+        for each in table.tables("certificates", required=False)
+    )
+    if values.get("tls_listen") and not certificates:
+        raise table.error(
+            "tls_listen",
+            "TLS listeners need at least one [[server.certificates]] table"
+            " (cert and key)",
+        )
+    if values.get("redirect_to_https") and not values.get("tls_listen"):
+        raise table.error(
+            "redirect_to_https",
+            "redirects to HTTPS need server.tls_listen, a listener to send clients to",
+        )
+    return {**values, "certificates": certificates}
+
+
 def _frontend(
     table: _Table, upstreams: Collection[str], base_dir: str
 ) -> FrontendConfig:
@@ -749,6 +830,7 @@ def _frontend(
         underscores_in_headers=_choice(("drop", "refuse", "pass")),
         server_header=_boolean,
     )
+    values.update(_tls(table, base_dir))
     locations = tuple(
         _location(location, upstreams) for location in table.tables("locations")
     )

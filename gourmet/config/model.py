@@ -14,6 +14,7 @@ from attrs import field, frozen
 
 from gourmet.config.endpoints import endpoint_is_loopback
 from gourmet.config.origin import Origin
+from gourmet.tls.certificates import Certificate
 
 #: The largest weight a server may have, in configuration or at runtime.
 MAX_WEIGHT = 1000
@@ -145,6 +146,20 @@ class FrontendConfig:
     #: none; None: the kernel's ``somaxconn``, at least 511
     #: (:func:`gourmet.config.endpoints.default_backlog`).
     backlog: Optional[int] = None
+    #: Endpoint strings of plain sockets Gourmet serves TLS on itself,
+    #: with ``certificates``.
+    tls_listen: Tuple[str, ...] = ()
+    #: The certificates of ``tls_listen``, read and checked; the first
+    #: serves clients that ask for no name, or for one none is for.
+    certificates: Tuple[Certificate, ...] = ()
+    #: The oldest TLS version ``tls_listen`` accepts: ``"1.2"`` or ``"1.3"``.
+    min_tls_version: str = "1.2"
+    #: Whether plain listeners answer every request with a redirect (308)
+    #: to HTTPS on the first of ``tls_listen``, rather than proxy it.
+    redirect_to_https: bool = False
+    #: The ``Strict-Transport-Security`` value of every response to a TLS
+    #: client whose upstream sent none; None: not sent.
+    hsts: Optional[str] = None
 
     @property
     def endpoints(self) -> Tuple[str, ...]:

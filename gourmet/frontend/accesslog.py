@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import IO, Any, Callable, Dict, List, Optional
+from typing import IO, Any, Callable, Dict, List, Optional, Tuple
 
 from attrs import define, field
 from twisted.application.internet import TimerService
@@ -18,6 +18,10 @@ from twisted.web import http
 #: Written for a request whose client left before the response was complete,
 #: as nginx does.
 CLIENT_CLOSED = 499
+
+#: A TLS client's connection: the protocol version (``TLSv1.3``) and the
+#: name it asked for (SNI), if any.
+TLSInfo = Tuple[str, Optional[str]]
 
 
 @define
@@ -32,6 +36,8 @@ class ProxyRecord:
     #: The status to log when it is not the one the client got whole
     #: (499: the client left; the upstream's status with a truncated body).
     status: Optional[int] = None
+    #: The client's TLS, when it spoke TLS.
+    tls: Optional[TLSInfo] = None
 
 
 def _quoted(value: Optional[bytes]) -> str:
@@ -59,6 +65,8 @@ def _fields(
         "upstream": ",".join(record.upstreams) or "-",
         "upstream_status": ",".join(record.upstream_statuses) or "-",
         "request_time": round(now - record.started, 6),
+        "tls": record.tls[0] if record.tls else None,
+        "sni": record.tls[1] if record.tls else None,
     }
 
 
@@ -86,7 +94,9 @@ def combined_line(
 
 def json_line(request: http.Request, record: ProxyRecord, now: float, when: str) -> str:
     """
-    The same fields as :func:`combined_line`, as one JSON object.
+    The same fields as :func:`combined_line`, as one JSON object, and the
+    client's TLS version and the name it asked for (``tls`` and ``sni``,
+    null for plain HTTP).
     """
     fields = _fields(request, record, now, when)
     return json.dumps(fields, separators=(",", ":")) + "\n"

@@ -27,7 +27,7 @@ from typing import (
 )
 
 from twisted.internet.abstract import FileDescriptor
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ISSLTransport
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -125,6 +125,8 @@ class GourmetChannel(HTTPChannelHooks):
 
     log = Logger()
     site: ChannelSite  # set by the site that builds it
+    #: Whether the client speaks TLS to Gourmet (known once connected).
+    secure = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -143,6 +145,7 @@ class GourmetChannel(HTTPChannelHooks):
         self._held_head = b""
         self._body_started = 0.0
         self._closing = False
+        self._tls_info: Optional[Tuple[str, Optional[str]]] = None
         self._reset_request()
 
     @property
@@ -166,6 +169,8 @@ class GourmetChannel(HTTPChannelHooks):
         self._head_deadline = Deadline(clock, self._head_timed_out)
         self._idle_deadline = Deadline(clock, self.timeoutConnection)
         super().connectionMade()
+        # Once per connection: twisted.web asks for every request.
+        self.secure = ISSLTransport.providedBy(self.transport)
         tune(self.transport)
         limits = self._limits
         # Twisted's own limits answer 400; Gourmet's, checked first, say why.
@@ -188,6 +193,24 @@ class GourmetChannel(HTTPChannelHooks):
         if self._counted:
             self._counted = False
             self.site.connection_closed(self)
+
+    def isSecure(self) -> bool:
+        return self.secure
+
+    def tls_info(self) -> Tuple[str, Optional[str]]:
+        """
+        The TLS version the client speaks and the name it asked for (SNI),
+        read once a connection: for the access log.
+        """
+        if self._tls_info is None:
+            # TLSMemoryBIOProtocol's pyOpenSSL connection.
+            handle = self.transport.getHandle()  # type: ignore[union-attr]
+            name = handle.get_servername()
+            self._tls_info = (
+                handle.get_protocol_version_name(),
+                name.decode("ascii", "replace") if name else None,
+            )
+        return self._tls_info
 
     # Every request asks for both addresses, and they cannot change: the
     # local one costs a system call and the peer's a new object each time.
@@ -229,6 +252,12 @@ class GourmetChannel(HTTPChannelHooks):
         for name, values in headers.getAllRawHeaders():
             for value in values:
                 pieces.extend((name, b": ", value, b"\r\n"))
+        if self.secure:
+            # HSTS as nginx's add_header adds it, unless the upstream
+            # said its own.
+            hsts = self._limits.hsts
+            if hsts is not None and not headers.hasHeader(b"strict-transport-security"):
+                pieces.extend((b"Strict-Transport-Security: ", hsts.encode(), b"\r\n"))
         if self._closing and not headers.hasHeader(b"connection"):
             pieces.append(b"Connection: close\r\n")
         elif keep_alive_1_0:

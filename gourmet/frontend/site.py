@@ -100,8 +100,11 @@ class GourmetRequest(NamedRequest):
             self.gourmet_client_gone(reason)
 
     def process(self) -> None:
-        site: GourmetSite = self.channel.site  # type: ignore[attr-defined]
+        channel: GourmetChannel = self.channel  # type: ignore[assignment]
+        site: GourmetSite = channel.site  # type: ignore[assignment]
         self.gourmet_record = ProxyRecord(started=site.clock.seconds())
+        if channel.secure:
+            self.gourmet_record.tls = channel.tls_info()
         super().process()
 
 
@@ -134,13 +137,19 @@ class RoutingResource(Resource):
         router: Router,
         locations: Sequence[IResource],
         error_pages: ErrorPages,
+        redirect: Optional[IResource] = None,
     ) -> None:
         super().__init__()
         self.router = router
         self.location_resources = tuple(locations)
         self.not_found = NotFound(error_pages)
+        #: What a request on a plain listener gets instead of its route
+        #: (``redirect_to_https``); None: plain listeners proxy too.
+        self.redirect = redirect
 
     def getChildWithDefault(self, path: bytes, request: GourmetRequest) -> IResource:
+        if self.redirect is not None and not request.channel.secure:  # type: ignore[attr-defined]
+            return self.redirect
         route = self.router.route(
             request.path,
             request.uri.partition(b"?")[2],

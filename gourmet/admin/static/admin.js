@@ -27,6 +27,8 @@
     sections: new Map(),
     /** Listener name → its row's elements. */
     listeners: new Map(),
+    /** Certificate file → its row's elements. */
+    certificates: new Map(),
     /**
      * Gourmet's clock at its last answer, in Unix seconds: "up 5 min" is
      * measured on it, so a console read from a computer whose clock is off
@@ -351,6 +353,7 @@
     const instance = data.instance;
     app.serverNow = instance ? instance.started + instance.uptime : null;
     renderOverview(instance, data.listeners || []);
+    renderCertificates(data.certificates || []);
     render(data.upstreams);
     renderChanges(data.changes || []);
   }
@@ -449,6 +452,45 @@
     setText(row.connections, limit > 0 ? `${count(open)} of ${count(limit)}` : `${count(open)}, no limit`);
     row.connections.classList.toggle("near-limit", limit > 0 && open >= 0.9 * limit);
     setText(row.refusals, statusCounts(listener.refusals, false) || "none");
+  }
+
+  // -- certificates ------------------------------------------------------------------
+
+  /** Days left under which a certificate's expiry is shown as a warning. */
+  const EXPIRY_WARNING_DAYS = 14;
+
+  function renderCertificates(certificates) {
+    document.getElementById("certificates-panel").hidden = certificates.length === 0;
+    reconcile(document.getElementById("certificates-body"), app.certificates, certificates, {
+      key: (certificate) => certificate.file,
+      build: buildCertificateRow,
+      update: updateCertificateRow,
+      node: (row) => row.tr,
+    });
+  }
+
+  function buildCertificateRow(certificate) {
+    const row = {
+      file: el("th", { className: "file", attrs: { scope: "row" } }),
+      names: el("td", { className: "names" }),
+      expires: el("td", { className: "expires" }),
+    };
+    row.tr = el("tr", { attrs: { "data-certificate": certificate.file } }, [
+      row.file,
+      row.names,
+      row.expires,
+    ]);
+    return row;
+  }
+
+  function updateCertificateRow(row, certificate) {
+    setText(row.file, certificate.default ? `${certificate.file} (default)` : certificate.file);
+    showList(row.names, certificate.names, (name) => el("div", { text: name }));
+    const now = app.serverNow === null ? Date.now() / 1000 : app.serverNow;
+    const left = certificate.not_after - now;
+    const when = dateTime(certificate.not_after);
+    setText(row.expires, left > 0 ? `${when} (in ${duration(left)})` : `${when} (expired)`);
+    row.expires.classList.toggle("near-limit", left < EXPIRY_WARNING_DAYS * 86400);
   }
 
   /** Brings the page in line with the upstreams the API returned. */

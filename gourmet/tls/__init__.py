@@ -1,0 +1,5 @@
+"""
+TLS that Gourmet terminates itself: certificates read and checked
+(:mod:`gourmet.tls.certificates`), the server contexts built from them and
+chosen by the name a client asks for (:mod:`gourmet.tls.store`).
+"""
