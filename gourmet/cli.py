@@ -56,6 +56,14 @@ def starter_config() -> str:
     return starter.read_text(encoding="utf-8")
 
 
+def _say(line: str) -> None:
+    """
+    A command's answer, on standard output: its interface (Gourmet itself
+    logs with twisted.logger).
+    """
+    sys.stdout.write(line + "\n")
+
+
 def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
@@ -130,7 +138,7 @@ def _check(options: argparse.Namespace) -> None:
         config = check_file(options.file, reactor)
     except (ConfigError, TwistedMismatch) as error:
         raise CommandError(str(error)) from None
-    print(f"gourmet: {options.file}: ok ({_summary(config)})")
+    _say(f"gourmet: {options.file}: ok ({_summary(config)})")
 
 
 def _init(options: argparse.Namespace) -> None:
@@ -145,7 +153,7 @@ def _init(options: argparse.Namespace) -> None:
         raise CommandError(f"{options.file}: exists already; not overwritten") from None
     except OSError as error:
         raise CommandError(f"{options.file}: cannot write: {error.strerror}") from None
-    print(f"gourmet: wrote {options.file}; check it with: gourmet check {options.file}")
+    _say(f"gourmet: wrote {options.file}; check it with: gourmet check {options.file}")
 
 
 def _hash_password(options: argparse.Namespace) -> int:
@@ -192,7 +200,7 @@ def _reload_by_signal(path: str) -> None:
         ) from None
     except OSError as error:
         raise CommandError(f"cannot signal process {pid}: {error.strerror}") from None
-    print(f"gourmet: sent SIGHUP to process {pid}: its log says how the reload went")
+    _say(f"gourmet: sent SIGHUP to process {pid}: its log says how the reload went")
 
 
 def _read_token(path: str) -> str:
@@ -223,7 +231,7 @@ def _reload_by_api(admin: str, token_file: str) -> None:
     except (urllib.error.URLError, OSError, ValueError) as error:
         reason = getattr(error, "reason", None) or error
         raise CommandError(f"reload: cannot reach {url}: {reason}") from None
-    print(f"gourmet: reloaded: {answer['reloaded']['description']}")
+    _say(f"gourmet: reloaded: {answer['reloaded']['description']}")
 
 
 def _refusal(url: str, error: urllib.error.HTTPError) -> str:

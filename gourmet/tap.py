@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 
 from twisted.python import usage
@@ -35,7 +36,7 @@ class Options(usage.Options):
         """
         from gourmet.cli import version_line
 
-        print(version_line())
+        sys.stdout.write(version_line() + "\n")
         raise SystemExit(0)
 
 
