@@ -790,6 +790,8 @@ def _tls(table: _Table, base_dir: str) -> Dict[str, Any]:
         min_tls_version=_choice(("1.2", "1.3")),
         redirect_to_https=_boolean,
         hsts=_hsts,
+        http2=_boolean,
+        http2_max_concurrent_streams=_whole(1, 10000),
     )
     certificates = tuple(
         _certificate(each, base_dir)

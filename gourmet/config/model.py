@@ -160,6 +160,11 @@ class FrontendConfig:
     #: The ``Strict-Transport-Security`` value of every response to a TLS
     #: client whose upstream sent none; None: not sent.
     hsts: Optional[str] = None
+    #: Whether TLS listeners offer HTTP/2 (ALPN ``h2``) before HTTP/1.1.
+    http2: bool = True
+    #: Streams an HTTP/2 client may have open at once on one connection
+    #: (nginx's ``http2_max_concurrent_streams``); more are refused.
+    http2_max_concurrent_streams: int = 128
 
     @property
     def endpoints(self) -> Tuple[str, ...]:
