@@ -16,8 +16,10 @@ from twisted.web.server import Site
 from gourmet.config.endpoints import with_backlog, with_unix_mode
 from gourmet.config.load import ConfigError
 from gourmet.config.model import GourmetConfig, UpstreamConfig
+from gourmet.frontend.challenge import Challenges
 from gourmet.frontend.errors import ErrorPages
 from gourmet.frontend.https import HttpsRedirect
+from gourmet.frontend.negotiation import ProtocolByAlpnFactory
 from gourmet.frontend.routing import Router
 from gourmet.frontend.site import RoutingResource
 from gourmet.listener import Listener
@@ -62,7 +64,9 @@ def tls_contexts(
     """
     frontend = config.frontend
     try:
-        return build_contexts(store, frontend.certificates, frontend.min_tls_version)
+        return build_contexts(
+            store, frontend.certificates, frontend.min_tls_version, frontend.http2
+        )
     except CertificateError as error:
         key = f"server.certificates[{error.index}].{error.part}"
         raise ConfigError(config.source, key, str(error)) from None
@@ -71,9 +75,10 @@ def tls_contexts(
 def tls_factory(site: Site, store: CertificateStore, reactor: Any) -> IProtocolFactory:
     """
     The factory of the proxy's TLS listeners: ``site`` in TLS, served with
-    the certificates ``store`` has when each connection starts.
+    the certificates ``store`` has when each connection starts, over
+    HTTP/2 or HTTP/1.1 as ALPN agrees.
     """
-    return TLSMemoryBIOFactory(store, False, site, clock=reactor)
+    return TLSMemoryBIOFactory(store, False, ProtocolByAlpnFactory(site), clock=reactor)
 
 
 def admin_endpoint(config: GourmetConfig) -> Optional[Tuple[str, str]]:
@@ -105,6 +110,7 @@ def routing_root(
     pools: Dict[str, ConnectionPool],
     reactor: Any,
     https_port: Callable[[], Optional[int]] = lambda: None,
+    challenges: Optional[Challenges] = None,
 ) -> RoutingResource:
     """
     The proxy site's root resource: its locations, each proxying to its
@@ -112,6 +118,7 @@ def routing_root(
     listeners answer with instead.
 
     :param https_port: the port of the first TLS listener, for redirects.
+    :param challenges: ACME's pending http-01 challenges, answered first.
     :raises ConfigError: when the error page cannot be read.
     """
     error_pages = ErrorPages(_error_page(config))
@@ -130,7 +137,9 @@ def routing_root(
     redirect = (
         HttpsRedirect(error_pages, https_port) if frontend.redirect_to_https else None
     )
-    return RoutingResource(Router(frontend.locations), locations, error_pages, redirect)
+    return RoutingResource(
+        Router(frontend.locations), locations, error_pages, redirect, challenges
+    )
 
 
 def listener_for(

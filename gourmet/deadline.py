@@ -79,3 +79,58 @@ class Deadline:
             return
         self._due = None
         self._expired()
+
+
+#: Shortest wait between two checks of a body's rate, so that a body
+#: arriving exactly at the minimum rate does not spin the timer.
+_MIN_RATE_CHECK = 0.25
+
+
+class MinimumRate:
+    """
+    Watches that a request body arrives at ``rate`` bytes a second or more,
+    averaged from its start (nginx's ``client_body_timeout`` read as a
+    rate), and calls ``too_slow`` with that rate when it falls behind.
+
+    :param clock: the reactor (or a test's Clock).
+    :param too_slow: what to do with a body that fell behind.
+    """
+
+    def __init__(self, clock: IReactorTime, too_slow: Callable[[int], None]) -> None:
+        self._clock = clock
+        self._too_slow = too_slow
+        self._rate = 0
+        self._started = 0.0
+        self.received = 0
+        self._call: Optional[IDelayedCall] = None
+
+    def start(self, rate: int, grace: float) -> None:
+        """
+        Start counting a body from now, first checked after ``grace``
+        seconds; a ``rate`` of 0 checks nothing.
+        """
+        self.stop()
+        self._rate = rate
+        self._started = self._clock.seconds()
+        self.received = 0
+        if rate:
+            self._call = self._clock.callLater(grace, self._check)
+
+    def stop(self) -> None:
+        """
+        The body ended, or its request went: check no more.
+        """
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _check(self) -> None:
+        self._call = None
+        rate = self._rate
+        elapsed = self._clock.seconds() - self._started
+        if self.received < rate * elapsed:
+            self._too_slow(rate)
+            return
+        # Look again when the body would fall behind if nothing more came.
+        wait = max(self.received / rate - elapsed, _MIN_RATE_CHECK)
+        self._call = self._clock.callLater(wait, self._check)

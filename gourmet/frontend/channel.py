@@ -37,7 +37,7 @@ from twisted.web.http_headers import Headers
 from gourmet._twisted.channel import HTTPChannelHooks
 from gourmet._twisted.sockets import tune
 from gourmet.config.model import FrontendConfig
-from gourmet.deadline import Deadline
+from gourmet.deadline import Deadline, MinimumRate
 from gourmet.frontend.errors import error_document
 from gourmet.http.request import (
     MAX_BODY,
@@ -49,15 +49,12 @@ from gourmet.http.request import (
     check_request_line,
     refusal,
 )
+from gourmet.tls.store import tls_details
 
 #: Seconds a refused client may go on sending (its data is dropped) after
 #: the answer, so that closing with unread data does not reset the
 #: connection before the client has read why.
 LINGER_SECONDS = 2.0
-
-#: Shortest wait between two checks of a body's rate, so that a body
-#: arriving exactly at the minimum rate does not spin the timer.
-_MIN_RATE_CHECK = 0.25
 
 #: Statuses whose responses have no body, whatever their headers say.
 _NO_BODY = frozenset({b"204", b"304"})
@@ -87,6 +84,9 @@ class ClientStats:
     def __init__(self) -> None:
         self.headers_dropped: Counter[str] = Counter()
         self.refusals: Counter[int] = Counter()
+        #: HTTP/2 connections closed for what their client did, by reason
+        #: (``"protocol"``, ``"rapid_reset"``, ``"unread"``).
+        self.protocol_errors: Counter[str] = Counter()
 
 
 class ChannelSite(Protocol):
@@ -138,12 +138,11 @@ class GourmetChannel(HTTPChannelHooks):
         # Made in connectionMade, when the site and its clock are known.
         self._head_deadline: Optional[Deadline] = None
         self._idle_deadline: Optional[Deadline] = None
-        self._body_timer: Optional[IDelayedCall] = None
+        self._body_rate: Optional[MinimumRate] = None
         self._linger: Optional[IDelayedCall] = None
         self._host: Any = None
         self._peer: Any = None
         self._held_head = b""
-        self._body_started = 0.0
         self._closing = False
         self._tls_info: Optional[Tuple[str, Optional[str]]] = None
         self._reset_request()
@@ -159,7 +158,6 @@ class GourmetChannel(HTTPChannelHooks):
         self._head: Optional[Head] = None
         self._head_size = 0
         self._blank_line_seen = False
-        self._body_received = 0
         self._body_declared = 0
 
     # -- connection ------------------------------------------------------
@@ -168,6 +166,7 @@ class GourmetChannel(HTTPChannelHooks):
         clock = self.site.clock
         self._head_deadline = Deadline(clock, self._head_timed_out)
         self._idle_deadline = Deadline(clock, self.timeoutConnection)
+        self._body_rate = MinimumRate(clock, self._body_too_slow)
         super().connectionMade()
         # Once per connection: twisted.web asks for every request.
         self.secure = ISSLTransport.providedBy(self.transport)
@@ -185,7 +184,6 @@ class GourmetChannel(HTTPChannelHooks):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stop_deadlines()
-        self._body_timer = _cancel(self._body_timer)
         self._linger = _cancel(self._linger)
         # The request hears of it first: a stop waiting for the last
         # connection then finds its line in the access log.
@@ -204,12 +202,7 @@ class GourmetChannel(HTTPChannelHooks):
         """
         if self._tls_info is None:
             # TLSMemoryBIOProtocol's pyOpenSSL connection.
-            handle = self.transport.getHandle()  # type: ignore[union-attr]
-            name = handle.get_servername()
-            self._tls_info = (
-                handle.get_protocol_version_name(),
-                name.decode("ascii", "replace") if name else None,
-            )
+            self._tls_info = tls_details(self.transport.getHandle())  # type: ignore[union-attr]
         return self._tls_info
 
     # Every request asks for both addresses, and they cannot change: the
@@ -323,6 +316,8 @@ class GourmetChannel(HTTPChannelHooks):
         for deadline in (self._head_deadline, self._idle_deadline):
             if deadline is not None:
                 deadline.cancel()
+        if self._body_rate is not None:
+            self._body_rate.stop()
 
     # -- the head ----------------------------------------------------------
 
@@ -453,7 +448,9 @@ class GourmetChannel(HTTPChannelHooks):
         self.use_body_framing(length, self._chunk_size, check_header_line)
         self.length = length
         if length != 0:
-            self._watch_body_rate()
+            # From the end of the head, after a grace of header_timeout.
+            limits = self._limits
+            self._body_rate.start(limits.body_min_rate, limits.header_timeout)  # type: ignore[union-attr]
         # Twisted answers "100 Continue" here, after Gourmet's checks.
         super().allHeadersReceived()
 
@@ -475,7 +472,7 @@ class GourmetChannel(HTTPChannelHooks):
         if self._rejected:
             return
         if not self.handling_request:
-            self._body_received += len(data)
+            self._body_rate.received += len(data)  # type: ignore[union-attr]
         try:
             super().rawDataReceived(data)
         except BadRequest as error:
@@ -494,7 +491,7 @@ class GourmetChannel(HTTPChannelHooks):
             raise BadRequest(400, "chunk size too large")
 
     def allContentReceived(self) -> None:
-        self._body_timer = _cancel(self._body_timer)
+        self._body_rate.stop()  # type: ignore[union-attr]
         self._reset_request()
         self.MAX_LENGTH = self._limits.max_request_line
         super().allContentReceived()
@@ -519,28 +516,8 @@ class GourmetChannel(HTTPChannelHooks):
         timeout = self._limits.header_timeout
         self._reject(BadRequest(408, f"no whole head within {timeout:g} seconds"))
 
-    def _watch_body_rate(self) -> None:
-        """
-        From the end of the head, the body must average ``body_min_rate``;
-        it is first checked after a grace of ``header_timeout``.
-        """
-        limits = self._limits
-        if not limits.body_min_rate:
-            return
-        self._body_started = self.site.clock.seconds()
-        self._body_received = 0
-        self._body_timer = self.callLater(limits.header_timeout, self._check_body_rate)
-
-    def _check_body_rate(self) -> None:
-        self._body_timer = None
-        rate = self._limits.body_min_rate
-        elapsed = self.site.clock.seconds() - self._body_started
-        if self._body_received < rate * elapsed:
-            self._reject(BadRequest(408, f"body slower than {rate} bytes/s"))
-            return
-        # Look again when the body would fall behind if nothing more came.
-        wait = max(self._body_received / rate - elapsed, _MIN_RATE_CHECK)
-        self._body_timer = self.callLater(wait, self._check_body_rate)
+    def _body_too_slow(self, rate: int) -> None:
+        self._reject(BadRequest(408, f"body slower than {rate} bytes/s"))
 
     # -- refusing ----------------------------------------------------------
 
@@ -554,7 +531,6 @@ class GourmetChannel(HTTPChannelHooks):
             return
         self._rejected = True
         self._stop_deadlines()
-        self._body_timer = _cancel(self._body_timer)
         self.setTimeout(None)
         self.clearLineBuffer()
         transport: Any = self.transport

@@ -226,7 +226,12 @@ def _connection_options(values: Sequence[bytes]) -> AbstractSet[bytes]:
     return tokens
 
 
-def _content_length(value: bytes) -> int:
+def content_length(value: bytes) -> int:
+    """
+    A ``Content-Length`` value: digits only, at most 18 of them.
+
+    :raises BadRequest: 400 when malformed, 413 when too long.
+    """
     if _DIGITS.fullmatch(value) is None:
         raise BadRequest(400, "malformed Content-Length")
     if len(value) > MAX_LENGTH_DIGITS:
@@ -260,7 +265,7 @@ def _body_length(
         _check_transfer_coding(codings[0])
         return None
     if lengths:
-        return _content_length(lengths[0])
+        return content_length(lengths[0])
     return 0
 
 

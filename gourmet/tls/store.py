@@ -35,23 +35,40 @@ INTERMEDIATE_CIPHERS = (
 TLS_VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
 
 #: The application protocols offered with ALPN, preferred first (the
-#: server's preference decides): HTTP/2's ``h2`` goes before this one once
-#: Gourmet speaks it.
-ALPN_PROTOCOLS: Tuple[bytes, ...] = (b"http/1.1",)
+#: server's preference decides, as nginx's does): HTTP/2, then HTTP/1.1.
+ALPN_PROTOCOLS: Tuple[bytes, ...] = (b"h2", b"http/1.1")
+#: Without ``http2``.
+ALPN_HTTP1: Tuple[bytes, ...] = (b"http/1.1",)
 
 
-def _choose_protocol(offered: List[bytes]) -> Any:
-    for protocol in ALPN_PROTOCOLS:
-        if protocol in offered:
-            return protocol
-    # Go on without ALPN: the client may speak HTTP/1.1 all the same.
-    return SSL.NO_OVERLAPPING_PROTOCOLS
+def _protocol_chooser(protocols: Tuple[bytes, ...]) -> Callable[..., Any]:
+    def choose(connection: SSL.Connection, offered: List[bytes]) -> Any:
+        for protocol in protocols:
+            if protocol in offered:
+                return protocol
+        # Go on without ALPN: the client may speak HTTP/1.1 all the same.
+        return SSL.NO_OVERLAPPING_PROTOCOLS
+
+    return choose
+
+
+def tls_details(handle: SSL.Connection) -> Tuple[str, Optional[str]]:
+    """
+    The TLS version a connection speaks and the name its client asked for
+    (SNI), from its pyOpenSSL connection: for the access log.
+    """
+    name = handle.get_servername()
+    return (
+        handle.get_protocol_version_name(),
+        name.decode("ascii", "replace") if name else None,
+    )
 
 
 def server_context(
     certificate: Certificate,
     min_version: str,
     on_server_name: Callable[[SSL.Connection], None],
+    protocols: Tuple[bytes, ...] = ALPN_PROTOCOLS,
 ) -> SSL.Context:
     """
     The OpenSSL context that serves ``certificate``: TLS ``min_version``
@@ -62,6 +79,7 @@ def server_context(
     :param on_server_name: called with each connection once its hello
         has said which name it asks for (every context has the same one,
         so that a connection is switched wherever it starts).
+    :param protocols: what ALPN offers, preferred first.
     :raises CertificateError: when OpenSSL refuses the certificate or key.
     """
     context = SSL.Context(SSL.TLS_SERVER_METHOD)
@@ -79,9 +97,7 @@ def server_context(
             f"OpenSSL cannot serve the certificate in {certificate.cert_file}"
             f" with the key in {certificate.key_file}: {error}"
         ) from None
-    context.set_alpn_select_callback(
-        lambda connection, offered: _choose_protocol(offered)
-    )
+    context.set_alpn_select_callback(_protocol_chooser(protocols))
     context.set_tlsext_servername_callback(on_server_name)
     return context
 
@@ -98,11 +114,14 @@ class ServerContexts:
 
 
 def build_contexts(
-    store: CertificateStore, certificates: Sequence[Certificate], min_version: str
+    store: CertificateStore,
+    certificates: Sequence[Certificate],
+    min_version: str,
+    http2: bool = True,
 ) -> Optional[ServerContexts]:
     """
     The contexts for ``certificates`` (None when there is none), for
-    ``store``'s connections.
+    ``store``'s connections, offering HTTP/2 with ``http2``.
 
     :raises CertificateError: when OpenSSL refuses one (its ``index`` says
         which).
@@ -112,7 +131,12 @@ def build_contexts(
     contexts = []
     for index, each in enumerate(certificates):
         try:
-            context = server_context(each, min_version, store.server_name_received)
+            context = server_context(
+                each,
+                min_version,
+                store.server_name_received,
+                ALPN_PROTOCOLS if http2 else ALPN_HTTP1,
+            )
         except CertificateError as error:
             error.index = index
             raise
