@@ -22,6 +22,7 @@ from zope.interface import provider
 
 from gourmet.config.model import FrontendConfig
 from gourmet.frontend.accesslog import AccessLog, ProxyRecord
+from gourmet.frontend.challenge import Challenges
 from gourmet.frontend.channel import ClientStats, GourmetChannel
 from gourmet.frontend.errors import ErrorPages
 from gourmet.frontend.routing import Router
@@ -138,6 +139,7 @@ class RoutingResource(Resource):
         locations: Sequence[IResource],
         error_pages: ErrorPages,
         redirect: Optional[IResource] = None,
+        challenges: Optional[Challenges] = None,
     ) -> None:
         super().__init__()
         self.router = router
@@ -146,8 +148,14 @@ class RoutingResource(Resource):
         #: What a request on a plain listener gets instead of its route
         #: (``redirect_to_https``); None: plain listeners proxy too.
         self.redirect = redirect
+        #: ACME's pending http-01 challenges, answered before any route.
+        self.challenges = challenges
 
     def getChildWithDefault(self, path: bytes, request: GourmetRequest) -> IResource:
+        if self.challenges is not None:
+            answer = self.challenges.resource_for(request.path)
+            if answer is not None:
+                return answer
         if self.redirect is not None and not request.channel.secure:  # type: ignore[attr-defined]
             return self.redirect
         route = self.router.route(
