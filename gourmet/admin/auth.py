@@ -22,21 +22,20 @@ import binascii
 import hashlib
 import hmac
 import os
-from typing import Any, Dict, Optional, Set, Tuple
+from typing import Dict, Optional, Set, Tuple
 
 from attrs import frozen
-from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
 from twisted.web.iweb import IRequest
 
 from gourmet.admin.passwords import PasswordChecker
 from gourmet.admin.throttle import SignInThrottle
 from gourmet.config.model import AdminConfig
 from gourmet.http.hosts import host_name
+from gourmet.threads import ThreadPoolService
 
 #: Headers on every admin response.
 SECURITY_HEADERS: Dict[bytes, bytes] = {
@@ -80,7 +79,7 @@ class Refused(Exception):
         self.retry_after = retry_after
 
 
-class PasswordThreads(Service):
+class PasswordThreads(ThreadPoolService):
     """
     The threads that run scrypt for the console's password checks: tens of
     milliseconds of CPU each, which on the reactor's thread would stall
@@ -90,17 +89,7 @@ class PasswordThreads(Service):
     """
 
     def __init__(self, size: int = 2) -> None:
-        self.pool = ThreadPool(minthreads=0, maxthreads=size, name="gourmet-passwords")
-
-    def startService(self) -> None:
-        super().startService()
-        self.pool.start()
-
-    def stopService(self) -> Any:
-        super().stopService()
-        # A pool stopped (or never started) cannot be stopped again.
-        if self.pool.started:
-            self.pool.stop()
+        super().__init__("gourmet-passwords", size)
 
 
 @frozen
