@@ -119,8 +119,10 @@ def _summary(config: GourmetConfig) -> str:
     ]
     frontend = config.frontend
     if frontend.tls_listen:
-        certificates = _plural(len(frontend.certificates), "certificate")
-        parts.append(f"TLS on {', '.join(frontend.tls_listen)} ({certificates})")
+        served = _plural(len(frontend.certificates), "certificate")
+        if frontend.acme is not None:
+            served += ", ACME's for " + ", ".join(frontend.acme.domains)
+        parts.append(f"TLS on {', '.join(frontend.tls_listen)} ({served})")
     if config.admin.listen is not None:
         parts.append(f"admin console on {config.admin.listen}")
     if config.demo.listen:

@@ -37,8 +37,10 @@ from gourmet.config.endpoints import default_backlog
 from gourmet.config.load import ConfigError
 from gourmet.config.model import GourmetConfig
 from gourmet.frontend.accesslog import AccessLog
+from gourmet.frontend.challenge import Challenges
 from gourmet.frontend.site import GourmetSite, RoutingResource
 from gourmet.listener import Listener
+from gourmet.tls.renewal import AcmeRenewal, AcmeSetup, served_config
 from gourmet.tls.store import CertificateStore, ServerContexts
 from gourmet.upstream.pool import ConnectionPool
 from gourmet.upstream.state import Upstream
@@ -58,6 +60,8 @@ class Reloadable(Protocol):
     access_log: AccessLog
     certificates: CertificateStore
     tls_factory: IProtocolFactory
+    challenges: Challenges
+    acme: AcmeRenewal
 
     def https_port(self) -> Optional[int]:
         """
@@ -100,6 +104,7 @@ class Reload:
         self._closing: List[Listener] = []
         self._root: RoutingResource
         self._contexts: Optional[ServerContexts] = None
+        self._acme: Optional[AcmeSetup] = None
 
     # -- what can fail --------------------------------------------------
 
@@ -119,14 +124,26 @@ class Reload:
         upstreams, pools = self._upstreams_for_routing()
         try:
             self._root = routing_root(
-                config, upstreams, pools, self.reactor, self.service.https_port
+                config,
+                upstreams,
+                pools,
+                self.reactor,
+                self.service.https_port,
+                self.service.challenges,
             )
-            self._contexts = tls_contexts(config, self.service.certificates)
+            self._contexts = self._tls_contexts()
             self._open_listeners()
             self._reopen_access_log()
         except ConfigError:
             self.undo()
             raise
+
+    def _tls_contexts(self) -> Optional[ServerContexts]:
+        # ACME's certificate stays served, unless [server.acme] changed
+        # (then the new state directory's, or the placeholder).
+        self._acme = self.service.acme.setup_for(self.config)
+        acme = () if self._acme is None else (self._acme.certificate,)
+        return tls_contexts(served_config(self.config, acme), self.service.certificates)
 
     def _upstreams_for_routing(self) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         # The new root needs every upstream by name; those that exist now are
@@ -226,6 +243,7 @@ class Reload:
         for listener in self._opened:
             service.adopt_listener(listener)
         service.config = config
+        service.acme.configure(self._acme)
         for listener in self._closing:
             service.forget_listener(listener)
             # It stops listening; its clients' connections stay open.

@@ -34,12 +34,14 @@ from gourmet.config.load import ConfigError, load_config
 from gourmet.config.model import GourmetConfig
 from gourmet.demo import demo_service
 from gourmet.frontend.accesslog import AccessLog
+from gourmet.frontend.challenge import Challenges
 from gourmet.frontend.site import GourmetSite
 from gourmet.listener import Listener
 from gourmet.pypy import nursery_warning, running_nursery
 from gourmet.reload import Reload
 from gourmet.shutdown import GracefulStop
 from gourmet.systemd import SystemdNotifier
+from gourmet.tls.renewal import AcmeRenewal, ThreadedIssuer, served_config
 from gourmet.tls.store import CertificateStore
 from gourmet.upstream.pool import ConnectionPool
 from gourmet.upstream.state import Upstream
@@ -58,8 +60,12 @@ class GourmetService(MultiService):
     notifier: SystemdNotifier
     #: The certificates TLS listeners serve (set by :func:`build_service`).
     certificates: CertificateStore
+    #: ACME's pending http-01 challenges, answered by the proxy's site.
+    challenges: Challenges
     #: What TLS listeners listen with: the site in TLS.
     tls_factory: Any
+    #: ACME's certificate and its renewal (set by :func:`build_service`).
+    acme: AcmeRenewal
 
     def __init__(
         self,
@@ -168,6 +174,19 @@ class GourmetService(MultiService):
         await self._stopping.run()
         await super().stopService()
         await DeferredList([pool.close() for pool in self.pools.values()])
+
+    def serve_certificates(self) -> None:
+        """
+        Serve new TLS connections with the configuration's certificates,
+        then ACME's (renewed just now).
+        """
+        config = served_config(self.config, self.acme.certificates)
+        try:
+            self.certificates.replace(tls_contexts(config, self.certificates))
+        except ConfigError as error:
+            self.log.error(
+                "gourmet: {error} (the certificates served before stay)", error=error
+            )
 
     # -- reloading ---------------------------------------------------------
 
@@ -292,14 +311,23 @@ def build_service(
     upstreams = {u.name: Upstream(u, reactor) for u in config.upstreams}
     pools = {u.name: upstream_pool(u, reactor) for u in config.upstreams}
     frontend = config.frontend
+    challenges = Challenges()
     # Asked only when a request is redirected, once the service exists.
-    root = routing_root(config, upstreams, pools, reactor, lambda: service.https_port())
+    root = routing_root(
+        config, upstreams, pools, reactor, lambda: service.https_port(), challenges
+    )
     access_log = AccessLog(config.log.access_log, config.log.access_log_format, reactor)
     site = GourmetSite(root, reactor, access_log, frontend)
     service = GourmetService(config, upstreams, pools, site, access_log, log_observer)
     access_log.setServiceParent(service)
+    service.challenges = challenges
     service.certificates = CertificateStore()
-    service.certificates.replace(tls_contexts(config, service.certificates))
+    _add_acme(service, config, reactor)
+    service.certificates.replace(
+        tls_contexts(
+            served_config(config, service.acme.certificates), service.certificates
+        )
+    )
     service.tls_factory = tls_factory(site, service.certificates, reactor)
     backlog = frontend.backlog or default_backlog()
     for key, description in proxy_endpoints(config):
@@ -344,3 +372,12 @@ def build_service(
     service.notifier = SystemdNotifier(lambda: service.upstreams, reactor)
     service.notifier.setServiceParent(service)
     return service
+
+
+def _add_acme(service: GourmetService, config: GourmetConfig, reactor: Any) -> None:
+    # Made without [server.acme] too: a reload may add it.
+    issuer = ThreadedIssuer(reactor, service.challenges)
+    issuer.setServiceParent(service)
+    service.acme = AcmeRenewal(reactor, issuer, service.serve_certificates)
+    service.acme.configure(service.acme.setup_for(config))
+    service.acme.setServiceParent(service)

@@ -11,8 +11,10 @@ fail with "Address already in use".
 
 from __future__ import annotations
 
+import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -109,6 +111,20 @@ def wait_reported(
         time.sleep(POLL_SECONDS)
 
 
+#: Starts a command as systemd does with a socket: the listening socket
+#: whose number is the first argument as descriptor 3, and LISTEN_PID set to
+#: the process that then becomes the command.
+LISTEN_WRAPPER = (
+    "import os, sys\n"
+    "fd = int(sys.argv[1])\n"
+    "if fd != 3:\n"
+    "    os.dup2(fd, 3)\n"
+    "    os.close(fd)\n"
+    "os.environ['LISTEN_PID'] = str(os.getpid())\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
+
+
 class Twistd:
     """
     A ``twistd -n gourmet`` process.
@@ -120,14 +136,32 @@ class Twistd:
     :ivar admin_port: the console's port, once ready, if it has one.
     """
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, passed: Optional[socket.socket] = None) -> None:
+        """
+        :param passed: a listening socket, passed as systemd passes one
+            named ``http`` (``systemd:domain=INET:name=http``).
+        """
         self.stdout = config.with_suffix(".out")
         self.stderr = config.with_suffix(".err")
+        command = [*TWISTD, "-n", "--pidfile=", "gourmet", "--config", str(config)]
+        env = {
+            name: value
+            for name, value in os.environ.items()
+            if not name.startswith(("NOTIFY_", "WATCHDOG_", "LISTEN_"))
+        }
+        fds: List[int] = []
+        if passed is not None:
+            # A listening socket of the test's, as systemd passes one.
+            fds = [passed.fileno()]
+            command = [sys.executable, "-c", LISTEN_WRAPPER, str(fds[0]), *command]
+            env.update(LISTEN_FDS="1", LISTEN_FDNAMES="http")
         self.process = subprocess.Popen(
-            [*TWISTD, "-n", "--pidfile=", "gourmet", "--config", str(config)],
+            command,
             stdout=self.stdout.open("wb"),
             stderr=self.stderr.open("wb"),
             cwd=config.parent,
+            env=env,
+            pass_fds=fds,
         )
         self.pool = HTTPConnectionPool(reactor, persistent=False)
         self.port = 0

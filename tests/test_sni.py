@@ -135,7 +135,7 @@ def test_tls_settings_that_cannot_work_are_refused(tmp_path: Path) -> None:
     listen = "tls_listen = ['tcp:8443']"
     assert refusal(config_text(listen), tmp_path) == (
         "gourmet.toml: server.tls_listen: TLS listeners need at least one"
-        " [[server.certificates]] table (cert and key)"
+        " [[server.certificates]] table (cert and key), or [server.acme]"
     )
     assert refusal(config_text("redirect_to_https = true"), tmp_path) == (
         "gourmet.toml: server.redirect_to_https: redirects to HTTPS need"

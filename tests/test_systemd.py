@@ -33,6 +33,7 @@ from gourmet.upstream.state import AdminState, Upstream
 from tests.configs import config
 from tests.processes import (
     GOURMET_LISTENING,
+    LISTEN_WRAPPER,
     START_SECONDS,
     TWISTD,
     ports_of,
@@ -381,19 +382,6 @@ def test_building_a_systemd_listener_without_a_socket_names_the_key() -> None:
 
 
 # A real twistd.
-
-#: Starts a command as systemd does with a socket: the listening socket
-#: whose number is the first argument as descriptor 3, and LISTEN_PID set to
-#: the process that then becomes the command.
-LISTEN_WRAPPER = (
-    "import os, sys\n"
-    "fd = int(sys.argv[1])\n"
-    "if fd != 3:\n"
-    "    os.dup2(fd, 3)\n"
-    "    os.close(fd)\n"
-    "os.environ['LISTEN_PID'] = str(os.getpid())\n"
-    "os.execv(sys.argv[2], sys.argv[2:])\n"
-)
 
 
 class Gourmet:

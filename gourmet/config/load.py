@@ -45,6 +45,7 @@ from gourmet.config.endpoints import (
 )
 from gourmet.config.model import (
     MAX_WEIGHT,
+    AcmeConfig,
     AdminConfig,
     DemoConfig,
     FrontendConfig,
@@ -55,7 +56,13 @@ from gourmet.config.model import (
     UpstreamServerConfig,
 )
 from gourmet.config.origin import parse_origin
-from gourmet.tls.certificates import Certificate, CertificateError, load_certificate
+from gourmet.tls.certificates import (
+    Certificate,
+    CertificateError,
+    certificates_in,
+    load_certificate,
+    read_file,
+)
 from gourmet.upstream.balancers import BALANCERS
 
 if sys.version_info >= (3, 11):
@@ -548,6 +555,12 @@ class _Table:
     def key(self, name: str) -> str:
         return _join(self._key, name)
 
+    def has(self, name: str) -> bool:
+        """
+        Whether the key ``name`` is present (not asking for it).
+        """
+        return name in self._data
+
     def error(self, name: str, message: str) -> ConfigError:
         return ConfigError(self._source, self.key(name), message)
 
@@ -781,6 +794,113 @@ def _certificate(table: _Table, base_dir: str) -> Certificate:
         raise table.error(error.part, str(error)) from None
 
 
+_HTTPS_URL = re.compile(r"\Ahttps://[^\s/?#]+(?:[/?][!-~]*)?\Z")
+
+
+def _https_url(value: Any) -> str:
+    """
+    An ``https://`` URL: RFC 8555 has ACME spoken over HTTPS only.
+    """
+    text = _string(value)
+    if not _HTTPS_URL.match(text):
+        raise _Invalid(
+            "expected an https:// URL such as"
+            f' "https://acme-v02.api.letsencrypt.org/directory", got {_show(value)}'
+        )
+    return text
+
+
+_EMAIL = re.compile(r"\A[^\s@:,<>]+@[A-Za-z0-9.-]+\Z")
+
+
+def _email(value: Any) -> str:
+    text = _string(value)
+    if not (text.isascii() and _EMAIL.match(text)):
+        raise _Invalid(
+            f'expected an address such as "ops@example.com", got {_show(value)}'
+        )
+    return text
+
+
+_LABEL = re.compile(r"\A(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
+
+
+def _acme_domain(value: Any) -> str:
+    """
+    A DNS name an http-01 challenge can prove: not a wildcard (only DNS
+    challenges can), not an address.
+    """
+    name = _string(value).lower()
+    labels = name.split(".")
+    if name.startswith("*."):
+        raise _Invalid(
+            f"an http-01 challenge cannot prove a wildcard name, got {_show(value)}"
+        )
+    if not (len(name) <= 253 and all(_LABEL.match(each) for each in labels)):
+        raise _Invalid(f'expected a DNS name such as "example.com", got {_show(value)}')
+    if labels[-1].isdigit():
+        raise _Invalid(f"expected a DNS name, not an address, got {_show(value)}")
+    return name
+
+
+def _domains(value: Any) -> Tuple[str, ...]:
+    names: Tuple[str, ...] = _array(_acme_domain)(value)
+    if not names:
+        raise _Invalid("expected at least one DNS name")
+    return tuple(dict.fromkeys(names))
+
+
+def _state_dir(base_dir: str) -> Kind[str]:
+    """
+    A directory Gourmet keeps its ACME state in, made at start-up when
+    missing (``gourmet check`` makes nothing).
+    """
+    resolve = _file_path(base_dir)
+
+    def state_dir(value: Any) -> str:
+        path = resolve(value)
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise _Invalid(f"not a directory: {path}")
+        return path
+
+    return state_dir
+
+
+def _ca_file(base_dir: str) -> Kind[str]:
+    """
+    A file of PEM certificates to trust.
+    """
+    existing = _existing_file(base_dir)
+
+    def ca_file(value: Any) -> str:
+        path = existing(value)
+        try:
+            certificates_in(read_file(path), path)
+        except CertificateError as error:
+            raise _Invalid(str(error)) from None
+        return path
+
+    return ca_file
+
+
+def _acme(table: _Table, base_dir: str) -> Optional[AcmeConfig]:
+    """
+    The ``[server.acme]`` table, if there is one.
+    """
+    acme = table.table("acme")
+    if not table.has("acme"):
+        return None
+    directory = acme.require("directory", _https_url, "the ACME server's URL")
+    domains = acme.require("domains", _domains, "the certificate's DNS names")
+    state_dir = acme.require(
+        "state_dir", _state_dir(base_dir), "a directory for the account and keys"
+    )
+    values = acme.only(email=_email, ca_file=_ca_file(base_dir))
+    return AcmeConfig(
+        directory=directory, domains=domains, state_dir=state_dir, **values
+    )
+
+
 def _tls(table: _Table, base_dir: str) -> Dict[str, Any]:
     """
     The ``[server]`` keys of TLS, checked together.
@@ -797,18 +917,23 @@ def _tls(table: _Table, base_dir: str) -> Dict[str, Any]:
         _certificate(each, base_dir)
         for each in table.tables("certificates", required=False)
     )
-    if values.get("tls_listen") and not certificates:
+    acme = _acme(table, base_dir)
+    if values.get("tls_listen") and not certificates and acme is None:
         raise table.error(
             "tls_listen",
             "TLS listeners need at least one [[server.certificates]] table"
-            " (cert and key)",
+            " (cert and key), or [server.acme]",
+        )
+    if acme is not None and not values.get("tls_listen"):
+        raise table.error(
+            "acme", "ACME certificates are for TLS listeners: set server.tls_listen"
         )
     if values.get("redirect_to_https") and not values.get("tls_listen"):
         raise table.error(
             "redirect_to_https",
             "redirects to HTTPS need server.tls_listen, a listener to send clients to",
         )
-    return {**values, "certificates": certificates}
+    return {**values, "certificates": certificates, "acme": acme}
 
 
 def _frontend(

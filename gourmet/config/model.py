@@ -100,6 +100,29 @@ class LocationConfig:
 
 
 @frozen
+class AcmeConfig:
+    """
+    The ``[server.acme]`` table: a certificate for ``domains`` that Gourmet
+    obtains from an ACME server (RFC 8555) and renews itself, answering
+    the server's http-01 challenges on its plain listeners.
+
+    :ivar directory: the ACME server's directory URL (``https://``).
+    :ivar domains: the DNS names of the one certificate, lower-cased.
+    :ivar state_dir: where the account key and the certificate are kept
+        (mode 0600, the directory 0700), made at start-up if need be.
+    :ivar email: the account's contact, for the server's expiry notices.
+    :ivar ca_file: PEM certificates to trust the server's HTTPS with,
+        instead of the system's (a private server such as pebble).
+    """
+
+    directory: str
+    domains: Tuple[str, ...]
+    state_dir: str
+    email: Optional[str] = None
+    ca_file: Optional[str] = None
+
+
+@frozen
 class FrontendConfig:
     """
     The ``[server]`` section: where Gourmet listens and what it routes.
@@ -165,6 +188,8 @@ class FrontendConfig:
     #: Streams an HTTP/2 client may have open at once on one connection
     #: (nginx's ``http2_max_concurrent_streams``); more are refused.
     http2_max_concurrent_streams: int = 128
+    #: Certificates from an ACME server, served after ``certificates``.
+    acme: Optional[AcmeConfig] = None
 
     @property
     def endpoints(self) -> Tuple[str, ...]:
