@@ -13,6 +13,7 @@ cost their own connection only.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections import Counter
@@ -20,8 +21,13 @@ from pathlib import Path
 from typing import Any, Callable, List, Tuple
 
 import pytest_twisted
+from h2.errors import ErrorCodes
+from h2.exceptions import ProtocolError
+from hpack import Encoder
+from hyperframe.frame import ContinuationFrame, Frame, HeadersFrame
 from twisted.internet.threads import deferToThread
 
+from gourmet.frontend.http2 import PREMATURE_RESETS
 from tests.configs import config
 from tests.conftest import RunningGourmet, listening_port
 from tests.h2client import H2Client
@@ -108,3 +114,198 @@ async def test_uploads_stream_and_a_body_over_the_limit_gets_413_on_its_stream(
     assert json.loads(sent.body)["body_sha256"] == hashlib.sha256(body).hexdigest()
     assert big.status == 413
     assert after.status == 200
+
+
+# -- what HTTP/2 clients may not do ------------------------------------------------
+
+
+def _fields(**pseudo: str) -> List[Tuple[bytes, bytes]]:
+    values = {"method": "GET", "path": "/", "scheme": "https", "authority": "a.test"}
+    values.update(pseudo)
+    return [(b":" + name.encode(), value.encode()) for name, value in values.items()]
+
+
+#: Header blocks that break HTTP/2's own rules (RFC 9113, 8.2 and 8.3):
+#: the connection is closed with GOAWAY PROTOCOL_ERROR.
+BROKEN_BLOCKS = {
+    "no :path": [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"a")],
+    "unknown pseudo-header": [*_fields(), (b":bogus", b"1")],
+    "pseudo-header after a field": [
+        (b":method", b"GET"),
+        (b"x-a", b"1"),
+        (b":path", b"/"),
+        (b":scheme", b"https"),
+        (b":authority", b"a.test"),
+    ],
+    "repeated pseudo-header": [*_fields(), (b":path", b"/again")],
+    "upper-case name": [*_fields(), (b"X-Upper", b"1")],
+    "connection-specific field": [*_fields(), (b"connection", b"keep-alive")],
+    "te other than trailers": [*_fields(), (b"te", b"gzip")],
+    "LF in a value": [*_fields(), (b"x-a", b"1\nx-b: 2")],
+    "content-length not digits": [*_fields(), (b"content-length", b"+0")],
+}
+
+#: Requests HTTP/2 allows that Gourmet does not pass on, as for HTTP/1.1:
+#: answered on their own stream, the connection going on.
+REFUSED_REQUESTS = {
+    "path without a slash": (_fields(path="index.html"), 400),
+    "space in the path": (_fields(path="/a b"), 400),
+    "fragment in the path": (_fields(path="/a#b"), 400),
+    "method not a token": (_fields(method="G(T"), 400),
+    "scheme neither http nor https": (_fields(scheme="ftp"), 400),
+    "name not a token": ([*_fields(), (b"x(a)", b"1")], 400),
+    "control byte in a value": ([*_fields(), (b"x-a", b"1\x012")], 400),
+    "malformed host": (_fields(authority="a.test:99999"), 400),
+    "content-length of 19 digits": (
+        [*_fields(method="POST"), (b"content-length", b"1" * 19)],
+        413,
+    ),
+    "CONNECT": ([(b":method", b"CONNECT"), (b":authority", b"a.test:443")], 501),
+    "content-length, and no body": (
+        [*_fields(method="POST"), (b"content-length", b"5")],
+        400,
+    ),
+    "content-length over max_body_size": (
+        [*_fields(method="POST"), (b"content-length", b"2000000")],
+        413,
+    ),
+    "a field of 33 KB": ([*_fields(), (b"x-big", b"v" * 33000)], 431),
+}
+
+
+@pytest_twisted.ensureDeferred
+async def test_broken_header_blocks_close_their_connection_only(
+    gourmet: Any, make_upstreams: Any, tmp_path: Path
+) -> None:
+    (upstream,), _, port = await start_h2(gourmet, make_upstreams, tmp_path)
+
+    def send_each() -> Any:
+        bystander = H2Client(port)
+        outcomes = {}
+        for name, fields in BROKEN_BLOCKS.items():
+            client = H2Client(port, checked=False)
+            client.send_headers(1, fields)
+            client.wait_closed()
+            terminated = client.terminated
+            outcomes[name] = terminated.error_code if terminated else None
+            client.close()
+        after = bystander.get("/after")
+        bystander.close()
+        return outcomes, after
+
+    outcomes, after = await in_thread(send_each)
+    assert outcomes == {name: ErrorCodes.PROTOCOL_ERROR for name in BROKEN_BLOCKS}
+    # A connection opened before them all is served still.
+    assert after.status == 200
+    assert [seen.uri for seen in upstream.seen] == [b"/after"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_requests_gourmet_refuses_get_their_status_on_their_stream(
+    gourmet: Any, make_upstreams: Any, tmp_path: Path
+) -> None:
+    (upstream,), running, port = await start_h2(gourmet, make_upstreams, tmp_path)
+
+    def send_each() -> Any:
+        client = H2Client(port, checked=False)
+        statuses = {}
+        for name, (fields, _) in REFUSED_REQUESTS.items():
+            stream_id = client.conn.get_next_available_stream_id()
+            client.send_headers(stream_id, fields, end=True)
+            statuses[name] = client.wait([stream_id])[stream_id].status
+        after = client.get("/after")
+        client.close()
+        return statuses, after
+
+    statuses, after = await in_thread(send_each)
+    assert statuses == {name: status for name, (_, status) in REFUSED_REQUESTS.items()}
+    # On the same connection, a good request is served.
+    assert after.status == 200
+    assert [seen.uri for seen in upstream.seen] == [b"/after"]
+    refusals = running.service.site.client_stats.refusals
+    assert (refusals[400], refusals[413], refusals[431], refusals[501]) == (9, 2, 1, 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_rapid_reset_closes_the_connection_before_upstreams_see_the_flood(
+    gourmet: Any, make_upstreams: Any, tmp_path: Path
+) -> None:
+    (upstream,), running, port = await start_h2(gourmet, make_upstreams, tmp_path)
+
+    def flood() -> Any:
+        bystander = H2Client(port)
+        client = H2Client(port)
+        # Until Gourmet closes the connection.
+        with contextlib.suppress(OSError, ProtocolError):
+            for _ in range(1000):
+                client.reset(client.request("/slow/5"))
+        client.wait_closed()
+        terminated = client.terminated
+        after = bystander.get("/after")
+        bystander.close()
+        return terminated and terminated.error_code, after
+
+    error_code, after = await in_thread(flood)
+    assert error_code == ErrorCodes.ENHANCE_YOUR_CALM
+    # Hardly any of them reached the upstream: reset in the same read as
+    # their request, they were never served.
+    assert len(upstream.seen) <= PREMATURE_RESETS
+    assert after.status == 200
+    assert running.service.site.client_stats.protocol_errors["rapid_reset"] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_continuation_flood_and_an_hpack_bomb_close_their_connection(
+    gourmet: Any, make_upstreams: Any, tmp_path: Path
+) -> None:
+    (upstream,), _, port = await start_h2(gourmet, make_upstreams, tmp_path)
+
+    def attack() -> Any:
+        bystander = H2Client(port)
+        # A header block that never ends: CONTINUATION after CONTINUATION.
+        flood = H2Client(port)
+        block = Encoder().encode(_fields())
+        frames: List[Frame] = [HeadersFrame(1, data=block)]
+        frames += [ContinuationFrame(1, data=b"\x40\x01a\x01b") for _ in range(200)]
+        with contextlib.suppress(OSError):
+            flood.sock.sendall(b"".join(frame.serialize() for frame in frames))
+        flood.wait_closed()
+        flood_code = flood.terminated and flood.terminated.error_code
+        # A 4 KB field indexed once and repeated 200 times: 800 KB decoded.
+        bomb = H2Client(port)
+        bomb.send_headers(1, [*_fields(), *[(b"x-bomb", b"b" * 4000)] * 200])
+        bomb.wait_closed()
+        bomb_code = bomb.terminated and bomb.terminated.error_code
+        after = bystander.get("/after")
+        bystander.close()
+        return flood_code, bomb_code, after
+
+    flood_code, bomb_code, after = await in_thread(attack)
+    assert flood_code == ErrorCodes.PROTOCOL_ERROR
+    assert bomb_code == ErrorCodes.ENHANCE_YOUR_CALM
+    assert after.status == 200
+    assert [seen.uri for seen in upstream.seen] == [b"/after"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_settings_advertise_the_limits(
+    gourmet: Any, make_upstreams: Any, tmp_path: Path
+) -> None:
+    _, _, port = await start_h2(
+        gourmet,
+        make_upstreams,
+        tmp_path,
+        server_extra="http2_max_concurrent_streams = 7\nmax_header_size = 4096",
+    )
+
+    def settings() -> Any:
+        client = H2Client(port)
+        client.get("/")
+        remote = client.conn.remote_settings
+        client.close()
+        return remote.max_concurrent_streams, remote.max_header_list_size
+
+    streams, header_list = await in_thread(settings)
+    assert streams == 7
+    # Gourmet's limit, with the 32 bytes HPACK counts for each of 100 fields.
+    assert header_list == 4096 + 32 * 100

@@ -124,6 +124,8 @@ class Http2Connection(Protocol):
         self._unread = 0
         self._counted = False
         self._closing = False
+        #: Closed, or closing after a GOAWAY: nothing more is read or sent.
+        self._gone = False
         self._opened = 0
         self._premature = 0
         self._served_one = False
@@ -150,8 +152,7 @@ class Http2Connection(Protocol):
         if not self.site.connection_opened(self):
             # Nothing was served: the client may try again elsewhere.
             h2.close_connection(ErrorCodes.REFUSED_STREAM, last_stream_id=0)
-            self.flush()
-            transport.loseConnection()
+            self._lose()
             return
         self._counted = True
         h2.increment_flow_control_window(_CONNECTION_WINDOW)
@@ -211,9 +212,20 @@ class Http2Connection(Protocol):
         self._write(goaway.serialize())
 
     def _close(self, error_code: int) -> None:
-        self.h2.close_connection(error_code)
+        if not self._gone:
+            self.h2.close_connection(error_code)
+            self._lose()
+
+    def _lose(self) -> None:
+        """
+        Send what h2 has framed (its GOAWAY last) and close.
+        """
         self.flush()
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self._gone = True
+        transport: Any = self.transport
+        # A TLS transport closes only once its producer is gone.
+        transport.unregisterProducer()
+        transport.loseConnection()
 
     def _timed_out(self) -> None:
         self.log.debug("closed an idle HTTP/2 connection")
@@ -222,6 +234,8 @@ class Http2Connection(Protocol):
     # -- receiving -------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        if self._gone:
+            return
         try:
             events = self.h2.receive_data(data)
         except ProtocolError as error:
@@ -251,7 +265,7 @@ class Http2Connection(Protocol):
             self._stream_reset(event.stream_id)
         elif kind is ConnectionTerminated:
             # The client said GOAWAY: h2 sends nothing more after it.
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            self._lose()
 
     def _request_received(self, event: RequestReceived) -> None:
         stream_id = event.stream_id
@@ -297,7 +311,6 @@ class Http2Connection(Protocol):
             )
             self.site.client_stats.protocol_errors["rapid_reset"] += 1
             self._close(ErrorCodes.ENHANCE_YOUR_CALM)
-            self.transport.abortConnection()  # type: ignore[union-attr]
 
     def _protocol_error(self, error: ProtocolError) -> None:
         self.log.info(
@@ -307,8 +320,7 @@ class Http2Connection(Protocol):
         )
         self.site.client_stats.protocol_errors["protocol"] += 1
         # h2 has framed its GOAWAY with the error's code.
-        self.flush()
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self._lose()
 
     def _idle_period(self) -> float:
         limits = self.site.frontend
@@ -325,6 +337,8 @@ class Http2Connection(Protocol):
         """
         Frame a response head (sent with the next flush).
         """
+        if self._gone:
+            return
         try:
             self.h2.send_headers(stream.stream_id, fields, end_stream=end_stream)
         except StreamClosedError:
@@ -335,7 +349,7 @@ class Http2Connection(Protocol):
         Send what the client's windows allow of ``stream``'s response, and
         end it if it is all written.
         """
-        if stream.closed:
+        if stream.closed or self._gone:
             return
         self._send_some(stream)
         self.flush()
@@ -366,7 +380,7 @@ class Http2Connection(Protocol):
 
     def _send_all_waiting(self) -> None:
         for stream in list(self._waiting.values()):
-            if not self.may_send:
+            if not self.may_send or self._gone:
                 return
             self._send_some(stream)
 
@@ -374,8 +388,9 @@ class Http2Connection(Protocol):
         """
         End ``stream`` at once with RST_STREAM.
         """
-        with contextlib.suppress(StreamClosedError):
-            self.h2.reset_stream(stream.stream_id, error_code)
+        if not self._gone:
+            with contextlib.suppress(StreamClosedError):
+                self.h2.reset_stream(stream.stream_id, error_code)
         self.stream_closed(stream, answered=False)
         self.flush()
 
@@ -389,7 +404,7 @@ class Http2Connection(Protocol):
         stream_id = stream.stream_id
         self.streams.pop(stream_id, None)
         self._waiting.pop(stream_id, None)
-        if answered and stream.client_sending:
+        if answered and stream.client_sending and not self._gone:
             self.h2.reset_stream(stream_id, ErrorCodes.NO_ERROR)
         if not self.streams:
             if self._closing:
@@ -402,7 +417,7 @@ class Http2Connection(Protocol):
         Write what h2 has framed.
         """
         data = self.h2.data_to_send()
-        if data:
+        if data and not self._gone:
             self._write(data)
 
     def _write(self, data: bytes) -> None:

@@ -16,7 +16,17 @@ costs Gourmet that much, and the other streams go on.
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any, Deque, List, Optional, Sequence, Tuple, cast
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Deque,
+    List,
+    Optional,
+    Protocol,
+    Sequence,
+    Tuple,
+    cast,
+)
 
 from h2.errors import ErrorCodes
 from twisted.internet.error import ConnectionLost
@@ -31,7 +41,6 @@ from gourmet.http.request import BadRequest
 from gourmet.http.tokens import lower_name
 
 if TYPE_CHECKING:
-    from gourmet.frontend.http2 import Http2Connection
     from gourmet.frontend.site import GourmetRequest, GourmetSite
 
 #: Response bytes a stream holds for its client before it pauses the
@@ -51,6 +60,62 @@ _CONNECTION_SPECIFIC = frozenset(
 )
 
 
+class StreamConnection(Protocol):
+    """
+    What a stream needs of its connection
+    (:class:`gourmet.frontend.http2.Http2Connection`).
+    """
+
+    site: GourmetSite
+    #: Whether the transport takes more.
+    may_send: bool
+
+    def send_headers(
+        self,
+        stream: Http2Stream,
+        fields: Sequence[Tuple[bytes, bytes]],
+        end_stream: bool = False,
+    ) -> None:
+        """
+        Frame a head for ``stream``.
+        """
+
+    def send_waiting(self, stream: Http2Stream) -> None:
+        """
+        Send what the windows allow of ``stream``'s response.
+        """
+
+    def reset_stream(self, stream: Http2Stream, error_code: int) -> None:
+        """
+        End ``stream`` with RST_STREAM.
+        """
+
+    def stream_closed(self, stream: Http2Stream, answered: bool) -> None:
+        """
+        ``stream`` is done with.
+        """
+
+    def flush(self) -> None:
+        """
+        Write what is framed.
+        """
+
+    def getPeer(self) -> Any:
+        """
+        The client's address.
+        """
+
+    def getHost(self) -> Any:
+        """
+        Gourmet's address.
+        """
+
+    def tls_info(self) -> Tuple[str, Optional[str]]:
+        """
+        The TLS version and SNI name.
+        """
+
+
 class Http2Stream:
     """
     The channel of one request on an :class:`Http2Connection`: it reads
@@ -67,7 +132,7 @@ class Http2Stream:
     #: HTTP/2 is only spoken over TLS (ALPN ``h2``).
     secure = True
 
-    def __init__(self, connection: Http2Connection, stream_id: int) -> None:
+    def __init__(self, connection: StreamConnection, stream_id: int) -> None:
         self.connection = connection
         self.stream_id = stream_id
         self.site: GourmetSite = connection.site
@@ -141,7 +206,16 @@ class Http2Stream:
         """
         self._rate.stop()
         self.client_sending = False
-        return self.request is not None and not self.closed
+        head = self._head
+        if self.request is None or self.closed or head is None:
+            return False
+        length = head.body_length
+        if length is not None and self._rate.received != length:
+            # h2 checks a body that grows past its length, not one that
+            # ends short of it.
+            self.refuse(BadRequest(400, "body shorter than its content-length"))
+            return False
+        return True
 
     def serve(self) -> None:
         """

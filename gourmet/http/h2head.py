@@ -73,6 +73,8 @@ def check_h2_head(
         if name[:1] == b":":
             pseudo[name] = value
             continue
+        if not is_token(name):
+            raise BadRequest(400, "malformed header name")
         if CONTROL.search(value) is not None:
             raise BadRequest(400, f"control character in {name.decode()}")
         if b"_" in name and _drops_underscored(name, limits):
