@@ -149,15 +149,17 @@ class H2Client:
 
     def read_once(self, timeout: float = 10.0) -> bool:
         """
-        Read what comes within ``timeout``; False once the connection is
-        closed.
+        Read what comes within ``timeout`` (perhaps nothing); False once
+        the connection is closed.
         """
         if self.closed:
             return False
         self.sock.settimeout(timeout)
         try:
             data = self.sock.recv(65536)
-        except (ConnectionError, ssl.SSLError, socket.timeout):
+        except socket.timeout:
+            return True  # nothing came, yet
+        except (ConnectionError, ssl.SSLError):
             data = b""
         if not data:
             self.closed = True

@@ -16,10 +16,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import subprocess
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, List, Tuple
 
+import pytest
 import pytest_twisted
 from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError
@@ -31,7 +34,10 @@ from gourmet.frontend.http2 import PREMATURE_RESETS
 from tests.configs import config
 from tests.conftest import RunningGourmet, listening_port
 from tests.h2client import H2Client
-from tests.test_tls_listeners import Authority
+from tests.processes import Twistd
+from tests.rawhttp import sleep
+from tests.test_operations import access_lines
+from tests.test_tls_listeners import Authority, _pem, start, tls_text
 from tests.upstreams import UpstreamServer
 
 
@@ -57,6 +63,11 @@ async def start_h2(
     running = await gourmet(config(servers, server_extra=tls))
     (listener,) = [each for each in running.service.listeners if each.tls]
     return servers, running, listening_port(listener)
+
+
+@pytest.fixture
+def authority(tmp_path: Path) -> Authority:
+    return Authority(tmp_path)
 
 
 def in_thread(function: Callable[..., Any], *args: Any) -> Any:
@@ -309,3 +320,125 @@ async def test_the_settings_advertise_the_limits(
     assert streams == 7
     # Gourmet's limit, with the 32 bytes HPACK counts for each of 100 fields.
     assert header_list == 4096 + 32 * 100
+
+
+# -- twistd ------------------------------------------------------------------------
+
+
+def curl(port: int, name: str, root: Path, *options: str) -> Tuple[str, str]:
+    """
+    curl's answer for ``/x`` from ``name`` at ``port``, verified against
+    ``root``: its HTTP version and its body.
+    """
+    done = subprocess.run(
+        [
+            "curl", "-sS", "--max-time", "20", *options,
+            "--cacert", str(root),
+            "--resolve", f"{name}:{port}:127.0.0.1",
+            "-w", "\\n%{http_version}",
+            f"https://{name}:{port}/x",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )  # fmt: skip
+    body, _, version = done.stdout.rpartition("\n")
+    return version, body
+
+
+@pytest_twisted.ensureDeferred
+async def test_curl_speaks_http2_and_http1_on_one_port_to_each_names_upstream(
+    tmp_path: Path, processes: List[Twistd], make_upstreams: Any, authority: Authority
+) -> None:
+    up_a, up_b = make_upstreams("for-a", "for-b")
+    authority.issue("a", ["a.test"])
+    authority.issue("b", ["b.test"])
+    root = tmp_path / "root.pem"
+    root.write_bytes(_pem(authority.root))
+    locations = (
+        "[[server.locations]]\nlocation='^/'\nhost='b.test'\nupstream='c'\n"
+        "[[server.locations]]\nlocation='^/'\nupstream='b'\n"
+    )
+    text = f"[upstreams.c]\n[[upstreams.c.servers]]\npath='{up_b.address}'\n" + (
+        tls_text(up_a.address, "ab", locations=locations)
+    )
+    _, port = await start(tmp_path, processes, text)
+
+    def ask() -> Any:
+        return {
+            (name, protocol): curl(port, name, root, protocol)
+            for name in ("a.test", "b.test")
+            for protocol in ("--http2", "--http1.1")
+        }
+
+    answers = await deferToThread(ask)
+    for (name, protocol), (version, body) in answers.items():
+        assert version == ("2" if protocol == "--http2" else "1.1")
+        expected = "for-b" if name == "b.test" else "for-a"
+        assert json.loads(body)["server"] == expected, (name, protocol)
+    # Each request in the access log (flushed each second), with its
+    # protocol and name.
+    for _ in range(100):
+        if len(access_lines(tmp_path)) == 4:
+            break
+        await sleep(0.05)
+    lines = [json.loads(line) for line in access_lines(tmp_path)]
+    assert sorted((line["request"], line["sni"]) for line in lines) == sorted(
+        [("GET /x HTTP/2", name) for name in ("a.test", "b.test")]
+        + [("GET /x HTTP/1.1", name) for name in ("a.test", "b.test")]
+    )
+    assert {line["tls"] for line in lines} == {"TLSv1.3"}
+
+
+#: The download a client stops reading: 50 MB.
+STALLED = 50 * 1024 * 1024
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stalled_download_neither_slows_the_other_streams_nor_grows_memory(
+    tmp_path: Path, processes: List[Twistd], make_upstreams: Any, authority: Authority
+) -> None:
+    (upstream,) = make_upstreams("up")
+    authority.issue("a", ["a.test"])
+    gourmet, port = await start(tmp_path, processes, tls_text(upstream.address, "a"))
+
+    def download() -> Any:
+        client = H2Client(port)
+        warm = client.get("/warm")
+        before = gourmet.rss_kib()
+        stalled = client.request(f"/big/{STALLED}")
+        client.stalled.add(stalled)
+        # The others, ten at a time, while the big one waits unread.
+        statuses = []
+        started = time.monotonic()
+        for _ in range(5):
+            ids = [client.request("/other") for _ in range(10)]
+            statuses += [each.status for each in client.wait(ids).values()]
+        others_took = time.monotonic() - started
+        # Time for the whole 50 MB to reach Gourmet, were it not paused.
+        time.sleep(1.5)
+        client.read_once(0.1)
+        held = len(client.answers[stalled].body)
+        during = gourmet.rss_kib()
+        # Read now: the whole body comes, intact.
+        client.stalled.clear()
+        client.conn.acknowledge_received_data(held, stalled)
+        client.flush()
+        answer = client.wait([stalled], timeout=120)[stalled]
+        client.close()
+        return warm, statuses, others_took, held, before, during, answer
+
+    warm, statuses, others_took, held, before, during, answer = await deferToThread(
+        download
+    )
+    assert warm.status == 200
+    assert statuses == [200] * 50
+    # Not held up behind the stalled stream (they would never end if they were).
+    assert others_took < 10
+    # The client's window (64 KiB) is what it got of the big one meanwhile...
+    assert held <= 65535
+    # ...and Gourmet held back little of the rest: the upstream was paused.
+    assert during - before < 16 * 1024, (before, during)
+    assert answer.status == 200 and answer.ended
+    assert len(answer.body) == STALLED
+    assert answer.body[:65536] == b"x" * 65536
