@@ -48,25 +48,17 @@ class Answer:
         return values[-1] if values else None
 
 
-class H2Client:
+class H2Session:
     """
-    One HTTP/2 connection to ``port`` on 127.0.0.1, over TLS with ALPN
-    ``h2`` (any certificate is taken).
+    The client's side of one HTTP/2 connection, without its transport:
+    requests sent, answers collected by stream.  :meth:`flush` is the
+    transport's.
 
     :param checked: whether h2 checks and normalizes the headers sent;
         False sends them as given, for the tests of what Gourmet refuses.
     """
 
-    def __init__(
-        self, port: int, server_name: str = "a.test", checked: bool = True
-    ) -> None:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        context.set_alpn_protocols(["h2"])
-        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.sock = context.wrap_socket(raw, server_hostname=server_name)
-        self.alpn = self.sock.selected_alpn_protocol()
+    def __init__(self, checked: bool = True) -> None:
         self.conn = H2Connection(
             H2Configuration(
                 client_side=True,
@@ -76,7 +68,6 @@ class H2Client:
             )
         )
         self.conn.initiate_connection()
-        self.flush()
         self.answers: Dict[int, Answer] = {}
         #: Streams whose data is not acknowledged: their window stays shut.
         self.stalled: Set[int] = set()
@@ -84,9 +75,10 @@ class H2Client:
         self.closed = False
 
     def flush(self) -> None:
-        data = self.conn.data_to_send()
-        if data:
-            self.sock.sendall(data)
+        """
+        Send what is framed: the transport's.
+        """
+        raise NotImplementedError
 
     def request(
         self,
@@ -121,49 +113,19 @@ class H2Client:
 
     def send_body(self, stream_id: int, body: bytes, end: bool = True) -> None:
         """
-        Send ``body`` as the windows allow, reading what comes meanwhile.
+        Send ``body``, which must fit the windows.
         """
-        view = memoryview(body)
-        try:
-            while view:
-                window = min(
-                    self.conn.local_flow_control_window(stream_id),
-                    self.conn.max_outbound_frame_size,
-                )
-                if window <= 0:
-                    if not self.read_once():
-                        return
-                    continue
-                self.conn.send_data(stream_id, bytes(view[:window]))
-                view = view[window:]
-                self.flush()
-            if end:
-                self.conn.end_stream(stream_id)
-                self.flush()
-        except StreamClosedError:
-            pass  # answered (and reset) before the body was all sent
+        self.conn.send_data(stream_id, body, end_stream=end)
+        self.flush()
 
     def reset(self, stream_id: int) -> None:
         self.conn.reset_stream(stream_id)
         self.flush()
 
-    def read_once(self, timeout: float = 10.0) -> bool:
+    def receive(self, data: bytes) -> bool:
         """
-        Read what comes within ``timeout`` (perhaps nothing); False once
-        the connection is closed.
+        Take what the server sent; False if it broke the protocol.
         """
-        if self.closed:
-            return False
-        self.sock.settimeout(timeout)
-        try:
-            data = self.sock.recv(65536)
-        except socket.timeout:
-            return True  # nothing came, yet
-        except (ConnectionError, ssl.SSLError):
-            data = b""
-        if not data:
-            self.closed = True
-            return False
         try:
             events = self.conn.receive_data(data)
         except ProtocolError:
@@ -196,6 +158,74 @@ class H2Client:
             answer.reset = event.error_code
         elif isinstance(event, ConnectionTerminated):
             self.terminated = event
+
+
+class H2Client(H2Session):
+    """
+    An HTTP/2 connection to ``port`` on 127.0.0.1, over TLS with ALPN
+    ``h2`` (any certificate is taken), used from one thread.
+    """
+
+    def __init__(
+        self, port: int, server_name: str = "a.test", checked: bool = True
+    ) -> None:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        context.set_alpn_protocols(["h2"])
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock = context.wrap_socket(raw, server_hostname=server_name)
+        self.alpn = self.sock.selected_alpn_protocol()
+        super().__init__(checked)
+        self.flush()
+
+    def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            self.sock.sendall(data)
+
+    def send_body(self, stream_id: int, body: bytes, end: bool = True) -> None:
+        """
+        Send ``body`` as the windows allow, reading what comes meanwhile.
+        """
+        view = memoryview(body)
+        try:
+            while view:
+                window = min(
+                    self.conn.local_flow_control_window(stream_id),
+                    self.conn.max_outbound_frame_size,
+                )
+                if window <= 0:
+                    if not self.read_once():
+                        return
+                    continue
+                self.conn.send_data(stream_id, bytes(view[:window]))
+                view = view[window:]
+                self.flush()
+            if end:
+                self.conn.end_stream(stream_id)
+                self.flush()
+        except StreamClosedError:
+            pass  # answered (and reset) before the body was all sent
+
+    def read_once(self, timeout: float = 10.0) -> bool:
+        """
+        Read what comes within ``timeout`` (perhaps nothing); False once
+        the connection is closed.
+        """
+        if self.closed:
+            return False
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(65536)
+        except socket.timeout:
+            return True  # nothing came, yet
+        except (ConnectionError, ssl.SSLError):
+            data = b""
+        if not data:
+            self.closed = True
+            return False
+        return self.receive(data)
 
     def wait(
         self, stream_ids: Iterable[int], timeout: float = 20.0

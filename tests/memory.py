@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
+from hyperframe.frame import Frame
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IProtocol
@@ -31,8 +32,11 @@ from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump, connect
 
 from gourmet.config.load import parse_config
+from gourmet.frontend.http2 import Http2Connection
 from gourmet.http.request import refusal
 from gourmet.service import GourmetService, build_service
+from tests.h2client import Answer as H2Answer
+from tests.h2client import H2Session
 from tests.test_rfc import Response
 
 
@@ -248,6 +252,61 @@ class MemoryServer:
             answer(peer)
 
 
+class PlainHttp2(Http2Connection):
+    """
+    Gourmet's HTTP/2 connection without the TLS under it, which memory
+    cannot run: what TLS would say of the connection is made up.
+    """
+
+    def tls_info(self) -> Tuple[str, Optional[str]]:
+        return ("TLSv1.3", "a.test")
+
+
+class MemoryH2Client(Protocol, H2Session):
+    """
+    A client's HTTP/2 connection to Gourmet's listener.
+    """
+
+    def __init__(self, gourmet: MemoryGourmet) -> None:
+        H2Session.__init__(self)
+        self._gourmet = gourmet
+        #: Every frame received, parsed apart from h2: h2 takes a GOAWAY
+        #: as the end of everything, where RFC 9113 lets the streams it
+        #: names finish, as Gourmet does when it stops.
+        self.frames: List[Frame] = []
+        self._unparsed = b""
+
+    def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data and self.transport is not None:
+            self.transport.write(data)
+
+    def connectionMade(self) -> None:
+        self.flush()
+
+    def dataReceived(self, data: bytes) -> None:
+        self._unparsed += data
+        while len(self._unparsed) >= 9:
+            frame, length = Frame.parse_frame_header(memoryview(self._unparsed[:9]))
+            if len(self._unparsed) < 9 + length:
+                break
+            frame.parse_body(memoryview(self._unparsed[9 : 9 + length]))
+            self.frames.append(frame)
+            self._unparsed = self._unparsed[9 + length :]
+        self.receive(data)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.closed = True
+
+    def get(self, path: str = "/", **options: Any) -> H2Answer:
+        """
+        Send a request and let everything it sets off happen; its answer.
+        """
+        stream_id = self.request(path, **options)
+        self._gourmet.flush()
+        return self.answers[stream_id]
+
+
 class MemoryGourmet:
     """
     Gourmet's service built from ``config_text`` on a ``MemoryReactorClock``
@@ -277,7 +336,7 @@ class MemoryGourmet:
         self.service.startService()
         (listener, *_) = self.service.listeners
         assert listener.factory is self.service.site
-        self.clients: List[Client] = []
+        self.clients: List[Union[Client, MemoryH2Client]] = []
         self._pumps: List[IOPump] = []
 
     def access_log(self) -> List[str]:
@@ -311,6 +370,24 @@ class MemoryGourmet:
             FakeTransport(client, False, peer, PROXY_ADDRESS),
         )
         self.clients.append(client)
+        return client
+
+    def connect_h2(self) -> MemoryH2Client:
+        """
+        A new HTTP/2 client connection to the proxy's site, its preface
+        and settings exchanged.
+        """
+        peer = IPv4Address("TCP", CLIENT_HOST, 40000 + len(self.clients))
+        connection = PlainHttp2(self.service.site)
+        client = MemoryH2Client(self)
+        self._join(
+            connection,
+            FakeTransport(connection, True, PROXY_ADDRESS, peer),
+            client,
+            FakeTransport(client, False, peer, PROXY_ADDRESS),
+        )
+        self.clients.append(client)
+        self.flush()
         return client
 
     def _join(

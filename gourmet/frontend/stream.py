@@ -249,6 +249,8 @@ class Http2Stream:
         self.connection.send_headers(self, fields, end_stream=True)
         self._forget_request(Failure(ConnectionLost("request refused")))
         self.connection.stream_closed(self, answered=True)
+        # A deadline refuses between reads: nothing else will send it.
+        self.connection.flush()
 
     # -- the response (what twisted.web's Request calls) ----------------
 
