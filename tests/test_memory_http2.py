@@ -11,6 +11,7 @@ and TLS do is tested on loopback (``tests/test_http2.py``).
 
 from __future__ import annotations
 
+import json
 from typing import List
 
 import pytest
@@ -33,6 +34,7 @@ from tests.memory import (
     close,
     ok,
 )
+from tests.test_memory_frontend import console
 
 SERVER = "192.0.2.10:8000"
 
@@ -182,3 +184,28 @@ def test_connections_over_max_connections_are_refused_with_goaway(
     (frame,) = goaway(second.frames)
     assert (frame.error_code, frame.last_stream_id) == (ErrorCodes.REFUSED_STREAM, 0)
     assert first.get("/").status == 200
+
+
+def test_the_console_counts_http2_connections_and_their_errors(
+    gourmets: Gourmets, server: MemoryServer
+) -> None:
+    gourmet = console(gourmets, server)
+    client = gourmet.connect_h2()
+    assert client.get("/").status == 200
+    broken = gourmet.connect_h2()
+    # A DATA frame on stream 0, the connection's own: a protocol error.
+    broken.transport.write(b"\x00" * 9)  # type: ignore[union-attr]
+    gourmet.flush()
+    assert broken.closed
+    api = gourmet.connect(gourmet.service.admin_site)
+    api.send(b"GET /api/upstreams HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    proxy = json.loads(api.response().body)["listeners"][0]
+    assert (proxy["connections"], proxy["http2_connections"]) == (1, 1)
+    assert proxy["http2_errors"] == {"protocol": 1}
+    api.send(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    metrics = api.response().body.decode()
+    assert 'gourmet_client_http2_connections{listener="proxy"} 1.0' in metrics
+    assert (
+        'gourmet_client_http2_errors_total{listener="proxy",reason="protocol"} 1.0'
+        in metrics
+    )

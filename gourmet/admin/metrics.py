@@ -260,13 +260,29 @@ class ListenerCollector(Collector):
             "Gourmet's own answers to clients (refusals and errors), by status.",
             labels=["listener", "code"],
         )
+        http2 = GaugeMetricFamily(
+            "gourmet_client_http2_connections",
+            "Client connections open that speak HTTP/2.",
+            labels=["listener"],
+        )
+        http2_errors = CounterMetricFamily(
+            "gourmet_client_http2_errors",
+            "HTTP/2 connections closed for what their client did, by reason"
+            " (protocol: broke HTTP/2; rapid_reset: reset most of its streams;"
+            " unread: did not read what it asked for).",
+            labels=["listener", "reason"],
+        )
         for listener in self.listeners():
             site = listener.site
             connections.add_metric([listener.name], site.open_connections)
             limit.add_metric([listener.name], site.frontend.max_connections)
             for code, count in sorted(site.client_stats.refusals.items()):
                 refusals.add_metric([listener.name, str(code)], count)
-        yield from (connections, limit, refusals)
+            http2.add_metric([listener.name], site.http2_connections)
+            errors = site.client_stats.protocol_errors
+            for reason in ("protocol", "rapid_reset", "unread"):
+                http2_errors.add_metric([listener.name, reason], errors[reason])
+        yield from (connections, limit, refusals, http2, http2_errors)
 
 
 class InstanceCollector(Collector):

@@ -201,6 +201,8 @@ def listener_view(listener: ListenerInfo) -> Dict[str, Any]:
         "connections": site.open_connections,
         "max_connections": site.frontend.max_connections,
         "refusals": _by_status(site.client_stats.refusals),
+        "http2_connections": site.http2_connections,
+        "http2_errors": dict(site.client_stats.protocol_errors),
     }
 
 

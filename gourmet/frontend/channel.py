@@ -127,6 +127,8 @@ class GourmetChannel(HTTPChannelHooks):
     site: ChannelSite  # set by the site that builds it
     #: Whether the client speaks TLS to Gourmet (known once connected).
     secure = False
+    #: Not an HTTP/2 connection (:class:`gourmet.frontend.http2.Http2Connection`).
+    http2 = False
 
     def __init__(self) -> None:
         super().__init__()

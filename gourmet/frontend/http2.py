@@ -97,6 +97,7 @@ class Http2Connection(Protocol):
 
     log = Logger()
     secure = True
+    http2 = True
 
     def __init__(self, site: Any) -> None:
         self.site = site

@@ -224,6 +224,13 @@ class GourmetSite(Site):
         return len(self._channels)
 
     @property
+    def http2_connections(self) -> int:
+        """
+        Client connections speaking HTTP/2.
+        """
+        return sum(1 for channel in self._channels if channel.http2)
+
+    @property
     def busy_connections(self) -> int:
         """
         Client connections with a request under way.

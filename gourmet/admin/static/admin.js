@@ -449,7 +449,8 @@
     const open = listener.connections;
     const limit = listener.max_connections;
     // max_connections 0 is no limit at all.
-    setText(row.connections, limit > 0 ? `${count(open)} of ${count(limit)}` : `${count(open)}, no limit`);
+    const http2 = listener.http2_connections ? ` (${count(listener.http2_connections)} HTTP/2)` : "";
+    setText(row.connections, (limit > 0 ? `${count(open)} of ${count(limit)}` : `${count(open)}, no limit`) + http2);
     row.connections.classList.toggle("near-limit", limit > 0 && open >= 0.9 * limit);
     setText(row.refusals, statusCounts(listener.refusals, false) || "none");
   }
