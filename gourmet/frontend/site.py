@@ -179,8 +179,9 @@ class GourmetSite(Site):
     """
     The proxy site.  It never shows a traceback, writes Gourmet's own
     access log rather than Twisted's, and speaks HTTP/1.x to clients
-    through :class:`GourmetChannel` only (never HTTP/2, whose requests
-    would bypass the channel's checks).
+    through :class:`GourmetChannel` (and HTTP/2, on TLS listeners, through
+    :class:`gourmet.frontend.http2.Http2Connection`, never Twisted's own,
+    whose requests would bypass Gourmet's checks).
 
     :ivar frontend: the ``[server]`` limits its channels enforce;
         ``idle_timeout`` is its idle timeout.
