@@ -12,13 +12,25 @@ import importlib
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-#: (figure key, panel title) in the order drawn.
-PANELS: List[Tuple[str, str]] = [
-    ("small_rps", "small body: requests/s (higher is better)"),
-    ("small_p99_ms", "small body: p99 latency, ms (lower is better)"),
-    ("large_mbps", "1 MiB body: MB/s (higher is better)"),
-    ("slow_peak_mib", "slow client: peak RSS, MiB (lower is better)"),
+#: (figure keys, panel title) in the order drawn; two keys draw two bars
+#: for each target, the second hatched.
+PANELS: List[Tuple[Tuple[str, ...], str]] = [
+    (("small_rps",), "small body: requests/s (higher is better)"),
+    (("small_p99_ms",), "small body: p99 latency, ms (lower is better)"),
+    (("large_mbps",), "1 MiB body: MB/s (higher is better)"),
+    (("slow_peak_mib",), "slow client: peak RSS, MiB (lower is better)"),
+    (
+        ("h2_small_rps", "h1_small_rps"),
+        "HTTPS small body: requests/s, HTTP/2 | HTTP/1.1 hatched\n(higher is better)",
+    ),
+    (
+        ("h2_small_cpu_us", "h1_small_cpu_us"),
+        "HTTPS small body: proxy CPU us/request, HTTP/2 | HTTP/1.1 hatched\n"
+        "(lower is better)",
+    ),
 ]
+
+HATCHES = ["", "//"]
 
 #: The issue's absolute targets, drawn as dashed lines.
 GOAL_LINES: Dict[str, Tuple[float, str]] = {
@@ -54,9 +66,9 @@ def draw(
     pyplot = _pyplot()
     if pyplot is None:
         return "matplotlib is not installed (./dev bench installs it)"
-    figure, axes = pyplot.subplots(2, 2, figsize=(11, 7.5))
-    for axis, (key, panel_title) in zip(axes.flat, PANELS):
-        _panel(axis, key, panel_title, labels, medians)
+    figure, axes = pyplot.subplots(3, 2, figsize=(11, 11))
+    for axis, (keys, panel_title) in zip(axes.flat, PANELS):
+        _panel(axis, keys, panel_title, labels, medians)
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -67,22 +79,35 @@ def draw(
 
 def _panel(
     axis: Any,
-    key: str,
+    keys: Tuple[str, ...],
     title: str,
     labels: Dict[str, str],
     medians: Dict[str, Dict[str, Optional[float]]],
 ) -> None:
-    names, values, colours = [], [], []
+    names, colours, rows = [], [], []
     for (target, label), colour in zip(labels.items(), COLOURS):
-        value = medians.get(target, {}).get(key)
-        if value is not None:
+        values = [medians.get(target, {}).get(key) for key in keys]
+        measured = [value for value in values if value is not None]
+        if len(measured) == len(keys):
             names.append(label.replace(" ", "\n", 1))
-            values.append(value)
             colours.append(colour)
-    bars = axis.bar(names, values, color=colours)
-    axis.bar_label(bars, labels=[_short(v) for v in values], fontsize=8)
-    if key in GOAL_LINES:
-        level, label = GOAL_LINES[key]
+            rows.append(measured)
+    width = 0.8 / len(keys)
+    for index, hatch in zip(range(len(keys)), HATCHES):
+        offset = (index - (len(keys) - 1) / 2) * width
+        heights = [row[index] for row in rows]
+        bars = axis.bar(
+            [x + offset for x in range(len(names))],
+            heights,
+            width,
+            color=colours,
+            hatch=hatch,
+            edgecolor="white" if hatch else None,
+        )
+        axis.bar_label(bars, labels=[_short(v) for v in heights], fontsize=8)
+    axis.set_xticks(range(len(names)), names)
+    if keys[0] in GOAL_LINES:
+        level, label = GOAL_LINES[keys[0]]
         axis.axhline(level, color="#444444", linestyle="--", linewidth=1, label=label)
         axis.legend(fontsize=8, loc="best")
     axis.set_title(title, fontsize=10)

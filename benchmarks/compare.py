@@ -7,12 +7,14 @@ in front of both (the peer); Twisted's stock ``ReverseProxyResource`` in
 front of one (the Python baseline); and Gourmet under ``twistd`` on CPython
 and, when Debian's ``pypy3`` is installed, on PyPy.  ``wrk`` loads each in
 turn for several rounds; then a slow client downloads a large response
-through every proxy at once while their memory is watched.  Prints a table
-of medians with ratios to nginx and to stock Twisted, and saves it as JSON
-and a PNG chart.
+through every proxy at once while their memory is watched; then nginx and
+Gourmet terminate TLS (a self-signed certificate made for the run) and
+``h2load`` loads them in HTTP/2 and in HTTP/1.1, with the CPU time each
+spends per request.  Prints tables of medians with ratios to nginx and to
+stock Twisted, and saves them as JSON and a PNG chart.
 
-    ./dev bench            # installs nginx, wrk, pypy3 and matplotlib first
-    ./dev bench --quick    # a minute or two, to try it out
+    ./dev bench            # installs nginx, wrk, h2load, pypy3, matplotlib
+    ./dev bench --quick    # two or three minutes, to try it out
     .venv/bin/python -m benchmarks.compare --help
 """
 
@@ -32,12 +34,21 @@ import time
 import urllib.request
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from attrs import asdict, evolve, frozen
 
 import twisted
-from benchmarks import chart, nginx, pypy_env, report, slow_download, wrk
+from benchmarks import (
+    certificate,
+    chart,
+    h2load,
+    nginx,
+    pypy_env,
+    report,
+    slow_download,
+    wrk,
+)
 from benchmarks.processes import (
     REPO,
     Server,
@@ -64,6 +75,9 @@ class Settings:
     duration: int = 10
     warmup: int = 3
     connections: int = 32
+    #: HTTP/2 streams in flight on each connection: connections / h2_streams
+    #: connections carry as many requests at once as wrk's do.
+    h2_streams: int = 8
     slow_size: int = size("300M")
     slow_rate: int = size("1M")
     pin: bool = True
@@ -91,21 +105,34 @@ def log(text: str) -> None:
 
 
 def gourmet_config(
-    port: int, admin_port: int, upstream_ports: List[int], access_log: Path
+    port: int,
+    admin_port: int,
+    upstream_ports: List[int],
+    access_log: Path,
+    tls_port: Optional[int] = None,
+    tls: Optional[certificate.Tls] = None,
 ) -> str:
     """
     Gourmet as users run it: an access log to a file, the admin console
-    (and its metrics) on loopback, passive health on, keep-alive upstreams.
+    (and its metrics) on loopback, passive health on, keep-alive upstreams;
+    with ``tls``, HTTPS (and HTTP/2, on by default) on ``tls_port`` too.
     """
     servers = "".join(
         f"[[upstreams.bench.servers]]\npath = '127.0.0.1:{p}'\n" for p in upstream_ports
     )
+    https = ""
+    if tls is not None:
+        https = (
+            f"tls_listen = ['tcp:{tls_port}:interface=127.0.0.1']\n"
+            f"[[server.certificates]]\ncert = '{tls.cert}'\nkey = '{tls.key}'\n"
+        )
     return (
         "[upstreams.bench]\nbalancer = 'round_robin'\nkeepalive = 32\n"
         "max_fail = 1\nfail_timeout = 10\n"
         + servers
         + f"[server]\nlisten = ['tcp:{port}:interface=127.0.0.1']\n"
-        "[[server.locations]]\nlocation = '^/'\nupstream = 'bench'\n"
+        + https
+        + "[[server.locations]]\nlocation = '^/'\nupstream = 'bench'\n"
         f"[log]\naccess_log = '{access_log}'\naccess_log_format = 'combined'\n"
         f"[admin]\nlisten = 'tcp:{admin_port}:interface=127.0.0.1'\n"
     )
@@ -127,6 +154,7 @@ class Bench:
         self.upstream_ports = [free_port(), free_port()]
         self.ports = {name: free_port() for name in PROXIES}
         self.admin_ports = {name: free_port() for name in self.twistd}
+        self.tls_ports = {name: free_port() for name in ("nginx", *self.twistd)}
         self.proxy_cpu = PROXY_CPU if settings.pin else None
         self.load_cpu = LOAD_CPU if settings.pin else None
 
@@ -161,6 +189,28 @@ class Bench:
             servers[runtime] = self._gourmet(runtime)
         return servers
 
+    def https_proxies(self, tls: certificate.Tls) -> Dict[str, Server]:
+        """
+        New server objects for the proxies that terminate TLS, with ``tls``.
+        """
+        port = self.tls_ports["nginx"]
+        config = nginx.proxy_config(
+            self.workdir,
+            port,
+            self.upstream_ports,
+            self.access_log("nginx-tls"),
+            tls,
+            name="nginx-tls",
+        )
+        servers: Dict[str, Server] = {
+            "nginx": nginx.Nginx(
+                "nginx-tls", self.workdir, config, port, self.proxy_cpu
+            )
+        }
+        for runtime in self.twistd:
+            servers[runtime] = self._gourmet(runtime, tls)
+        return servers
+
     def _stock(self) -> Server:
         port = self.ports["stock"]
         command = [sys.executable, "-m", "benchmarks.stock_twisted", str(port)]
@@ -172,15 +222,19 @@ class Bench:
             self.workdir / "stock.out",
         )
 
-    def _gourmet(self, runtime: str) -> Server:
-        port = self.ports[runtime]
-        config = self.workdir / f"gourmet-{runtime}.toml"
+    def _gourmet(self, runtime: str, tls: Optional[certificate.Tls] = None) -> Server:
+        # With TLS: the same plain port, and ready once the TLS one listens.
+        name = runtime + ("-tls" if tls else "")
+        port = self.tls_ports[runtime] if tls else self.ports[runtime]
+        config = self.workdir / f"gourmet-{name}.toml"
         config.write_text(
             gourmet_config(
-                port,
+                self.ports[runtime],
                 self.admin_ports[runtime],
                 self.upstream_ports,
-                self.access_log(runtime),
+                self.access_log(name),
+                self.tls_ports[runtime],
+                tls,
             )
         )
         command = [str(self.twistd[runtime]), "-n", "--pidfile=", "gourmet"]
@@ -192,7 +246,7 @@ class Bench:
             report.TARGETS[runtime],
             pinned(command, self.proxy_cpu),
             port,
-            self.workdir / f"gourmet-{runtime}.out",
+            self.workdir / f"gourmet-{name}.out",
         )
 
 
@@ -204,14 +258,14 @@ def start(stack: contextlib.ExitStack, server: Server) -> Server:
 
 
 def start_proxies(
-    stack: contextlib.ExitStack, bench: Bench, problems: List[str]
+    stack: contextlib.ExitStack, servers: Dict[str, Server], problems: List[str]
 ) -> Dict[str, Server]:
     """
     Every proxy started; Gourmet on PyPy is left out, with a problem noted,
     if it does not start.
     """
     started = {}
-    for name, server in bench.proxies().items():
+    for name, server in servers.items():
         try:
             started[name] = start(stack, server)
         except ServerFailed as error:
@@ -283,6 +337,20 @@ def check_metrics(admin_port: int) -> str:
     return f"answered {len(body)} bytes"
 
 
+def http2_metrics(admin_port: int) -> List[str]:
+    """
+    Gourmet's HTTP/2 lines from ``/metrics``: its connections, and those
+    it closed for their client's doing, by reason.
+    """
+    try:
+        body = fetch(f"http://127.0.0.1:{admin_port}/metrics").decode()
+    except OSError as error:
+        return [f"failed: {error}"]
+    return [
+        line for line in body.splitlines() if line.startswith("gourmet_client_http2")
+    ]
+
+
 # --- Load ---------------------------------------------------------------------
 
 Rounds = Dict[str, Dict[str, List[wrk.WrkResult]]]
@@ -331,6 +399,140 @@ def error_counts(results: Rounds) -> Dict[str, str]:
     return counts
 
 
+# --- HTTPS load: HTTP/2 and HTTP/1.1 over TLS, from h2load -------------------
+
+#: Target key to "h2_small" (protocol and body) to its runs.
+HttpsRounds = Dict[str, Dict[str, List[h2load.H2loadResult]]]
+
+
+def https_loads(bench: Bench) -> Dict[str, h2load.Load]:
+    """
+    By protocol: HTTP/2 with ``h2_streams`` streams on each of fewer
+    connections, and HTTP/1.1 with one request at a time on each of
+    ``connections``, as wrk's; as many requests in flight either way.
+    """
+    settings = bench.settings
+    requests_log = bench.workdir / "h2load-requests.log"
+    return {
+        "h2": h2load.Load(
+            max(settings.connections // settings.h2_streams, 1),
+            settings.h2_streams,
+            settings.duration,
+            bench.load_cpu,
+            http1=False,
+            log=requests_log,
+        ),
+        "h1": h2load.Load(
+            settings.connections,
+            1,
+            settings.duration,
+            bench.load_cpu,
+            http1=True,
+            log=requests_log,
+        ),
+    }
+
+
+def https_url(port: int, body: str) -> str:
+    return f"https://127.0.0.1:{port}{BODIES[body]}"
+
+
+def describe_https(result: h2load.H2loadResult) -> str:
+    text = (
+        f"{result.requests_per_second:9,.0f} req/s {result.megabytes_per_second:8,.1f}"
+        f" MB/s  p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms"
+        f"  {result.cpu_us_per_request or 0:6,.0f} us CPU/req"
+    )
+    if result.status_errors or result.socket_errors:
+        text += f"  ERRORS non-2xx {result.status_errors} socket {result.socket_errors}"
+    return text
+
+
+def check_https(
+    ports: Dict[str, int],
+    loads: Dict[str, h2load.Load],
+    workdir: Path,
+    problems: List[str],
+) -> Dict[str, int]:
+    """
+    The targets that answer both bodies in full, in each protocol; the
+    others are problems, left out (a new protocol's failure is a finding,
+    not a reason to lose the run).
+    """
+    sizes = {"small": nginx.SMALL_SIZE, "large": nginx.LARGE_SIZE}
+    answering = {}
+    for name, port in ports.items():
+        found = []
+        for protocol, load in loads.items():
+            for body in BODIES:
+                problem = h2load.check(
+                    https_url(port, body),
+                    load.http1,
+                    sizes[body],
+                    workdir / "h2load-check.log",
+                )
+                if problem is not None:
+                    found.append(
+                        f"{report.TARGETS[name]} over HTTPS, "
+                        f"{report.PROTOCOLS[protocol]} {BODIES[body]}: {problem}; "
+                        "left out"
+                    )
+        for problem in found:
+            problems.append(problem)
+            log(problem)
+        if not found:
+            answering[name] = port
+    return answering
+
+
+def measure_https_rounds(
+    proxies: Dict[str, Server],
+    ports: Dict[str, int],
+    loads: Dict[str, h2load.Load],
+    rounds: int,
+    problems: List[str],
+) -> HttpsRounds:
+    """
+    Round after round, each target in turn, with the CPU time each proxy
+    spent; a run h2load could not make sense of is a problem, left out.
+    """
+    results: HttpsRounds = {
+        name: {f"{p}_{b}": [] for p in loads for b in BODIES} for name in ports
+    }
+    for number in range(1, rounds + 1):
+        for protocol, load in loads.items():
+            for body in BODIES:
+                for name, port in ports.items():
+                    label = f"{report.TARGETS[name]}, {protocol} {body}"
+                    try:
+                        result = h2load.run(
+                            load, https_url(port, body), proxies[name].rss_pid
+                        )
+                    except h2load.H2loadFailed as error:
+                        problems.append(f"{label}: {error}")
+                        log(f"  round {number}/{rounds} {label}: {error}")
+                        continue
+                    results[name][f"{protocol}_{body}"].append(result)
+                    shown = describe_https(result)
+                    log(f"  round {number}/{rounds} {label:<27} {shown}")
+    return results
+
+
+def https_error_counts(results: HttpsRounds) -> Dict[str, str]:
+    counts = {}
+    for name, runs in results.items():
+        cells = []
+        for protocol in report.PROTOCOLS:
+            done = [
+                r for key, rs in runs.items() if key.startswith(protocol) for r in rs
+            ]
+            statuses = sum(r.status_errors for r in done)
+            sockets = sum(r.socket_errors for r in done)
+            cells.append(f"{protocol} {statuses}/{sockets}")
+        counts[name] = " ".join(cells)
+    return counts
+
+
 # --- The run ------------------------------------------------------------------
 
 
@@ -345,7 +547,7 @@ def throughput_phase(
         wrk.write_script(bench.workdir / "report.lua"),
     )
     with contextlib.ExitStack() as stack:
-        proxies = start_proxies(stack, bench, problems)
+        proxies = start_proxies(stack, bench.proxies(), problems)
         ports = {"upstream": bench.upstream_ports[0]}
         ports.update({name: bench.ports[name] for name in proxies})
         check_bodies(ports)
@@ -358,12 +560,29 @@ def throughput_phase(
             for name in proxies
             if name in bench.admin_ports
         }
-    for name in ("nginx", "stock", *bench.twistd):
-        counts = non_2xx(bench.access_log(name))
-        checks[f"access_log_non_2xx_{name}"] = counts
-        if unexpected(counts):
-            problems.append(f"{report.TARGETS[name]} logged non-2xx: {counts}")
+    check_access_logs(bench, ("nginx", "stock", *bench.twistd), "", checks, problems)
     return results, checks
+
+
+def check_access_logs(
+    bench: Bench,
+    names: Sequence[str],
+    suffix: str,
+    checks: Dict[str, Any],
+    problems: List[str],
+) -> None:
+    """
+    Each target's non-2xx statuses from its access log (``name + suffix``)
+    into ``checks``, and a problem for those no client's leaving explains.
+    """
+    for name in names:
+        path = bench.access_log(name + suffix)
+        counts = non_2xx(path)
+        checks[f"access_log_non_2xx_{name}{suffix}"] = counts
+        if unexpected(counts):
+            problems.append(
+                f"{report.TARGETS[name]} logged non-2xx ({path.name}): {counts}"
+            )
 
 
 def slow_phase(bench: Bench, problems: List[str]) -> Dict[str, Any]:
@@ -374,7 +593,7 @@ def slow_phase(bench: Bench, problems: List[str]) -> Dict[str, Any]:
         "each freshly started"
     )
     with contextlib.ExitStack() as stack:
-        proxies = start_proxies(stack, bench, problems)
+        proxies = start_proxies(stack, bench.proxies(), problems)
         results = slow_download.measure(
             {name: server.rss_pid for name, server in proxies.items()},
             {name: bench.ports[name] for name in proxies},
@@ -393,6 +612,47 @@ def slow_phase(bench: Bench, problems: List[str]) -> Dict[str, Any]:
             problems.append(f"slow client through {label}: {result.error}")
             log(f"  {problems[-1]}")
     return {name: asdict(result) for name, result in results.items()}
+
+
+def https_phase(
+    bench: Bench, problems: List[str]
+) -> Tuple[HttpsRounds, Dict[str, Any]]:
+    settings = bench.settings
+    loads = https_loads(bench)
+    h2, h1 = loads["h2"], loads["h1"]
+    log(
+        f"HTTPS: h2load, HTTP/2 on {h2.clients} connections x {h2.streams} "
+        f"streams, HTTP/1.1 on {h1.clients} connections; nginx and Gourmet "
+        "freshly started with a self-signed certificate"
+    )
+    tls = certificate.write(bench.workdir)
+    with contextlib.ExitStack() as stack:
+        proxies = start_proxies(stack, bench.https_proxies(tls), problems)
+        ports = check_https(
+            {name: bench.tls_ports[name] for name in proxies},
+            loads,
+            bench.workdir,
+            problems,
+        )
+        log(f"Warm-up: {settings.warmup} s per target, protocol and body")
+        for name, port in ports.items():
+            for protocol, load in loads.items():
+                for body in BODIES:
+                    log(f"  warm-up {report.TARGETS[name]}, {protocol} {body}")
+                    with contextlib.suppress(h2load.H2loadFailed):
+                        h2load.run(
+                            evolve(load, duration=settings.warmup),
+                            https_url(port, body),
+                        )
+        log(f"Measuring: {settings.rounds} rounds of {settings.duration} s")
+        results = measure_https_rounds(proxies, ports, loads, settings.rounds, problems)
+        checks: Dict[str, Any] = {
+            f"metrics_http2_{name}": http2_metrics(bench.admin_ports[name])
+            for name in proxies
+            if name in bench.admin_ports
+        }
+    check_access_logs(bench, list(proxies), "-tls", checks, problems)
+    return results, checks
 
 
 #: PyPy's own floor: Twisted's web stack and reverse proxy imported, nothing
@@ -441,7 +701,9 @@ def pypy_memory(
     return floor, report.pypy_memory_text(medians, floor, start_mib)
 
 
-def medians_of(results: Rounds, slow: Dict[str, Any]) -> report.Medians:
+def medians_of(
+    results: Rounds, slow: Dict[str, Any], https: HttpsRounds
+) -> report.Medians:
     medians: report.Medians = {}
     for name, bodies in results.items():
         small, large = bodies["small"], bodies["large"]
@@ -457,7 +719,37 @@ def medians_of(results: Rounds, slow: Dict[str, Any]) -> report.Medians:
         medians.setdefault(name, {})["slow_peak_mib"] = (
             None if peak is None else peak / 1024
         )
+    for name, runs in https.items():
+        medians.setdefault(name, {}).update(https_medians(runs))
     return medians
+
+
+def https_medians(
+    runs: Dict[str, List[h2load.H2loadResult]],
+) -> Dict[str, Optional[float]]:
+    """
+    One target's HTTPS medians, by figure key (None: no run measured).
+    """
+
+    def median(
+        key: str, value: Callable[[h2load.H2loadResult], float]
+    ) -> Optional[float]:
+        values = [value(r) for r in runs.get(key, [])]
+        return statistics.median(values) if values else None
+
+    def cpu(result: h2load.H2loadResult) -> float:
+        return result.cpu_us_per_request or 0.0
+
+    figures: Dict[str, Optional[float]] = {}
+    for protocol in report.PROTOCOLS:
+        small, large = f"{protocol}_small", f"{protocol}_large"
+        figures[f"{small}_rps"] = median(small, lambda r: r.requests_per_second)
+        figures[f"{small}_p50_ms"] = median(small, lambda r: r.p50_ms)
+        figures[f"{small}_p99_ms"] = median(small, lambda r: r.p99_ms)
+        figures[f"{small}_cpu_us"] = median(small, cpu)
+        figures[f"{large}_mbps"] = median(large, lambda r: r.megabytes_per_second)
+        figures[f"{large}_cpu_us"] = median(large, cpu)
+    return figures
 
 
 # --- What was measured, and on what -------------------------------------------
@@ -488,6 +780,7 @@ def machine(bench: Bench) -> Dict[str, Any]:
         "twisted_cpython": twisted.__version__,
         "nginx": nginx.version(),
         "wrk": wrk.version(),
+        "h2load": h2load.version(),
     }
     if "pypy" in bench.twistd:
         versions["pypy"] = pypy_env.version(bench.twistd["pypy"])
@@ -519,16 +812,23 @@ def summary(
     bench: Bench,
     medians: report.Medians,
     errors: Dict[str, str],
+    https_errors: Dict[str, str],
+    negotiated: str,
     problems: List[str],
     pypy_note: Optional[str] = None,
 ) -> str:
     settings = bench.settings
     goal_list = report.goals(settings.connections)
+    cost = report.protocol_cost_text(medians)
+    h2, h1 = https_loads(bench)["h2"], https_loads(bench)["h1"]
     notes = [
         report.table(medians, errors),
         "",
         report.goals_text(goal_list, medians),
         *([pypy_note] if pypy_note else []),
+        "",
+        report.https_table(medians, https_errors),
+        *([cost] if cost else []),
         "",
         f"Medians of {settings.rounds} rounds of {settings.duration} s after a "
         f"{settings.warmup} s warm-up; wrk, {settings.connections} keep-alive "
@@ -544,6 +844,13 @@ def summary(
         placement(bench) + ".",
         f"Gourmet on PyPy runs with PYPY_GC_NURSERY={RECOMMENDED_NURSERY}, as the "
         "README says to run it.",
+        f"HTTPS: h2load, 1 thread, the same rounds; HTTP/2 (ALPN h2) on "
+        f"{h2.clients} connections x {h2.streams} streams, HTTP/1.1 (ALPN "
+        f"http/1.1) on {h1.clients} connections, one request at a time; "
+        f"negotiated: {negotiated or '-'}, a self-signed ECDSA P-256 "
+        "certificate; MB/s counts every byte h2load read.",
+        "CPU us/req: the proxy's user and system time (nginx: its worker) per "
+        "response, read from /proc before and after each run.",
     ]
     if problems:
         notes += ["", "Problems:"] + [f"  - {p}" for p in problems]
@@ -610,14 +917,32 @@ def measure(bench: Bench, problems: List[str]) -> None:
         start(stack, bench.upstream())
         results, checks = throughput_phase(bench, problems)
         slow = slow_phase(bench, problems)
-    medians = medians_of(results, slow)
+        https, https_checks = https_phase(bench, problems)
+    checks.update(https_checks)
+    medians = medians_of(results, slow, https)
     floor, pypy_note = pypy_memory(bench, slow, medians)
     errors = error_counts(results)
     for name, text in errors.items():
         if text != "0/0":
             problems.append(f"{report.TARGETS[name]}: wrk errors non-2xx/socket {text}")
+    https_errors = https_error_counts(https)
+    for name, text in https_errors.items():
+        if text != "h2 0/0 h1 0/0":
+            problems.append(
+                f"{report.TARGETS[name]}: h2load errors non-2xx/socket {text}"
+            )
+    negotiated = ", ".join(
+        sorted(
+            {
+                f"{r.tls} {r.cipher}"
+                for b in https.values()
+                for rs in b.values()
+                for r in rs
+            }
+        )
+    )
     log("")
-    log(summary(bench, medians, errors, problems, pypy_note))
+    log(summary(bench, medians, errors, https_errors, negotiated, problems, pypy_note))
     elapsed = time.monotonic() - began
     log(f"\nTook {elapsed:.0f} s.")
     record = {
@@ -636,6 +961,15 @@ def measure(bench: Bench, problems: List[str]) -> None:
             for name, bodies in results.items()
         },
         "slow_client": slow,
+        "https_rounds": {
+            name: {key: [r.as_json() for r in rs] for key, rs in runs.items()}
+            for name, runs in https.items()
+        },
+        "https_load": {
+            protocol: {"clients": load.clients, "streams": load.streams}
+            for protocol, load in https_loads(bench).items()
+        },
+        "https_negotiated": negotiated,
         "pypy_floor_mib": floor,
         "checks": checks,
         "problems": problems,
@@ -645,13 +979,16 @@ def measure(bench: Bench, problems: List[str]) -> None:
 
 
 def ratios(medians: report.Medians) -> Dict[str, Dict[str, Dict[str, Any]]]:
+    figures = [(f, report.REFERENCES) for f in report.FIGURES]
+    figures += [(f, report.HTTPS_REFERENCES) for f in report.HTTPS_FIGURES]
     return {
         name: {
             figure.key: {
                 f"vs_{reference}": report.ratio(medians, name, figure.key, reference)
-                for reference in report.REFERENCES
+                for reference in references
             }
-            for figure in report.FIGURES
+            for figure, references in figures
+            if figure.key in medians[name]
         }
         for name in medians
     }
@@ -671,6 +1008,12 @@ def parse_settings(argv: Optional[List[str]] = None) -> Settings:
     parser.add_argument("--duration", type=int, help="seconds per round and body")
     parser.add_argument("--warmup", type=int, help="seconds per target and body")
     parser.add_argument("--connections", type=int, default=defaults.connections)
+    parser.add_argument(
+        "--h2-streams",
+        type=int,
+        default=defaults.h2_streams,
+        help="HTTP/2 streams per connection (connections / this connections)",
+    )
     parser.add_argument("--slow-size", type=size, help="e.g. 300M (default)")
     parser.add_argument("--slow-rate", type=size, help="bytes/s, e.g. 1M (default)")
     parser.add_argument("--no-pin", action="store_true", help="no taskset")
@@ -687,6 +1030,7 @@ def parse_settings(argv: Optional[List[str]] = None) -> Settings:
     return evolve(
         defaults,
         connections=options.connections,
+        h2_streams=options.h2_streams,
         pin=not options.no_pin and can_pin(),
         pypy_venv=None if options.no_pypy else options.pypy_venv,
         out=options.out,
@@ -697,7 +1041,7 @@ def parse_settings(argv: Optional[List[str]] = None) -> Settings:
 
 
 def missing_tools() -> List[str]:
-    return [tool for tool in ("nginx", "wrk") if shutil.which(tool) is None]
+    return [tool for tool in ("nginx", "wrk", "h2load") if shutil.which(tool) is None]
 
 
 def pypy_twistd(settings: Settings, problems: List[str]) -> Optional[Path]:

@@ -6,11 +6,14 @@ one worker, its pid file, logs and temporary files in that directory.
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
+from benchmarks.certificate import Tls
 from benchmarks.processes import Server, children, pinned
+from gourmet.tls.store import INTERMEDIATE_CIPHERS
 
 #: The bodies every upstream port serves, by path.
 SMALL_PATH = "/small"
@@ -69,27 +72,58 @@ def upstream_config(workdir: Path, root: Path, ports: Sequence[int]) -> str:
 
 
 def proxy_config(
-    workdir: Path, port: int, upstream_ports: Sequence[int], access_log: Path
+    workdir: Path,
+    port: int,
+    upstream_ports: Sequence[int],
+    access_log: Path,
+    tls: Optional[Tls] = None,
+    name: str = "nginx-proxy",
 ) -> str:
     """
     nginx as a load balancer in front of ``upstream_ports``, as a user would
-    set it up: keep-alive to the upstreams and an access log to a file.
+    set it up: keep-alive to the upstreams and an access log to a file;
+    with ``tls``, HTTPS and HTTP/2 on ``port``.
     """
     servers = "".join(f"        server 127.0.0.1:{p};\n" for p in upstream_ports)
     return (
-        _main_context(workdir, "nginx-proxy")
+        _main_context(workdir, name)
         # Buffered as Gourmet's is (flushed each second).
         + f"    access_log {access_log} combined"
         + " buffer=64k flush=1s;\n"
         + "    upstream bench {\n"
         + servers
         + "        keepalive 32;\n    }\n"
-        + f"    server {{\n        listen 127.0.0.1:{port};\n"
+        + "    server {\n"
+        + (_tls_server(port, tls) if tls else f"        listen 127.0.0.1:{port};\n")
         + "        location / {\n"
         + "            proxy_pass http://bench;\n"
         + "            proxy_http_version 1.1;\n"
         + '            proxy_set_header Connection "";\n'
         + "        }\n    }\n}\n"
+    )
+
+
+def _tls_server(port: int, tls: Tls) -> str:
+    """
+    A server block's HTTPS lines, with Gourmet's protocols and ciphers.
+    """
+    # `http2 on;` came with nginx 1.25.1; before it (Debian 12 has 1.22.1,
+    # which refuses `http2 on;` as an unknown directive) HTTP/2 is a flag of
+    # `listen`.
+    if version_number() >= (1, 25, 1):
+        listen = f"listen 127.0.0.1:{port} ssl;\n        http2 on;"
+    else:
+        listen = f"listen 127.0.0.1:{port} ssl http2;"
+    return (
+        f"        {listen}\n"
+        f"        ssl_certificate {tls.cert};\n"
+        f"        ssl_certificate_key {tls.key};\n"
+        "        ssl_protocols TLSv1.2 TLSv1.3;\n"
+        f"        ssl_ciphers {INTERMEDIATE_CIPHERS.decode()};\n"
+        # nginx closes a connection after 1,000 requests (HTTP/2's too,
+        # since 1.19.7) and h2load does not open another in a timed run:
+        # its clients would sit idle.  Gourmet sets no such limit.
+        "        keepalive_requests 1000000;\n"
     )
 
 
@@ -125,3 +159,11 @@ def version() -> str:
         ["nginx", "-v"], capture_output=True, text=True, timeout=10, check=False
     )
     return result.stderr.strip().removeprefix("nginx version: ")
+
+
+def version_number() -> Tuple[int, ...]:
+    """
+    :func:`version` as numbers (``(1, 22, 1)``; ``()`` if unknown).
+    """
+    match = re.match(r"nginx/([\d.]+)", version())
+    return tuple(int(n) for n in match.group(1).split(".")) if match else ()

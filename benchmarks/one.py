@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import List, Tuple
+from typing import List
 
 from attrs import evolve
 
 from benchmarks import compare, pypy_env, wrk
-from benchmarks.processes import REPO, Server
+from benchmarks.processes import REPO, Server, cpu_seconds
 
 
 def main(argv: List[str]) -> int:
@@ -95,15 +94,6 @@ def main(argv: List[str]) -> int:
                         f" ({user:.1f} user, {system:.1f} system)"
                     )
     return 0
-
-
-def cpu_seconds(pid: int) -> Tuple[float, float]:
-    """
-    User and system CPU time of process ``pid`` so far.
-    """
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / ticks, int(fields[12]) / ticks
 
 
 def _add_twistd_args(server: Server, extra: List[str]) -> None:

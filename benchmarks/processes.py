@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 #: Where the servers run: the checkout, so that ``python -m benchmarks...``
 #: finds this package.
@@ -153,6 +153,15 @@ def children(pid: int) -> List[int]:
         if int(fields[1]) == pid:
             found.append(int(entry.name))
     return found
+
+
+def cpu_seconds(pid: int) -> Tuple[float, float]:
+    """
+    User and system CPU time of process ``pid`` so far.
+    """
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
 
 
 @contextlib.contextmanager

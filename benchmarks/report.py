@@ -41,6 +41,30 @@ FIGURES = [
 #: Whom each figure is compared with, and how the ratio row is labelled.
 REFERENCES = {"nginx": "  / nginx proxy", "stock": "  / stock Twisted"}
 
+#: The targets that terminate TLS: the HTTPS rows' columns.
+HTTPS_TARGETS = {key: TARGETS[key] for key in ("nginx", "cpython", "pypy")}
+HTTPS_REFERENCES = {"nginx": REFERENCES["nginx"]}
+
+#: The HTTPS rows' protocols, by key: ALPN's h2, and HTTP/1.1 over TLS.
+PROTOCOLS = {"h2": "HTTP/2", "h1": "HTTP/1.1"}
+
+
+def https_figures() -> List[Figure]:
+    figures = []
+    for key, name in PROTOCOLS.items():
+        figures += [
+            Figure(f"{key}_small_rps", f"{name} small req/s", 0),
+            Figure(f"{key}_small_p50_ms", f"{name} small p50 ms", 2),
+            Figure(f"{key}_small_p99_ms", f"{name} small p99 ms", 2),
+            Figure(f"{key}_small_cpu_us", f"{name} small CPU us/req", 0),
+            Figure(f"{key}_large_mbps", f"{name} 1 MiB MB/s", 0),
+            Figure(f"{key}_large_cpu_us", f"{name} 1 MiB CPU us/req", 0),
+        ]
+    return figures
+
+
+HTTPS_FIGURES = https_figures()
+
 LABEL_WIDTH = 27
 COLUMN_WIDTH = 17
 
@@ -63,21 +87,63 @@ def _number(value: Optional[float], digits: int) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
-def table(medians: Medians, errors: Dict[str, str]) -> str:
+def table(
+    medians: Medians,
+    errors: Dict[str, str],
+    targets: Dict[str, str] = TARGETS,
+    figures: List[Figure] = FIGURES,
+    references: Dict[str, str] = REFERENCES,
+    title: str = "",
+) -> str:
     """
     One column per target; per figure its medians, then their ratios.
 
     :param errors: target key to its error counts, shown as a last row.
     """
-    lines = [_row("", list(TARGETS.values()))]
-    for figure in FIGURES:
-        values = [medians.get(t, {}).get(figure.key) for t in TARGETS]
+    lines = [_row(title, list(targets.values()))]
+    for figure in figures:
+        values = [medians.get(t, {}).get(figure.key) for t in targets]
         lines.append(_row(figure.label, [_number(v, figure.digits) for v in values]))
-        for reference, label in REFERENCES.items():
-            ratios = [ratio(medians, t, figure.key, reference) for t in TARGETS]
+        for reference, label in references.items():
+            ratios = [ratio(medians, t, figure.key, reference) for t in targets]
             lines.append(_row(label, [_number(r, 2) for r in ratios]))
-    lines.append(_row("errors (non-2xx/socket)", [errors.get(t, "-") for t in TARGETS]))
+    lines.append(_row("errors (non-2xx/socket)", [errors.get(t, "-") for t in targets]))
     return "\n".join(lines)
+
+
+def https_table(medians: Medians, errors: Dict[str, str]) -> str:
+    """
+    The HTTPS rows: each protocol's figures beside nginx's.
+
+    :param errors: target key to its error counts for every protocol.
+    """
+    return table(
+        medians, errors, HTTPS_TARGETS, HTTPS_FIGURES, HTTPS_REFERENCES, "HTTPS"
+    )
+
+
+def protocol_cost_text(medians: Medians) -> Optional[str]:
+    """
+    HTTP/2 beside HTTP/1.1 over TLS for each target: the CPU time per
+    small request and the requests per second, as ratios.
+    """
+    parts = []
+    for target, name in HTTPS_TARGETS.items():
+        cpu = _h2_over_h1(medians, target, "small_cpu_us")
+        rps = _h2_over_h1(medians, target, "small_rps")
+        if cpu is not None and rps is not None:
+            parts.append(
+                f"{name} {cpu:.2f}x the CPU per request and {rps:.2f}x the req/s"
+            )
+    if not parts:
+        return None
+    return "HTTP/2 beside HTTP/1.1 over TLS (small body): " + "; ".join(parts) + "."
+
+
+def _h2_over_h1(medians: Medians, target: str, figure: str) -> Optional[float]:
+    h2 = medians.get(target, {}).get(f"h2_{figure}")
+    h1 = medians.get(target, {}).get(f"h1_{figure}")
+    return None if h2 is None or not h1 else h2 / h1
 
 
 @frozen

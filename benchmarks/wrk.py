@@ -43,8 +43,26 @@ class Load:
     script: Path
 
 
+class Throughput:
+    """
+    A load run's rates, from its counts (``wrk``'s and ``h2load``'s).
+    """
+
+    requests: int
+    seconds: float
+    bytes: int
+
+    @property
+    def requests_per_second(self) -> float:
+        return self.requests / self.seconds
+
+    @property
+    def megabytes_per_second(self) -> float:
+        return self.bytes / self.seconds / 1e6
+
+
 @frozen
-class WrkResult:
+class WrkResult(Throughput):
     """
     One ``wrk`` run: the counts its Lua hook printed.
 
@@ -59,14 +77,6 @@ class WrkResult:
     p99_ms: float
     status_errors: int
     socket_errors: int
-
-    @property
-    def requests_per_second(self) -> float:
-        return self.requests / self.seconds
-
-    @property
-    def megabytes_per_second(self) -> float:
-        return self.bytes / self.seconds / 1e6
 
     def as_json(self) -> Dict[str, Any]:
         return {
