@@ -190,7 +190,7 @@ class H2Client(H2Session):
         """
         view = memoryview(body)
         try:
-            while view:
+            while view and not self.answers[stream_id].done:
                 window = min(
                     self.conn.local_flow_control_window(stream_id),
                     self.conn.max_outbound_frame_size,
@@ -202,7 +202,7 @@ class H2Client(H2Session):
                 self.conn.send_data(stream_id, bytes(view[:window]))
                 view = view[window:]
                 self.flush()
-            if end:
+            if end and not self.answers[stream_id].done:
                 self.conn.end_stream(stream_id)
                 self.flush()
         except StreamClosedError:

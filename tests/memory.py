@@ -363,13 +363,7 @@ class MemoryGourmet:
         peer = IPv4Address("TCP", CLIENT_HOST, 40000 + len(self.clients))
         channel = (site or self.service.site).buildProtocol(peer)
         client = Client(self)
-        self._join(
-            channel,
-            FakeTransport(channel, True, PROXY_ADDRESS, peer),
-            client,
-            FakeTransport(client, False, peer, PROXY_ADDRESS),
-        )
-        self.clients.append(client)
+        self._accept(channel, client, peer)
         return client
 
     def connect_h2(self) -> MemoryH2Client:
@@ -378,17 +372,27 @@ class MemoryGourmet:
         and settings exchanged.
         """
         peer = IPv4Address("TCP", CLIENT_HOST, 40000 + len(self.clients))
-        connection = PlainHttp2(self.service.site)
         client = MemoryH2Client(self)
+        self._accept(PlainHttp2(self.service.site), client, peer)
+        self.flush()
+        return client
+
+    def _accept(
+        self,
+        server: IProtocol,
+        client: Union[Client, MemoryH2Client],
+        peer: IPv4Address,
+    ) -> None:
+        """
+        Join a client to Gourmet's side of its connection, from ``peer``.
+        """
         self._join(
-            connection,
-            FakeTransport(connection, True, PROXY_ADDRESS, peer),
+            server,
+            FakeTransport(server, True, PROXY_ADDRESS, peer),
             client,
             FakeTransport(client, False, peer, PROXY_ADDRESS),
         )
         self.clients.append(client)
-        self.flush()
-        return client
 
     def _join(
         self,

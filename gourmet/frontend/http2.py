@@ -54,7 +54,7 @@ from h2.events import (
 from h2.exceptions import ProtocolError, StreamClosedError
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -62,6 +62,7 @@ from zope.interface import implementer
 
 from gourmet._twisted.sockets import tune
 from gourmet.deadline import Deadline
+from gourmet.frontend.channel import LINGER_SECONDS
 from gourmet.frontend.stream import Http2Stream
 from gourmet.tls.store import tls_details
 
@@ -131,6 +132,7 @@ class Http2Connection(Protocol):
         self._premature = 0
         self._served_one = False
         self._deadline: Optional[Deadline] = None
+        self._abort_call: Optional[IDelayedCall] = None
         self._host: Any = None
         self._peer: Any = None
         self._tls_info: Optional[Tuple[str, Optional[str]]] = None
@@ -166,6 +168,8 @@ class Http2Connection(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
         streams = list(self.streams.values())
         self.streams.clear()
         self._waiting.clear()
@@ -224,9 +228,14 @@ class Http2Connection(Protocol):
         self.flush()
         self._gone = True
         transport: Any = self.transport
-        # A TLS transport closes only once its producer is gone.
+        # A TLS transport closes only once its producer is gone, and then
+        # waits for the client's close_notify: a client that never sends
+        # it (or keeps sending) is cut off, as HTTP/1.1 refusals are.
         transport.unregisterProducer()
         transport.loseConnection()
+        self._abort_call = self.site.clock.callLater(
+            LINGER_SECONDS, transport.abortConnection
+        )
 
     def _timed_out(self) -> None:
         self.log.debug("closed an idle HTTP/2 connection")
