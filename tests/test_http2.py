@@ -78,7 +78,9 @@ def in_thread(function: Callable[..., Any], *args: Any) -> Any:
 async def test_a_hundred_streams_on_one_connection_are_balanced(
     gourmet: Any, make_upstreams: Any, tmp_path: Path
 ) -> None:
-    servers, _, port = await start_h2(gourmet, make_upstreams, tmp_path, ("a", "b"))
+    servers, _, port = await start_h2(
+        gourmet, make_upstreams, tmp_path, ("a", "b"), "hsts = 'max-age=600'"
+    )
 
     def hundred() -> Any:
         client = H2Client(port)
@@ -90,6 +92,9 @@ async def test_a_hundred_streams_on_one_connection_are_balanced(
 
     answers = await in_thread(hundred)
     assert [each.status for each in answers.values()] == [200] * 100
+    # HSTS on HTTP/2 responses too, as on HTTP/1.1 ones over TLS.
+    hsts = {each.header(b"strict-transport-security") for each in answers.values()}
+    assert hsts == {b"max-age=600"}
     served = Counter(json.loads(each.body)["server"] for each in answers.values())
     assert served == {"a": 50, "b": 50}
     # Each stream got its own answer, and upstreams heard HTTPS over HTTP/2.
