@@ -774,7 +774,7 @@ def git_revision() -> str:
     return result.stdout.strip() or "unknown"
 
 
-def machine(bench: Bench) -> Dict[str, Any]:
+def machine(bench: Bench, revision: str) -> Dict[str, Any]:
     versions = {
         "cpython": sys.version.replace("\n", " "),
         "twisted_cpython": twisted.__version__,
@@ -788,7 +788,7 @@ def machine(bench: Bench) -> Dict[str, Any]:
         "cpu_model": cpu_model(),
         "cores": os.cpu_count(),
         "versions": versions,
-        "gourmet_revision": git_revision(),
+        "gourmet_revision": revision,
     }
 
 
@@ -907,6 +907,8 @@ def busy_note(busy: float) -> Optional[str]:
 
 def measure(bench: Bench, problems: List[str]) -> None:
     began, date = time.monotonic(), datetime.now().astimezone()
+    # Each phase starts its servers afresh, from the checkout as it is then.
+    revision = git_revision()
     busy = busy_before()
     note = busy_note(busy)
     if note is not None:
@@ -919,6 +921,11 @@ def measure(bench: Bench, problems: List[str]) -> None:
         slow = slow_phase(bench, problems)
         https, https_checks = https_phase(bench, problems)
     checks.update(https_checks)
+    if git_revision() != revision:
+        problems.append(
+            f"the checkout changed during the run (from {revision} to "
+            f"{git_revision()}): later phases may have run other code"
+        )
     medians = medians_of(results, slow, https)
     floor, pypy_note = pypy_memory(bench, slow, medians)
     errors = error_counts(results)
@@ -947,7 +954,7 @@ def measure(bench: Bench, problems: List[str]) -> None:
     log(f"\nTook {elapsed:.0f} s.")
     record = {
         "date": date.isoformat(timespec="seconds"),
-        "machine": machine(bench),
+        "machine": machine(bench, revision),
         "settings": asdict(bench.settings),
         "placement": placement(bench),
         "pypy_environment": {"PYPY_GC_NURSERY": RECOMMENDED_NURSERY},
