@@ -252,6 +252,15 @@ class H2Client(H2Session):
         ):
             pass
 
+    def closed_with(self) -> Optional[int]:
+        """
+        Read until the server closes the connection: the error code of its
+        GOAWAY, if it sent one.
+        """
+        self.wait_closed()
+        terminated = self.terminated
+        return terminated.error_code if terminated is not None else None
+
     def get(self, path: str = "/", **options: object) -> Answer:
         stream_id = self.request(path, **options)  # type: ignore[arg-type]
         return self.wait([stream_id])[stream_id]

@@ -33,11 +33,17 @@ from twisted.internet.threads import deferToThread
 from gourmet.frontend.http2 import PREMATURE_RESETS
 from tests.configs import config
 from tests.conftest import RunningGourmet, listening_port
-from tests.h2client import Fields, H2Client
+from tests.h2client import Answer, Fields, H2Client
 from tests.processes import Twistd
 from tests.rawhttp import sleep
 from tests.test_operations import access_lines
-from tests.test_tls_listeners import Authority, _pem, start, tls_text
+from tests.test_tls_listeners import (
+    Authority,
+    _pem,
+    start,
+    start_for_a_test,
+    tls_text,
+)
 from tests.upstreams import UpstreamServer
 
 
@@ -68,6 +74,18 @@ async def start_h2(
 @pytest.fixture
 def authority(tmp_path: Path) -> Authority:
     return Authority(tmp_path)
+
+
+def beside_a_bystander(port: int, attack: Callable[[], Any]) -> Tuple[Any, Answer]:
+    """
+    What ``attack`` returns, and the answer to a request made afterwards
+    on a connection opened before it.
+    """
+    bystander = H2Client(port)
+    outcome = attack()
+    after = bystander.get("/after")
+    bystander.close()
+    return outcome, after
 
 
 def in_thread(function: Callable[..., Any], *args: Any) -> Any:
@@ -194,20 +212,15 @@ async def test_broken_header_blocks_close_their_connection_only(
     (upstream,), _, port = await start_h2(gourmet, make_upstreams, tmp_path)
 
     def send_each() -> Any:
-        bystander = H2Client(port)
         outcomes = {}
         for name, fields in BROKEN_BLOCKS.items():
             client = H2Client(port, checked=False)
             client.send_headers(1, fields)
-            client.wait_closed()
-            terminated = client.terminated
-            outcomes[name] = terminated.error_code if terminated else None
+            outcomes[name] = client.closed_with()
             client.close()
-        after = bystander.get("/after")
-        bystander.close()
-        return outcomes, after
+        return outcomes
 
-    outcomes, after = await in_thread(send_each)
+    outcomes, after = await in_thread(beside_a_bystander, port, send_each)
     assert outcomes == {name: ErrorCodes.PROTOCOL_ERROR for name in BROKEN_BLOCKS}
     # A connection opened before them all is served still.
     assert after.status == 200
@@ -277,19 +290,14 @@ async def test_rapid_reset_closes_the_connection_before_upstreams_see_the_flood(
     (upstream,), running, port = await start_h2(gourmet, make_upstreams, tmp_path)
 
     def flood() -> Any:
-        bystander = H2Client(port)
         client = H2Client(port)
         # Until Gourmet closes the connection.
         with contextlib.suppress(OSError, ProtocolError):
             for _ in range(1000):
                 client.reset(client.request("/slow/5"))
-        client.wait_closed()
-        terminated = client.terminated
-        after = bystander.get("/after")
-        bystander.close()
-        return terminated and terminated.error_code, after
+        return client.closed_with()
 
-    error_code, after = await in_thread(flood)
+    error_code, after = await in_thread(beside_a_bystander, port, flood)
     assert error_code == ErrorCodes.ENHANCE_YOUR_CALM
     # Hardly any of them reached the upstream: reset in the same read as
     # their request, they were never served.
@@ -305,15 +313,13 @@ async def test_a_continuation_flood_and_an_hpack_bomb_close_their_connection(
     (upstream,), _, port = await start_h2(gourmet, make_upstreams, tmp_path)
 
     def attack() -> Any:
-        bystander = H2Client(port)
         # A header block that never ends: CONTINUATION after CONTINUATION.
         flood = H2Client(port)
         frames: List[Frame] = [HeadersFrame(1, data=Encoder().encode(_fields()))]
         frames += [ContinuationFrame(1, data=b"\x40\x01a\x01b") for _ in range(200)]
         with contextlib.suppress(OSError):
             flood.sock.sendall(b"".join(frame.serialize() for frame in frames))
-        flood.wait_closed()
-        flood_code = flood.terminated and flood.terminated.error_code
+        flood_code = flood.closed_with()
         # A 4 KB field indexed once and repeated 200 times: 800 KB decoded.
         bomb = H2Client(port)
         encoder = Encoder()
@@ -322,13 +328,9 @@ async def test_a_continuation_flood_and_an_hpack_bomb_close_their_connection(
         block += b"\xbe" * 199
         headers = HeadersFrame(1, data=block, flags=["END_HEADERS", "END_STREAM"])
         bomb.sock.sendall(headers.serialize())
-        bomb.wait_closed()
-        bomb_code = bomb.terminated and bomb.terminated.error_code
-        after = bystander.get("/after")
-        bystander.close()
-        return flood_code, bomb_code, after
+        return flood_code, bomb.closed_with()
 
-    flood_code, bomb_code, after = await in_thread(attack)
+    (flood_code, bomb_code), after = await in_thread(beside_a_bystander, port, attack)
     assert flood_code == ErrorCodes.PROTOCOL_ERROR
     assert bomb_code == ErrorCodes.ENHANCE_YOUR_CALM
     assert after.status == 200
@@ -435,9 +437,9 @@ STALLED = 50 * 1024 * 1024
 async def test_a_stalled_download_neither_slows_the_other_streams_nor_grows_memory(
     tmp_path: Path, processes: List[Twistd], make_upstreams: Any, authority: Authority
 ) -> None:
-    (upstream,) = make_upstreams("up")
-    authority.issue("a", ["a.test"])
-    gourmet, port = await start(tmp_path, processes, tls_text(upstream.address, "a"))
+    _, gourmet, port = await start_for_a_test(
+        tmp_path, processes, make_upstreams, authority
+    )
 
     def download() -> Any:
         client = H2Client(port)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 from typing import List
 
-import pytest
 from h2.errors import ErrorCodes
 from hpack import Decoder
 from hyperframe.frame import (
@@ -25,27 +24,16 @@ from hyperframe.frame import (
     HeadersFrame,
 )
 
-from tests.configs import config
 from tests.memory import (
     Gourmets,
-    MemoryGourmet,
     MemoryServer,
     UpstreamPeer,
     close,
     ok,
 )
-from tests.test_memory_frontend import console
+from tests.test_memory_frontend import SERVER, console, proxy, server
 
-SERVER = "192.0.2.10:8000"
-
-
-@pytest.fixture
-def server() -> MemoryServer:
-    return MemoryServer(SERVER)
-
-
-def proxy(gourmets: Gourmets, server: MemoryServer, settings: str) -> MemoryGourmet:
-    return gourmets(config([server.address], server_extra=settings), server)
+__all__ = ["server"]  # the fixture, shared with the HTTP/1.1 tests
 
 
 def goaway(frames: List[Frame]) -> List[GoAwayFrame]:

@@ -256,6 +256,19 @@ async def start(
     return gourmet, int(match[1])
 
 
+async def start_for_a_test(
+    tmp_path: Path, processes: List[Twistd], make_upstreams: Any, authority: Authority
+) -> Tuple[Any, Twistd, int]:
+    """
+    An upstream, and twistd in front of it with a certificate for
+    ``a.test``: the upstream, twistd, and its TLS port.
+    """
+    (upstream,) = make_upstreams("up")
+    authority.issue("a", ["a.test"])
+    gourmet, port = await start(tmp_path, processes, tls_text(upstream.address, "a"))
+    return upstream, gourmet, port
+
+
 @pytest.fixture
 def authority(tmp_path: Path) -> Authority:
     return Authority(tmp_path)
@@ -299,10 +312,9 @@ async def test_each_name_gets_its_certificate_and_the_others_the_first(
 async def test_tls_1_2_and_1_3_only_and_min_tls_version_raises_it(
     tmp_path: Path, processes: List[Twistd], make_upstreams: Any, authority: Authority
 ) -> None:
-    (upstream,) = make_upstreams("up")
-    authority.issue("a", ["a.test"])
-    text = tls_text(upstream.address, "a")
-    gourmet, port = await start(tmp_path, processes, text)
+    upstream, gourmet, port = await start_for_a_test(
+        tmp_path, processes, make_upstreams, authority
+    )
     old = trusting_anything()
     old.minimum_version = old.maximum_version = ssl.TLSVersion.TLSv1_1
     old.set_ciphers("DEFAULT:@SECLEVEL=0")

@@ -89,6 +89,22 @@ class ClientStats:
         self.protocol_errors: Counter[str] = Counter()
 
 
+def note_refusal(log: Logger, site: ChannelSite, peer: Any, error: BadRequest) -> None:
+    """
+    Log a refusal of a client's request, and count it by status.  A 503
+    (too many connections) is not logged here: the site logs those once
+    per burst.
+    """
+    if error.status != 503:
+        log.info(
+            "refused a request from {peer}: {status} {reason}",
+            peer=getattr(peer, "host", "?"),
+            status=error.status,
+            reason=error.reason,
+        )
+    site.client_stats.refusals[error.status] += 1
+
+
 class ChannelSite(Protocol):
     """
     What a :class:`GourmetChannel` needs of the site that builds it
@@ -536,15 +552,7 @@ class GourmetChannel(HTTPChannelHooks):
         self.setTimeout(None)
         self.clearLineBuffer()
         transport: Any = self.transport
-        if error.status != 503:
-            # Refused connections are logged by the site, once per burst.
-            self.log.info(
-                "refused a request from {peer}: {status} {reason}",
-                peer=getattr(transport.getPeer(), "host", "?"),
-                status=error.status,
-                reason=error.reason,
-            )
-        self.site.client_stats.refusals[error.status] += 1
+        note_refusal(self.log, self.site, transport.getPeer(), error)
         body = b""
         if self.site.json_refusals:
             body = json.dumps(error_document(error.status, error.reason)).encode()

@@ -36,6 +36,7 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
 from gourmet.deadline import MinimumRate
+from gourmet.frontend.channel import note_refusal
 from gourmet.http.h2head import H2Head, check_h2_head
 from gourmet.http.request import BadRequest
 from gourmet.http.tokens import lower_name
@@ -236,13 +237,7 @@ class Http2Stream:
         """
         if self.closed:
             return
-        self.log.info(
-            "refused an HTTP/2 request from {peer}: {status} {reason}",
-            peer=getattr(self.getPeer(), "host", "?"),
-            status=error.status,
-            reason=error.reason,
-        )
-        self.site.client_stats.refusals[error.status] += 1
+        note_refusal(self.log, self.site, self.getPeer(), error)
         fields = [(b":status", b"%d" % error.status), (b"content-length", b"0")]
         if self.site.frontend.server_header:
             fields.append((b"server", b"Gourmet"))
