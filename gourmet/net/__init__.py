@@ -1,0 +1,5 @@
+"""
+Byte streams below HTTP: two connections spliced together
+(:mod:`gourmet.net.splice`), for upgraded HTTP connections and TCP
+streams.
+"""
