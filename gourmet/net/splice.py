@@ -205,7 +205,9 @@ class Splice:
         if now < due:
             self._idle.set(due - now)
             return
-        self.close("idle")
+        # Cut, not closed politely: bytes still queued for a side that
+        # stopped reading would hold a polite close open for ever.
+        self.abort("idle")
 
 
 def _reason_text(reason: Failure) -> str:
