@@ -102,6 +102,10 @@ def check_file(path: str, reactor: Any) -> GourmetConfig:
     backlog = config.frontend.backlog or default_backlog()
     admin = admin_endpoint(config)
     listeners = proxy_endpoints(config) + tls_endpoints(config)
+    listeners += [
+        (f"streams[{index}].listen", stream.listen)
+        for index, stream in enumerate(config.streams)
+    ]
     for key, description in listeners + ([admin] if admin else []):
         if not description.lower().startswith("systemd:"):
             endpoint_for(config, key, description, backlog, reactor)
@@ -123,6 +127,12 @@ def _summary(config: GourmetConfig) -> str:
         if frontend.acme is not None:
             served += ", ACME's for " + ", ".join(frontend.acme.domains)
         parts.append(f"TLS on {', '.join(frontend.tls_listen)} ({served})")
+    if config.streams:
+        parts.append(
+            _plural(len(config.streams), "TCP stream")
+            + " on "
+            + ", ".join(stream.listen for stream in config.streams)
+        )
     if config.admin.listen is not None:
         parts.append(f"admin console on {config.admin.listen}")
     if config.demo.listen:

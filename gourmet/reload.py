@@ -40,6 +40,7 @@ from gourmet.frontend.accesslog import AccessLog
 from gourmet.frontend.challenge import Challenges
 from gourmet.frontend.site import GourmetSite, RoutingResource
 from gourmet.listener import Listener
+from gourmet.tcp.listeners import StreamListeners, StreamReload
 from gourmet.tls.renewal import AcmeRenewal, AcmeSetup, served_config
 from gourmet.tls.store import CertificateStore, ServerContexts
 from gourmet.upstream.pool import ConnectionPool
@@ -62,6 +63,7 @@ class Reloadable(Protocol):
     tls_factory: IProtocolFactory
     challenges: Challenges
     acme: AcmeRenewal
+    streams: StreamListeners
 
     def https_port(self) -> Optional[int]:
         """
@@ -105,6 +107,7 @@ class Reload:
         self._root: RoutingResource
         self._contexts: Optional[ServerContexts] = None
         self._acme: Optional[AcmeSetup] = None
+        self._streams: Optional[StreamReload] = None
 
     # -- what can fail --------------------------------------------------
 
@@ -133,6 +136,11 @@ class Reload:
             )
             self._contexts = self._tls_contexts()
             self._open_listeners()
+            self._streams = self.service.streams.reload(
+                config,
+                cast(IServiceCollection, self.service),
+                config.frontend.backlog or default_backlog(),
+            )
             self._reopen_access_log()
         except ConfigError:
             self.undo()
@@ -219,6 +227,8 @@ class Reload:
         for listener in self._opened:
             listener.disownServiceParent()
         self._opened = []
+        if self._streams is not None:
+            self._streams.undo()
 
     # -- what cannot fail ----------------------------------------------
 
@@ -243,6 +253,8 @@ class Reload:
         for listener in self._opened:
             service.adopt_listener(listener)
         service.config = config
+        if self._streams is not None:
+            self._streams.apply()
         service.acme.configure(self._acme)
         for listener in self._closing:
             service.forget_listener(listener)

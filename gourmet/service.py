@@ -39,8 +39,9 @@ from gourmet.frontend.site import GourmetSite
 from gourmet.listener import Listener
 from gourmet.pypy import nursery_warning, running_nursery
 from gourmet.reload import Reload
-from gourmet.shutdown import GracefulStop
+from gourmet.shutdown import Drainable, GracefulStop
 from gourmet.systemd import SystemdNotifier
+from gourmet.tcp.listeners import StreamListeners
 from gourmet.tls.renewal import AcmeRenewal, ThreadedIssuer, served_config
 from gourmet.tls.store import CertificateStore
 from gourmet.upstream.pool import ConnectionPool
@@ -87,6 +88,8 @@ class GourmetService(MultiService):
         self.admin_listener: Optional[Listener] = None
         self._log_observer = log_observer
         self._stopping: Optional[GracefulStop] = None
+        #: The [[streams]]: TCP load balancing.
+        self.streams = StreamListeners(upstreams, site.clock)
 
     def setServiceParent(self, parent: Any) -> None:
         # twistd starts its logging after makeService, from an ILogObserver
@@ -117,6 +120,7 @@ class GourmetService(MultiService):
             count=len(self.upstreams),
             source=self.config.source,
         )
+        self.streams.log_listening()
         admin = self.admin_listener
         if admin is not None:
             self.log.info(
@@ -165,9 +169,12 @@ class GourmetService(MultiService):
         # Listeners first: nothing new comes in while the requests in flight
         # finish; the access log, closed with the other services, after
         # them, so that it has their lines.
-        listeners = self.all_listeners()
+        listeners = [*self.all_listeners(), *self.streams.listeners]
         await DeferredList([maybeDeferred(each.stopService) for each in listeners])
-        sites = [self.site, *filter(None, [self.admin_site])]
+        # Open TCP streams run on until they end, or the timeout cuts them.
+        sites: List[Drainable] = [self.site, self.streams.open]
+        if self.admin_site is not None:
+            sites.append(self.admin_site)
         self._stopping = GracefulStop(
             sites, self.site.clock, self.config.frontend.shutdown_timeout
         )
@@ -340,6 +347,7 @@ def build_service(
         )
         listener.setServiceParent(service)
         service.listeners.append(listener)
+    service.streams.start(config, service, backlog)
     admin = admin_endpoint(config)
     if admin is not None:
         threads = PasswordThreads()
@@ -359,6 +367,7 @@ def build_service(
                 service.listener_infos,
                 service.reload,
                 lambda: service.certificates.certificates,
+                streams=lambda: service.streams.factories,
             ),
         )
         key, description = admin

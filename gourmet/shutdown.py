@@ -7,13 +7,33 @@ and the others once their request is answered, for at most
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Protocol, Sequence
 
-from twisted.internet.defer import DeferredList
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from gourmet.frontend.site import GourmetSite
+
+class Drainable(Protocol):
+    """
+    Client connections a stop drains: a site's, or the TCP streams'.
+    """
+
+    @property
+    def busy_connections(self) -> int:
+        """
+        Connections with work under way.
+        """
+
+    def close_connections(self) -> Deferred[Any]:
+        """
+        Close them as their work ends; fires when none is left.
+        """
+
+    def abort_connections(self) -> int:
+        """
+        Cut them all; how many there were.
+        """
 
 
 class GracefulStop:
@@ -26,7 +46,7 @@ class GracefulStop:
     log = Logger()
 
     def __init__(
-        self, sites: Sequence[GourmetSite], clock: IReactorTime, timeout: float
+        self, sites: Sequence[Drainable], clock: IReactorTime, timeout: float
     ) -> None:
         self.sites = sites
         self.clock = clock

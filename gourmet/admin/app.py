@@ -47,12 +47,14 @@ from gourmet.admin.views import (
     ListenerInfo,
     certificate_view,
     listener_view,
+    stream_view,
     upstream_view,
 )
 from gourmet.config.model import MAX_WEIGHT, FrontendConfig, GourmetConfig
 from gourmet.frontend.channel import ClientStats
 from gourmet.frontend.errors import error_document
 from gourmet.frontend.site import GourmetSite, NamedRequest
+from gourmet.tcp.factory import StreamFactory
 from gourmet.tls.certificates import Certificate
 from gourmet.upstream.pool import ConnectionPool
 from gourmet.upstream.state import AdminState, Server, Upstream
@@ -117,6 +119,7 @@ class AdminApp:
             listeners=self.running.listeners,
             instance=self.instance,
             certificates=self.running.certificates,
+            streams=self.running.streams,
         )
         self._metrics = MetricsResource(registry)
         self._locations = _locations_by_upstream(config)
@@ -188,6 +191,7 @@ class AdminApp:
                 "changes": [change.view() for change in reversed(self.changes)],
                 "instance": self.instance.view(self.running.clock.seconds()),
                 "listeners": [listener_view(each) for each in self.running.listeners()],
+                "streams": [stream_view(each) for each in self.running.streams()],
                 "certificates": [
                     certificate_view(each, index == 0)
                     for index, each in enumerate(self.running.certificates())
@@ -386,6 +390,8 @@ class Running:
     reload: Optional[Callable[[str], Optional[str]]] = None
     #: The certificates TLS listeners serve now, the default one first.
     certificates: Callable[[], Iterable[Certificate]] = _no_certificates
+    #: The TCP streams' factories, each with its listener and counts.
+    streams: Callable[[], Iterable[StreamFactory]] = tuple
 
 
 _UNCHANGED = object()

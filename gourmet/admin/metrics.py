@@ -12,7 +12,7 @@ binds the global reactor when imported.
 from __future__ import annotations
 
 import platform
-from typing import Callable, Iterable, List, Mapping, Optional, Tuple, Type, Union
+from typing import Any, Callable, Iterable, List, Mapping, Optional, Tuple, Type, Union
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -30,6 +30,8 @@ import twisted
 from gourmet.admin.throttle import SignInThrottle
 from gourmet.admin.views import Instance, ListenerInfo
 from gourmet.frontend.channel import ClientStats
+from gourmet.tcp.counts import StreamCounts
+from gourmet.tcp.factory import StreamFactory
 from gourmet.tls.certificates import Certificate
 from gourmet.upstream.health import Health
 from gourmet.upstream.pool import ConnectionPool
@@ -331,6 +333,69 @@ class CertificateCollector(Collector):
         yield expiry
 
 
+class StreamCollector(Collector):
+    """
+    Each TCP stream's connections and bytes, by ``stream`` (its ``listen``
+    string) and ``upstream``; the bytes per server are in the upstream
+    figures with the HTTP bodies'.
+    """
+
+    def __init__(self, streams: Callable[[], Iterable[StreamFactory]]) -> None:
+        self.streams = streams
+
+    def collect(self) -> Iterable[Metric]:
+        labels = ["stream", "upstream"]
+        families: List[Tuple[Any, Callable[[StreamCounts], int]]] = [
+            (
+                CounterMetricFamily(
+                    "gourmet_stream_connections",
+                    "Client connections accepted by the stream.",
+                    labels=labels,
+                ),
+                lambda counts: counts.connections,
+            ),
+            (
+                GaugeMetricFamily(
+                    "gourmet_stream_active_connections",
+                    "Client connections of the stream open now.",
+                    labels=labels,
+                ),
+                lambda counts: counts.active,
+            ),
+            (
+                CounterMetricFamily(
+                    "gourmet_stream_failed_connections",
+                    "Client connections closed because no server could be"
+                    " connected to.",
+                    labels=labels,
+                ),
+                lambda counts: counts.failed,
+            ),
+            (
+                CounterMetricFamily(
+                    "gourmet_stream_received_bytes",
+                    "Bytes received from the stream's clients.",
+                    labels=labels,
+                ),
+                lambda counts: counts.received,
+            ),
+            (
+                CounterMetricFamily(
+                    "gourmet_stream_sent_bytes",
+                    "Bytes sent to the stream's clients.",
+                    labels=labels,
+                ),
+                lambda counts: counts.sent,
+            ),
+        ]
+        streams = list(self.streams())
+        for family, read in families:
+            for stream in streams:
+                values = [stream.config.listen, stream.config.upstream]
+                family.add_metric(values, read(stream.counts))
+            yield family
+
+
 def metrics_registry(
     upstreams: Mapping[str, Upstream],
     client_stats: Optional[ClientStats] = None,
@@ -340,6 +405,7 @@ def metrics_registry(
     listeners: Optional[Callable[[], Iterable[ListenerInfo]]] = None,
     instance: Optional[Instance] = None,
     certificates: Optional[Callable[[], Iterable[Certificate]]] = None,
+    streams: Optional[Callable[[], Iterable[StreamFactory]]] = None,
 ) -> CollectorRegistry:
     """
     A registry of Gourmet's own (not the process-wide default one, so that
@@ -353,6 +419,8 @@ def metrics_registry(
         registry.register(InstanceCollector(instance))
     if certificates is not None:
         registry.register(CertificateCollector(certificates))
+    if streams is not None:
+        registry.register(StreamCollector(streams))
     if client_stats is not None:
         registry.register(ClientCollector(client_stats))
     if throttle is not None:

@@ -14,6 +14,7 @@ from attrs import frozen
 import gourmet
 import twisted
 from gourmet.frontend.site import GourmetSite
+from gourmet.tcp.factory import StreamFactory
 from gourmet.tls.certificates import Certificate
 from gourmet.upstream.health import Health
 from gourmet.upstream.pool import ConnectionPool
@@ -53,6 +54,27 @@ def rate_view(counts: PerSecond) -> Dict[str, float]:
 
 def _by_status(counts: Mapping[int, int]) -> Dict[str, int]:
     return {str(status): count for status, count in sorted(counts.items())}
+
+
+def stream_view(stream: StreamFactory) -> Dict[str, Any]:
+    """
+    One TCP stream as the API shows it: its settings, where it listens,
+    its client connections and the bytes each way.
+    """
+    config, counts = stream.config, stream.counts
+    return {
+        "listen": config.listen,
+        "address": stream.address(),
+        "upstream": config.upstream,
+        "proxy_protocol": config.proxy_protocol,
+        "idle_timeout": config.idle_timeout,
+        "connections": {
+            "active": counts.active,
+            "total": counts.connections,
+            "failed": counts.failed,
+        },
+        "bytes": {"received": counts.received, "sent": counts.sent},
+    }
 
 
 def server_view(

@@ -52,6 +52,7 @@ from gourmet.config.model import (
     GourmetConfig,
     LocationConfig,
     LogConfig,
+    StreamConfig,
     UpstreamConfig,
     UpstreamServerConfig,
 )
@@ -1006,6 +1007,30 @@ def _admin(table: _Table, base_dir: str) -> AdminConfig:
     return admin
 
 
+def _proxy_protocol(value: Any) -> Optional[str]:
+    """
+    ``false``, ``true`` (meaning ``"v2"``), ``"v1"`` or ``"v2"``.
+    """
+    if value is False:
+        return None
+    if value is True:
+        return "v2"
+    if value in ("v1", "v2"):
+        return str(value)
+    raise _Invalid(f'expected false, true, "v1" or "v2", got {_show(value)}')
+
+
+def _stream(table: _Table, upstreams: Collection[str], base_dir: str) -> StreamConfig:
+    listen = table.require(
+        "listen", _endpoint(base_dir), 'an endpoint such as "tcp:5432"'
+    )
+    upstream = table.require(
+        "upstream", _upstream_name(upstreams), "an upstream's name"
+    )
+    values = table.only(proxy_protocol=_proxy_protocol, idle_timeout=_number(0, True))
+    return StreamConfig(listen=listen, upstream=upstream, **values)
+
+
 def _gourmet(document: _Table, source: str, base_dir: str) -> GourmetConfig:
     upstreams = _upstreams(document)
     names = [upstream.name for upstream in upstreams]
@@ -1016,6 +1041,13 @@ def _gourmet(document: _Table, source: str, base_dir: str) -> GourmetConfig:
     )
     demo = document.table("demo").only(listen=_array(_demo_address))
     admin = _admin(document.table("admin"), base_dir)
+    streams: List[StreamConfig] = []
+    for table in document.tables("streams", required=False):
+        stream = _stream(table, names, base_dir)
+        for earlier, other in enumerate(streams):
+            if other.listen == stream.listen:
+                raise table.error("listen", f"the same as streams[{earlier}].listen")
+        streams.append(stream)
     document.done()
     return GourmetConfig(
         source=source,
@@ -1024,6 +1056,7 @@ def _gourmet(document: _Table, source: str, base_dir: str) -> GourmetConfig:
         log=LogConfig(**log),
         demo=DemoConfig(**demo),
         admin=admin,
+        streams=tuple(streams),
     )
 
 

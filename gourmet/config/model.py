@@ -197,6 +197,28 @@ class FrontendConfig:
 
 
 @frozen
+class StreamConfig:
+    """
+    One ``[[streams]]`` table: TCP connections accepted on ``listen`` and
+    joined byte for byte to a server of ``upstream`` (nginx's ``stream``
+    block, HAProxy's ``mode tcp``).
+
+    :ivar listen: a Twisted endpoint string, as ``[server] listen``'s.
+    :ivar upstream: the name of the ``[upstreams.NAME]`` whose balancer,
+        weights, ``connect_timeout``, ``tries`` and passive health it uses.
+    :ivar proxy_protocol: ``"v1"`` or ``"v2"``: the PROXY protocol header
+        sent to the server first; None: none.
+    :ivar idle_timeout: seconds without a byte either way after which the
+        connection is closed; 0: never.
+    """
+
+    listen: str
+    upstream: str
+    proxy_protocol: Optional[str] = None
+    idle_timeout: float = 600.0
+
+
+@frozen
 class LogConfig:
     """
     :ivar access_log: ``"stdout"``, ``"off"``, or a file path.
@@ -291,6 +313,8 @@ class GourmetConfig:
     log: LogConfig = field(factory=LogConfig)
     demo: DemoConfig = field(factory=DemoConfig)
     admin: AdminConfig = field(factory=AdminConfig)
+    #: The ``[[streams]]``: TCP load balancing.
+    streams: Tuple[StreamConfig, ...] = ()
 
     def upstream(self, name: str) -> UpstreamConfig:
         for upstream in self.upstreams:

@@ -137,18 +137,14 @@ class ProxyExchange:
     # -- choosing a server and sending ----------------------------------
 
     def start(self) -> None:
-        server = self.upstream.pick(self.tried) if self.tries_left > 0 else None
+        server = self.upstream.try_next(self.tried, self.tries_left)
         if server is None:
             self._give_up()
             return
         self.tries_left -= 1
-        if self.tried:
-            self.tried[-1].retried()
-        self.tried.append(server)
         self.server = server
         self.attempt_started = self.clock.seconds()
         self.record.upstreams.append(server.name)
-        server.attempt_started()
         self._connect(server)
 
     def _connect(self, server: Server) -> None:

@@ -138,7 +138,7 @@ class ConnectionPool:
             if result.called:
                 return
             if isinstance(outcome, Failure):
-                result.errback(_connect_error(outcome))
+                result.errback(connect_error(outcome))
             else:
                 result.callback(outcome)
 
@@ -147,31 +147,9 @@ class ConnectionPool:
         return result
 
     def _endpoint(self, origin: Origin) -> IStreamClientEndpoint:
-        endpoint = self._tcp_endpoint(origin)
-        if not origin.is_tls:
-            return endpoint
-        if origin.tls_verify:
-            options = ssl.optionsForClientTLS(origin.host, trustRoot=self.trust_root)
-        else:
-            options = ssl.CertificateOptions(verify=False)
-        return endpoints.wrapClientTLS(options, endpoint)
-
-    def _tcp_endpoint(self, origin: Origin) -> IStreamClientEndpoint:
-        # An address needs no resolver and no happy-eyeballs race; a name
-        # gets both from HostnameEndpoint.  Our own timer bounds the time.
-        timeout = self.connect_timeout + 1
-        try:
-            address = ipaddress.ip_address(origin.host)
-        except ValueError:
-            return endpoints.HostnameEndpoint(
-                self.reactor, origin.host, origin.port, timeout=timeout
-            )
-        endpoint_type = (
-            endpoints.TCP6ClientEndpoint
-            if address.version == 6
-            else endpoints.TCP4ClientEndpoint
+        return origin_endpoint(
+            self.reactor, origin, self.connect_timeout, self.trust_root
         )
-        return endpoint_type(self.reactor, origin.host, origin.port, timeout=timeout)
 
     def _timed_out(
         self,
@@ -294,7 +272,51 @@ class _OneConnection(Factory):
         return self.connection
 
 
-def _connect_error(reason: Failure) -> Failure:
+def origin_endpoint(
+    reactor: Any, origin: Origin, connect_timeout: float, trust_root: Any = None
+) -> IStreamClientEndpoint:
+    """
+    The endpoint that connects to ``origin``: TCP, in TLS for ``https``
+    (verified against ``trust_root``, the platform's CAs by default, unless
+    the server says ``tls_verify = false``).  The caller's own timer of
+    ``connect_timeout`` seconds bounds the time; the endpoint's is a second
+    longer.
+    """
+    tcp = _tcp_endpoint(reactor, origin, connect_timeout + 1)
+    if not origin.is_tls:
+        return tcp
+    if origin.tls_verify:
+        options = ssl.optionsForClientTLS(origin.host, trustRoot=trust_root)
+    else:
+        options = ssl.CertificateOptions(verify=False)
+    return endpoints.wrapClientTLS(options, tcp)
+
+
+def _tcp_endpoint(
+    reactor: Any, origin: Origin, timeout: float
+) -> IStreamClientEndpoint:
+    # An address needs no resolver and no happy-eyeballs race; a name
+    # gets both from HostnameEndpoint.
+    try:
+        address = ipaddress.ip_address(origin.host)
+    except ValueError:
+        return endpoints.HostnameEndpoint(
+            reactor, origin.host, origin.port, timeout=timeout
+        )
+    endpoint_type = (
+        endpoints.TCP6ClientEndpoint
+        if address.version == 6
+        else endpoints.TCP4ClientEndpoint
+    )
+    return endpoint_type(reactor, origin.host, origin.port, timeout=timeout)
+
+
+def connect_error(reason: Failure) -> Failure:
+    """
+    A failed connection attempt as :class:`ConnectFailed` (or
+    :class:`ConnectTimeout`, or ``CancelledError`` when it was abandoned),
+    with a short reason.
+    """
     error = reason.value
     if isinstance(error, (CancelledError, ConnectingCancelledError)):
         return Failure(CancelledError())

@@ -309,6 +309,22 @@ class Upstream:
             return None
         return self.balancer.pick(candidates)
 
+    def try_next(self, tried: List[Server], tries_left: int) -> Optional[Server]:
+        """
+        The server for the next try of a request (or a TCP stream's
+        connection) that has tried ``tried``, if ``tries_left`` allows one
+        and a server may take it: appended to ``tried``, its attempt
+        counted as started, and the try before counted as retried.
+        """
+        server = self.pick(tried) if tries_left > 0 else None
+        if server is None:
+            return None
+        if tried:
+            tried[-1].retried()
+        tried.append(server)
+        server.attempt_started()
+        return server
+
     def server(self, name: str) -> Server:
         """
         The server whose ``id`` or address is ``name``.

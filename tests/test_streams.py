@@ -1,0 +1,184 @@
+"""
+TCP load balancing (``[[streams]]``) in this process, against real TCP
+servers on loopback: bytes both ways, balancing by weight, a server down
+skipped and counted, half-close passed on, backpressure, and the counts
+the console shows.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, List, Sequence, Tuple
+
+import pytest_twisted
+
+from gourmet.tcp.factory import StreamFactory
+from tests.configs import LISTEN
+from tests.rawhttp import sleep
+from tests.streams import Firehose, SlowSink, TcpClient, TcpServer, connect
+
+STREAM_LISTEN = "tcp:0:interface=127.0.0.1"
+
+
+def stream_config(
+    servers: Sequence[str],
+    weights: Sequence[int] = (),
+    stream_extra: str = "",
+    upstream_extra: str = "",
+) -> str:
+    """
+    An upstream ``tcp`` of ``servers``, and a stream in front of it on a
+    free loopback port (and the HTTP side [server] needs).
+    """
+    text = f"[upstreams.tcp]\n{upstream_extra}\n"
+    for index, address in enumerate(servers):
+        text += f"[[upstreams.tcp.servers]]\npath = '{address}'\n"
+        if weights:
+            text += f"weight = {weights[index]}\n"
+    return (
+        text
+        + f"[server]\n{LISTEN}\n"
+        + "[[server.locations]]\nlocation = '/'\nupstream = 'tcp'\n"
+        + f"[[streams]]\nlisten = '{STREAM_LISTEN}'\nupstream = 'tcp'\n{stream_extra}\n"
+    )
+
+
+def the_stream(running: Any) -> StreamFactory:
+    (factory,) = running.service.streams.factories
+    return factory
+
+
+def stream_port(running: Any) -> int:
+    listener: Any = the_stream(running).listener
+    port: int = listener.port.getHost().port
+    return port
+
+
+async def client_through(gourmet: Any, server: TcpServer) -> Tuple[Any, TcpClient]:
+    """
+    Gourmet with a stream to ``server``, and a client connected to it.
+    """
+    running = await gourmet(stream_config([server.address]))
+    return running, await connect(stream_port(running))
+
+
+def servers(started: Any, count: int, **kwargs: Any) -> List[TcpServer]:
+    return [started(TcpServer(**kwargs)) for _ in range(count)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_bytes_go_both_ways_and_are_counted(gourmet: Any, started: Any) -> None:
+    (echo,) = servers(started, 1)
+    running, client = await client_through(gourmet, echo)
+    payload = bytes(range(256)) * 4096  # 1 MiB, every byte value
+    client.send(payload)
+    assert await client.read(len(payload)) == payload
+    client.shutdown_write()
+    await client.read_to_end()
+    await sleep(0.05)
+    counts = the_stream(running).counts
+    assert (counts.connections, counts.active, counts.failed) == (1, 0, 0)
+    assert counts.received == counts.sent == len(payload)
+    server = running.upstream("tcp").servers[0]
+    assert server.stats.bytes_sent == server.stats.bytes_received == len(payload)
+    assert server.active == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_are_balanced_by_weight(gourmet: Any, started: Any) -> None:
+    a = started(TcpServer(greeting=b"a"))
+    b = started(TcpServer(greeting=b"b"))
+    running = await gourmet(stream_config([a.address, b.address], weights=[3, 1]))
+    port = stream_port(running)
+    seen: Counter[bytes] = Counter()
+    for _ in range(40):
+        client = await connect(port)
+        seen[await client.read(1)] += 1
+        client.close()
+        await client.closed()
+    assert seen == {b"a": 30, b"b": 10}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_down_server_is_skipped_and_counted(gourmet: Any, started: Any) -> None:
+    up = started(TcpServer(greeting=b"up"))
+    down = started(TcpServer(greeting=b"down"))
+    await down.stop()  # its port now refuses connections
+    running = await gourmet(stream_config([down.stopped_address, up.address]))
+    port = stream_port(running)
+    for _ in range(6):
+        client = await connect(port)
+        assert await client.read(2) == b"up"
+        client.close()
+        await client.closed()
+    upstream = running.upstream("tcp")
+    dead = upstream.server(down.stopped_address)
+    # Refused once, then out of rotation for fail_timeout: no client saw it.
+    assert dead.failures == 1
+    assert dead.health.state.value == "down"
+    assert "Connection refused" in (dead.health.last_error or "")
+    assert dead.stats.errors_hidden == 1 and dead.stats.errors_seen == 0
+    assert dead.active == 0
+    assert the_stream(running).counts.failed == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_server_to_connect_to_closes_the_client(
+    gourmet: Any, started: Any
+) -> None:
+    (gone,) = servers(started, 1)
+    await gone.stop()
+    running = await gourmet(stream_config([gone.stopped_address]))
+    client = await connect(stream_port(running))
+    client.send(b"anyone there?")
+    assert await client.read_to_end() == b""
+    counts = the_stream(running).counts
+    assert (counts.connections, counts.failed, counts.active) == (1, 1, 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_half_close_reaches_the_server_and_the_answer_comes_back(
+    gourmet: Any, started: Any
+) -> None:
+    (echo,) = servers(started, 1)
+    _, client = await client_through(gourmet, echo)
+    client.send(b"last words")
+    client.shutdown_write()
+    # The server saw the end of what the client sends, and its echo still
+    # comes back on the half that is open.
+    assert await client.read_to_end() == b"last words"
+    assert echo.half_closed == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_half_close_while_the_server_reads_slowly(
+    gourmet: Any, started: Any
+) -> None:
+    # Gourmet holds the client back while the server does not read; the
+    # client's half-close must still reach the server once it has read all.
+    sink = started(TcpServer(protocol=SlowSink))
+    _, client = await client_through(gourmet, sink)
+    size = 32 * 1024 * 1024
+    client.send(b"y" * size)
+    client.shutdown_write()
+    assert await client.read_to_end(within=20) == b"%d\n" % size
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_stops_reading_holds_the_server_back(
+    gourmet: Any, started: Any
+) -> None:
+    hose = started(TcpServer(protocol=Firehose))
+    running, client = await client_through(gourmet, hose)
+    transport: Any = client.transport
+    transport.pauseProducing()  # reads nothing more
+    await sleep(1.0)
+    (firehose,) = hose.firehoses
+    sent_after_a_second = firehose.sent
+    await sleep(1.0)
+    # What Gourmet read from the server stays within the sockets' buffers:
+    # the firehose is paused, not feeding Gourmet's memory.
+    assert firehose.paused
+    assert firehose.sent == sent_after_a_second
+    assert the_stream(running).counts.sent < 64 * 1024 * 1024
+    client.close()
