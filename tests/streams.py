@@ -11,9 +11,14 @@ from typing import Any, List, Optional
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP4ServerEndpoint,
+    connectProtocol,
+)
 from twisted.internet.interfaces import IHalfCloseableProtocol, IListeningPort
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
+from twisted.protocols.haproxy import proxyEndpoint
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -113,6 +118,20 @@ class Firehose(Loopback):
         self.paused = True
 
 
+class SaysWhoItSees(Loopback):
+    """
+    Says the client address and its own as its transport has them (behind
+    Twisted's PROXY protocol reader, those the header gave) when the client
+    has sent something (Twisted's reader starts the protocol before the
+    header), then closes.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        peer, host = self.tcp.getPeer(), self.tcp.getHost()
+        self.tcp.write(f"{peer.host} {peer.port} {host.host} {host.port}\n".encode())
+        self.tcp.loseConnection()
+
+
 class TcpServer:
     """
     A server on a free loopback port, speaking ``protocol``.
@@ -122,8 +141,15 @@ class TcpServer:
     :ivar half_closed: connections whose client closed its writing.
     """
 
-    def __init__(self, protocol: type = Echo, greeting: bytes = b"") -> None:
+    def __init__(
+        self, protocol: type = Echo, greeting: bytes = b"", proxied: bool = False
+    ) -> None:
+        """
+        :param proxied: read a PROXY protocol header (v1 or v2) first, with
+            Twisted's reader.
+        """
         self.protocol = protocol
+        self.proxied = proxied
         self.greeting = greeting
         self.connections = 0
         self.received = 0
@@ -141,7 +167,14 @@ class TcpServer:
         factory: Any = ServerFactory.forProtocol(self.protocol)
         factory.server = self
         factory.noisy = False
-        self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        if self.proxied:
+            endpoint = proxyEndpoint(
+                TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+            )
+            # A TCP endpoint listens at once: the Deferred has fired.
+            self.port = endpoint.listen(factory).result
+        else:
+            self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         return self
 
     async def stop(self) -> None:
@@ -171,7 +204,9 @@ class TcpClient(Loopback):
         self.data += data
 
     def readConnectionLost(self) -> None:
+        # As most clients do: nothing more to read, so the end.
         self.read_ended = True
+        self.tcp.loseConnection()
 
     def writeConnectionLost(self) -> None:
         pass
@@ -214,9 +249,9 @@ class TcpClient(Loopback):
         return self.data
 
 
-async def connect(port: int) -> TcpClient:
+async def connect(port: int, host: str = "127.0.0.1") -> TcpClient:
     """
-    A :class:`TcpClient` connected to ``127.0.0.1:port``.
+    A :class:`TcpClient` connected to ``host:port``.
     """
-    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5)
+    endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=5)
     return await connectProtocol(endpoint, TcpClient())

@@ -10,12 +10,20 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, List, Sequence, Tuple
 
+import pytest
 import pytest_twisted
 
 from gourmet.tcp.factory import StreamFactory
 from tests.configs import LISTEN
 from tests.rawhttp import sleep
-from tests.streams import Firehose, SlowSink, TcpClient, TcpServer, connect
+from tests.streams import (
+    Firehose,
+    SaysWhoItSees,
+    SlowSink,
+    TcpClient,
+    TcpServer,
+    connect,
+)
 
 STREAM_LISTEN = "tcp:0:interface=127.0.0.1"
 
@@ -182,3 +190,36 @@ async def test_a_client_that_stops_reading_holds_the_server_back(
     assert firehose.sent == sent_after_a_second
     assert the_stream(running).counts.sent < 64 * 1024 * 1024
     client.close()
+
+
+@pytest.mark.parametrize("setting", ['"v1"', '"v2"', "true"])
+@pytest_twisted.ensureDeferred
+async def test_the_server_learns_the_client_from_a_proxy_header(
+    gourmet: Any, started: Any, setting: str
+) -> None:
+    reader = started(TcpServer(protocol=SaysWhoItSees, proxied=True))
+    running = await gourmet(
+        stream_config([reader.address], stream_extra=f"proxy_protocol = {setting}")
+    )
+    port = stream_port(running)
+    client = await connect(port)
+    # Twisted's reader took the header for the connection's addresses: the
+    # client's, and Gourmet's stream listener's.
+    client_port = client.tcp.getHost().port
+    client.send(b"who am I?")
+    said = await client.read_to_end()
+    assert said == f"127.0.0.1 {client_port} 127.0.0.1 {port}\n".encode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_upstreams_proxy_protocol_serves_its_streams_too(
+    gourmet: Any, started: Any
+) -> None:
+    reader = started(TcpServer(protocol=SaysWhoItSees, proxied=True))
+    text = stream_config([reader.address], upstream_extra='proxy_protocol = "v1"')
+    running = await gourmet(text)
+    client = await connect(stream_port(running))
+    client_port = client.tcp.getHost().port
+    client.send(b"who am I?")
+    said = await client.read_to_end()
+    assert said.startswith(b"127.0.0.1 %d " % client_port)

@@ -15,7 +15,7 @@ import subprocess
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import pytest
 import pytest_twisted
@@ -164,14 +164,42 @@ async def test_streams_balance_by_weight_skip_a_down_server_and_count_bytes(
 # -- Redis through a stream ----------------------------------------------------
 
 
-def free_port() -> int:
-    # Redis cannot listen on port 0 and say which port it got (its --port 0
-    # means no TCP at all), so a port is picked here; start-up is tried
-    # again on another if something took it meanwhile.
+def on_a_free_port(
+    command: Callable[[int], List[str]], ready: Callable[[int], bool]
+) -> Iterator[int]:
+    """
+    Run ``command(port)`` on a free loopback port until it exits (the
+    generator closed): its port, once ``ready(port)``.
+
+    Redis cannot listen on port 0 and say which port it got (its ``--port
+    0`` means no TCP at all), nor can nginx: a port is picked here, and the
+    start tried again on another if something took it meanwhile.
+    """
+    for _ in range(3):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port: int = probe.getsockname()[1]
+        process = subprocess.Popen(
+            command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        while process.poll() is None and time.monotonic() < deadline:
+            if ready(port):
+                try:
+                    yield port
+                finally:
+                    process.terminate()
+                    process.wait(10)
+                return
+            time.sleep(0.05)
+        process.kill()
+        process.wait(10)
+    raise AssertionError(f"{command(0)[0]} did not start")
+
+
+def accepts(port: int) -> bool:
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 @pytest.fixture
@@ -182,39 +210,16 @@ def redis(tmp_path: Path) -> Iterator[str]:
     """
     if REDIS is None or REDIS_CLI is None:
         pytest.skip("needs Debian's redis-server and redis-tools (./dev setup)")
-    for _ in range(3):
-        port = free_port()
-        process = subprocess.Popen(
-            [
-                REDIS,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(tmp_path),
-                "--daemonize",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while process.poll() is None and time.monotonic() < deadline:
-            if redis_cli(port, "PING") == "PONG":
-                break
-            time.sleep(0.05)
-        if process.poll() is None:
-            break
-    else:
-        raise AssertionError("redis-server did not start")
-    yield f"127.0.0.1:{port}"
-    process.terminate()
-    process.wait(10)
+    redis = REDIS
+
+    def command(port: int) -> List[str]:
+        return [
+            *(redis, "--port", str(port), "--bind", "127.0.0.1", "--save", ""),
+            *("--appendonly", "no", "--dir", str(tmp_path), "--daemonize", "no"),
+        ]
+
+    for port in on_a_free_port(command, lambda port: redis_cli(port, "PING") == "PONG"):
+        yield f"127.0.0.1:{port}"
 
 
 def redis_cli(port: int, *command: str, data: bytes = b"") -> str:
@@ -248,6 +253,68 @@ async def test_redis_through_a_stream(
     (stream,) = document["streams"]
     assert stream["connections"]["total"] == 4
     assert stream["bytes"]["received"] > len(big)
+
+
+# -- PROXY protocol headers read by nginx ----------------------------------------
+
+NGINX = shutil.which("nginx") or (
+    "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+)
+NGINX_STREAM = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
+
+
+@pytest.fixture
+def nginx_reader(tmp_path: Path) -> Iterator[str]:
+    """
+    Debian's nginx with its stream module, reading a PROXY protocol header
+    on each connection and answering with what it read: its address.
+    """
+    if NGINX is None or not NGINX_STREAM.exists():
+        pytest.skip("needs Debian's nginx and libnginx-mod-stream (./dev setup)")
+    workdir = tmp_path / "nginx"
+    workdir.mkdir()
+    nginx = NGINX
+    config = workdir / "nginx.conf"
+
+    def command(port: int) -> List[str]:
+        config.write_text(
+            f"load_module {NGINX_STREAM};\n"
+            "daemon off;\nmaster_process off;\nworker_processes 1;\n"
+            f"pid {workdir}/nginx.pid;\nerror_log {workdir}/error.log warn;\n"
+            "events { worker_connections 64; }\n"
+            "stream {\n"
+            f"    server {{\n        listen 127.0.0.1:{port} proxy_protocol;\n"
+            '        return "$proxy_protocol_addr $proxy_protocol_port'
+            ' $proxy_protocol_server_addr $proxy_protocol_server_port\\n";\n'
+            "    }\n}\n"
+        )
+        return [nginx, "-p", str(workdir), "-c", str(config), "-e", "error.log"]
+
+    for port in on_a_free_port(command, accepts):
+        yield f"127.0.0.1:{port}"
+
+
+@pytest_twisted.ensureDeferred
+async def test_nginx_reads_the_client_from_proxy_headers_v1_and_v2(
+    tmp_path: Path, processes: List[Twistd], nginx_reader: str
+) -> None:
+    text = stream_config([nginx_reader], stream_extra='proxy_protocol = "v1"')
+    text += (
+        "[[streams]]\nlisten = 'tcp:0:interface=127.0.0.2'\nupstream = 'tcp'\n"
+        'proxy_protocol = "v2"\n'
+    )
+    gourmet = await start(tmp_path, processes, with_console(text))
+    ports = stream_ports(gourmet)
+    for listen, host in [
+        ("tcp:0:interface=127.0.0.1", "127.0.0.1"),
+        ("tcp:0:interface=127.0.0.2", "127.0.0.2"),
+    ]:
+        client = await connect(ports[listen], host)
+        client_port = client.tcp.getHost().port
+        said = await client.read_to_end()
+        # nginx's $proxy_protocol_addr and _port: the client, as it
+        # connected to Gourmet; the server's: Gourmet's stream listener.
+        assert said == f"127.0.0.1 {client_port} {host} {ports[listen]}\n".encode()
 
 
 # -- stopping and reloading ------------------------------------------------------

@@ -1018,17 +1018,19 @@ def _admin(table: _Table, base_dir: str) -> AdminConfig:
     return admin
 
 
-def _proxy_protocol(value: Any) -> Optional[str]:
+def _stream_proxy_protocol(value: Any) -> Optional[str]:
     """
-    ``false``, ``true`` (meaning ``"v2"``), ``"v1"`` or ``"v2"``.
+    An upstream's ``proxy_protocol``, or ``true`` for ``"v2"`` (the issue's
+    spelling for streams).
     """
-    if value is False:
-        return None
     if value is True:
         return "v2"
-    if value in ("v1", "v2"):
-        return str(value)
-    raise _Invalid(f'expected false, true, "v1" or "v2", got {_show(value)}')
+    try:
+        return _proxy_protocol(value)
+    except _Invalid:
+        raise _Invalid(
+            f'expected false, true (meaning "v2"), "v1" or "v2", got {_show(value)}'
+        ) from None
 
 
 def _stream(table: _Table, upstreams: Collection[str], base_dir: str) -> StreamConfig:
@@ -1038,7 +1040,9 @@ def _stream(table: _Table, upstreams: Collection[str], base_dir: str) -> StreamC
     upstream = table.require(
         "upstream", _upstream_name(upstreams), "an upstream's name"
     )
-    values = table.only(proxy_protocol=_proxy_protocol, idle_timeout=_number(0, True))
+    values = table.only(
+        proxy_protocol=_stream_proxy_protocol, idle_timeout=_number(0, True)
+    )
     return StreamConfig(listen=listen, upstream=upstream, **values)
 
 

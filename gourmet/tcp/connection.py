@@ -11,17 +11,19 @@ that sends at once is held back by TCP, not by Gourmet's memory.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 from typing import Protocol as Interface
 
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol
+from twisted.internet.interfaces import IAddress, IDelayedCall, IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gourmet.config.model import StreamConfig
+from gourmet.net.proxy_header import encode_v1, encode_v2
 from gourmet.net.splice import Splice, SpliceEnd, SpliceProtocol
 from gourmet.tcp.counts import StreamCounts
 from gourmet.tcp.drain import OpenStreams
@@ -183,6 +185,13 @@ class StreamConnection(Protocol):
         early = b"".join(self._early)
         self._early = []
         server.stats.bytes_sent += len(early)
+        # The stream's setting, else its upstream's.
+        version = (
+            self.config.proxy_protocol or self.settings.upstream.config.proxy_protocol
+        )
+        if version is not None:
+            # The server's first bytes: who the client is, and where it came.
+            transport.write(proxy_header(version, self._client))
         self.joined = True
         self.splice.join(self._client, transport, from_client=early)
         if self._early_read_ended:
@@ -269,6 +278,22 @@ class StreamConnection(Protocol):
             why=why,
             stream_ended=True,
         )
+
+
+def proxy_header(version: str, client: Any) -> bytes:
+    """
+    The PROXY protocol header (``"v1"`` or ``"v2"``) of ``client``'s
+    connection: from its address to Gourmet's (``UNKNOWN``, or v2's
+    ``LOCAL``, for a unix socket).
+    """
+    encode = encode_v1 if version == "v1" else encode_v2
+    return encode(_address(client.getPeer()), _address(client.getHost()))
+
+
+def _address(address: IAddress) -> Optional[Tuple[str, int]]:
+    if isinstance(address, (IPv4Address, IPv6Address)):
+        return address.host, address.port
+    return None
 
 
 class ServerSide(SpliceProtocol):
