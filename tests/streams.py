@@ -15,9 +15,11 @@ from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     TCP4ServerEndpoint,
     connectProtocol,
+    wrapClientTLS,
 )
 from twisted.internet.interfaces import IHalfCloseableProtocol, IListeningPort
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
+from twisted.internet.ssl import CertificateOptions
 from twisted.protocols.haproxy import proxyEndpoint
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -249,9 +251,12 @@ class TcpClient(Loopback):
         return self.data
 
 
-async def connect(port: int, host: str = "127.0.0.1") -> TcpClient:
+async def connect(port: int, host: str = "127.0.0.1", tls: bool = False) -> TcpClient:
     """
-    A :class:`TcpClient` connected to ``host:port``.
+    A :class:`TcpClient` connected to ``host:port`` (in TLS, trusting any
+    certificate, with ``tls``).
     """
-    endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=5)
+    endpoint: Any = TCP4ClientEndpoint(reactor, host, port, timeout=5)
+    if tls:
+        endpoint = wrapClientTLS(CertificateOptions(verify=False), endpoint)
     return await connectProtocol(endpoint, TcpClient())

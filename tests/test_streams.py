@@ -8,6 +8,7 @@ the console shows.
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from typing import Any, List, Sequence, Tuple
 
 import pytest
@@ -24,6 +25,7 @@ from tests.streams import (
     TcpServer,
     connect,
 )
+from tests.test_tls import certificate_files
 
 STREAM_LISTEN = "tcp:0:interface=127.0.0.1"
 
@@ -62,12 +64,17 @@ def stream_port(running: Any) -> int:
     return port
 
 
-async def client_through(gourmet: Any, server: TcpServer) -> Tuple[Any, TcpClient]:
+async def client_through(
+    gourmet: Any, server: TcpServer, listen: str = STREAM_LISTEN
+) -> Tuple[Any, TcpClient]:
     """
-    Gourmet with a stream to ``server``, and a client connected to it.
+    Gourmet with a stream on ``listen`` to ``server``, and a client
+    connected to it (in TLS when it is an ``ssl:`` endpoint).
     """
-    running = await gourmet(stream_config([server.address]))
-    return running, await connect(stream_port(running))
+    text = stream_config([server.address]).replace(STREAM_LISTEN, listen)
+    running = await gourmet(text)
+    tls = listen.startswith("ssl:")
+    return running, await connect(stream_port(running), tls=tls)
 
 
 def servers(started: Any, count: int, **kwargs: Any) -> List[TcpServer]:
@@ -223,3 +230,21 @@ async def test_the_upstreams_proxy_protocol_serves_its_streams_too(
     client.send(b"who am I?")
     said = await client.read_to_end()
     assert said.startswith(b"127.0.0.1 %d " % client_port)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_ssl_endpoint_terminates_tls_for_a_stream(
+    gourmet: Any, started: Any, tmp_path: Path
+) -> None:
+    key, certificate = certificate_files(tmp_path)
+    (echo,) = servers(started, 1)
+    listen = f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={certificate}"
+    running, client = await client_through(gourmet, echo, listen)
+    client.send(b"in the clear behind TLS")
+    assert await client.read(23) == b"in the clear behind TLS"
+    # The server got plain bytes.
+    assert echo.received == 23
+    client.close()
+    await client.closed()
+    await sleep(0.05)
+    assert the_stream(running).counts.received == 23
