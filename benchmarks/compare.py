@@ -47,6 +47,7 @@ from benchmarks import (
     pypy_env,
     report,
     slow_download,
+    tcp,
     wrk,
 )
 from benchmarks.processes import (
@@ -655,6 +656,49 @@ def https_phase(
     return results, checks
 
 
+def tcp_phase(bench: Bench, problems: List[str]) -> Dict[str, Any]:
+    """
+    The TCP row (:mod:`benchmarks.tcp`): nginx's stream module and
+    Gourmet's [[streams]] in front of the same upstream.
+    """
+    if not tcp.NGINX_STREAM.exists():
+        problems.append(
+            "TCP row skipped: no nginx stream module (apt install libnginx-mod-stream)"
+        )
+        return {}
+    settings = bench.settings
+    log(
+        f"TCP: wrk through nginx's stream module and Gourmet's [[streams]], "
+        f"{settings.connections} connections: 1 MiB bodies kept alive, and "
+        "small ones on a connection each"
+    )
+    results = tcp.measure(
+        bench.workdir,
+        bench.upstream_ports,
+        bench.twistd,
+        tcp.TcpSettings(
+            rounds=settings.rounds,
+            duration=settings.duration,
+            warmup=settings.warmup,
+            connections=settings.connections,
+            proxy_cpu=bench.proxy_cpu,
+            load_cpu=bench.load_cpu,
+        ),
+        log,
+        env=lambda runtime: (
+            ["env", f"PYPY_GC_NURSERY={RECOMMENDED_NURSERY}"]
+            if runtime == "pypy"
+            else []
+        ),
+    )
+    figures = tcp.as_json(results)
+    for name, row in figures["medians"].items():
+        if row["errors"]:
+            problems.append(f"TCP through {name}: {row['errors']} wrk errors")
+    log(tcp.table(figures["medians"]))
+    return figures
+
+
 #: PyPy's own floor: Twisted's web stack and reverse proxy imported, nothing
 #: served; the probe says so and waits for its standard input to close.
 _FLOOR_PROBE = (
@@ -920,6 +964,7 @@ def measure(bench: Bench, problems: List[str]) -> None:
         results, checks = throughput_phase(bench, problems)
         slow = slow_phase(bench, problems)
         https, https_checks = https_phase(bench, problems)
+        tcp_figures = tcp_phase(bench, problems)
     checks.update(https_checks)
     if git_revision() != revision:
         problems.append(
@@ -950,6 +995,8 @@ def measure(bench: Bench, problems: List[str]) -> None:
     )
     log("")
     log(summary(bench, medians, errors, https_errors, negotiated, problems, pypy_note))
+    if tcp_figures:
+        log("\n" + tcp.table(tcp_figures["medians"]))
     elapsed = time.monotonic() - began
     log(f"\nTook {elapsed:.0f} s.")
     record = {
@@ -978,6 +1025,7 @@ def measure(bench: Bench, problems: List[str]) -> None:
         },
         "https_negotiated": negotiated,
         "pypy_floor_mib": floor,
+        "tcp": tcp_figures,
         "checks": checks,
         "problems": problems,
         "elapsed_seconds": round(elapsed),

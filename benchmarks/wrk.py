@@ -101,11 +101,15 @@ def write_script(path: Path) -> Path:
     return path
 
 
-def run(load: Load, url: str) -> WrkResult:
+def run(load: Load, url: str, header: Optional[str] = None) -> WrkResult:
     """
-    ``wrk`` with one thread (the load has one core) against ``url``.
+    ``wrk`` with one thread (the load has one core) against ``url``, each
+    request with ``header`` if given (``Connection: close``: a connection
+    per request).
     """
     command = ["wrk", "-t1", f"-c{load.connections}", f"-d{load.duration}s"]
+    if header is not None:
+        command += ["-H", header]
     command += ["--timeout", "5s", "-s", str(load.script), url]
     result = subprocess.run(
         pinned(command, load.cpu),
