@@ -286,6 +286,13 @@ token = "{token}"
 
 [admin.users]
 {user} = "{password_hash}"
+{streams}"""
+
+#: With ``streams=True``: a TCP stream to ``backend``'s servers.
+STREAM = """
+[[streams]]
+listen = "tcp:0:interface=127.0.0.1"
+upstream = "backend"
 """
 
 
@@ -314,10 +321,15 @@ class Deployment:
     """
 
     def __init__(
-        self, directory: Path, statuses: bool = False, certificates: bool = False
+        self,
+        directory: Path,
+        statuses: bool = False,
+        certificates: bool = False,
+        streams: bool = False,
     ) -> None:
         self.directory = directory
         self.certificates = certificates
+        self.streams = streams
         self.a = UpstreamProcess("alpha", directory)
         self.b = UpstreamProcess("beta", directory)
         self.statuses = StatusServer() if statuses else None
@@ -368,6 +380,7 @@ class Deployment:
                 ),
                 statuses_location=STATUSES_LOCATION if self.statuses else "",
                 certificates=self.certificate_tables() if self.certificates else "",
+                streams=STREAM if self.streams else "",
             )
         )
         self.gourmet = GourmetProcess(self.config)
@@ -1418,3 +1431,30 @@ def test_the_page_lists_the_certificates_and_when_they_expire(
     expect(second.locator(".file")).to_have_text(f"{deployment.directory}/b/cert.pem")
     expect(second.locator(".expires")).to_have_text(re.compile(r"\(in 4 d 23 h\)$"))
     expect(second.locator(".expires")).to_have_class(re.compile("near-limit"))
+
+
+@pytest.mark.parametrize("deployment", [{"streams": True}], indirect=True)
+def test_a_tcp_stream_shows_its_connections_and_bytes(
+    deployment: Deployment, open_console: OpenConsole
+) -> None:
+    """
+    The TCP streams panel lists each stream with its address, upstream,
+    connections and bytes, refreshed as traffic goes through.
+    """
+    console = open_console()
+    page = console.page
+    row = page.locator("#streams-body tr")
+    expect(page.locator("#streams-panel")).to_be_visible()
+    expect(row.locator(".upstream")).to_have_text("backend")
+    address = row.locator(".addresses").inner_text()
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as client:
+        client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200")
+    expect(row.locator(".connections")).to_have_text("0 open, 1 in all, 0 failed")
+    expect(row.locator(".bytes")).to_contain_text(" B in, ")
+    assert console.errors == []
+    assert console.csp_violations() == []

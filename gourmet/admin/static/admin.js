@@ -29,6 +29,8 @@
     listeners: new Map(),
     /** Certificate file → its row's elements. */
     certificates: new Map(),
+    /** TCP stream (its listen string) → its row's elements. */
+    streams: new Map(),
     /**
      * Gourmet's clock at its last answer, in Unix seconds: "up 5 min" is
      * measured on it, so a console read from a computer whose clock is off
@@ -354,6 +356,7 @@
     app.serverNow = instance ? instance.started + instance.uptime : null;
     renderOverview(instance, data.listeners || []);
     renderCertificates(data.certificates || []);
+    renderStreams(data.streams || []);
     render(data.upstreams);
     renderChanges(data.changes || []);
   }
@@ -492,6 +495,44 @@
     const when = dateTime(certificate.not_after);
     setText(row.expires, left > 0 ? `${when} (in ${duration(left)})` : `${when} (expired)`);
     row.expires.classList.toggle("near-limit", left < EXPIRY_WARNING_DAYS * 86400);
+  }
+
+  // -- TCP streams -------------------------------------------------------------------
+
+  function renderStreams(streams) {
+    document.getElementById("streams-panel").hidden = streams.length === 0;
+    reconcile(document.getElementById("streams-body"), app.streams, streams, {
+      key: (stream) => stream.listen,
+      build: buildStreamRow,
+      update: updateStreamRow,
+      node: (row) => row.tr,
+    });
+  }
+
+  function buildStreamRow(stream) {
+    const row = {
+      address: el("th", { className: "addresses", attrs: { scope: "row" } }),
+      upstream: el("td", { className: "upstream" }),
+      connections: el("td", { className: "num connections" }),
+      bytes: el("td", { className: "num bytes" }),
+    };
+    row.tr = el("tr", { attrs: { "data-stream": stream.listen } }, [
+      row.address,
+      row.upstream,
+      row.connections,
+      row.bytes,
+    ]);
+    return row;
+  }
+
+  function updateStreamRow(row, stream) {
+    setText(row.address, stream.address);
+    row.address.title = stream.listen;
+    setText(row.upstream, stream.upstream);
+    const c = stream.connections;
+    setText(row.connections, `${count(c.active)} open, ${count(c.total)} in all, ${count(c.failed)} failed`);
+    row.connections.classList.toggle("near-limit", c.failed > 0);
+    setText(row.bytes, `${byteSize(stream.bytes.received)} in, ${byteSize(stream.bytes.sent)} out`);
   }
 
   /** Brings the page in line with the upstreams the API returned. */
