@@ -24,7 +24,13 @@ import treq
 from tests.processes import Twistd
 from tests.rawhttp import sleep
 from tests.streams import TcpClient, TcpServer, connect
-from tests.test_operations import TOKEN, exited, start, wait_for_log
+from tests.test_operations import (
+    TOKEN,
+    exited,
+    reload_by_console,
+    start,
+    wait_for_log,
+)
 from tests.test_streams import stream_config
 
 #: Gourmet's line for each stream, once listening (gourmet.tcp.listeners).
@@ -402,3 +408,31 @@ async def test_reloads_add_change_and_remove_streams(
     kept.send(b"!")
     assert await kept.read(13) == b"astill there!"
     kept.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_whose_port_is_taken_fails_the_reload(
+    tmp_path: Path, processes: List[Twistd], started: Any
+) -> None:
+    echo = started(TcpServer(greeting=b"e"))
+    text = stream_config([echo.address])
+    gourmet = await start(tmp_path, processes, with_console(text))
+    (port,) = stream_ports(gourmet).values()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        added = (
+            f"[[streams]]\nlisten = 'tcp:{busy}:interface=127.0.0.1'\n"
+            "upstream = 'tcp'\n"
+        )
+        (tmp_path / "gourmet.toml").write_text(with_console(text + added))
+        code, answer = await reload_by_console(gourmet)
+    assert code == 400
+    assert "streams[1].listen: cannot listen" in answer["description"]
+    assert "Address already in use" in answer["description"]
+    # Nothing changed: the stream there before still serves.
+    assert len((await api(gourmet))["streams"]) == 1
+    client = await connect(port)
+    assert await client.read(1) == b"e"
+    client.close()

@@ -66,6 +66,8 @@ class StreamConnection(Protocol):
         self.settings = settings
         self.config = settings.config
         self.counts = settings.counts
+        # Kept for the retries: a reload may drop its name meanwhile.
+        self.upstream = settings.upstream
         self.splice = Splice(settings.clock, self.config.idle_timeout, self._ended)
         self.tried: List[Server] = []
         #: Servers that failed this connection, until it is known whether
@@ -96,7 +98,7 @@ class StreamConnection(Protocol):
         self.settings.open_streams.opened(self)
         # Nothing is read until there is a server to send it to.
         self._client.pauseProducing()
-        upstream = self.settings.upstream
+        upstream = self.upstream
         self.tries_left = upstream.config.tries or len(upstream.servers)
         self._try_next()
 
@@ -140,7 +142,7 @@ class StreamConnection(Protocol):
     # -- choosing a server and connecting -----------------------------------
 
     def _try_next(self) -> None:
-        upstream = self.settings.upstream
+        upstream = self.upstream
         server = upstream.try_next(self.tried, self.tries_left)
         if server is None:
             self._give_up()
@@ -186,9 +188,7 @@ class StreamConnection(Protocol):
         self._early = []
         server.stats.bytes_sent += len(early)
         # The stream's setting, else its upstream's.
-        version = (
-            self.config.proxy_protocol or self.settings.upstream.config.proxy_protocol
-        )
+        version = self.config.proxy_protocol or self.upstream.config.proxy_protocol
         if version is not None:
             # The server's first bytes: who the client is, and where it came.
             transport.write(proxy_header(version, self._client))
