@@ -23,7 +23,7 @@ import treq
 
 from tests.processes import Twistd
 from tests.rawhttp import sleep
-from tests.streams import TcpClient, TcpServer, connect
+from tests.streams import Firehose, TcpClient, TcpServer, connect
 from tests.test_operations import (
     TOKEN,
     exited,
@@ -436,3 +436,27 @@ async def test_a_stream_whose_port_is_taken_fails_the_reload(
     client = await connect(port)
     assert await client.read(1) == b"e"
     client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_stops_reading_leaves_gourmets_memory_flat(
+    tmp_path: Path, processes: List[Twistd], started: Any
+) -> None:
+    hose = started(TcpServer(protocol=Firehose))
+    gourmet = await start(
+        tmp_path, processes, with_console(stream_config([hose.address]))
+    )
+    (port,) = stream_ports(gourmet).values()
+    before = gourmet.rss_kib()
+    clients = [await connect(port) for _ in range(4)]
+    for client in clients:
+        client.tcp.pauseProducing()  # reads nothing
+    await sleep(2.0)
+    sent = sum(each.sent for each in hose.firehoses)
+    # Each server is held back once the sockets' buffers are full: Gourmet
+    # read a few MiB per connection, and kept its memory.
+    assert sent < 4 * 32 * 1024 * 1024
+    assert all(each.paused for each in hose.firehoses)
+    assert gourmet.rss_kib() - before < 20 * 1024
+    for client in clients:
+        client.close()
