@@ -105,8 +105,8 @@ class StreamConnection(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.counts.received += len(data)
         if self.joined:
-            assert self.server is not None
-            self.server.stats.bytes_sent += len(data)
+            if self.server is not None:
+                self.server.stats.bytes_sent += len(data)
             self.splice.client.data(data)
         else:
             self._early.append(data)
