@@ -106,25 +106,44 @@ class StreamListeners:
         current: Dict[str, StreamFactory] = {
             each.config.listen: each for each in self.factories
         }
-        for index, stream in enumerate(config.streams):
-            existing = current.pop(stream.listen, None)
-            if existing is not None:
-                reload.factories.append((existing, stream))
-                continue
-            factory = self.make_listener(config, index, backlog)
-            assert factory.listener is not None
-            try:
-                factory.listener.setServiceParent(parent)
-            except CannotListenError as error:
-                factory.listener.disownServiceParent()
-                reload.undo()
-                raise ConfigError(
-                    config.source, f"streams[{index}].listen", f"cannot listen: {error}"
-                ) from None
-            reload.opened.append(factory)
-            reload.factories.append((factory, stream))
+        try:
+            for index, stream in enumerate(config.streams):
+                existing = current.pop(stream.listen, None)
+                if existing is not None:
+                    reload.factories.append((existing, stream))
+                    continue
+                factory = self._open(config, index, backlog, parent)
+                reload.opened.append(factory)
+                reload.factories.append((factory, stream))
+        except ConfigError:
+            reload.undo()
+            raise
         reload.closing = list(current.values())
         return reload
+
+    def _open(
+        self,
+        config: GourmetConfig,
+        index: int,
+        backlog: int,
+        parent: IServiceCollection,
+    ) -> StreamFactory:
+        """
+        A new stream's factory, its listener listening (a child of the
+        running ``parent``).
+
+        :raises ConfigError: when its endpoint cannot be parsed or listened on.
+        """
+        factory = self.make_listener(config, index, backlog)
+        assert factory.listener is not None
+        try:
+            factory.listener.setServiceParent(parent)
+        except CannotListenError as error:
+            factory.listener.disownServiceParent()
+            raise ConfigError(
+                config.source, f"streams[{index}].listen", f"cannot listen: {error}"
+            ) from None
+        return factory
 
 
 class StreamReload:
