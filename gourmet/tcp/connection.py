@@ -193,10 +193,12 @@ class StreamConnection(Protocol):
             # The server's first bytes: who the client is, and where it came.
             transport.write(proxy_header(version, self._client))
         self.joined = True
+        # Reading starts at the next turn of the reactor, by which time the
+        # splice may have paused it again (the early bytes filled a buffer).
+        self._client.resumeProducing()
         self.splice.join(self._client, transport, from_client=early)
         if self._early_read_ended:
             self.splice.client.read_ended()
-        self._client.resumeProducing()
 
     def _connect_failed(self, reason: Failure) -> None:
         self._settle()
