@@ -66,6 +66,11 @@ class Collector:
     def response_failed(self, reason: Failure) -> None:
         self.done.errback(reason)
 
+    def response_upgraded(self, head: ResponseHead, data: bytes) -> None:
+        self.head = head
+        self.pieces.append(data)
+        self.done.callback(self)
+
 
 @pytest_twisted.async_yield_fixture
 async def pool() -> AsyncIterator[ConnectionPool]:

@@ -952,6 +952,7 @@ def _frontend(
         idle_timeout=_number(0),
         max_connections=_whole(0),
         shutdown_timeout=_number(0),
+        tunnel_idle_timeout=_number(0),
         trusted_proxies=_array(_network),
         backlog=_whole(1, 65535),
         underscores_in_headers=_choice(("drop", "refuse", "pass")),

@@ -154,6 +154,9 @@ class FrontendConfig:
     max_connections: int = 10000
     #: Seconds a stop waits for requests in flight before cutting them.
     shutdown_timeout: float = 30.0
+    #: Seconds an upgraded connection (a WebSocket) may pass no byte
+    #: either way before it is closed; 0: never.
+    tunnel_idle_timeout: float = 3600.0
     #: Addresses or networks (CIDR) of proxies in front of Gourmet whose
     #: X-Forwarded-For and Forwarded headers are believed.
     trusted_proxies: Tuple[str, ...] = ()

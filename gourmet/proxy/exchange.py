@@ -25,11 +25,14 @@ from gourmet.http.forwarding import (
 )
 from gourmet.http.redirects import REWRITTEN, RedirectRewrite, authority
 from gourmet.http.response import (
+    InvalidResponse,
     ResponseHead,
 )
 from gourmet.http.tokens import (
     lower_name,
 )
+from gourmet.http.upgrade import switched_to, upgrade_headers
+from gourmet.net.splice import Splice
 from gourmet.upstream.connection import (
     ConnectFailed,
     ConnectionClosed,
@@ -100,6 +103,7 @@ class ProxyExchange:
         client_host: Optional[bytes],
         body: Any,
         body_length: int,
+        upgrade: Optional[bytes] = None,
     ) -> None:
         self.request = request
         self.record: ProxyRecord = request.gourmet_record
@@ -116,6 +120,10 @@ class ProxyExchange:
         self.client_host = client_host
         self.body = body
         self.body_length = body_length
+        #: The protocols the request asks to switch to, if it asks.
+        self.upgrade = upgrade
+        #: The switched connections, once the server accepted the upgrade.
+        self.tunnel: Optional[Splice] = None
         # A request that may have reached a server is sent again only if
         # doing so twice is harmless.
         self.replayable = method in IDEMPOTENT and body_length == 0
@@ -177,6 +185,7 @@ class ProxyExchange:
             headers=[(b"Host", self._host_sent(server)), *self.headers],
             body=self.body,
             body_length=self.body_length,
+            upgrade=self.upgrade is not None,
         )
         config = self.config
         server.stats.bytes_sent += self.body_length
@@ -299,6 +308,14 @@ class ProxyExchange:
         request = self.request
         self.responding = True
         request.setResponseCode(head.status, head.reason)
+        request.responseHeaders = self._client_headers(head)
+        request.registerProducer(self, True)
+
+    def _client_headers(self, head: ResponseHead) -> CheckedHeaders:
+        """
+        The response's headers as the client gets them.
+        """
+        request = self.request
         # Start from empty headers: Twisted's defaults (Server, a
         # Content-Type) must not mix with the upstream's.
         headers = CheckedHeaders()
@@ -318,8 +335,7 @@ class ProxyExchange:
         closing = request.responseHeaders.getRawHeaders(b"connection")
         if closing:
             headers.setRawHeaders(b"connection", closing)
-        request.responseHeaders = headers
-        request.registerProducer(self, True)
+        return headers
 
     def _redirect_rewrite(self) -> RedirectRewrite:
         """
@@ -418,6 +434,70 @@ class ProxyExchange:
         self._connect_new(self.server)
         return True
 
+    # -- a switch of protocols (a WebSocket) ----------------------------
+
+    def response_upgraded(self, head: ResponseHead, data: bytes) -> None:
+        """
+        The server accepted the upgrade: answer the client's handshake with
+        its ``101`` and splice the two connections until either ends.  The
+        attempt lasts as long: the server counts it as active.
+        """
+        server, connection = self.server, self.connection
+        assert server is not None and connection is not None
+        self.connection = None
+        self.record.upstream_statuses.append("101")
+        server.responded(101, self.clock.seconds() - self.attempt_started)
+        server.succeeded()
+        self._settle_failures(seen=False)
+        protocols = switched_to(head.headers)
+        request = self.request
+        channel: Any = request.channel
+        if protocols is None or channel is None or channel.transport is None:
+            connection.abort()
+            if protocols is None:
+                self.response_failed(Failure(InvalidResponse("101 without Upgrade")))
+            return
+        self.responding = True
+        request.setResponseCode(101, head.reason)
+        headers = self._client_headers(head)
+        for name, value in upgrade_headers(protocols):
+            headers.setRawHeaders(name, [value])
+        channel.writeHeaders(b"HTTP/1.1", b"101", head.reason, headers)
+        channel.flush_head()
+        frontend = request.site.frontend
+        tunnel = Splice(self.clock, frontend.tunnel_idle_timeout, self._tunnel_ended)
+        self.tunnel = tunnel
+        from_client = channel.start_tunnel(tunnel.client)
+        connection.start_tunnel(tunnel.server)
+        upstream = connection.transport
+        assert upstream is not None  # it just sent the 101
+        tunnel.join(channel.transport, upstream, from_client, data)
+
+    def _tunnel_ended(self, tunnel: Splice) -> None:
+        self.done = True
+        server = self.server
+        sent, received = tunnel.client.received, tunnel.server.received
+        if server is not None:
+            server.stats.bytes_sent += sent
+            server.stats.bytes_received += received
+        self._end_attempt()
+        self.log.info(
+            "{method} {target}: {protocols} tunnel to {server} ended after"
+            " {duration:.1f} s ({why}): {sent} bytes to the server,"
+            " {received} to the client",
+            method=self.method,
+            target=self.target,
+            protocols=self.upgrade,
+            server=self.record.upstreams[-1],
+            duration=tunnel.duration,
+            why=tunnel.why,
+            sent=sent,
+            received=received,
+        )
+        request = self.request
+        request.sentLength = received
+        request.site.log(request)
+
     # -- IPushProducer (the client's side of the backpressure) ----------
 
     def pauseProducing(self) -> None:
@@ -434,7 +514,8 @@ class ProxyExchange:
     # -- the client went away -------------------------------------------
 
     def _client_gone(self, reason: Optional[Failure]) -> None:
-        if self.done:
+        if self.done or self.tunnel is not None:
+            # A tunnel's end is told by its splice.
             return
         self.done = True
         self.record.status = CLIENT_CLOSED

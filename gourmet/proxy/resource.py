@@ -1,12 +1,12 @@
 """
 The proxy's resource: a :class:`ReverseProxyResource` per location that
-checks what it can at once (body size, an upgrade it cannot serve) and
+checks what it can at once (the body's size) and
 hands each request to a :class:`gourmet.proxy.exchange.ProxyExchange`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.proxy import ReverseProxyResource
@@ -15,17 +15,13 @@ from twisted.web.server import NOT_DONE_YET
 from gourmet.frontend.errors import ErrorPages
 from gourmet.frontend.site import GourmetRequest
 from gourmet.http.forwarding import TrustedProxies, upstream_request_headers
-from gourmet.http.tokens import connection_tokens
+from gourmet.http.upgrade import requested_upgrade, upgrade_headers
 from gourmet.proxy.exchange import ProxyExchange
 from gourmet.upstream.pool import ConnectionPool
 from gourmet.upstream.state import Upstream
 
 #: Methods whose request carries a Content-Length even when empty.
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
-_NO_UPGRADE = (
-    "Gourmet does not proxy WebSocket connections: the Upgrade to websocket"
-    " was refused."
-)
 
 
 class LocationResource(ReverseProxyResource):
@@ -73,11 +69,6 @@ class LocationResource(ReverseProxyResource):
         return self
 
     def render(self, request: GourmetRequest) -> Any:
-        if _asks_for_websocket(request):
-            # There is no tunnel to hand the connection to: say so at once
-            # rather than forward a handshake that cannot complete.
-            self.error_pages.render(request, 501, _NO_UPGRADE)
-            return NOT_DONE_YET
         body = request.content
         assert body is not None  # twisted.web read the body before render
         body.seek(0, 2)
@@ -100,6 +91,9 @@ class LocationResource(ReverseProxyResource):
             via=b"%s gourmet" % request.clientproto[5:],
             trusted=self.trusted_proxies,
         )
+        upgrade = _upgrade(request)
+        if upgrade is not None:
+            headers += upgrade_headers(upgrade)
         exchange = ProxyExchange(
             request,
             self.upstream,
@@ -112,21 +106,19 @@ class LocationResource(ReverseProxyResource):
             client_host=client_host,
             body=body,
             body_length=length,
+            upgrade=upgrade,
         )
         exchange.start()
         return NOT_DONE_YET
 
 
-def _asks_for_websocket(request: GourmetRequest) -> bool:
+def _upgrade(request: GourmetRequest) -> Optional[bytes]:
     """
-    Whether ``request`` asks to upgrade to WebSocket.  Other upgrades (such
-    as ``h2c``) are ignored, as RFC 9110 (7.8) allows: the request is
-    proxied as plain HTTP/1.1 without its ``Upgrade`` header.
+    The protocols ``request`` asks to switch to (a WebSocket), to forward.
     """
-    upgrade = request.requestHeaders.getRawHeaders(b"upgrade")
+    headers = request.requestHeaders
+    upgrade = headers.getRawHeaders(b"upgrade")
     if upgrade is None:
-        return False
-    # A protocol may carry a version: "websocket/13".
-    return any(
-        token.partition(b"/")[0] == b"websocket" for token in connection_tokens(upgrade)
-    )
+        return None
+    connection = headers.getRawHeaders(b"connection", [])
+    return requested_upgrade(request.clientproto, connection, upgrade)
