@@ -363,7 +363,7 @@ async def test_a_tunnel_idle_past_the_timeout_is_closed(start: Any) -> None:
     # clock (tests/test_splice.py checks it on a Clock).
     gourmet = await start(server="tunnel_idle_timeout = 1")
     lasted, kept = await in_thread(idle_then_active, gourmet)
-    assert 0.9 < lasted < 4
+    assert 0.9 < lasted < 6
     assert kept >= 2.5
     await until(lambda: "(idle)" in gourmet.log())
 
@@ -378,7 +378,7 @@ def echo_after(gourmet: Gourmet, stopping: Callable[[], None]) -> str:
 
 @pytest_twisted.ensureDeferred
 async def test_a_graceful_stop_lets_a_tunnel_finish(start: Any) -> None:
-    gourmet = await start(server="shutdown_timeout = 20")
+    gourmet = await start(server="shutdown_timeout = 30")
     process = gourmet.twistd.process
 
     def stop() -> None:
@@ -390,7 +390,7 @@ async def test_a_graceful_stop_lets_a_tunnel_finish(start: Any) -> None:
     closed = time.monotonic()
     await until(lambda: process.poll() is not None)
     assert process.returncode == 0
-    assert time.monotonic() - closed < 5
+    assert time.monotonic() - closed < 10
 
 
 def held_through_stop(gourmet: Gourmet, stopping: Callable[[], None]) -> float:
