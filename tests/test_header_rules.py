@@ -370,3 +370,16 @@ async def test_rules_are_per_location_and_spare_gourmets_own_errors(
     assert response.code == 502
     assert json.loads(await response.content())["status"] == 502
     assert response.headers.getRawHeaders("cache-control") == ["no-store"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_host_without_a_host_header_is_the_address_gourmet_was_reached_on(
+    gourmet: Any, make_upstreams: Any, raw_socket: Any
+) -> None:
+    (server,) = make_upstreams("a")
+    text = config([server]) + 'request_headers = { set = { "X-Host" = "$host" } }\n'
+    running = await gourmet(text)
+    client = raw_socket(running.port)
+    await client.send(b"GET / HTTP/1.0\r\n\r\n")
+    assert (await client.read_response()).startswith(b"HTTP/1.0 200 ")
+    assert seen_values(server, b"x-host") == [b"127.0.0.1"]

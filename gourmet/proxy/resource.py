@@ -155,11 +155,12 @@ class LocationResource(ReverseProxyResource):
         """
         variables = None
         if self.rules_use_variables:
-            local = getattr(request.getHost(), "host", "localhost").encode("ascii")
+            local = getattr(request.getHost(), "host", "localhost")
+            local = f"[{local}]" if ":" in local else local
             variables = Variables(
                 remote_addr=_real_ip(headers),
                 scheme=scheme,
-                host=host_variable(client_host, local),
+                host=host_variable(client_host, local.encode("ascii")),
                 request_id=request.gourmet_request_id or b"",
             )
         if self.request_rules is not None:
