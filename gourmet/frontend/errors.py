@@ -108,8 +108,8 @@ class ErrorPages:
         request_id: Optional[str] = None,
     ) -> Tuple[bytes, bytes]:
         """
-        :param request_id: the request's ID, shown to be quoted to whoever
-            reads the logs; ``-`` in a page when it has none.
+        :param request_id: the request's ID, shown so that a user can
+            quote it to whoever reads the logs; ``-`` on a page without one.
         :return: the content type and body for an error response.
         """
         if prefers_json(accept):

@@ -18,11 +18,9 @@ from typing import Dict, FrozenSet, List, NamedTuple, Optional, Sequence, Tuple,
 
 from attrs import field, frozen
 
-from gourmet.http.forwarding import FORWARDING, HOP_BY_HOP
+from gourmet.http.forwarding import FORWARDING, HOP_BY_HOP, HeaderList
 from gourmet.http.request_id import REQUEST_ID
 from gourmet.http.tokens import CONTROL, is_token, lower_name
-
-HeaderList = List[Tuple[bytes, bytes]]
 
 
 class Variables(NamedTuple):
