@@ -238,7 +238,7 @@ async def test_hop_by_hop_response_headers_are_not_forwarded(
     response = await client.response()
     client.close()
     assert response.status == 200 and response.body == b"ok"
-    assert response.names == [b"content-length", b"date", b"x-kept"]
+    assert response.names == [b"content-length", b"date", b"x-kept", b"x-request-id"]
 
 
 # -- who the client is -----------------------------------------------------

@@ -6,7 +6,7 @@ backpressure; failures never look like success to the client.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IPushProducer, IReactorTime
@@ -21,9 +21,11 @@ from gourmet.frontend.accesslog import CLIENT_CLOSED, ProxyRecord
 from gourmet.frontend.errors import ErrorPages
 from gourmet.frontend.site import GourmetRequest
 from gourmet.http.forwarding import (
+    HeaderList,
     forwardable,
 )
 from gourmet.http.redirects import REWRITTEN, RedirectRewrite, authority
+from gourmet.http.request_id import REQUEST_ID
 from gourmet.http.response import (
     InvalidResponse,
     ResponseHead,
@@ -104,6 +106,7 @@ class ProxyExchange:
         body: Any,
         body_length: int,
         upgrade: Optional[bytes] = None,
+        response_rules: Optional[Callable[[HeaderList], HeaderList]] = None,
     ) -> None:
         self.request = request
         self.record: ProxyRecord = request.gourmet_record
@@ -124,6 +127,8 @@ class ProxyExchange:
         self.upgrade = upgrade
         #: The switched connections, once the server accepted the upgrade.
         self.tunnel: Optional[Splice] = None
+        #: The location's ``response_headers``, bound to this request.
+        self.response_rules = response_rules
         # A request that may have reached a server is sent again only if
         # doing so twice is harmless.
         self.replayable = method in IDEMPOTENT and body_length == 0
@@ -320,10 +325,17 @@ class ProxyExchange:
         # Content-Type) must not mix with the upstream's.
         headers = CheckedHeaders()
         redirects = self.config.redirect_rewrite
-        for name, value in forwardable(head.headers, head.connection):
+        passed = forwardable(head.headers, head.connection)
+        if self.response_rules is not None:
+            passed = self.response_rules(passed)
+        for name, value in passed:
             if redirects and lower_name(name) in REWRITTEN:
                 value = self._redirect_rewrite().header(lower_name(name), value)
             headers.add_checked(name, value)
+        request_id = request.gourmet_request_id
+        if request_id is not None:
+            # The ID the server was sent, whatever it answered with.
+            headers.set_checked(REQUEST_ID, request_id)
         if not headers.hasHeader(b"date"):
             # twisted.web dated every response when it began the request.
             date = request.responseHeaders.getRawHeaders(b"date", [])

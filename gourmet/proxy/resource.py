@@ -6,7 +6,8 @@ hands each request to a :class:`gourmet.proxy.exchange.ProxyExchange`.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
+from functools import partial
+from typing import Any, Callable, Iterable, Optional, Tuple
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.proxy import ReverseProxyResource
@@ -14,7 +15,13 @@ from twisted.web.server import NOT_DONE_YET
 
 from gourmet.frontend.errors import ErrorPages
 from gourmet.frontend.site import GourmetRequest
-from gourmet.http.forwarding import TrustedProxies, upstream_request_headers
+from gourmet.http.forwarding import (
+    HeaderList,
+    TrustedProxies,
+    upstream_request_headers,
+)
+from gourmet.http.request_id import REQUEST_ID
+from gourmet.http.rules import HeaderRules, Variables, host_variable
 from gourmet.http.upgrade import requested_upgrade, upgrade_headers
 from gourmet.proxy.exchange import ProxyExchange
 from gourmet.upstream.pool import ConnectionPool
@@ -55,6 +62,8 @@ class LocationResource(ReverseProxyResource):
         clock: IReactorTime,
         max_body_size: int = 0,
         trusted_proxies: Iterable[str] = (),
+        request_rules: Optional[HeaderRules] = None,
+        response_rules: Optional[HeaderRules] = None,
     ) -> None:
         first = upstream.config.servers[0].origin
         super().__init__(first.host, first.port, b"", reactor=clock)
@@ -64,6 +73,12 @@ class LocationResource(ReverseProxyResource):
         self.clock = clock
         self.max_body_size = max_body_size
         self.trusted_proxies = TrustedProxies(trusted_proxies)
+        self.request_rules = request_rules
+        self.response_rules = response_rules
+        self.rules_use_variables = any(
+            rules is not None and rules.uses_variables
+            for rules in (request_rules, response_rules)
+        )
 
     def getChild(self, path: bytes, request: GourmetRequest) -> LocationResource:
         return self
@@ -84,13 +99,22 @@ class LocationResource(ReverseProxyResource):
             body = None
         address = request.getClientAddress()
         client_ip = getattr(address, "host", "unix").encode("ascii")
+        scheme = b"https" if request.isSecure() else b"http"
         headers, client_host = upstream_request_headers(
             request.requestHeaders.getAllRawHeaders(),
             client_ip=client_ip,
-            scheme=b"https" if request.isSecure() else b"http",
+            scheme=scheme,
             via=b"%s gourmet" % request.clientproto[5:],
             trusted=self.trusted_proxies,
         )
+        request_id = request.gourmet_request_id
+        if request_id is not None:
+            headers.append((REQUEST_ID, request_id))
+        response_rules = None
+        if self.request_rules is not None or self.response_rules is not None:
+            headers, response_rules = self._apply_rules(
+                request, headers, scheme, client_host
+            )
         upgrade = _upgrade(request)
         if upgrade is not None:
             headers += upgrade_headers(upgrade)
@@ -107,9 +131,51 @@ class LocationResource(ReverseProxyResource):
             body=body,
             body_length=length,
             upgrade=upgrade,
+            response_rules=response_rules,
         )
         exchange.start()
         return NOT_DONE_YET
+
+    def _apply_rules(
+        self,
+        request: GourmetRequest,
+        headers: HeaderList,
+        scheme: bytes,
+        client_host: Optional[bytes],
+    ) -> Tuple[HeaderList, Optional[Callable[[HeaderList], HeaderList]]]:
+        """
+        The location's ``request_headers`` applied to ``headers``, and its
+        ``response_headers`` ready for the response, both with this
+        request's variables (gathered only when a value names one).
+        """
+        variables = None
+        if self.rules_use_variables:
+            local = getattr(request.getHost(), "host", "localhost")
+            local = f"[{local}]" if ":" in local else local
+            variables = Variables(
+                remote_addr=_real_ip(headers),
+                scheme=scheme,
+                host=host_variable(client_host, local.encode("ascii")),
+                request_id=request.gourmet_request_id or b"",
+            )
+        if self.request_rules is not None:
+            headers = self.request_rules.apply(headers, variables)
+        response_rules = None
+        if self.response_rules is not None:
+            response_rules = partial(self.response_rules.apply, variables=variables)
+        return headers, response_rules
+
+
+def _real_ip(headers: HeaderList) -> bytes:
+    """
+    The client's address as Gourmet believes it (``$remote_addr``): the
+    ``X-Real-IP`` that :func:`upstream_request_headers` put near the end
+    (a client's own is never passed on).
+    """
+    for name, value in reversed(headers):
+        if name == b"X-Real-IP":
+            return value
+    raise AssertionError("upstream_request_headers always sets X-Real-IP")
 
 
 def _upgrade(request: GourmetRequest) -> Optional[bytes]:
