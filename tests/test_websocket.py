@@ -161,12 +161,16 @@ def start(tmp_path: Path) -> Iterator[Any]:
 SIZES = [1, 125, 126, 65535, 65536, MIB, 16 * MIB]
 
 
-def echo_every_size(gourmet: Gourmet) -> List[Tuple[int, bool]]:
+def echo_every_size(gourmet: Gourmet) -> Tuple[List[int], str]:
     """
     Each size as text and as binary, sent and echoed; and a ping answered.
+
+    :return: the sizes echoed, and the request ID the 101 said.
     """
     echoed = []
     with gourmet.connect() as client:
+        assert client.response is not None
+        request_id = client.response.headers["X-Request-ID"]
         for size in SIZES:
             text = "é" * (size // 2) + "a" * (size % 2)
             client.send(text)
@@ -174,9 +178,9 @@ def echo_every_size(gourmet: Gourmet) -> List[Tuple[int, bool]]:
             binary = os.urandom(size)
             client.send(binary)
             assert client.recv(timeout=30) == binary
-            echoed.append((size, True))
+            echoed.append(size)
         assert client.ping(b"are you there").wait(10)
-    return echoed
+    return echoed, request_id
 
 
 @pytest_twisted.ensureDeferred
@@ -184,8 +188,8 @@ async def test_text_and_binary_messages_of_1_byte_to_16_mib_and_pings_pass(
     start: Any,
 ) -> None:
     gourmet = await start()
-    echoed = await in_thread(echo_every_size, gourmet)
-    assert [size for size, _ in echoed] == SIZES
+    echoed, request_id = await in_thread(echo_every_size, gourmet)
+    assert echoed == SIZES
     (peer,) = gourmet.peers
     # The tunnel's end is logged, with its bytes each way, and its access
     # log line says 101 and which server it went to.
@@ -194,6 +198,8 @@ async def test_text_and_binary_messages_of_1_byte_to_16_mib_and_pings_pass(
     assert line["status"] == 101
     assert line["upstream"] == peer.address
     assert line["upstream_status"] == "101"
+    # The handshake's answer carried the ID the access log has for it.
+    assert line["request_id"] == request_id and len(request_id) == 32
     # Each size twice, as text (UTF-8) and binary, plus frame headers.
     echoed_bytes = sum(len(("é" * (s // 2)).encode()) + s % 2 + s for s in SIZES)
     assert echoed_bytes < line["body_bytes_sent"] < echoed_bytes + 64 * 1024
