@@ -666,7 +666,8 @@ def check_access_logs(
         checks[f"tunnels_opened_{name}"] = tunnels
         if statuses != {"101": tunnels}:
             problems.append(
-                f"{TARGETS[name]} logged {statuses} for {tunnels} tunnels opened"
+                f"{TARGETS[name]} logged {statuses} for {tunnels} WebSocket "
+                "tunnels opened"
             )
     return checks
 
@@ -757,7 +758,8 @@ def table(record: Dict[str, Any]) -> str:
             errors_label="failed connections",
         ),
         f"Medians of {loads.rounds} rounds of {loads.duration:g} s after a "
-        f"{loads.warmup:g} s warm-up of each load.  Small: "
+        f"{loads.warmup:g} s warm-up of each load (of handshakes: "
+        f"{loads.warmup_tunnels:,} tunnels, at most {loads.warmup_cap:g} s).  Small: "
         f"{loads.small.connections} tunnels, {loads.small.batch} messages a "
         f"batch; large: {loads.large.connections} tunnels, {loads.large.batch} "
         f"a batch; MB/s is 10^6 bytes/s of frames each way.  Handshakes: "
