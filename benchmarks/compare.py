@@ -47,6 +47,7 @@ from benchmarks import (
     pypy_env,
     report,
     slow_download,
+    websocket,
     wrk,
 )
 from benchmarks.processes import (
@@ -920,6 +921,8 @@ def measure(bench: Bench, problems: List[str]) -> None:
         results, checks = throughput_phase(bench, problems)
         slow = slow_phase(bench, problems)
         https, https_checks = https_phase(bench, problems)
+        websocket_record, websocket_problems = websocket.phase(bench)
+    problems += websocket_problems
     checks.update(https_checks)
     if git_revision() != revision:
         problems.append(
@@ -950,6 +953,7 @@ def measure(bench: Bench, problems: List[str]) -> None:
     )
     log("")
     log(summary(bench, medians, errors, https_errors, negotiated, problems, pypy_note))
+    log("\n" + websocket.table(websocket_record))
     elapsed = time.monotonic() - began
     log(f"\nTook {elapsed:.0f} s.")
     record = {
@@ -977,6 +981,7 @@ def measure(bench: Bench, problems: List[str]) -> None:
             for protocol, load in https_loads(bench).items()
         },
         "https_negotiated": negotiated,
+        "websocket": websocket_record,
         "pypy_floor_mib": floor,
         "checks": checks,
         "problems": problems,
