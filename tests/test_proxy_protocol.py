@@ -202,6 +202,12 @@ async def test_a_listed_balancer_must_send_a_valid_header_in_time(
     with pytest.raises((ssl.SSLError, OSError)):
         await deferToThread(tls_exchange, tls_port, b"")
     assert len(upstream.seen) == 2
+    # The admin console reads no header, from anyone.
+    assert gourmet.admin_port is not None
+    console = (
+        b"GET /api/upstreams HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    assert status_of(await plain_exchange(gourmet.admin_port, console)) == 200
 
 
 @pytest_twisted.ensureDeferred
@@ -547,3 +553,20 @@ async def test_the_header_carries_the_address_gourmet_believes(
     finally:
         client.close()
     assert said.startswith("198.51.100.9  c=")
+
+
+def test_bytes_after_a_refusal_reach_nobody() -> None:
+    # A broken header from a listed balancer: its own protocol never hears.
+    protocol, transport, own, _ = reader(("127.0.0.1",))
+    protocol.dataReceived(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 99999\r\n")
+    assert transport.disconnecting
+    protocol.dataReceived(GET)
+    assert own.built[0].received == b"" and own.built[0].peer is None
+    # A header from elsewhere: its own protocol hears the connection end,
+    # never the header nor what follows.
+    protocol, transport, own, _ = reader(("10.0.0.0/8",))
+    protocol.dataReceived(encode_v2(CLIENT, ("127.0.0.1", 80)))
+    assert transport.disconnecting
+    protocol.dataReceived(GET)
+    protocol.connectionLost(Failure(ConnectionDone()))
+    assert own.built[0].received == b"" and own.built[0].lost

@@ -70,6 +70,8 @@ class ProxyHeaderReader(ProtocolWrapper):
         self._deadline: Optional[IDelayedCall] = None
         #: Whether the wrapped protocol has been connected.
         self._handed_over = False
+        #: Whether the connection is being closed for its first bytes.
+        self._refused = False
 
     def makeConnection(self, transport: Any) -> None:
         if not self.trusted:
@@ -88,6 +90,8 @@ class ProxyHeaderReader(ProtocolWrapper):
         if self._decided:
             self.wrappedProtocol.dataReceived(data)
             return
+        if self._refused:
+            return
         received = self._received + data
         if self.trusted:
             self._read_header(received)
@@ -96,9 +100,9 @@ class ProxyHeaderReader(ProtocolWrapper):
         if looks is None:
             self._received = received
             return
-        self._decided = True
         self._received = b""
         if looks:
+            self._refused = True
             self.log.warn(
                 "refused a PROXY protocol header from {peer}, which"
                 " server.accept_proxy_protocol does not list",
@@ -107,6 +111,7 @@ class ProxyHeaderReader(ProtocolWrapper):
             self.factory.refused += 1
             self.transport.abortConnection()  # type: ignore[union-attr]
             return
+        self._decided = True
         self.wrappedProtocol.dataReceived(received)
 
     def _read_header(self, received: bytes) -> None:
@@ -132,7 +137,8 @@ class ProxyHeaderReader(ProtocolWrapper):
             self.wrappedProtocol.dataReceived(rest)
 
     def _refuse(self, reason: str) -> None:
-        self._decided = True
+        self._refused = True
+        self._received = b""
         self._stop_deadline()
         self.log.warn(
             "closed a connection from {peer}: {reason}",
