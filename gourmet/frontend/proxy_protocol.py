@@ -108,7 +108,6 @@ class ProxyHeaderReader(ProtocolWrapper):
                 " server.accept_proxy_protocol does not list",
                 peer=_peer_host(self.transport.getPeer()),  # type: ignore[union-attr]
             )
-            self.factory.refused += 1
             self.transport.abortConnection()  # type: ignore[union-attr]
             return
         self._decided = True
@@ -145,7 +144,6 @@ class ProxyHeaderReader(ProtocolWrapper):
             peer=_peer_host(self.transport.getPeer()),  # type: ignore[union-attr]
             reason=reason,
         )
-        self.factory.refused += 1
         self.transport.abortConnection()  # type: ignore[union-attr]
 
     def _timed_out(self) -> None:
@@ -186,9 +184,6 @@ class ProxyHeaderFactory(WrappingFactory[ProxyHeaderReader]):
         self.site = site
         self._networks: tuple[str, ...] = ()
         self._trusted = TrustedProxies()
-        #: How many connections were refused: a header that did not come,
-        #: was not valid, or came from an address not listed.
-        self.refused = 0
 
     def buildProtocol(self, addr: Optional[IAddress]) -> Any:
         networks = self.site.frontend.accept_proxy_protocol
