@@ -20,6 +20,7 @@ from gourmet.frontend.challenge import Challenges
 from gourmet.frontend.errors import ErrorPages
 from gourmet.frontend.https import HttpsRedirect
 from gourmet.frontend.negotiation import ProtocolByAlpnFactory
+from gourmet.frontend.proxy_protocol import ProxyHeaderFactory
 from gourmet.frontend.routing import Router
 from gourmet.frontend.site import RoutingResource
 from gourmet.listener import Listener
@@ -76,9 +77,20 @@ def tls_factory(site: Site, store: CertificateStore, reactor: Any) -> IProtocolF
     """
     The factory of the proxy's TLS listeners: ``site`` in TLS, served with
     the certificates ``store`` has when each connection starts, over
-    HTTP/2 or HTTP/1.1 as ALPN agrees.
+    HTTP/2 or HTTP/1.1 as ALPN agrees; under TLS, the PROXY protocol's
+    header read from the load balancers ``accept_proxy_protocol`` lists.
     """
-    return TLSMemoryBIOFactory(store, False, ProtocolByAlpnFactory(site), clock=reactor)
+    tls = TLSMemoryBIOFactory(store, False, ProtocolByAlpnFactory(site), clock=reactor)
+    return ProxyHeaderFactory(tls, site)
+
+
+def plain_factory(site: Site) -> IProtocolFactory:
+    """
+    The factory of the proxy's plain listeners: ``site``, behind the PROXY
+    protocol's header from the load balancers ``accept_proxy_protocol``
+    lists.
+    """
+    return ProxyHeaderFactory(site, site)
 
 
 def admin_endpoint(config: GourmetConfig) -> Optional[Tuple[str, str]]:

@@ -60,6 +60,7 @@ class Reloadable(Protocol):
     access_log: AccessLog
     certificates: CertificateStore
     tls_factory: IProtocolFactory
+    plain_factory: IProtocolFactory
     challenges: Challenges
     acme: AcmeRenewal
 
@@ -162,10 +163,10 @@ class Reload:
         return upstreams, pools
 
     def _wanted_listeners(self) -> List[Tuple[str, str, IProtocolFactory, bool]]:
-        site = self.service.site
+        plain = self.service.plain_factory
         config = self.config
         wanted: List[Tuple[str, str, IProtocolFactory, bool]] = [
-            (key, each, site, False) for key, each in proxy_endpoints(config)
+            (key, each, plain, False) for key, each in proxy_endpoints(config)
         ]
         tls = self.service.tls_factory
         wanted += [(key, each, tls, True) for key, each in tls_endpoints(config)]

@@ -22,6 +22,7 @@ from gourmet.admin.views import ListenerInfo
 from gourmet.building import (
     admin_endpoint,
     listener_for,
+    plain_factory,
     proxy_endpoints,
     routing_root,
     tls_contexts,
@@ -64,6 +65,8 @@ class GourmetService(MultiService):
     challenges: Challenges
     #: What TLS listeners listen with: the site in TLS.
     tls_factory: Any
+    #: What plain proxy listeners listen with: the site.
+    plain_factory: Any
     #: ACME's certificate and its renewal (set by :func:`build_service`).
     acme: AcmeRenewal
 
@@ -329,9 +332,12 @@ def build_service(
         )
     )
     service.tls_factory = tls_factory(site, service.certificates, reactor)
+    service.plain_factory = plain_factory(site)
     backlog = frontend.backlog or default_backlog()
     for key, description in proxy_endpoints(config):
-        listener = listener_for(config, key, description, backlog, site, reactor)
+        listener = listener_for(
+            config, key, description, backlog, service.plain_factory, reactor
+        )
         listener.setServiceParent(service)
         service.listeners.append(listener)
     for key, description in tls_endpoints(config):

@@ -167,13 +167,21 @@ class H2Client(H2Session):
     """
 
     def __init__(
-        self, port: int, server_name: str = "a.test", checked: bool = True
+        self,
+        port: int,
+        server_name: str = "a.test",
+        checked: bool = True,
+        before_tls: bytes = b"",
     ) -> None:
+        """
+        :param before_tls: bytes sent in the clear first (a PROXY header).
+        """
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
         context.set_alpn_protocols(["h2"])
         raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        raw.sendall(before_tls)
         self.sock = context.wrap_socket(raw, server_hostname=server_name)
         self.alpn = self.sock.selected_alpn_protocol()
         super().__init__(checked)

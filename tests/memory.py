@@ -335,7 +335,7 @@ class MemoryGourmet:
         self.service.privilegedStartService()
         self.service.startService()
         (listener, *_) = self.service.listeners
-        assert listener.factory is self.service.site
+        assert listener.factory is self.service.plain_factory
         self.clients: List[Union[Client, MemoryH2Client]] = []
         self._pumps: List[IOPump] = []
 

@@ -442,6 +442,22 @@ BAD = [
         'expected an IP address or network such as 10.0.0.0/8, got "nope"',
     ),
     (config(upstream="header_timeout = -1"), "upstreams.b.header_timeout", "got -1"),
+    # The PROXY protocol (issue 15).
+    (
+        config(frontend='accept_proxy_protocol = ["10.0.0.0/8", "lb"]'),
+        "server.accept_proxy_protocol[1]",
+        'expected an IP address or network such as 10.0.0.0/8, got "lb"',
+    ),
+    (
+        config(upstream='proxy_protocol = "v3"'),
+        "upstreams.b.proxy_protocol",
+        'expected "v1", "v2" or false, got "v3"',
+    ),
+    (
+        config(upstream="proxy_protocol = true"),
+        "upstreams.b.proxy_protocol",
+        'expected "v1", "v2" or false, got true',
+    ),
     # Values of the wrong type or out of range.
     (
         config(server=SERVER + "\nweight = -1"),
@@ -759,6 +775,21 @@ def test_limits_and_trusted_proxies() -> None:
     assert (server.max_connections, server.backlog) == (100, 1024)
     assert server.trusted_proxies == ("10.0.0.0/8", "::1")
     assert loaded.upstreams[0].header_timeout == 5
+
+
+def test_proxy_protocol_both_ways() -> None:
+    loaded = parse_config(
+        config(
+            upstream='proxy_protocol = "v2"',
+            frontend='accept_proxy_protocol = ["10.0.0.0/8", "::1"]',
+        ),
+        "test.toml",
+    )
+    assert loaded.frontend.accept_proxy_protocol == ("10.0.0.0/8", "::1")
+    assert loaded.upstreams[0].proxy_protocol == "v2"
+    off = parse_config(config(upstream="proxy_protocol = false"), "test.toml")
+    assert off.upstreams[0].proxy_protocol is None
+    assert off.frontend.accept_proxy_protocol == ()
 
 
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])

@@ -723,6 +723,15 @@ _HEALTH: Dict[str, Kind[Any]] = {
     "fail_timeout": _number(0),
 }
 
+
+def _proxy_protocol(value: Any) -> Optional[str]:
+    if value is False:
+        return None
+    if value in ("v1", "v2"):
+        return str(value)
+    raise _Invalid(f'expected "v1", "v2" or false, got {_show(value)}')
+
+
 _UPSTREAM: Dict[str, Kind[Any]] = {
     "balancer": _choice(BALANCERS),
     "provider": _choice(("static",)),
@@ -737,6 +746,7 @@ _UPSTREAM: Dict[str, Kind[Any]] = {
     "keepalive": _whole(0),
     "keepalive_timeout": _number(0, inclusive=True),
     "header_timeout": _number(0),
+    "proxy_protocol": _proxy_protocol,
 }
 
 _UPSTREAM_NAME = re.compile(r"\A[A-Za-z0-9_.-]+\Z")
@@ -1048,6 +1058,7 @@ def _frontend(
         shutdown_timeout=_number(0),
         tunnel_idle_timeout=_number(0),
         trusted_proxies=_array(_network),
+        accept_proxy_protocol=_array(_network),
         backlog=_whole(1, 65535),
         underscores_in_headers=_choice(("drop", "refuse", "pass")),
         server_header=_boolean,

@@ -80,6 +80,9 @@ class UpstreamConfig:
     keepalive_timeout: float = 60.0
     #: Seconds from sending a request until the response head has arrived.
     header_timeout: float = 60.0
+    #: The PROXY protocol header (``"v1"`` or ``"v2"``) every new connection
+    #: to a server starts with, carrying the client's address; None: none.
+    proxy_protocol: Optional[str] = None
 
 
 @frozen
@@ -166,6 +169,10 @@ class FrontendConfig:
     #: Addresses or networks (CIDR) of proxies in front of Gourmet whose
     #: X-Forwarded-For and Forwarded headers are believed.
     trusted_proxies: Tuple[str, ...] = ()
+    #: Addresses or networks (CIDR) of load balancers whose connections
+    #: must start with a PROXY protocol header (v1 or v2), which gives the
+    #: client's address; empty: none is read.
+    accept_proxy_protocol: Tuple[str, ...] = ()
     #: What to do with a request header whose name has ``_``: ``"drop"`` it,
     #: ``"refuse"`` the request (400) or ``"pass"`` it on.  CGI-style servers
     #: read ``X_Real_IP`` as ``X-Real-IP``, a header Gourmet sets, so it is

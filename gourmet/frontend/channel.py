@@ -45,6 +45,7 @@ from gourmet._twisted.sockets import tune
 from gourmet.config.model import FrontendConfig
 from gourmet.deadline import Deadline, MinimumRate
 from gourmet.frontend.errors import error_document
+from gourmet.frontend.proxy_protocol import ProxyHeaderReader
 from gourmet.http.request import (
     MAX_BODY,
     BadRequest,
@@ -601,8 +602,9 @@ class GourmetChannel(HTTPChannelHooks):
             body = json.dumps(error_document(error.status, error.reason)).encode()
         transport.write(refusal(error.status, self._limits.server_header, body))
         # Only a socket of the reactor's own can be half-closed: a TLS
-        # wrapper would pass the half-close to the socket under it.
-        plain_socket = isinstance(transport, FileDescriptor)
+        # wrapper would pass the half-close to the socket under it.  The
+        # PROXY header's reader passes everything to its socket.
+        plain_socket = isinstance(transport, (FileDescriptor, ProxyHeaderReader))
         if linger and plain_socket:
             transport.unregisterProducer()
             transport.loseWriteConnection()

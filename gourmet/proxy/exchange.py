@@ -47,6 +47,7 @@ from gourmet.upstream.connection import (
     UpstreamRequest,
 )
 from gourmet.upstream.pool import ConnectionPool
+from gourmet.upstream.proxy_protocol import header_for
 from gourmet.upstream.state import Server, Upstream
 
 #: Methods that may be sent again after reaching a server (RFC 9110, 9.2.2).
@@ -145,7 +146,24 @@ class ProxyExchange:
         self.responding = False
         self.done = False
         self.last_error: Optional[BaseException] = None
+        #: What a new connection to a server starts with (proxy_protocol).
+        self.proxy_header: Optional[bytes] = None
+        if config.proxy_protocol is not None:
+            self.proxy_header = self._proxy_header(config.proxy_protocol)
         request.gourmet_client_gone = self._client_gone
+
+    def _proxy_header(self, version: str) -> bytes:
+        """
+        The PROXY header with the client's address as Gourmet believes it:
+        ``X-Real-IP``, after ``trusted_proxies``.
+        """
+        client_ip = next(
+            value for name, value in reversed(self.headers) if name == b"X-Real-IP"
+        )
+        request = self.request
+        return header_for(
+            version, client_ip, request.getClientAddress(), request.getHost()
+        )
 
     # -- choosing a server and sending ----------------------------------
 
@@ -166,14 +184,14 @@ class ProxyExchange:
 
     def _connect(self, server: Server) -> None:
         # An idle connection is used at once: no Deferred for the usual case.
-        idle = self.pool.take_idle(server.origin)
+        idle = self.pool.take_idle(server.origin, self.proxy_header)
         if idle is not None:
             self._connected(idle)
             return
         self._connect_new(server)
 
     def _connect_new(self, server: Server) -> None:
-        connecting = self.pool.connect(server.origin)
+        connecting = self.pool.connect(server.origin, self.proxy_header)
         self.connecting = connecting
         connecting.addCallbacks(self._connected, self._connect_failed)
 

@@ -180,7 +180,11 @@ class UpstreamConnection(Protocol):
     :ivar reused: whether a request was sent on this connection before the
         current one.
     :ivar requests: how many requests were sent on it.
+    :ivar proxy_header: the PROXY protocol header it started with (it
+        speaks for that client only); None: none.
     """
+
+    proxy_header: Optional[bytes] = None
 
     def __init__(
         self,
