@@ -425,14 +425,15 @@ async def test_a_tunnel_still_open_after_shutdown_timeout_is_closed(
 # -- a client that stops reading ---------------------------------------------
 
 
-def handshake(port: int) -> socket.socket:
+def handshake(port: int, before: bytes = b"") -> socket.socket:
     """
-    A WebSocket handshake by hand, on a socket that will then not be read.
+    A WebSocket handshake by hand (after ``before``), on a socket with a
+    small receive buffer.
     """
     client = socket.create_connection(("127.0.0.1", port), timeout=10)
     client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
     client.sendall(
-        b"GET /flood HTTP/1.1\r\nHost: ws.test\r\nUpgrade: websocket\r\n"
+        before + b"GET /flood HTTP/1.1\r\nHost: ws.test\r\nUpgrade: websocket\r\n"
         b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
         b"Sec-WebSocket-Version: 13\r\n\r\n"
     )
@@ -441,6 +442,32 @@ def handshake(port: int) -> socket.socket:
         head += client.recv(1)
     assert head.startswith(b"HTTP/1.1 101 "), head
     return client
+
+
+def echoed_through_a_balancer(port: int) -> bytes:
+    """
+    A tunnel from a load balancer in front that says, in a PROXY header,
+    which client it is for; what the server echoes.
+    """
+    client = handshake(port, b"PROXY TCP4 203.0.113.7 127.0.0.1 55555 80\r\n")
+    client.sendall(masked_text(b"hello from behind"))
+    # An unmasked text frame: 0x81, its length, the text.
+    echoed = b""
+    while len(echoed) < 2 + len(b"hello from behind"):
+        echoed += client.recv(1024)
+    client.close()
+    return echoed[2:]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tunnel_from_a_listed_balancer_is_logged_for_its_client(
+    start: Any,
+) -> None:
+    gourmet = await start(server="accept_proxy_protocol = ['127.0.0.1']")
+    port = gourmet.twistd.port
+    assert await in_thread(echoed_through_a_balancer, port) == b"hello from behind"
+    (line,) = await until(gourmet.access_log)
+    assert (line["remote_addr"], line["status"]) == ("203.0.113.7", 101)
 
 
 def masked_text(text: bytes) -> bytes:
