@@ -13,7 +13,7 @@ it reads a header from costs one more call per read and per write.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocolFactory
@@ -169,7 +169,14 @@ class ProxyHeaderReader(ProtocolWrapper):
         super().connectionLost(reason)
 
 
-class ProxyHeaderFactory(WrappingFactory[ProxyHeaderReader]):
+# Generic for the type checker only: Twisted 25.5's (PyPy 3.9's) is not.
+if TYPE_CHECKING:
+    _ReaderFactory = WrappingFactory[ProxyHeaderReader]
+else:
+    _ReaderFactory = WrappingFactory
+
+
+class ProxyHeaderFactory(_ReaderFactory):
     """
     The outermost factory of a proxy listener: ``wrapped`` (the site, or
     the site in TLS) behind a :class:`ProxyHeaderReader` while ``site``'s

@@ -13,7 +13,7 @@ private.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -86,7 +86,14 @@ class _HeaderFirst(ProtocolWrapper):
         super().makeConnection(transport)
 
 
-class _HeaderFirstFactory(WrappingFactory[_HeaderFirst]):
+# Generic for the type checker only: Twisted 25.5's (PyPy 3.9's) is not.
+if TYPE_CHECKING:
+    _HeaderFirstBase = WrappingFactory[_HeaderFirst]
+else:
+    _HeaderFirstBase = WrappingFactory
+
+
+class _HeaderFirstFactory(_HeaderFirstBase):
     protocol = _HeaderFirst
     noisy = False
 
