@@ -48,6 +48,7 @@ from benchmarks import (
     report,
     slow_download,
     tcp,
+    websocket,
     wrk,
 )
 from benchmarks.processes import (
@@ -964,7 +965,9 @@ def measure(bench: Bench, problems: List[str]) -> None:
         results, checks = throughput_phase(bench, problems)
         slow = slow_phase(bench, problems)
         https, https_checks = https_phase(bench, problems)
+        websocket_record, websocket_problems = websocket.phase(bench)
         tcp_figures = tcp_phase(bench, problems)
+    problems += websocket_problems
     checks.update(https_checks)
     if git_revision() != revision:
         problems.append(
@@ -995,6 +998,7 @@ def measure(bench: Bench, problems: List[str]) -> None:
     )
     log("")
     log(summary(bench, medians, errors, https_errors, negotiated, problems, pypy_note))
+    log("\n" + websocket.table(websocket_record))
     if tcp_figures:
         log("\n" + tcp.table(tcp_figures["medians"]))
     elapsed = time.monotonic() - began
@@ -1024,6 +1028,7 @@ def measure(bench: Bench, problems: List[str]) -> None:
             for protocol, load in https_loads(bench).items()
         },
         "https_negotiated": negotiated,
+        "websocket": websocket_record,
         "pypy_floor_mib": floor,
         "tcp": tcp_figures,
         "checks": checks,

@@ -78,11 +78,14 @@ def proxy_config(
     access_log: Path,
     tls: Optional[Tls] = None,
     name: str = "nginx-proxy",
+    websocket: bool = False,
 ) -> str:
     """
     nginx as a load balancer in front of ``upstream_ports``, as a user would
     set it up: keep-alive to the upstreams and an access log to a file;
-    with ``tls``, HTTPS and HTTP/2 on ``port``.
+    with ``tls``, HTTPS and HTTP/2 on ``port``; with ``websocket``, the
+    upgrade headers passed on as nginx's WebSocket page says, and an hour
+    for a quiet tunnel (Gourmet's ``tunnel_idle_timeout``).
     """
     servers = "".join(f"        server 127.0.0.1:{p};\n" for p in upstream_ports)
     return (
@@ -98,9 +101,17 @@ def proxy_config(
         + "        location / {\n"
         + "            proxy_pass http://bench;\n"
         + "            proxy_http_version 1.1;\n"
-        + '            proxy_set_header Connection "";\n'
+        + (_WEBSOCKET if websocket else '            proxy_set_header Connection "";\n')
         + "        }\n    }\n}\n"
     )
+
+
+#: https://nginx.org/en/docs/http/websocket.html
+_WEBSOCKET = (
+    "            proxy_set_header Upgrade $http_upgrade;\n"
+    '            proxy_set_header Connection "upgrade";\n'
+    "            proxy_read_timeout 3600s;\n"
+)
 
 
 def _tls_server(port: int, tls: Tls) -> str:

@@ -94,11 +94,13 @@ def table(
     figures: List[Figure] = FIGURES,
     references: Dict[str, str] = REFERENCES,
     title: str = "",
+    errors_label: str = "errors (non-2xx/socket)",
 ) -> str:
     """
     One column per target; per figure its medians, then their ratios.
 
-    :param errors: target key to its error counts, shown as a last row.
+    :param errors: target key to its error counts, shown as a last row
+        labelled ``errors_label``.
     """
     lines = [_row(title, list(targets.values()))]
     for figure in figures:
@@ -107,7 +109,7 @@ def table(
         for reference, label in references.items():
             ratios = [ratio(medians, t, figure.key, reference) for t in targets]
             lines.append(_row(label, [_number(r, 2) for r in ratios]))
-    lines.append(_row("errors (non-2xx/socket)", [errors.get(t, "-") for t in targets]))
+    lines.append(_row(errors_label, [errors.get(t, "-") for t in targets]))
     return "\n".join(lines)
 
 

@@ -143,6 +143,8 @@ def routing_root(
             reactor,
             max_body_size=frontend.max_body_size,
             trusted_proxies=frontend.trusted_proxies,
+            request_rules=location.request_headers,
+            response_rules=location.response_headers,
         )
         for location in frontend.locations
     ]

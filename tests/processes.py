@@ -25,7 +25,10 @@ import treq
 from twisted.internet import reactor
 from twisted.web.client import HTTPConnectionPool
 
+from gourmet.upstream.state import server_ids
 from tests.rawhttp import sleep
+
+ROOT = Path(__file__).parents[1]
 
 TWISTD = [str(Path(sys.executable).with_name("twistd"))]
 #: The ``gourmet`` command, as installed beside twistd.
@@ -207,3 +210,87 @@ class Twistd:
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> Optional[int]:
+    """
+    SIGTERM, and SIGKILL if that is not enough within 10 s.
+    """
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+    return process.returncode
+
+
+class UpstreamProcess:
+    """
+    ``python -m tests.upstream_process PORT NAME`` (or another ``module``
+    that says where it listens the same way), which can be stopped and
+    started again at the same address.
+
+    :ivar port: the port it listens on, known once it first started.
+    """
+
+    def __init__(
+        self, name: str, directory: Path, module: str = "tests.upstream_process"
+    ) -> None:
+        self.name = name
+        self.module = module
+        self.port = 0
+        self.log = directory / f"upstream-{name}.log"
+        self.process: Optional[subprocess.Popen[bytes]] = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def id(self) -> str:
+        """
+        The server's id in the admin API, made from its address.
+        """
+        (id_,) = server_ids([self.address])
+        return id_
+
+    def start(self) -> None:
+        """
+        Start the server and wait until it says where it listens.
+
+        The first start listens on port 0, a port the system picks. A
+        restart listens on that port again: Gourmet's configuration names
+        the server by its address, and a server that comes back after a
+        crash comes back there. (The port was this server's own until it
+        stopped; another program may take it meanwhile, and then the
+        restart fails saying so rather than serving somewhere else.)
+        """
+        assert self.process is None or self.process.poll() is not None
+        start = self.log.stat().st_size if self.log.exists() else 0
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    self.module,
+                    str(self.port),
+                    self.name,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
+        (listening,) = wait_reported(
+            self.process, self.log, [UPSTREAM_LISTENING], start
+        )
+        self.port = port_of(listening["address"])
+
+    def stop(self) -> Optional[int]:
+        """
+        Stop the server; its exit status (0 when SIGTERM stopped it cleanly).
+        """
+        if self.process is None:
+            return None
+        return stop_process(self.process)

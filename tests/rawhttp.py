@@ -40,8 +40,8 @@ class RawClient:
     :ivar closed: whether the server closed (or reset) the connection.
     """
 
-    def __init__(self, port: int) -> None:
-        self.socket = socket.create_connection(("127.0.0.1", port), timeout=2)
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        self.socket = socket.create_connection((host, port), timeout=2)
         self.socket.setblocking(False)
         self.received = b""
         self.closed = False

@@ -52,16 +52,18 @@ async def test_combined_access_log_line_by_line(
     text = config([a]) + f'[log]\naccess_log = "{log_file}"\n'
     running = await gourmet(text)
     headers = {"User-Agent": 'say "hi"\\', "Referer": "http://example.test/"}
+    request_ids = []
     for path in ("/one", "/status/404"):
         response = await running.get(path, headers=headers)
         await response.content()
+        request_ids += response.headers.getRawHeaders("x-request-id")
     await running.service.stopService()  # flushes the log
     lines = log_file.read_text().splitlines()
     line = re.compile(
         r"127\.0\.0\.1 - - \[\d\d/[A-Z][a-z]{2}/\d{4}:\d\d:\d\d:\d\d \+0000\] "
         r'"GET (\S+) HTTP/1\.1" (\d{3}) (\d+) "http://example\.test/" '
         r'"say \\"hi\\"\\\\" upstream=(\S+) upstream_status=(\d{3}) '
-        r"request_time=(\d+\.\d{3})"
+        r'request_time=(\d+\.\d{3}) request_id="([0-9a-f]{32})"'
     )
     matches = [line.fullmatch(text) for text in lines]
     assert all(matches), lines
@@ -71,3 +73,5 @@ async def test_combined_access_log_line_by_line(
     assert one[3] == missing[3] == a.address
     assert (one[4], missing[4]) == ("200", "404")
     assert float(one[5]) < 5
+    # Each line ends with the ID its response carried.
+    assert [one[6], missing[6]] == request_ids and one[6] != missing[6]

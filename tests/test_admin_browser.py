@@ -12,10 +12,8 @@ import json
 import os
 import platform
 import re
-import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from base64 import b64encode
@@ -55,9 +53,10 @@ from tests.processes import (
     ADMIN_CONSOLE,
     GOURMET_LISTENING,
     TWISTD,
-    UPSTREAM_LISTENING,
+    UpstreamProcess,
     port_of,
     ports_of,
+    stop_process,
     wait_reported,
 )
 from tests.test_sni import key_and_certificate
@@ -85,86 +84,6 @@ FAIL_TIMEOUT = 1.0
 
 
 # -- processes ----------------------------------------------------------------
-
-
-def stop_process(process: subprocess.Popen[bytes]) -> Optional[int]:
-    """
-    SIGTERM, and SIGKILL if that is not enough within 10 s.
-    """
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-    return process.returncode
-
-
-class UpstreamProcess:
-    """
-    ``python -m tests.upstream_process PORT NAME``, which can be stopped and
-    started again at the same address.
-
-    :ivar port: the port it listens on, known once it first started.
-    """
-
-    def __init__(self, name: str, directory: Path) -> None:
-        self.name = name
-        self.port = 0
-        self.log = directory / f"upstream-{name}.log"
-        self.process: Optional[subprocess.Popen[bytes]] = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def id(self) -> str:
-        """
-        The server's id in the admin API, made from its address.
-        """
-        (id_,) = server_ids([self.address])
-        return id_
-
-    def start(self) -> None:
-        """
-        Start the server and wait until it says where it listens.
-
-        The first start listens on port 0, a port the system picks. A
-        restart listens on that port again: Gourmet's configuration names
-        the server by its address, and a server that comes back after a
-        crash comes back there. (The port was this server's own until it
-        stopped; another program may take it meanwhile, and then the
-        restart fails saying so rather than serving somewhere else.)
-        """
-        assert self.process is None or self.process.poll() is not None
-        start = self.log.stat().st_size if self.log.exists() else 0
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "tests.upstream_process",
-                    str(self.port),
-                    self.name,
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-            )
-        (listening,) = wait_reported(
-            self.process, self.log, [UPSTREAM_LISTENING], start
-        )
-        self.port = port_of(listening["address"])
-
-    def stop(self) -> Optional[int]:
-        """
-        Stop the server; its exit status (0 when SIGTERM stopped it cleanly).
-        """
-        if self.process is None:
-            return None
-        return stop_process(self.process)
 
 
 class _StatusHandler(BaseHTTPRequestHandler):

@@ -66,6 +66,11 @@ class Collector:
     def response_failed(self, reason: Failure) -> None:
         self.done.errback(reason)
 
+    def response_upgraded(self, head: ResponseHead, data: bytes) -> None:
+        self.head = head
+        self.pieces.append(data)
+        self.done.callback(self)
+
 
 @pytest_twisted.async_yield_fixture
 async def pool() -> AsyncIterator[ConnectionPool]:
@@ -99,6 +104,7 @@ async def fetch(
     body: Optional[bytes] = None,
     read_timeout: float = 10,
     header_timeout: Optional[float] = None,
+    upgrade: bool = False,
 ) -> Collector:
     connection = await pool.acquire(origin)
     collector = Collector()
@@ -109,6 +115,7 @@ async def fetch(
             headers=[(b"Host", origin.host_header)],
             body=io.BytesIO(body) if body is not None else None,
             body_length=len(body or b""),
+            upgrade=upgrade,
         ),
         collector,
         read_timeout,
@@ -317,6 +324,23 @@ async def test_invalid_responses_fail(
     _, origin = scripted(response)
     with pytest.raises(InvalidResponse):
         await fetch(pool, origin)
+    assert pool.idle_count(origin) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_101_to_an_upgrade_hands_the_connection_over(
+    pool: ConnectionPool, scripted: Any
+) -> None:
+    _, origin = scripted(
+        b"HTTP/1.1 100 Continue\r\n\r\n"
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\n\r\n\x81\x02hi"
+    )
+    switched = await fetch(pool, origin, upgrade=True)
+    assert switched.head is not None and switched.head.status == 101
+    # The bytes after the head are the new protocol's, handed over as well.
+    assert switched.body == b"\x81\x02hi"
+    # The connection is the tunnel's now, never the pool's.
     assert pool.idle_count(origin) == 0
 
 

@@ -2,7 +2,7 @@
 What a reload does to the running state, in memory (:mod:`tests.memory`):
 servers that stay keep their health and the operator's settings, servers
 removed finish their requests and lose their kept connections, and new
-limits apply to the next request.
+limits, header rules and trusted proxies apply to the next request.
 """
 
 from __future__ import annotations
@@ -10,7 +10,15 @@ from __future__ import annotations
 from gourmet.config.load import parse_config
 from gourmet.reload import Reload
 from tests.configs import config
-from tests.memory import Gourmets, MemoryGourmet, MemoryServer, get, ok, post
+from tests.memory import (
+    CLIENT_HOST,
+    Gourmets,
+    MemoryGourmet,
+    MemoryServer,
+    get,
+    ok,
+    post,
+)
 
 A = "192.0.2.10:8000"
 B = "192.0.2.11:8000"
@@ -136,3 +144,25 @@ def test_reloads_leave_no_timer_behind(gourmets: Gourmets) -> None:
         reload(gourmet, files[number % 2])
         bodies(gourmet, 4)
     assert len(gourmet.reactor.getDelayedCalls()) == timers
+
+
+def test_a_reload_changes_header_rules_and_whose_request_ids_are_kept(
+    gourmets: Gourmets,
+) -> None:
+    a = MemoryServer(A)
+    rules = 'request_headers = {{ set = {{ "X-Env" = "{}" }} }}\n'
+    gourmet = gourmets(config([A]) + rules.format("staging"), a)
+    kept = gourmet.connect()
+    sent_id = b"X-Request-ID: lb-0042\r\n"
+    kept.send(get(headers=sent_id))
+    assert kept.response().status == 200
+    assert b"X-Env: staging\r\n" in a.requests[-1]
+    assert sent_id not in a.requests[-1]  # the client is no trusted proxy yet
+    trusting = f'trusted_proxies = ["{CLIENT_HOST}"]'
+    reload(gourmet, config([A], server_extra=trusting) + rules.format("prod"))
+    # On the same kept connection, the next request meets the new rules.
+    kept.send(get(headers=sent_id))
+    response = kept.response()
+    assert response.header(b"x-request-id") == b"lb-0042"
+    assert b"X-Env: prod\r\n" in a.requests[-1]
+    assert sent_id in a.requests[-1]

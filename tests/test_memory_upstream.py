@@ -56,7 +56,10 @@ def log_fields(line: str) -> str:
     """
     The upstreams and their statuses in an access log line.
     """
-    return " ".join(line.split()[-3:-1])
+    fields = line.split()
+    return " ".join(
+        f for f in fields if f.startswith(("upstream=", "upstream_status="))
+    )
 
 
 # -- pooled connections ---------------------------------------------------------

@@ -177,10 +177,12 @@ async def test_all_servers_down_gets_502_as_json_or_html(
     await b.stop()
     response = await running.get("/x", headers={"Accept": "application/json"})
     assert response.code == 502
+    (request_id,) = response.headers.getRawHeaders("x-request-id")
     assert await json_body(response) == {
         "status": 502,
         "status_text": "Bad Gateway",
         "description": "The upstream server could not be reached.",
+        "request_id": request_id,
     }
     # Both are marked down now: nothing is even tried.
     response = await running.get("/x", headers={"Accept": "text/html,*/*;q=0.8"})

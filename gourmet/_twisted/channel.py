@@ -19,6 +19,8 @@ start-up by :mod:`gourmet._twisted.check`), so that
 - ``_respondToBadRequestAndDisconnect``: routed to :meth:`malformed_body`.
 - ``_handlingRequest`` and LineReceiver's ``_buffer``: read through
   :attr:`handling_request` and :attr:`unparsed`.
+- ``_dataBuffer`` (what a client sent after the request being answered):
+  taken by :meth:`take_buffered` when the connection switches protocols.
 """
 
 from __future__ import annotations
@@ -119,6 +121,15 @@ class HTTPChannelHooks(HTTPChannel):
         next request's, kept aside by Twisted).
         """
         return bool(self._handlingRequest)
+
+    def take_buffered(self) -> bytes:
+        """
+        Take what the client sent after the request being answered, which
+        twisted.web keeps aside to read as the next request.
+        """
+        buffered = b"".join(self._dataBuffer)
+        self._dataBuffer = []
+        return buffered
 
     @property
     def unparsed(self) -> bytes:

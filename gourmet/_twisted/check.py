@@ -65,6 +65,7 @@ FENCED = (
             Requirement(_HTTP, "HTTPChannel", "_transferDecoder", instance),
             Requirement(_HTTP, "HTTPChannel", "_finishRequestBody"),
             Requirement(_HTTP, "HTTPChannel", "_handlingRequest", instance),
+            Requirement(_HTTP, "HTTPChannel", "_dataBuffer", instance),
             Requirement(_HTTP, "HTTPChannel", "_respondToBadRequestAndDisconnect"),
             Requirement(_HTTP, "HTTPChannel", "_buffer", instance),
             Requirement(_HTTP, "_IdentityTransferDecoder", "dataReceived"),

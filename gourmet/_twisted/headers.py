@@ -30,3 +30,10 @@ class CheckedHeaders(Headers):
         Add ``value`` to the header ``name``, both known to be well formed.
         """
         self._rawHeaders.setdefault(_nameEncoder.encode(name), []).append(value)
+
+    def set_checked(self, name: bytes, value: bytes) -> None:
+        """
+        Make ``value`` the one value of the header ``name``, both known to
+        be well formed.
+        """
+        self._rawHeaders[_nameEncoder.encode(name)] = [value]

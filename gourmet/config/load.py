@@ -57,6 +57,16 @@ from gourmet.config.model import (
     UpstreamServerConfig,
 )
 from gourmet.config.origin import parse_origin
+from gourmet.http.rules import (
+    OWNED_REQUEST,
+    OWNED_RESPONSE,
+    HeaderRules,
+    RuleError,
+    Template,
+    check_not_owned,
+    compile_template,
+    header_name,
+)
 from gourmet.tls.certificates import (
     Certificate,
     CertificateError,
@@ -785,8 +795,92 @@ def _location(table: _Table, upstreams: Collection[str]) -> LocationConfig:
     upstream = table.require(
         "upstream", _upstream_name(upstreams), "an upstream's name", "http_pass"
     )
-    values = table.only(host=_string, pass_match=_boolean)
+    values = table.fields(host=_string, pass_match=_boolean)
+    for rules, owned in _HEADER_RULES:
+        if table.has(rules):
+            values[rules] = _header_rules(table.table(rules), owned)
+    table.done()
     return LocationConfig(pattern=pattern, upstream=upstream, **values)
+
+
+#: A location's header rules, each with the headers they may not name.
+_HEADER_RULES = (
+    ("request_headers", OWNED_REQUEST),
+    ("response_headers", OWNED_RESPONSE),
+)
+
+
+def _template(value: Any) -> Template:
+    if value == "":
+        raise _Invalid("expected a value; to delete a header, name it in remove")
+    try:
+        return compile_template(_string(value))
+    except RuleError as error:
+        raise _Invalid(str(error)) from None
+
+
+def _templates(value: Any) -> Tuple[Template, ...]:
+    """
+    One value to add, or an array of them.
+    """
+    if isinstance(value, list):
+        templates: Tuple[Template, ...] = _array(_template)(value)
+        return templates
+    return (_template(value),)
+
+
+def _rule_name(
+    owned: Dict[bytes, str], named: Dict[bytes, str], rule: str
+) -> Kind[str]:
+    """
+    A header name in the rule ``rule`` (``set``, ``add``, ``remove``): not
+    one Gourmet owns, nor one another rule has named (``named``, by its
+    lower-case name).
+    """
+
+    def rule_name(value: Any) -> str:
+        try:
+            name = header_name(_string(value))
+            check_not_owned(name, owned)
+        except RuleError as error:
+            raise _Invalid(str(error)) from None
+        lower = name.lower()
+        if lower in named:
+            raise _Invalid(
+                f"{value} is named in {named[lower]} already: a header is set,"
+                " added or removed, by one rule"
+            )
+        named[lower] = rule
+        return str(value)
+
+    return rule_name
+
+
+def _header_rules(table: _Table, owned: Dict[bytes, str]) -> Optional[HeaderRules]:
+    """
+    ``request_headers`` or ``response_headers``: ``set`` and ``add``, tables
+    of header names and values, and ``remove``, an array of names.
+    """
+    named: Dict[bytes, str] = {}
+    set_rules = [
+        (name.encode(), template)
+        for name, template in table.table("set").entries(
+            _rule_name(owned, named, "set"), _template
+        )
+    ]
+    add_rules = [
+        (name.encode(), template)
+        for name, templates in table.table("add").entries(
+            _rule_name(owned, named, "add"), _templates
+        )
+        for template in templates
+    ]
+    removed = table.fields(remove=_array(_rule_name(owned, named, "remove")))
+    table.done()
+    remove = tuple(name.encode() for name in removed.get("remove", ()))
+    if not (set_rules or add_rules or remove):
+        return None
+    return HeaderRules(tuple(set_rules), tuple(add_rules), remove)
 
 
 def _certificate(table: _Table, base_dir: str) -> Certificate:
@@ -963,18 +1057,39 @@ def _frontend(
         idle_timeout=_number(0),
         max_connections=_whole(0),
         shutdown_timeout=_number(0),
+        tunnel_idle_timeout=_number(0),
         trusted_proxies=_array(_network),
         accept_proxy_protocol=_array(_network),
         backlog=_whole(1, 65535),
         underscores_in_headers=_choice(("drop", "refuse", "pass")),
         server_header=_boolean,
+        request_id=_boolean,
     )
     values.update(_tls(table, base_dir))
     locations = tuple(
         _location(location, upstreams) for location in table.tables("locations")
     )
     table.done()
-    return FrontendConfig(locations=locations, **values)
+    frontend = FrontendConfig(locations=locations, **values)
+    if not frontend.request_id:
+        _check_no_request_id(table, locations)
+    return frontend
+
+
+def _check_no_request_id(table: _Table, locations: Tuple[LocationConfig, ...]) -> None:
+    """
+    :raises ConfigError: when a header rule names ``$request_id``, which
+        ``request_id = false`` leaves without a value.
+    """
+    for index, location in enumerate(locations):
+        for rules, _ in _HEADER_RULES:
+            header_rules: Optional[HeaderRules] = getattr(location, rules)
+            if header_rules is not None and "request_id" in header_rules.variables:
+                raise table.error(
+                    "request_id",
+                    f"false, but server.locations[{index}].{rules} uses"
+                    " $request_id: set it true, or use another value",
+                )
 
 
 def _admin(table: _Table, base_dir: str) -> AdminConfig:

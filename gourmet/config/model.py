@@ -14,6 +14,7 @@ from attrs import field, frozen
 
 from gourmet.config.endpoints import endpoint_is_loopback
 from gourmet.config.origin import Origin
+from gourmet.http.rules import HeaderRules
 from gourmet.tls.certificates import Certificate
 
 #: The largest weight a server may have, in configuration or at runtime.
@@ -100,6 +101,11 @@ class LocationConfig:
     upstream: str
     host: Optional[str] = None
     pass_match: bool = False
+    #: Headers set, added and removed on the requests sent upstream
+    #: (``request_headers``); None: none.
+    request_headers: Optional[HeaderRules] = None
+    #: The same, on the upstream's responses (``response_headers``).
+    response_headers: Optional[HeaderRules] = None
 
 
 @frozen
@@ -157,6 +163,9 @@ class FrontendConfig:
     max_connections: int = 10000
     #: Seconds a stop waits for requests in flight before cutting them.
     shutdown_timeout: float = 30.0
+    #: Seconds an upgraded connection (a WebSocket) may pass no byte
+    #: either way before it is closed; 0: never.
+    tunnel_idle_timeout: float = 3600.0
     #: Addresses or networks (CIDR) of proxies in front of Gourmet whose
     #: X-Forwarded-For and Forwarded headers are believed.
     trusted_proxies: Tuple[str, ...] = ()
@@ -197,6 +206,9 @@ class FrontendConfig:
     http2_max_concurrent_streams: int = 128
     #: Certificates from an ACME server, served after ``certificates``.
     acme: Optional[AcmeConfig] = None
+    #: Whether every request gets an ID (``X-Request-ID``: upstream, in the
+    #: response, the access log and Gourmet's error pages).
+    request_id: bool = True
 
     @property
     def endpoints(self) -> Tuple[str, ...]:

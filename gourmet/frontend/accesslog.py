@@ -38,6 +38,8 @@ class ProxyRecord:
     status: Optional[int] = None
     #: The client's TLS, when it spoke TLS.
     tls: Optional[TLSInfo] = None
+    #: The request's ID, unless request IDs are off.
+    request_id: Optional[bytes] = None
 
 
 def _quoted(value: Optional[bytes]) -> str:
@@ -67,7 +69,12 @@ def _fields(
         "request_time": round(now - record.started, 6),
         "tls": record.tls[0] if record.tls else None,
         "sni": record.tls[1] if record.tls else None,
+        "request_id": _text(record.request_id),
     }
+
+
+def _text(value: Optional[bytes]) -> Optional[str]:
+    return None if value is None else value.decode("latin-1")
 
 
 def combined_line(
@@ -88,8 +95,22 @@ def combined_line(
         f'"{_quoted(request.getHeader(b"user-agent"))}" '
         f"upstream={','.join(record.upstreams) or '-'} "
         f"upstream_status={','.join(record.upstream_statuses) or '-'} "
-        f"request_time={now - record.started:.3f}\n"
+        f"request_time={now - record.started:.3f}"
+        f"{_request_id_field(record.request_id)}\n"
     )
+
+
+def _request_id_field(request_id: Optional[bytes]) -> str:
+    """
+    The request ID at the end of a combined line, quoted (one from a
+    trusted proxy may hold ``"``); nothing when request IDs are off.
+    """
+    if request_id is None:
+        return ""
+    text = request_id.decode("latin-1")
+    if '"' in text or "\\" in text:
+        text = _quoted(request_id)
+    return f' request_id="{text}"'
 
 
 def json_line(request: http.Request, record: ProxyRecord, now: float, when: str) -> str:

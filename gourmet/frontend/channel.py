@@ -27,12 +27,18 @@ from typing import (
 )
 
 from twisted.internet.abstract import FileDescriptor
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, ISSLTransport
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IReactorTime,
+    ISSLTransport,
+)
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.http_headers import Headers
+from zope.interface import alsoProvides
 
 from gourmet._twisted.channel import HTTPChannelHooks
 from gourmet._twisted.sockets import tune
@@ -50,6 +56,7 @@ from gourmet.http.request import (
     check_request_line,
     refusal,
 )
+from gourmet.net.splice import SpliceEnd
 from gourmet.tls.store import tls_details
 
 #: Seconds a refused client may go on sending (its data is dropped) after
@@ -164,6 +171,7 @@ class GourmetChannel(HTTPChannelHooks):
         self._held_head = b""
         self._closing = False
         self._tls_info: Optional[Tuple[str, Optional[str]]] = None
+        self._tunnel: Optional[SpliceEnd] = None
         self._reset_request()
 
     @property
@@ -204,6 +212,8 @@ class GourmetChannel(HTTPChannelHooks):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stop_deadlines()
         self._linger = _cancel(self._linger)
+        if self._tunnel is not None:
+            self._tunnel.lost(reason)
         # The request hears of it first: a stop waiting for the last
         # connection then finds its line in the access log.
         super().connectionLost(reason)
@@ -338,9 +348,42 @@ class GourmetChannel(HTTPChannelHooks):
         if self._body_rate is not None:
             self._body_rate.stop()
 
+    # -- a switch to another protocol ---------------------------------------
+
+    def start_tunnel(self, end: SpliceEnd) -> bytes:
+        """
+        The current request's ``101`` has gone out: the connection is no
+        longer HTTP, and every event of it goes to ``end`` (a half close
+        too); its transport is the splice's, without a producer.
+
+        :return: what the client sent after the request, kept aside by
+            twisted.web until the request was answered.
+        """
+        self._tunnel = end
+        self._stop_deadlines()
+        self.setTimeout(None)
+        transport: Any = self.transport
+        # twisted.web's channel produced for its transport, and may have
+        # paused its reading while the request was answered.
+        transport.unregisterProducer()
+        transport.resumeProducing()
+        alsoProvides(self, IHalfCloseableProtocol)
+        return self.take_buffered()
+
+    def readConnectionLost(self) -> None:
+        # Only once start_tunnel declared IHalfCloseableProtocol.
+        assert self._tunnel is not None
+        self._tunnel.read_ended()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
     # -- the head ----------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        if self._tunnel is not None:
+            self._tunnel.data(data)
+            return
         if self._rejected:
             return  # lingering: dropped
         if self.line_mode and data and self._head_deadline.due is None:  # type: ignore[union-attr]

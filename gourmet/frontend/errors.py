@@ -15,6 +15,8 @@ from typing import Dict, Optional, Tuple
 
 from twisted.web.iweb import IRequest
 
+from gourmet.http.request_id import REQUEST_ID
+
 _JSON = "application/json"
 _HTML = "text/html"
 
@@ -62,24 +64,31 @@ def prefers_json(accept: Optional[str]) -> bool:
     return _quality(ranges, _JSON) > _quality(ranges, _HTML)
 
 
-def error_document(status: int, description: str) -> Dict[str, object]:
+def error_document(
+    status: int, description: str, request_id: Optional[str] = None
+) -> Dict[str, object]:
     """
-    The JSON body of an error: ``{"status", "status_text", "description"}``.
+    The JSON body of an error: ``{"status", "status_text", "description"}``,
+    and ``"request_id"`` for a request that has one.
     """
-    return {
+    document: Dict[str, object] = {
         "status": status,
         "status_text": HTTPStatus(status).phrase,
         "description": description,
     }
+    if request_id is not None:
+        document["request_id"] = request_id
+    return document
 
 
 class ErrorPages:
     """
     Renders error responses.
 
-    :param template: HTML with ``$status``, ``$status_text`` and
-        ``$description`` placeholders (:class:`string.Template`, so that CSS
-        braces need no escaping); Gourmet's own page when None.
+    :param template: HTML with ``$status``, ``$status_text``,
+        ``$description`` and ``$request_id`` placeholders
+        (:class:`string.Template`, so that CSS braces need no escaping);
+        Gourmet's own page when None.
     """
 
     def __init__(self, template: Optional[str] = None) -> None:
@@ -92,19 +101,26 @@ class ErrorPages:
         self._template = Template(template)
 
     def body(
-        self, status: int, description: str, accept: Optional[str]
+        self,
+        status: int,
+        description: str,
+        accept: Optional[str],
+        request_id: Optional[str] = None,
     ) -> Tuple[bytes, bytes]:
         """
+        :param request_id: the request's ID, shown so that a user can
+            quote it to whoever reads the logs; ``-`` on a page without one.
         :return: the content type and body for an error response.
         """
         if prefers_json(accept):
-            document = error_document(status, description)
+            document = error_document(status, description, request_id)
             return b"application/json", json.dumps(document).encode("utf-8")
         status_text = HTTPStatus(status).phrase
         page = self._template.safe_substitute(
             status=status,
             status_text=escape(status_text),
             description=escape(description),
+            request_id=escape(request_id or "-"),
         )
         return b"text/html; charset=utf-8", page.encode("utf-8")
 
@@ -120,11 +136,17 @@ class ErrorPages:
         if stats is not None:
             stats.refusals[status] += 1
         accept = request.getHeader(b"accept")
+        request_id: Optional[bytes] = getattr(request, "gourmet_request_id", None)
         content_type, body = self.body(
-            status, description, accept.decode("latin-1") if accept else None
+            status,
+            description,
+            accept.decode("latin-1") if accept else None,
+            None if request_id is None else request_id.decode("latin-1"),
         )
         request.setResponseCode(status)
         headers = request.responseHeaders
+        if request_id is not None:
+            headers.setRawHeaders(REQUEST_ID, [request_id])
         headers.setRawHeaders(b"content-type", [content_type])
         headers.setRawHeaders(b"content-length", [b"%d" % len(body)])
         headers.setRawHeaders(b"cache-control", [b"no-store"])

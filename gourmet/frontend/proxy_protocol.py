@@ -13,7 +13,7 @@ it reads a header from costs one more call per read and per write.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocolFactory
@@ -70,6 +70,8 @@ class ProxyHeaderReader(ProtocolWrapper):
         self._deadline: Optional[IDelayedCall] = None
         #: Whether the wrapped protocol has been connected.
         self._handed_over = False
+        #: Whether the connection is being closed for its first bytes.
+        self._refused = False
 
     def makeConnection(self, transport: Any) -> None:
         if not self.trusted:
@@ -88,6 +90,8 @@ class ProxyHeaderReader(ProtocolWrapper):
         if self._decided:
             self.wrappedProtocol.dataReceived(data)
             return
+        if self._refused:
+            return
         received = self._received + data
         if self.trusted:
             self._read_header(received)
@@ -96,17 +100,17 @@ class ProxyHeaderReader(ProtocolWrapper):
         if looks is None:
             self._received = received
             return
-        self._decided = True
         self._received = b""
         if looks:
+            self._refused = True
             self.log.warn(
                 "refused a PROXY protocol header from {peer}, which"
                 " server.accept_proxy_protocol does not list",
                 peer=_peer_host(self.transport.getPeer()),  # type: ignore[union-attr]
             )
-            self.factory.refused += 1
             self.transport.abortConnection()  # type: ignore[union-attr]
             return
+        self._decided = True
         self.wrappedProtocol.dataReceived(received)
 
     def _read_header(self, received: bytes) -> None:
@@ -132,14 +136,14 @@ class ProxyHeaderReader(ProtocolWrapper):
             self.wrappedProtocol.dataReceived(rest)
 
     def _refuse(self, reason: str) -> None:
-        self._decided = True
+        self._refused = True
+        self._received = b""
         self._stop_deadline()
         self.log.warn(
             "closed a connection from {peer}: {reason}",
             peer=_peer_host(self.transport.getPeer()),  # type: ignore[union-attr]
             reason=reason,
         )
-        self.factory.refused += 1
         self.transport.abortConnection()  # type: ignore[union-attr]
 
     def _timed_out(self) -> None:
@@ -165,7 +169,14 @@ class ProxyHeaderReader(ProtocolWrapper):
         super().connectionLost(reason)
 
 
-class ProxyHeaderFactory(WrappingFactory[ProxyHeaderReader]):
+# Generic for the type checker only: Twisted 25.5's (PyPy 3.9's) is not.
+if TYPE_CHECKING:
+    _ReaderFactory = WrappingFactory[ProxyHeaderReader]
+else:
+    _ReaderFactory = WrappingFactory
+
+
+class ProxyHeaderFactory(_ReaderFactory):
     """
     The outermost factory of a proxy listener: ``wrapped`` (the site, or
     the site in TLS) behind a :class:`ProxyHeaderReader` while ``site``'s
@@ -180,9 +191,6 @@ class ProxyHeaderFactory(WrappingFactory[ProxyHeaderReader]):
         self.site = site
         self._networks: tuple[str, ...] = ()
         self._trusted = TrustedProxies()
-        #: How many connections were refused: a header that did not come,
-        #: was not valid, or came from an address not listed.
-        self.refused = 0
 
     def buildProtocol(self, addr: Optional[IAddress]) -> Any:
         networks = self.site.frontend.accept_proxy_protocol

@@ -8,7 +8,18 @@ from __future__ import annotations
 
 import io
 import tempfile
-from typing import IO, Any, Callable, Optional, Sequence, Set, Type, Union, cast
+from typing import (
+    IO,
+    Any,
+    Callable,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    Type,
+    Union,
+    cast,
+)
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -26,6 +37,8 @@ from gourmet.frontend.challenge import Challenges
 from gourmet.frontend.channel import ClientStats, GourmetChannel
 from gourmet.frontend.errors import ErrorPages
 from gourmet.frontend.routing import Router
+from gourmet.http.forwarding import TrustedProxies, parse_ip
+from gourmet.http.request_id import REQUEST_ID, RequestIds, kept_request_id
 
 #: Request bodies shorter than this are kept in memory until they go
 #: upstream; longer ones, and chunked ones, in a temporary file.
@@ -82,6 +95,8 @@ class GourmetRequest(NamedRequest):
 
     gourmet_record: ProxyRecord
     gourmet_target: bytes = b""
+    #: The request's ID (``X-Request-ID``); None with ``request_id = false``.
+    gourmet_request_id: Optional[bytes] = None
     gourmet_client_gone: Optional[Callable[[Failure], object]] = None
     site: GourmetSite  # set by process(), before any resource sees it
 
@@ -106,7 +121,28 @@ class GourmetRequest(NamedRequest):
         self.gourmet_record = ProxyRecord(started=site.clock.seconds())
         if channel.secure:
             self.gourmet_record.tls = channel.tls_info()
+        if site.frontend.request_id:
+            self.gourmet_request_id = self.gourmet_record.request_id = self._request_id(
+                site
+            )
         super().process()
+
+    def _request_id(self, site: GourmetSite) -> bytes:
+        """
+        The client's ``X-Request-ID`` when the client is a trusted proxy
+        and the ID a sane one, otherwise a new one.  The client's header
+        is taken out of the request: the ID goes upstream in Gourmet's.
+        """
+        headers = self.requestHeaders
+        incoming = headers.getRawHeaders(REQUEST_ID)
+        if incoming is None:
+            return site.request_ids.new()
+        headers.removeHeader(REQUEST_ID)
+        peer = getattr(self.getClientAddress(), "host", "")
+        kept = kept_request_id(incoming)
+        if kept is not None and site.trusted_proxies.trusts(parse_ip(peer.encode())):
+            return kept
+        return site.request_ids.new()
 
 
 class NotFound(Resource):
@@ -216,6 +252,23 @@ class GourmetSite(Site):
         self._refusing = False
         self._channels: Set[GourmetChannel] = set()
         self._all_closed: Optional[Deferred[None]] = None
+        self.request_ids = RequestIds()
+        self._trusted: Tuple[FrontendConfig, TrustedProxies] = (
+            frontend,
+            TrustedProxies(frontend.trusted_proxies),
+        )
+
+    @property
+    def trusted_proxies(self) -> TrustedProxies:
+        """
+        The proxies in front whose ``X-Request-ID`` is kept, as ``frontend``
+        (which a reload replaces) has them.
+        """
+        frontend, trusted = self._trusted
+        if frontend is not self.frontend:
+            trusted = TrustedProxies(self.frontend.trusted_proxies)
+            self._trusted = (self.frontend, trusted)
+        return trusted
 
     @property
     def open_connections(self) -> int:

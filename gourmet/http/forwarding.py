@@ -37,6 +37,19 @@ HOP_BY_HOP = frozenset(
     }
 )
 
+#: The headers in which Gourmet tells a server who the client was and how
+#: the request came: always Gourmet's own (added to, from a trusted proxy).
+FORWARDING = frozenset(
+    {
+        b"forwarded",
+        b"via",
+        b"x-forwarded-for",
+        b"x-forwarded-host",
+        b"x-forwarded-proto",
+        b"x-real-ip",
+    }
+)
+
 #: Request headers Gourmet drops.  ``Expect``: twisted.web has answered
 #: ``100 Continue`` and read the whole body already, and the body goes
 #: upstream with the request at once, so a server must not wait to be asked.

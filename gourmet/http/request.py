@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from typing import AbstractSet, List, NamedTuple, Optional, Sequence, Tuple
 
+from gourmet.http.forwarding import FORWARDING
 from gourmet.http.tokens import CONTROL, TCHAR
 
 #: Status lines of Gourmet's own refusals (RFC 9110 names, whatever the
@@ -38,19 +39,7 @@ _VERSIONS = frozenset({b"HTTP/1.0", b"HTTP/1.1"})
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 #: Headers a client may not name in Connection: the proxy would strip
 #: them, changing the request's framing or what Gourmet says about it.
-_PROTECTED = frozenset(
-    {
-        b"content-length",
-        b"transfer-encoding",
-        b"host",
-        b"forwarded",
-        b"via",
-        b"x-forwarded-for",
-        b"x-forwarded-host",
-        b"x-forwarded-proto",
-        b"x-real-ip",
-    }
-)
+_PROTECTED = FORWARDING | {b"content-length", b"transfer-encoding", b"host"}
 
 # A target is printable ASCII without "#": a fragment is never sent, and
 # servers disagree on what to do with one.

@@ -11,7 +11,9 @@ answers `None` until it has the whole header) and within bounds (a v1 line
 of at most 107 bytes, a v2 header of at most `MAX_V2_HEADER` bytes).
 
 Addresses are ``(host, port)`` pairs, ``host`` an IPv4 or IPv6 address in
-its usual text form (``"203.0.113.7"``, ``"2001:db8::1"``).
+its usual text form (``"203.0.113.7"``, ``"2001:db8::1"``).  A header read
+with an IPv4 address mapped into IPv6 (``::ffff:203.0.113.7``, as HAProxy
+sends an IPv4 client that connected over IPv6) gives the IPv4 address.
 """
 
 from __future__ import annotations
@@ -257,6 +259,16 @@ def _v1_address(text: bytes, version: int) -> str:
         raise InvalidProxyHeader(
             f"PROXY v1 TCP{version} with {text!r}, not an IPv{version} address"
         )
+    return _text(ip)
+
+
+def _text(ip: _IP) -> str:
+    """
+    ``ip`` as text; an IPv4 address mapped into IPv6 (as a sender writes
+    an IPv4 client connected to an IPv6 address) as the IPv4 one.
+    """
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
     return str(ip)
 
 
@@ -309,8 +321,8 @@ def _parse_v2(data: bytes) -> Optional[ProxyHeader]:
         raw_source, raw_destination, source_port, destination_port = (
             _V2_IPV6.unpack_from(data, _V2_FIXED.size)
         )
-        source = (str(ipaddress.IPv6Address(raw_source)), source_port)
-        destination = (str(ipaddress.IPv6Address(raw_destination)), destination_port)
+        source = (_text(ipaddress.IPv6Address(raw_source)), source_port)
+        destination = (_text(ipaddress.IPv6Address(raw_destination)), destination_port)
     # UNSPEC and unix sockets: no address Gourmet can use; TLVs after the
     # addresses are skipped.
     return ProxyHeader(source, destination, length, 2)

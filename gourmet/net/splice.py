@@ -48,6 +48,7 @@ class SpliceEnd:
         self.received = 0
         self.read_closed = False
         self.closed = False
+        self._closing = False
 
     # -- what the connection's protocol reports -----------------------------
 
@@ -104,9 +105,12 @@ class SpliceEnd:
         """
         Close politely: what was written goes out first.
         """
-        if not self.closed and self.transport is not None:
-            self.transport.unregisterProducer()
-            self.transport.loseConnection()
+        if self.closed or self._closing or self.transport is None:
+            return
+        self._closing = True
+        # A TLS transport closes only once no producer is registered.
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
 
     def abort(self) -> None:
         if not self.closed and self.transport is not None:

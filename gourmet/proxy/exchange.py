@@ -6,7 +6,7 @@ backpressure; failures never look like success to the client.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IPushProducer, IReactorTime
@@ -21,15 +21,20 @@ from gourmet.frontend.accesslog import CLIENT_CLOSED, ProxyRecord
 from gourmet.frontend.errors import ErrorPages
 from gourmet.frontend.site import GourmetRequest
 from gourmet.http.forwarding import (
+    HeaderList,
     forwardable,
 )
 from gourmet.http.redirects import REWRITTEN, RedirectRewrite, authority
+from gourmet.http.request_id import REQUEST_ID
 from gourmet.http.response import (
+    InvalidResponse,
     ResponseHead,
 )
 from gourmet.http.tokens import (
     lower_name,
 )
+from gourmet.http.upgrade import switched_to, upgrade_headers
+from gourmet.net.splice import Splice
 from gourmet.upstream.connection import (
     ConnectFailed,
     ConnectionClosed,
@@ -42,6 +47,7 @@ from gourmet.upstream.connection import (
     UpstreamRequest,
 )
 from gourmet.upstream.pool import ConnectionPool
+from gourmet.upstream.proxy_protocol import header_for
 from gourmet.upstream.state import Server, Upstream
 
 #: Methods that may be sent again after reaching a server (RFC 9110, 9.2.2).
@@ -100,6 +106,8 @@ class ProxyExchange:
         client_host: Optional[bytes],
         body: Any,
         body_length: int,
+        upgrade: Optional[bytes] = None,
+        response_rules: Optional[Callable[[HeaderList], HeaderList]] = None,
     ) -> None:
         self.request = request
         self.record: ProxyRecord = request.gourmet_record
@@ -116,6 +124,12 @@ class ProxyExchange:
         self.client_host = client_host
         self.body = body
         self.body_length = body_length
+        #: The protocols the request asks to switch to, if it asks.
+        self.upgrade = upgrade
+        #: The switched connections, once the server accepted the upgrade.
+        self.tunnel: Optional[Splice] = None
+        #: The location's ``response_headers``, bound to this request.
+        self.response_rules = response_rules
         # A request that may have reached a server is sent again only if
         # doing so twice is harmless.
         self.replayable = method in IDEMPOTENT and body_length == 0
@@ -132,7 +146,24 @@ class ProxyExchange:
         self.responding = False
         self.done = False
         self.last_error: Optional[BaseException] = None
+        #: What a new connection to a server starts with (proxy_protocol).
+        self.proxy_header: Optional[bytes] = None
+        if config.proxy_protocol is not None:
+            self.proxy_header = self._proxy_header(config.proxy_protocol)
         request.gourmet_client_gone = self._client_gone
+
+    def _proxy_header(self, version: str) -> bytes:
+        """
+        The PROXY header with the client's address as Gourmet believes it:
+        ``X-Real-IP``, after ``trusted_proxies``.
+        """
+        client_ip = next(
+            value for name, value in reversed(self.headers) if name == b"X-Real-IP"
+        )
+        request = self.request
+        return header_for(
+            version, client_ip, request.getClientAddress(), request.getHost()
+        )
 
     # -- choosing a server and sending ----------------------------------
 
@@ -149,14 +180,14 @@ class ProxyExchange:
 
     def _connect(self, server: Server) -> None:
         # An idle connection is used at once: no Deferred for the usual case.
-        idle = self.pool.take_idle(server.origin)
+        idle = self.pool.take_idle(server.origin, self.proxy_header)
         if idle is not None:
             self._connected(idle)
             return
         self._connect_new(server)
 
     def _connect_new(self, server: Server) -> None:
-        connecting = self.pool.connect(server.origin)
+        connecting = self.pool.connect(server.origin, self.proxy_header)
         self.connecting = connecting
         connecting.addCallbacks(self._connected, self._connect_failed)
 
@@ -173,6 +204,7 @@ class ProxyExchange:
             headers=[(b"Host", self._host_sent(server)), *self.headers],
             body=self.body,
             body_length=self.body_length,
+            upgrade=self.upgrade is not None,
         )
         config = self.config
         server.stats.bytes_sent += self.body_length
@@ -295,14 +327,29 @@ class ProxyExchange:
         request = self.request
         self.responding = True
         request.setResponseCode(head.status, head.reason)
+        request.responseHeaders = self._client_headers(head)
+        request.registerProducer(self, True)
+
+    def _client_headers(self, head: ResponseHead) -> CheckedHeaders:
+        """
+        The response's headers as the client gets them.
+        """
+        request = self.request
         # Start from empty headers: Twisted's defaults (Server, a
         # Content-Type) must not mix with the upstream's.
         headers = CheckedHeaders()
         redirects = self.config.redirect_rewrite
-        for name, value in forwardable(head.headers, head.connection):
+        passed = forwardable(head.headers, head.connection)
+        if self.response_rules is not None:
+            passed = self.response_rules(passed)
+        for name, value in passed:
             if redirects and lower_name(name) in REWRITTEN:
                 value = self._redirect_rewrite().header(lower_name(name), value)
             headers.add_checked(name, value)
+        request_id = request.gourmet_request_id
+        if request_id is not None:
+            # The ID the server was sent, whatever it answered with.
+            headers.set_checked(REQUEST_ID, request_id)
         if not headers.hasHeader(b"date"):
             # twisted.web dated every response when it began the request.
             date = request.responseHeaders.getRawHeaders(b"date", [])
@@ -314,8 +361,7 @@ class ProxyExchange:
         closing = request.responseHeaders.getRawHeaders(b"connection")
         if closing:
             headers.setRawHeaders(b"connection", closing)
-        request.responseHeaders = headers
-        request.registerProducer(self, True)
+        return headers
 
     def _redirect_rewrite(self) -> RedirectRewrite:
         """
@@ -414,6 +460,70 @@ class ProxyExchange:
         self._connect_new(self.server)
         return True
 
+    # -- a switch of protocols (a WebSocket) ----------------------------
+
+    def response_upgraded(self, head: ResponseHead, data: bytes) -> None:
+        """
+        The server accepted the upgrade: answer the client's handshake with
+        its ``101`` and splice the two connections until either ends.  The
+        attempt lasts as long: the server counts it as active.
+        """
+        server, connection = self.server, self.connection
+        assert server is not None and connection is not None
+        self.connection = None
+        self.record.upstream_statuses.append("101")
+        server.responded(101, self.clock.seconds() - self.attempt_started)
+        server.succeeded()
+        self._settle_failures(seen=False)
+        protocols = switched_to(head.headers)
+        request = self.request
+        channel: Any = request.channel
+        if protocols is None or channel is None or channel.transport is None:
+            connection.abort()
+            if protocols is None:
+                self.response_failed(Failure(InvalidResponse("101 without Upgrade")))
+            return
+        self.responding = True
+        request.setResponseCode(101, head.reason)
+        headers = self._client_headers(head)
+        for name, value in upgrade_headers(protocols):
+            headers.setRawHeaders(name, [value])
+        channel.writeHeaders(b"HTTP/1.1", b"101", head.reason, headers)
+        channel.flush_head()
+        frontend = request.site.frontend
+        tunnel = Splice(self.clock, frontend.tunnel_idle_timeout, self._tunnel_ended)
+        self.tunnel = tunnel
+        from_client = channel.start_tunnel(tunnel.client)
+        connection.start_tunnel(tunnel.server)
+        upstream = connection.transport
+        assert upstream is not None  # it just sent the 101
+        tunnel.join(channel.transport, upstream, from_client, data)
+
+    def _tunnel_ended(self, tunnel: Splice) -> None:
+        self.done = True
+        server = self.server
+        sent, received = tunnel.client.received, tunnel.server.received
+        if server is not None:
+            server.stats.bytes_sent += sent
+            server.stats.bytes_received += received
+        self._end_attempt()
+        self.log.info(
+            "{method} {target}: {protocols} tunnel to {server} ended after"
+            " {duration:.1f} s ({why}): {sent} bytes to the server,"
+            " {received} to the client",
+            method=self.method,
+            target=self.target,
+            protocols=self.upgrade,
+            server=self.record.upstreams[-1],
+            duration=tunnel.duration,
+            why=tunnel.why,
+            sent=sent,
+            received=received,
+        )
+        request = self.request
+        request.sentLength = received
+        request.site.log(request)
+
     # -- IPushProducer (the client's side of the backpressure) ----------
 
     def pauseProducing(self) -> None:
@@ -430,7 +540,8 @@ class ProxyExchange:
     # -- the client went away -------------------------------------------
 
     def _client_gone(self, reason: Optional[Failure]) -> None:
-        if self.done:
+        if self.done or self.tunnel is not None:
+            # A tunnel's end is told by its splice.
             return
         self.done = True
         self.record.status = CLIENT_CLOSED

@@ -1,12 +1,13 @@
 """
 The proxy's resource: a :class:`ReverseProxyResource` per location that
-checks what it can at once (body size, an upgrade it cannot serve) and
+checks what it can at once (the body's size) and
 hands each request to a :class:`gourmet.proxy.exchange.ProxyExchange`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from functools import partial
+from typing import Any, Callable, Iterable, Optional, Tuple
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.proxy import ReverseProxyResource
@@ -14,18 +15,20 @@ from twisted.web.server import NOT_DONE_YET
 
 from gourmet.frontend.errors import ErrorPages
 from gourmet.frontend.site import GourmetRequest
-from gourmet.http.forwarding import TrustedProxies, upstream_request_headers
-from gourmet.http.tokens import connection_tokens
+from gourmet.http.forwarding import (
+    HeaderList,
+    TrustedProxies,
+    upstream_request_headers,
+)
+from gourmet.http.request_id import REQUEST_ID
+from gourmet.http.rules import HeaderRules, Variables, host_variable
+from gourmet.http.upgrade import requested_upgrade, upgrade_headers
 from gourmet.proxy.exchange import ProxyExchange
 from gourmet.upstream.pool import ConnectionPool
 from gourmet.upstream.state import Upstream
 
 #: Methods whose request carries a Content-Length even when empty.
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
-_NO_UPGRADE = (
-    "Gourmet does not proxy WebSocket connections: the Upgrade to websocket"
-    " was refused."
-)
 
 
 class LocationResource(ReverseProxyResource):
@@ -59,6 +62,8 @@ class LocationResource(ReverseProxyResource):
         clock: IReactorTime,
         max_body_size: int = 0,
         trusted_proxies: Iterable[str] = (),
+        request_rules: Optional[HeaderRules] = None,
+        response_rules: Optional[HeaderRules] = None,
     ) -> None:
         first = upstream.config.servers[0].origin
         super().__init__(first.host, first.port, b"", reactor=clock)
@@ -68,16 +73,17 @@ class LocationResource(ReverseProxyResource):
         self.clock = clock
         self.max_body_size = max_body_size
         self.trusted_proxies = TrustedProxies(trusted_proxies)
+        self.request_rules = request_rules
+        self.response_rules = response_rules
+        self.rules_use_variables = any(
+            rules is not None and rules.uses_variables
+            for rules in (request_rules, response_rules)
+        )
 
     def getChild(self, path: bytes, request: GourmetRequest) -> LocationResource:
         return self
 
     def render(self, request: GourmetRequest) -> Any:
-        if _asks_for_websocket(request):
-            # There is no tunnel to hand the connection to: say so at once
-            # rather than forward a handshake that cannot complete.
-            self.error_pages.render(request, 501, _NO_UPGRADE)
-            return NOT_DONE_YET
         body = request.content
         assert body is not None  # twisted.web read the body before render
         body.seek(0, 2)
@@ -93,13 +99,25 @@ class LocationResource(ReverseProxyResource):
             body = None
         address = request.getClientAddress()
         client_ip = getattr(address, "host", "unix").encode("ascii")
+        scheme = b"https" if request.isSecure() else b"http"
         headers, client_host = upstream_request_headers(
             request.requestHeaders.getAllRawHeaders(),
             client_ip=client_ip,
-            scheme=b"https" if request.isSecure() else b"http",
+            scheme=scheme,
             via=b"%s gourmet" % request.clientproto[5:],
             trusted=self.trusted_proxies,
         )
+        request_id = request.gourmet_request_id
+        if request_id is not None:
+            headers.append((REQUEST_ID, request_id))
+        response_rules = None
+        if self.request_rules is not None or self.response_rules is not None:
+            headers, response_rules = self._apply_rules(
+                request, headers, scheme, client_host
+            )
+        upgrade = _upgrade(request)
+        if upgrade is not None:
+            headers += upgrade_headers(upgrade)
         exchange = ProxyExchange(
             request,
             self.upstream,
@@ -112,21 +130,61 @@ class LocationResource(ReverseProxyResource):
             client_host=client_host,
             body=body,
             body_length=length,
+            upgrade=upgrade,
+            response_rules=response_rules,
         )
         exchange.start()
         return NOT_DONE_YET
 
+    def _apply_rules(
+        self,
+        request: GourmetRequest,
+        headers: HeaderList,
+        scheme: bytes,
+        client_host: Optional[bytes],
+    ) -> Tuple[HeaderList, Optional[Callable[[HeaderList], HeaderList]]]:
+        """
+        The location's ``request_headers`` applied to ``headers``, and its
+        ``response_headers`` ready for the response, both with this
+        request's variables (gathered only when a value names one).
+        """
+        variables = None
+        if self.rules_use_variables:
+            local = getattr(request.getHost(), "host", "localhost")
+            local = f"[{local}]" if ":" in local else local
+            variables = Variables(
+                remote_addr=_real_ip(headers),
+                scheme=scheme,
+                host=host_variable(client_host, local.encode("ascii")),
+                request_id=request.gourmet_request_id or b"",
+            )
+        if self.request_rules is not None:
+            headers = self.request_rules.apply(headers, variables)
+        response_rules = None
+        if self.response_rules is not None:
+            response_rules = partial(self.response_rules.apply, variables=variables)
+        return headers, response_rules
 
-def _asks_for_websocket(request: GourmetRequest) -> bool:
+
+def _real_ip(headers: HeaderList) -> bytes:
     """
-    Whether ``request`` asks to upgrade to WebSocket.  Other upgrades (such
-    as ``h2c``) are ignored, as RFC 9110 (7.8) allows: the request is
-    proxied as plain HTTP/1.1 without its ``Upgrade`` header.
+    The client's address as Gourmet believes it (``$remote_addr``): the
+    ``X-Real-IP`` that :func:`upstream_request_headers` put near the end
+    (a client's own is never passed on).
     """
-    upgrade = request.requestHeaders.getRawHeaders(b"upgrade")
+    for name, value in reversed(headers):
+        if name == b"X-Real-IP":
+            return value
+    raise AssertionError("upstream_request_headers always sets X-Real-IP")
+
+
+def _upgrade(request: GourmetRequest) -> Optional[bytes]:
+    """
+    The protocols ``request`` asks to switch to (a WebSocket), to forward.
+    """
+    headers = request.requestHeaders
+    upgrade = headers.getRawHeaders(b"upgrade")
     if upgrade is None:
-        return False
-    # A protocol may carry a version: "websocket/13".
-    return any(
-        token.partition(b"/")[0] == b"websocket" for token in connection_tokens(upgrade)
-    )
+        return None
+    connection = headers.getRawHeaders(b"connection", [])
+    return requested_upgrade(request.clientproto, connection, upgrade)

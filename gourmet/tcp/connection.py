@@ -11,23 +11,22 @@ that sends at once is held back by TCP, not by Gourmet's memory.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional
 from typing import Protocol as Interface
 
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IDelayedCall, IHalfCloseableProtocol
+from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gourmet.config.model import StreamConfig
-from gourmet.net.proxy_header import encode_v1, encode_v2
 from gourmet.net.splice import Splice, SpliceEnd, SpliceProtocol
 from gourmet.tcp.counts import StreamCounts
 from gourmet.tcp.drain import OpenStreams
 from gourmet.upstream.pool import connect_error, origin_endpoint
+from gourmet.upstream.proxy_protocol import header_for
 from gourmet.upstream.state import Server, Upstream
 
 
@@ -153,7 +152,11 @@ class StreamConnection(Protocol):
         settings = self.settings
         timeout = upstream.config.connect_timeout
         endpoint = origin_endpoint(
-            settings.clock, server.origin, timeout, settings.trust_root
+            settings.clock,
+            server.origin,
+            timeout,
+            settings.trust_root,
+            self._proxy_header(),
         )
         side = ServerSide(self.splice.server, self)
         self._timed_out = False
@@ -161,6 +164,20 @@ class StreamConnection(Protocol):
         self._connecting = connecting
         self._timer = settings.clock.callLater(timeout, self._connect_timed_out)
         connecting.addCallbacks(self._connected, self._connect_failed)
+
+    def _proxy_header(self) -> Optional[bytes]:
+        """
+        The PROXY protocol header the server is sent first (before TLS to
+        an ``https://`` server), if the stream's ``proxy_protocol`` or its
+        upstream's asks for one: from the client's address to the one it
+        reached Gourmet at (``UNKNOWN``, v2's ``LOCAL``, for a unix socket).
+        """
+        version = self.config.proxy_protocol or self.upstream.config.proxy_protocol
+        if version is None:
+            return None
+        peer = self._client.getPeer()
+        client_ip = str(getattr(peer, "host", "")).encode("ascii", "replace")
+        return header_for(version, client_ip, peer, self._client.getHost())
 
     def _connect_timed_out(self) -> None:
         self._timer = None
@@ -188,10 +205,6 @@ class StreamConnection(Protocol):
         self._early = []
         server.stats.bytes_sent += len(early)
         # The stream's setting, else its upstream's.
-        version = self.config.proxy_protocol or self.upstream.config.proxy_protocol
-        if version is not None:
-            # The server's first bytes: who the client is, and where it came.
-            transport.write(proxy_header(version, self._client))
         self.joined = True
         # Reading starts at the next turn of the reactor, by which time the
         # splice may have paused it again (the early bytes filled a buffer).
@@ -280,22 +293,6 @@ class StreamConnection(Protocol):
             why=why,
             stream_ended=True,
         )
-
-
-def proxy_header(version: str, client: Any) -> bytes:
-    """
-    The PROXY protocol header (``"v1"`` or ``"v2"``) of ``client``'s
-    connection: from its address to Gourmet's (``UNKNOWN``, or v2's
-    ``LOCAL``, for a unix socket).
-    """
-    encode = encode_v1 if version == "v1" else encode_v2
-    return encode(_address(client.getPeer()), _address(client.getHost()))
-
-
-def _address(address: IAddress) -> Optional[Tuple[str, int]]:
-    if isinstance(address, (IPv4Address, IPv6Address)):
-        return address.host, address.port
-    return None
 
 
 class ServerSide(SpliceProtocol):

@@ -19,11 +19,15 @@ from typing import BinaryIO, Callable, Dict, List, Optional, Tuple
 from attrs import frozen
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IHandshakeListener, IReactorTime
+from twisted.internet.interfaces import (
+    IHalfCloseableProtocol,
+    IHandshakeListener,
+    IReactorTime,
+)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
-from zope.interface import Interface, implementer
+from zope.interface import Interface, alsoProvides, implementer
 
 from gourmet._twisted.sockets import tune
 from gourmet.config.origin import Origin
@@ -34,6 +38,7 @@ from gourmet.http.response import (
     keeps_alive,
     parse_head,
 )
+from gourmet.net.splice import SpliceEnd
 
 HeaderList = List[Tuple[bytes, bytes]]
 
@@ -103,6 +108,8 @@ class UpstreamRequest:
         ``Content-Length`` is added here for the body.
     :ivar body: the body to send, or None for a request without one.
     :ivar body_length: its length in bytes.
+    :ivar upgrade: whether ``headers`` ask for an upgrade, so that a
+        ``101 Switching Protocols`` is an answer rather than an error.
     """
 
     method: bytes
@@ -110,6 +117,7 @@ class UpstreamRequest:
     headers: HeaderList
     body: Optional[BinaryIO] = None
     body_length: int = 0
+    upgrade: bool = False
 
 
 class IResponseReceiver(Interface):
@@ -141,6 +149,14 @@ class IResponseReceiver(Interface):
         The request failed: the reason's value is an :class:`UpstreamError`.
         """
 
+    def response_upgraded(head: ResponseHead, data: bytes) -> None:
+        """
+        The server switched protocols (``101``) as an upgrade request asked:
+        the connection is no longer HTTP, and is the receiver's to splice
+        with :meth:`UpstreamConnection.start_tunnel`; ``data`` came after
+        the head.
+        """
+
 
 class _State:
     IDLE = "idle"
@@ -151,6 +167,7 @@ class _State:
     CHUNK_END = "chunk end"
     TRAILERS = "trailers"
     UNTIL_CLOSE = "until close"
+    TUNNEL = "tunnel"
     CLOSED = "closed"
 
 
@@ -163,7 +180,11 @@ class UpstreamConnection(Protocol):
     :ivar reused: whether a request was sent on this connection before the
         current one.
     :ivar requests: how many requests were sent on it.
+    :ivar proxy_header: the PROXY protocol header it started with (it
+        speaks for that client only); None: none.
     """
+
+    proxy_header: Optional[bytes] = None
 
     def __init__(
         self,
@@ -193,6 +214,8 @@ class UpstreamConnection(Protocol):
         self._last_read = 0.0
         self._paused = False
         self._request_method = b""
+        self._upgrade = False
+        self._tunnel: Optional[SpliceEnd] = None
 
     @property
     def reused(self) -> bool:
@@ -221,7 +244,9 @@ class UpstreamConnection(Protocol):
         if not self.ready.called:
             self.ready.errback(ConnectFailed(_reason_text(reason)))
         self._on_lost(self)
-        if state == _State.UNTIL_CLOSE and reason.check(ConnectionDone):
+        if self._tunnel is not None:
+            self._tunnel.lost(reason)
+        elif state == _State.UNTIL_CLOSE and reason.check(ConnectionDone):
             self._finish(reusable=False)
         elif self._receiver is not None:
             self._fail(
@@ -252,6 +277,7 @@ class UpstreamConnection(Protocol):
         self.requests += 1
         self._receiver = receiver
         self._request_method = request.method
+        self._upgrade = request.upgrade
         self._state = _State.HEAD
         self._got_bytes = False
         self.resume_reading()
@@ -365,6 +391,9 @@ class UpstreamConnection(Protocol):
     # -- parsing ------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        if self._tunnel is not None:
+            self._tunnel.data(data)
+            return
         if self._state == _State.IDLE:
             # Bytes nobody asked for: the connection cannot be trusted.
             self.abort()
@@ -393,9 +422,10 @@ class UpstreamConnection(Protocol):
             raise InvalidResponse("response head too long")
         raw, self._buffer = self._buffer[:end], self._buffer[end + 4 :]
         head = parse_head(raw)
+        if head.status == 101:
+            self._switch(head)
+            return False
         if head.status < 200:
-            if head.status == 101:
-                raise InvalidResponse("101 Switching Protocols was not asked for")
             return True  # an interim response: the real one follows
         self._keep_alive = keeps_alive(head)
         self._frame_body(head)
@@ -403,6 +433,39 @@ class UpstreamConnection(Protocol):
         assert receiver is not None
         receiver.response_head(head)
         return True
+
+    def _switch(self, head: ResponseHead) -> None:
+        """
+        A ``101``: the connection leaves HTTP, if its request asked to.
+        """
+        if not self._upgrade:
+            raise InvalidResponse("101 Switching Protocols was not asked for")
+        if not self._body_sent:
+            raise InvalidResponse("101 Switching Protocols before the request's body")
+        receiver = self._receiver
+        assert receiver is not None
+        self._receiver = None
+        self._state = _State.TUNNEL
+        self._deadline.cancel()
+        data, self._buffer = self._buffer, b""
+        receiver.response_upgraded(head, data)
+
+    def start_tunnel(self, end: SpliceEnd) -> None:
+        """
+        Pass every event of this switched connection to ``end``, a half
+        close too: its transport is the splice's from now on.
+        """
+        self._tunnel = end
+        alsoProvides(self, IHalfCloseableProtocol)
+        self.resume_reading()
+
+    def readConnectionLost(self) -> None:
+        # Only once start_tunnel declared IHalfCloseableProtocol.
+        assert self._tunnel is not None
+        self._tunnel.read_ended()
+
+    def writeConnectionLost(self) -> None:
+        pass
 
     def _frame_body(self, head: ResponseHead) -> None:
         if self._request_method == b"HEAD" or head.status in _NO_BODY_STATUSES:

@@ -25,6 +25,7 @@ from gourmet.upstream.connection import (
     ConnectTimeout,
     UpstreamConnection,
 )
+from gourmet.upstream.proxy_protocol import HeaderFirstEndpoint
 
 
 class ConnectionPool:
@@ -84,7 +85,9 @@ class ConnectionPool:
 
     # -- getting a connection ---------------------------------------------
 
-    def acquire(self, origin: Origin) -> Deferred[UpstreamConnection]:
+    def acquire(
+        self, origin: Origin, proxy_header: Optional[bytes] = None
+    ) -> Deferred[UpstreamConnection]:
         """
         A connection to ``origin`` for one request: an idle one at once when
         there is one, otherwise a new one once it is connected (and its TLS
@@ -92,34 +95,51 @@ class ConnectionPool:
 
         The connection goes back to the pool by itself when its response
         has been read whole, and is dropped when it cannot be reused.
+
+        :param proxy_header: the PROXY protocol header a new connection
+            starts with; only a connection that started with it is reused.
         """
-        connection = self.take_idle(origin)
+        connection = self.take_idle(origin, proxy_header)
         if connection is not None:
             return succeed(connection)
-        return self.connect(origin)
+        return self.connect(origin, proxy_header)
 
-    def take_idle(self, origin: Origin) -> Optional[UpstreamConnection]:
+    def take_idle(
+        self, origin: Origin, proxy_header: Optional[bytes] = None
+    ) -> Optional[UpstreamConnection]:
         """
-        An idle connection to ``origin``, taken from the pool, if there is
-        one: what :meth:`acquire` gives at once, without a Deferred.
+        An idle connection to ``origin`` (that started with
+        ``proxy_header``), taken from the pool, if there is one: what
+        :meth:`acquire` gives at once, without a Deferred.
         """
         idle = self._idle.get(origin)
-        while idle:
-            connection = idle.pop()
+        if not idle:
+            return None
+        # Most recently used first.  A connection that started with a PROXY
+        # header speaks for its client only: it is private to that header.
+        for index in range(len(idle) - 1, -1, -1):
+            connection = idle[index]
+            if connection.proxy_header != proxy_header:
+                continue
+            del idle[index]
             self._idle_since.pop(connection, None)
             if connection.idle:
                 return connection
         return None
 
-    def connect(self, origin: Origin) -> Deferred[UpstreamConnection]:
+    def connect(
+        self, origin: Origin, proxy_header: Optional[bytes] = None
+    ) -> Deferred[UpstreamConnection]:
         """
         A new connection to ``origin``, as :meth:`acquire` makes when none
-        is idle.
+        is idle, starting with ``proxy_header`` if given.
         """
         connection = UpstreamConnection(
             origin, self.reactor, self._connection_idle, self._connection_lost
         )
-        connecting = self._endpoint(origin).connect(_OneConnection(connection))
+        connection.proxy_header = proxy_header
+        endpoint = self._endpoint(origin, proxy_header)
+        connecting = endpoint.connect(_OneConnection(connection))
         result: Deferred[UpstreamConnection] = Deferred(
             lambda _: self._abandon(connecting, connection)
         )
@@ -146,9 +166,11 @@ class ConnectionPool:
         connecting.addCallback(connected).addBoth(settle)
         return result
 
-    def _endpoint(self, origin: Origin) -> IStreamClientEndpoint:
+    def _endpoint(
+        self, origin: Origin, proxy_header: Optional[bytes] = None
+    ) -> IStreamClientEndpoint:
         return origin_endpoint(
-            self.reactor, origin, self.connect_timeout, self.trust_root
+            self.reactor, origin, self.connect_timeout, self.trust_root, proxy_header
         )
 
     def _timed_out(
@@ -273,16 +295,23 @@ class _OneConnection(Factory):
 
 
 def origin_endpoint(
-    reactor: Any, origin: Origin, connect_timeout: float, trust_root: Any = None
+    reactor: Any,
+    origin: Origin,
+    connect_timeout: float,
+    trust_root: Any = None,
+    proxy_header: Optional[bytes] = None,
 ) -> IStreamClientEndpoint:
     """
     The endpoint that connects to ``origin``: TCP, in TLS for ``https``
     (verified against ``trust_root``, the platform's CAs by default, unless
-    the server says ``tls_verify = false``).  The caller's own timer of
-    ``connect_timeout`` seconds bounds the time; the endpoint's is a second
-    longer.
+    the server says ``tls_verify = false``), ``proxy_header`` sent first.
+    The caller's own timer of ``connect_timeout`` seconds bounds the time;
+    the endpoint's is a second longer.
     """
     tcp = _tcp_endpoint(reactor, origin, connect_timeout + 1)
+    if proxy_header is not None:
+        # Under TLS: the header comes before the handshake.
+        tcp = HeaderFirstEndpoint(tcp, proxy_header)
     if not origin.is_tls:
         return tcp
     if origin.tls_verify:
