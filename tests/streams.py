@@ -21,6 +21,7 @@ from twisted.internet.interfaces import IHalfCloseableProtocol, IListeningPort
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.internet.ssl import CertificateOptions
 from twisted.protocols.haproxy import proxyEndpoint
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -144,14 +145,21 @@ class TcpServer:
     """
 
     def __init__(
-        self, protocol: type = Echo, greeting: bytes = b"", proxied: bool = False
+        self,
+        protocol: type = Echo,
+        greeting: bytes = b"",
+        proxied: bool = False,
+        tls: Any = None,
     ) -> None:
         """
         :param proxied: read a PROXY protocol header (v1 or v2) first, with
             Twisted's reader.
+        :param tls: a server TLS context factory: speak TLS (after the PROXY
+            header, when ``proxied``).
         """
         self.protocol = protocol
         self.proxied = proxied
+        self.tls = tls
         self.greeting = greeting
         self.connections = 0
         self.received = 0
@@ -169,6 +177,8 @@ class TcpServer:
         factory: Any = ServerFactory.forProtocol(self.protocol)
         factory.server = self
         factory.noisy = False
+        if self.tls is not None:
+            factory = TLSMemoryBIOFactory(self.tls, False, factory)
         if self.proxied:
             endpoint = proxyEndpoint(
                 TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")

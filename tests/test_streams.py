@@ -13,6 +13,7 @@ from typing import Any, List, Sequence, Tuple
 
 import pytest
 import pytest_twisted
+from twisted.internet.ssl import PrivateCertificate
 
 from gourmet.tcp.factory import StreamFactory
 from tests.configs import LISTEN
@@ -248,3 +249,28 @@ async def test_an_ssl_endpoint_terminates_tls_for_a_stream(
     await client.closed()
     await sleep(0.05)
     assert the_stream(running).counts.received == 23
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_proxy_header_goes_before_tls_to_an_https_server(
+    gourmet: Any, started: Any, tmp_path: Path
+) -> None:
+    key, certificate = certificate_files(tmp_path)
+    context = PrivateCertificate.loadPEM(
+        key.read_text() + certificate.read_text()
+    ).options()
+    reader = started(TcpServer(protocol=SaysWhoItSees, proxied=True, tls=context))
+    address = f"https://{reader.address}"
+    text = stream_config([address], stream_extra='proxy_protocol = "v2"')
+    text = text.replace(
+        f"path = '{address}'\n", f"path = '{address}'\ntls_verify = false\n"
+    )
+    running = await gourmet(text)
+    port = stream_port(running)
+    client = await connect(port)
+    client_port = client.tcp.getHost().port
+    client.send(b"who am I?")
+    # Read in the clear from Gourmet, which spoke TLS to the server after
+    # the header.
+    said = await client.read_to_end()
+    assert said == f"127.0.0.1 {client_port} 127.0.0.1 {port}\n".encode()
