@@ -165,6 +165,9 @@ async def test_streams_balance_by_weight_skip_a_down_server_and_count_bytes(
         == 40
     )
     assert "bytes from the client" in log and "ended: closed" in log
+    # And nothing else per connection: no "Starting factory" line of
+    # Twisted's for each server connection (the site's, at start, is all).
+    assert log.count("Starting factory") == 1
 
 
 # -- Redis through a stream ----------------------------------------------------

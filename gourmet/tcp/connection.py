@@ -16,7 +16,7 @@ from typing import Protocol as Interface
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -25,7 +25,7 @@ from gourmet.config.model import StreamConfig
 from gourmet.net.splice import Splice, SpliceEnd, SpliceProtocol
 from gourmet.tcp.counts import StreamCounts
 from gourmet.tcp.drain import OpenStreams
-from gourmet.upstream.pool import connect_error, origin_endpoint
+from gourmet.upstream.pool import OneProtocol, connect_error, origin_endpoint
 from gourmet.upstream.proxy_protocol import header_for
 from gourmet.upstream.state import Server, Upstream
 
@@ -160,7 +160,7 @@ class StreamConnection(Protocol):
         )
         side = ServerSide(self.splice.server, self)
         self._timed_out = False
-        connecting = endpoint.connect(Factory.forProtocol(lambda: side))
+        connecting = endpoint.connect(OneProtocol(side))
         self._connecting = connecting
         self._timer = settings.clock.callLater(timeout, self._connect_timed_out)
         connecting.addCallbacks(self._connected, self._connect_failed)

@@ -16,7 +16,7 @@ from twisted.internet.error import (
     TimeoutError,
 )
 from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
 from gourmet.config.origin import Origin
@@ -139,7 +139,7 @@ class ConnectionPool:
         )
         connection.proxy_header = proxy_header
         endpoint = self._endpoint(origin, proxy_header)
-        connecting = endpoint.connect(_OneConnection(connection))
+        connecting = endpoint.connect(OneProtocol(connection))
         result: Deferred[UpstreamConnection] = Deferred(
             lambda _: self._abandon(connecting, connection)
         )
@@ -279,19 +279,20 @@ class ConnectionPool:
         return DeferredList(waiting)
 
 
-class _OneConnection(Factory):
+class OneProtocol(Factory):
     """
-    Hands an endpoint the connection already made for it; quiet, unlike
-    ``connectProtocol``'s factory, which logs every connection it starts.
+    Hands an endpoint the protocol already made for it; quiet, unlike
+    ``connectProtocol``'s factory and ``Factory.forProtocol``'s, which log
+    "Starting factory" and "Stopping factory" for every connection.
     """
 
     noisy = False
 
-    def __init__(self, connection: UpstreamConnection) -> None:
-        self.connection = connection
+    def __init__(self, made: Protocol) -> None:
+        self.made = made
 
-    def buildProtocol(self, addr: Any) -> UpstreamConnection:
-        return self.connection
+    def buildProtocol(self, addr: Any) -> Protocol:
+        return self.made
 
 
 def origin_endpoint(
