@@ -204,7 +204,6 @@ class StreamConnection(Protocol):
         early = b"".join(self._early)
         self._early = []
         server.stats.bytes_sent += len(early)
-        # The stream's setting, else its upstream's.
         self.joined = True
         # Reading starts at the next turn of the reactor, by which time the
         # splice may have paused it again (the early bytes filled a buffer).
@@ -253,7 +252,8 @@ class StreamConnection(Protocol):
         self._settle_failures(seen=True)
         if self.why is None:
             self.why = "no server available"
-        self.why = f"{self.why}; no other server to try"
+        else:
+            self.why += "; no other server to try"
         self.done = True
         self._client.loseConnection()
 
