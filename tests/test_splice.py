@@ -65,6 +65,9 @@ def test_a_half_close_is_passed_on_and_both_close_once_both_are_done() -> None:
     splice, client, server, _, ended = spliced()
     splice.client.read_ended()
     assert server.write_closed and not server.disconnecting
+    # The client's end no longer produces for the server's transport: a
+    # paused producer would be resumed there instead of the FIN being sent.
+    assert server.producer is None
     # The server still answers the client, which still reads.
     splice.server.data(b"answer")
     assert client.value() == b"helloanswer"

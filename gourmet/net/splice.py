@@ -49,6 +49,7 @@ class SpliceEnd:
         self.read_closed = False
         self.closed = False
         self._closing = False
+        self._unregistered = False
 
     # -- what the connection's protocol reports -----------------------------
 
@@ -99,6 +100,11 @@ class SpliceEnd:
             # under it; the whole connection goes once its writes are out.
             self.close()
         else:
+            # Its producer has nothing more to send.  Left registered, a
+            # paused one would be resumed once the buffer drains, instead
+            # of the half-close being sent (Twisted's doWrite does one or
+            # the other): the peer would never see the end.
+            self._unregister()
             half_close()
 
     def close(self) -> None:
@@ -109,8 +115,13 @@ class SpliceEnd:
             return
         self._closing = True
         # A TLS transport closes only once no producer is registered.
-        self.transport.unregisterProducer()
+        self._unregister()
         self.transport.loseConnection()
+
+    def _unregister(self) -> None:
+        if not self._unregistered:
+            self._unregistered = True
+            self.transport.unregisterProducer()
 
     def abort(self) -> None:
         if not self.closed and self.transport is not None:
