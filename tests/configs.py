@@ -21,6 +21,13 @@ class Addressed(Protocol):
     def address(self) -> str: ...
 
 
+def access_log(path: object, line_format: str = "combined") -> str:
+    """
+    The ``[log]`` table of an access log written to ``path``.
+    """
+    return f'[log]\naccess_log = "{path}"\naccess_log_format = "{line_format}"\n'
+
+
 def config(
     servers: Sequence[Union[str, Addressed]],
     weights: Optional[Sequence[int]] = None,

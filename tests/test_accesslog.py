@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest_twisted
 
-from tests.configs import config
+from tests.configs import access_log, config
 
 
 @pytest_twisted.ensureDeferred
@@ -21,9 +21,7 @@ async def test_json_access_log_to_a_file(
 ) -> None:
     a, b = make_upstreams("a", "b")
     log_file = tmp_path / "access.log"
-    text = config([a, b]) + (
-        f'[log]\naccess_log = "{log_file}"\naccess_log_format = "json"\n'
-    )
+    text = config([a, b]) + access_log(log_file, "json")
     running = await gourmet(text)
     await a.stop()
     response = await running.get("/some/where?x=1", headers={"User-Agent": "probe"})
@@ -49,7 +47,7 @@ async def test_combined_access_log_line_by_line(
 ) -> None:
     (a,) = make_upstreams("a")
     log_file = tmp_path / "access.log"
-    text = config([a]) + f'[log]\naccess_log = "{log_file}"\n'
+    text = config([a]) + access_log(log_file)
     running = await gourmet(text)
     headers = {"User-Agent": 'say "hi"\\', "Referer": "http://example.test/"}
     request_ids = []

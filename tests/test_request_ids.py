@@ -17,7 +17,7 @@ import pytest_twisted
 
 from gourmet.frontend.accesslog import _request_id_field
 from gourmet.http.request_id import RequestIds, kept_request_id
-from tests.configs import ADMIN_LISTEN, config
+from tests.configs import ADMIN_LISTEN, access_log, config
 from tests.h2client import H2Client
 from tests.processes import Twistd
 from tests.test_http2 import in_thread, start_h2
@@ -64,9 +64,7 @@ async def test_an_untrusted_clients_id_is_replaced_everywhere(
 ) -> None:
     (server,) = make_upstreams("a")
     log_file = tmp_path / "access.log"
-    text = config([server]) + (
-        f'[log]\naccess_log = "{log_file}"\naccess_log_format = "json"\n'
-    )
+    text = config([server]) + access_log(log_file, "json")
     running = await gourmet(text)
     response = await running.get("/", headers={"X-Request-ID": "forged-by-client"})
     assert response.code == 200

@@ -14,14 +14,13 @@ from typing import (
     Callable,
     Optional,
     Sequence,
-    Set,
     Tuple,
     Type,
     Union,
     cast,
 )
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -32,6 +31,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import provider
 
 from gourmet.config.model import FrontendConfig
+from gourmet.connections import OpenConnections
 from gourmet.frontend.accesslog import AccessLog, ProxyRecord
 from gourmet.frontend.challenge import Challenges
 from gourmet.frontend.channel import ClientStats, GourmetChannel
@@ -250,8 +250,7 @@ class GourmetSite(Site):
         self.frontend = frontend
         self.client_stats = ClientStats()
         self._refusing = False
-        self._channels: Set[GourmetChannel] = set()
-        self._all_closed: Optional[Deferred[None]] = None
+        self._channels: OpenConnections[GourmetChannel] = OpenConnections()
         self.request_ids = RequestIds()
         self._trusted: Tuple[FrontendConfig, TrustedProxies] = (
             frontend,
@@ -317,10 +316,6 @@ class GourmetSite(Site):
         A connection counted by :meth:`connection_opened` is gone.
         """
         self._channels.discard(channel)
-        waiting = self._all_closed
-        if waiting is not None and not self._channels:
-            self._all_closed = None
-            waiting.callback(None)
 
     def close_connections(self) -> Deferred[None]:
         """
@@ -328,13 +323,9 @@ class GourmetSite(Site):
         request is answered (Gourmet is stopping; its listeners are
         closed); fires when none is left.
         """
-        for channel in list(self._channels):
+        for channel in self._channels.snapshot():
             channel.close_when_idle()
-        if not self._channels:
-            return succeed(None)
-        if self._all_closed is None:
-            self._all_closed = Deferred()
-        return self._all_closed
+        return self._channels.when_empty()
 
     def abort_connections(self) -> int:
         """
@@ -342,7 +333,7 @@ class GourmetSite(Site):
 
         :return: how many there were.
         """
-        channels = list(self._channels)
+        channels = self._channels.snapshot()
         for channel in channels:
             transport: Any = channel.transport
             if transport is not None:

@@ -6,9 +6,11 @@ after ``[server] shutdown_timeout``.
 
 from __future__ import annotations
 
-from typing import Optional, Protocol, Set
+from typing import Protocol
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
+
+from gourmet.connections import OpenConnections
 
 
 class Abortable(Protocol):
@@ -29,17 +31,13 @@ class OpenStreams:
     """
 
     def __init__(self) -> None:
-        self._open: Set[Abortable] = set()
-        self._all_closed: Optional[Deferred[None]] = None
+        self._open: OpenConnections[Abortable] = OpenConnections()
 
     def opened(self, connection: Abortable) -> None:
         self._open.add(connection)
 
     def closed(self, connection: Abortable) -> None:
         self._open.discard(connection)
-        if not self._open and self._all_closed is not None:
-            done, self._all_closed = self._all_closed, None
-            done.callback(None)
 
     @property
     def busy_connections(self) -> int:
@@ -53,11 +51,7 @@ class OpenStreams:
         Fires when no connection is left: they are left to end by
         themselves (the listeners are closed), as nginx's ``stream`` does.
         """
-        if not self._open:
-            return succeed(None)
-        if self._all_closed is None:
-            self._all_closed = Deferred()
-        return self._all_closed
+        return self._open.when_empty()
 
     def abort_connections(self) -> int:
         """
@@ -65,7 +59,7 @@ class OpenStreams:
 
         :return: how many there were.
         """
-        connections = list(self._open)
+        connections = self._open.snapshot()
         for connection in connections:
             connection.abort("cut at stop")
         return len(connections)

@@ -409,12 +409,39 @@
     document.getElementById("overview").hidden = !instance;
     if (!instance) return;
     renderInstance(instance);
-    reconcile(document.getElementById("listeners-body"), app.listeners, listeners, {
-      key: (listener) => listener.name,
-      build: buildListenerRow,
-      update: updateListenerRow,
+    renderRows("listeners-body", app.listeners, listeners, LISTENER_TABLE);
+  }
+
+  /**
+   * Brings a table's rows in line with ``items``: one row per item, found
+   * again by ``table.key``; its first cell a row heading, then one cell per
+   * ``table.cells`` entry ([field, class]), filled in by ``table.update``.
+   */
+  function renderRows(bodyId, rows, items, table) {
+    reconcile(document.getElementById(bodyId), rows, items, {
+      key: table.key,
+      build: (item) => buildTableRow(table, item),
+      update: table.update,
       node: (row) => row.tr,
     });
+  }
+
+  function buildTableRow(table, item) {
+    const row = {};
+    const cells = table.cells.map(([field, className], index) => {
+      const tag = index === 0 ? "th" : "td";
+      const attrs = index === 0 ? { scope: "row" } : {};
+      row[field] = el(tag, { className, attrs });
+      return row[field];
+    });
+    row.tr = el("tr", { attrs: { [`data-${table.name}`]: table.key(item) } }, cells);
+    return row;
+  }
+
+  /** A table that is shown only while it has rows, in its own panel. */
+  function renderPanel(name, rows, items, table) {
+    document.getElementById(`${name}-panel`).hidden = items.length === 0;
+    renderRows(`${name}-body`, rows, items, table);
   }
 
   function renderInstance(instance) {
@@ -432,22 +459,8 @@
     }
   }
 
-  function buildListenerRow(listener) {
-    const row = {
-      addresses: el("td", { className: "addresses" }),
-      connections: el("td", { className: "num connections" }),
-      refusals: el("td", { className: "refusals" }),
-    };
-    row.tr = el("tr", { attrs: { "data-listener": listener.name } }, [
-      el("th", { text: listener.name, attrs: { scope: "row" } }),
-      row.addresses,
-      row.connections,
-      row.refusals,
-    ]);
-    return row;
-  }
-
   function updateListenerRow(row, listener) {
+    setText(row.name, listener.name);
     showList(row.addresses, listener.addresses, (address) => el("div", { text: address }));
     const open = listener.connections;
     const limit = listener.max_connections;
@@ -464,27 +477,7 @@
   const EXPIRY_WARNING_DAYS = 14;
 
   function renderCertificates(certificates) {
-    document.getElementById("certificates-panel").hidden = certificates.length === 0;
-    reconcile(document.getElementById("certificates-body"), app.certificates, certificates, {
-      key: (certificate) => certificate.file,
-      build: buildCertificateRow,
-      update: updateCertificateRow,
-      node: (row) => row.tr,
-    });
-  }
-
-  function buildCertificateRow(certificate) {
-    const row = {
-      file: el("th", { className: "file", attrs: { scope: "row" } }),
-      names: el("td", { className: "names" }),
-      expires: el("td", { className: "expires" }),
-    };
-    row.tr = el("tr", { attrs: { "data-certificate": certificate.file } }, [
-      row.file,
-      row.names,
-      row.expires,
-    ]);
-    return row;
+    renderPanel("certificates", app.certificates, certificates, CERTIFICATE_TABLE);
   }
 
   function updateCertificateRow(row, certificate) {
@@ -500,29 +493,7 @@
   // -- TCP streams -------------------------------------------------------------------
 
   function renderStreams(streams) {
-    document.getElementById("streams-panel").hidden = streams.length === 0;
-    reconcile(document.getElementById("streams-body"), app.streams, streams, {
-      key: (stream) => stream.listen,
-      build: buildStreamRow,
-      update: updateStreamRow,
-      node: (row) => row.tr,
-    });
-  }
-
-  function buildStreamRow(stream) {
-    const row = {
-      address: el("th", { className: "addresses", attrs: { scope: "row" } }),
-      upstream: el("td", { className: "upstream" }),
-      connections: el("td", { className: "num connections" }),
-      bytes: el("td", { className: "num bytes" }),
-    };
-    row.tr = el("tr", { attrs: { "data-stream": stream.listen } }, [
-      row.address,
-      row.upstream,
-      row.connections,
-      row.bytes,
-    ]);
-    return row;
+    renderPanel("streams", app.streams, streams, STREAM_TABLE);
   }
 
   function updateStreamRow(row, stream) {
@@ -534,6 +505,28 @@
     row.connections.classList.toggle("near-limit", c.failed > 0);
     setText(row.bytes, `${byteSize(stream.bytes.received)} in, ${byteSize(stream.bytes.sent)} out`);
   }
+
+  // The tables' rows; declared after their update functions, which they name.
+  const LISTENER_TABLE = {
+    name: "listener",
+    key: (listener) => listener.name,
+    cells: [["name", ""], ["addresses", "addresses"], ["connections", "num connections"],
+      ["refusals", "refusals"]],
+    update: updateListenerRow,
+  };
+  const CERTIFICATE_TABLE = {
+    name: "certificate",
+    key: (certificate) => certificate.file,
+    cells: [["file", "file"], ["names", "names"], ["expires", "expires"]],
+    update: updateCertificateRow,
+  };
+  const STREAM_TABLE = {
+    name: "stream",
+    key: (stream) => stream.listen,
+    cells: [["address", "addresses"], ["upstream", "upstream"],
+      ["connections", "num connections"], ["bytes", "num bytes"]],
+    update: updateStreamRow,
+  };
 
   /** Brings the page in line with the upstreams the API returned. */
   function render(upstreams) {
