@@ -7,8 +7,8 @@ whole (its certificates read again), the error page read, the TLS contexts
 built, new listeners opened and the access log reopened.  If any of it
 fails, what it opened is closed and nothing else has changed.  Then it
 applies the rest, which cannot fail, for the next request: upstreams and
-their servers (a server that stays keeps its health, figures and the
-operator's weight and state), balancers, pools, locations, limits, the
+their servers (a server that stays keeps its health, its active checks,
+figures and the operator's weight and state), balancers, pools, locations, limits, the
 certificates new TLS connections get, and the console's users.  Requests
 in flight finish on what they started with (open TLS connections keep
 their certificate); servers removed get no new request, and their kept
@@ -43,6 +43,7 @@ from gourmet.listener import Listener
 from gourmet.tcp.listeners import StreamListeners, StreamReload
 from gourmet.tls.renewal import AcmeRenewal, AcmeSetup, served_config
 from gourmet.tls.store import CertificateStore, ServerContexts
+from gourmet.upstream.checks import HealthChecks
 from gourmet.upstream.pool import ConnectionPool
 from gourmet.upstream.state import Upstream
 
@@ -65,6 +66,7 @@ class Reloadable(Protocol):
     challenges: Challenges
     acme: AcmeRenewal
     streams: StreamListeners
+    checks: HealthChecks
 
     def https_port(self) -> Optional[int]:
         """
@@ -239,6 +241,8 @@ class Reload:
         """
         self._apply_upstreams()
         service, config = self.service, self.config
+        # Servers that stay keep their checks' timing and record.
+        service.checks.update(service.upstreams.values())
         site = service.site
         site.resource = self._root
         service.certificates.replace(self._contexts)

@@ -45,6 +45,7 @@ from gourmet.systemd import SystemdNotifier
 from gourmet.tcp.listeners import StreamListeners
 from gourmet.tls.renewal import AcmeRenewal, ThreadedIssuer, served_config
 from gourmet.tls.store import CertificateStore
+from gourmet.upstream.checks import HealthChecks
 from gourmet.upstream.pool import ConnectionPool
 from gourmet.upstream.state import Upstream
 
@@ -93,6 +94,8 @@ class GourmetService(MultiService):
         self._stopping: Optional[GracefulStop] = None
         #: The [[streams]]: TCP load balancing.
         self.streams = StreamListeners(upstreams, site.clock)
+        #: Active health checks, of the upstreams that have them.
+        self.checks = HealthChecks(site.clock)
 
     def setServiceParent(self, parent: Any) -> None:
         # twistd starts its logging after makeService, from an ILogObserver
@@ -115,6 +118,7 @@ class GourmetService(MultiService):
             raise SystemExit(1) from None
 
     def startService(self) -> None:
+        self.checks.update(self.upstreams.values())
         # The addresses listened on, not the endpoint strings: a port 0 in
         # the configuration is told here as the port it became.
         self.log.info(
@@ -169,6 +173,7 @@ class GourmetService(MultiService):
     async def _stop(self) -> None:
         # systemd hears of the stop first, not after the requests in flight.
         self.notifier.stopService()
+        self.checks.stop()
         # Listeners first: nothing new comes in while the requests in flight
         # finish; the access log, closed with the other services, after
         # them, so that it has their lines.

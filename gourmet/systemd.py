@@ -88,7 +88,7 @@ def status_text(upstreams: Mapping[str, Upstream]) -> str:
         for server in upstream.servers:
             requests += server.requests
             servers += 1
-            if server.admin_state is AdminState.UP and server.health.available():
+            if server.admin_state is AdminState.UP and server.available():
                 taking += 1
         up += taking
         if upstream.servers and not taking:

@@ -63,6 +63,13 @@ _SERVER_FIGURES: Tuple[Tuple[str, _Family, str, Callable[[Server], float]], ...]
         lambda server: 0 if server.health.state is Health.DOWN else 1,
     ),
     (
+        "gourmet_upstream_server_available",
+        GaugeMetricFamily,
+        "1 when health (passive, and active checks if any) lets the server"
+        " take requests, else 0.",
+        lambda server: 1 if server.available() else 0,
+    ),
+    (
         "gourmet_upstream_server_weight",
         GaugeMetricFamily,
         "The weight balancers use now (0 while draining or disabled).",
@@ -126,6 +133,71 @@ class UpstreamCollector(Collector):
         yield self._gourmet_responses()
         yield self._panics()
         yield self._response_times()
+        yield from self._checks()
+
+    def _checks(self) -> Iterable[Metric]:
+        checked = [
+            (values, server.active_health)
+            for values, server, _ in self._servers()
+            if server.active_health is not None
+        ]
+        figures = (
+            (
+                "gourmet_upstream_check_up",
+                GaugeMetricFamily,
+                "1 when active health checks let the server take requests.",
+                lambda checks: 1 if checks.up else 0,
+            ),
+            (
+                "gourmet_upstream_checks",
+                CounterMetricFamily,
+                "Active health checks made.",
+                lambda checks: checks.checks,
+            ),
+            (
+                "gourmet_upstream_check_failures",
+                CounterMetricFamily,
+                "Active health checks that failed.",
+                lambda checks: checks.failed_checks,
+            ),
+            (
+                "gourmet_upstream_check_downs",
+                CounterMetricFamily,
+                "Times active health checks took the server out.",
+                lambda checks: checks.downs,
+            ),
+            (
+                "gourmet_upstream_check_downtime_seconds",
+                CounterMetricFamily,
+                "Seconds active health checks kept the server out, in all.",
+                lambda checks: checks.downtime,
+            ),
+            (
+                "gourmet_upstream_check_last_change_seconds",
+                GaugeMetricFamily,
+                "When active health last took the server out or brought it back"
+                " (Unix time; 0: never).",
+                lambda checks: checks.last_change or 0,
+            ),
+        )
+        for name, kind, documentation, read in figures:
+            family = kind(name, documentation, labels=_SERVER_LABELS)
+            for values, checks in checked:
+                family.add_metric(values, read(checks))
+            yield family
+        last = GaugeMetricFamily(
+            "gourmet_upstream_check_last_seconds",
+            "How long the last active health check took, labelled with its"
+            " result as HAProxy names it (L7OK, L7STS, L4TOUT, L4CON, ...)"
+            " and the status it got.",
+            labels=[*_SERVER_LABELS, "result", "status"],
+        )
+        for values, checks in checked:
+            result = checks.last
+            if result is not None:
+                status = "" if result.status is None else str(result.status)
+                last.add_metric([*values, result.code, status], result.seconds)
+        yield last
 
     def _by_kind(self) -> Iterable[Metric]:
         requests = CounterMetricFamily(

@@ -31,12 +31,48 @@ def server_state(server: Server) -> str:
     """
     One word for what an operator most needs to know: ``disabled`` and
     ``drain`` (the operator's decisions) before ``down`` and ``trial``
-    (passive health), else ``up``.
+    (passive health) and ``down`` (active checks), else ``up``.
     """
     if server.admin_state is not AdminState.UP:
         return server.admin_state.value
     health = server.health.state
-    return "up" if health is Health.UP else health.value
+    if health is Health.UP and not down_by(server):
+        return "up"
+    return "down" if health is Health.UP else health.value
+
+
+def down_by(server: Server) -> List[str]:
+    """
+    What takes the server out now: ``passive`` health, ``active`` checks,
+    both or neither.
+    """
+    checks = server.active_health
+    causes = [] if server.health.state is Health.UP else ["passive"]
+    return causes if checks is None or checks.up else [*causes, "active"]
+
+
+def checks_view(server: Server) -> Optional[Dict[str, Any]]:
+    """
+    What active checks say of the server, in HAProxy's words; None when
+    its upstream has none.
+    """
+    checks = server.active_health
+    if checks is None:
+        return None
+    last = checks.last
+    return {
+        "up": checks.up,
+        "last": None if last is None else str(last),
+        "last_code": None if last is None else last.code,
+        "last_status": None if last is None else last.status,
+        "last_ms": None if last is None else _milliseconds(last.seconds),
+        "checks": checks.checks,
+        "failed": checks.failed_checks,
+        "downs": checks.downs,
+        "downtime": round(checks.downtime, 3),
+        "down_since": checks.down_since,
+        "last_change": checks.last_change,
+    }
 
 
 def _milliseconds(seconds: Optional[float]) -> Optional[float]:
@@ -78,7 +114,10 @@ def stream_view(stream: StreamFactory) -> Dict[str, Any]:
 
 
 def server_view(
-    server: Server, upstream_recent: int, pool: Optional[ConnectionPool] = None
+    server: Server,
+    upstream_recent: int,
+    pool: Optional[ConnectionPool] = None,
+    slow_start: float = 0.0,
 ) -> Dict[str, Any]:
     """
     One server as the API shows it.
@@ -86,10 +125,13 @@ def server_view(
     :param upstream_recent: its upstream's requests over the last minute,
         for the server's share.
     :param pool: its upstream's connections, for the idle and busy ones.
+    :param slow_start: its upstream's ``slow_start``, for the share of its
+        weight it is ramping through (``slow_start``: None when full).
     """
     health = server.health
     stats = server.stats
     recent = stats.requests.total(RECENT_SECONDS)
+    share = server.slow_start_share(slow_start)
     return {
         "id": server.id,
         "address": server.name,
@@ -99,6 +141,9 @@ def server_view(
         "down_since": health.down_since,
         "down_until": health.down_until,
         "last_error": health.last_error,
+        "down_by": down_by(server),
+        "checks": checks_view(server),
+        "slow_start": None if share >= 1.0 else round(share, 3),
         "weight": server.weight,
         "configured_weight": server.configured_weight,
         "weight_overridden": server.weight_override is not None,
@@ -148,7 +193,12 @@ def upstream_view(
         "panic": upstream.in_panic(),
         "panic_since": upstream.panic_since,
         "locations": locations,
-        "servers": [server_view(server, recent, pool) for server in upstream.servers],
+        "slow_start": upstream.config.slow_start,
+        "health_check": upstream.config.health_check is not None,
+        "servers": [
+            server_view(server, recent, pool, upstream.config.slow_start)
+            for server in upstream.servers
+        ],
         "rate": rate_view(stats.requests),
         "errors": {
             "last_minute": stats.errors.total(RECENT_SECONDS),

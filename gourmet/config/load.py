@@ -50,6 +50,7 @@ from gourmet.config.model import (
     DemoConfig,
     FrontendConfig,
     GourmetConfig,
+    HealthCheckConfig,
     LocationConfig,
     LogConfig,
     StreamConfig,
@@ -748,6 +749,7 @@ _UPSTREAM: Dict[str, Kind[Any]] = {
     "keepalive_timeout": _number(0, inclusive=True),
     "header_timeout": _number(0),
     "proxy_protocol": _proxy_protocol,
+    "slow_start": _number(0, inclusive=True),
 }
 
 _UPSTREAM_NAME = re.compile(r"\A[A-Za-z0-9_.-]+\Z")
@@ -765,10 +767,46 @@ def _server(table: _Table, defaults: Dict[str, Any]) -> UpstreamServerConfig:
     return UpstreamServerConfig(path=path, origin=origin, **values)
 
 
+def _check_path(value: Any) -> str:
+    path = _string(value)
+    if not path.startswith("/") or not path.isascii() or any(c <= " " for c in path):
+        raise _Invalid(f'expected a path such as "/health", got {_show(value)}')
+    return path
+
+
+def _health_check(table: _Table) -> HealthCheckConfig:
+    values = table.fields(
+        type=_choice(("http", "tcp")),
+        path=_check_path,
+        interval=_number(0),
+        timeout=_number(0),
+        rise=_whole(1),
+        fall=_whole(1),
+        expect=_array(_whole(100, 599), frozenset),
+        host=_string,
+    )
+    table.done()
+    if values.get("type") == "tcp":
+        for name in ("path", "expect", "host"):
+            if name in values:
+                raise table.error(name, 'a type = "tcp" check sends no request')
+    if values.get("expect") == frozenset():
+        raise table.error("expect", "expected at least one status")
+    check = HealthCheckConfig(**values)
+    if check.timeout > check.interval:
+        raise table.error(
+            "timeout",
+            f"expected at most interval ({check.interval:g}), got {check.timeout:g}",
+        )
+    return check
+
+
 def _upstream(name: str, table: _Table) -> UpstreamConfig:
     values = table.fields(**_UPSTREAM)
     defaults = table.fields(**_HEALTH)
     servers = tuple(_server(server, defaults) for server in table.tables("servers"))
+    if table.has("health_check"):
+        values["health_check"] = _health_check(table.table("health_check"))
     table.done()
     return UpstreamConfig(name=name, servers=servers, **values)
 

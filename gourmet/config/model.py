@@ -46,6 +46,36 @@ class UpstreamServerConfig:
 
 
 @frozen
+class HealthCheckConfig:
+    """
+    An upstream's ``health_check`` table: active checks of its servers
+    (:mod:`gourmet.upstream.checks`).
+
+    :ivar type: ``"http"`` (a ``GET`` of ``path``) or ``"tcp"`` (a connect).
+    :ivar interval: seconds from one check of a server to the next.
+    :ivar timeout: seconds a check may take, connecting included.
+    :ivar rise: consecutive good checks that bring a server back.
+    :ivar fall: consecutive failed checks that take a server out.
+    :ivar expect: the statuses that count as healthy; empty: 200 to 399.
+    :ivar host: the Host header; None: the server's address.
+    """
+
+    type: str = "http"
+    path: str = "/"
+    interval: float = 2.0
+    timeout: float = 1.0
+    rise: int = 2
+    fall: int = 3
+    expect: frozenset[int] = frozenset()
+    host: Optional[str] = None
+
+    def healthy_status(self, status: int) -> bool:
+        if self.expect:
+            return status in self.expect
+        return 200 <= status < 400
+
+
+@frozen
 class UpstreamConfig:
     """
     A named group of servers and how requests are spread over them.
@@ -83,6 +113,11 @@ class UpstreamConfig:
     #: The PROXY protocol header (``"v1"`` or ``"v2"``) every new connection
     #: to a server starts with, carrying the client's address; None: none.
     proxy_protocol: Optional[str] = None
+    #: Active health checks of the servers; None: passive health only.
+    health_check: Optional[HealthCheckConfig] = None
+    #: Seconds over which a server that comes back up, or that a reload
+    #: adds, ramps from a small share to its full weight; 0: at once.
+    slow_start: float = 0.0
 
 
 @frozen

@@ -56,6 +56,8 @@ class PassiveHealth:
         self.down_since: Optional[float] = None
         self.down_until: Optional[float] = None
         self.last_error: Optional[str] = None
+        #: When it last came back up after being taken out (for slow start).
+        self.recovered_at: Optional[float] = None
         self._trial_in_flight = False
 
     def reconfigure(self, max_fail: int, fail_timeout: float) -> None:
@@ -141,7 +143,7 @@ class PassiveHealth:
             server_up=True,
         )
         self._state = Health.UP
-        self.up_since = self._clock.seconds()
+        self.up_since = self.recovered_at = self._clock.seconds()
         self.down_since = None
         self.down_until = None
 

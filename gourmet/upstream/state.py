@@ -18,8 +18,12 @@ from twisted.logger import Logger
 
 from gourmet.config.model import MAX_WEIGHT, UpstreamConfig, UpstreamServerConfig
 from gourmet.upstream.balancers import BALANCERS, IBalancer
+from gourmet.upstream.checks import ActiveHealth
 from gourmet.upstream.health import PassiveHealth
 from gourmet.upstream.stats import ServerStats, UpstreamStats
+
+#: The share of its weight a server in slow start begins with.
+SLOW_START_FLOOR = 0.05
 
 
 class AdminState(enum.Enum):
@@ -65,6 +69,11 @@ class Server:
         self.failures = 0
         self.stats = ServerStats(clock)
         self._upstream_stats = upstream_stats
+        self._clock = clock
+        #: What active health checks say; None when its upstream has none.
+        self.active_health: Optional[ActiveHealth] = None
+        #: When a reload added it (None: there from start-up), for slow start.
+        self.added_at: Optional[float] = None
 
     @property
     def configured_weight(self) -> int:
@@ -81,6 +90,33 @@ class Server:
         if self.weight_override is not None:
             return self.weight_override
         return self.config.weight
+
+    def available(self) -> bool:
+        """
+        Whether health lets the server take a request now: passive health
+        and, when it is checked, active health.
+        """
+        checks = self.active_health
+        return (checks is None or checks.up) and self.health.available()
+
+    def slow_start_share(self, window: float) -> float:
+        """
+        The share of its weight the server gets now: from
+        :data:`SLOW_START_FLOOR` up to 1, in proportion to the time since it
+        came back up (passive or active health) or a reload added it, over
+        ``window`` seconds.
+        """
+        checks = self.active_health
+        times = (
+            self.added_at,
+            self.health.recovered_at,
+            None if checks is None else checks.recovered_at,
+        )
+        since = max((each for each in times if each is not None), default=None)
+        if window <= 0 or since is None:
+            return 1.0
+        elapsed = self._clock.seconds() - since
+        return 1.0 if elapsed >= window else max(SLOW_START_FLOOR, elapsed / window)
 
     def reconfigure(
         self, config: UpstreamServerConfig, server_id: str, alone: bool
@@ -192,6 +228,10 @@ class Upstream:
         self.panic_since: Optional[float] = None
         self.servers: List[Server] = []
         self.reconfigure(config)
+        # Slow start is for servers that come back or that a reload adds,
+        # not for all of them at start-up (HAProxy's choice).
+        for server in self.servers:
+            server.added_at = None
 
     def reconfigure(self, config: UpstreamConfig) -> List[Server]:
         """
@@ -216,6 +256,7 @@ class Upstream:
                 server.reconfigure(server_config, server_id, alone)
             else:
                 server = self._new_server(server_config, server_id, alone)
+            self._reconfigure_checks(server, config)
             servers.append(server)
         self.config = config
         self.servers = servers
@@ -232,16 +273,29 @@ class Upstream:
             max_fail=0 if alone else config.max_fail,
             fail_timeout=config.fail_timeout,
         )
-        return Server(config, health, server_id, self.stats, self._clock)
+        server = Server(config, health, server_id, self.stats, self._clock)
+        server.added_at = self._clock.seconds()
+        return server
+
+    def _reconfigure_checks(self, server: Server, config: UpstreamConfig) -> None:
+        check = config.health_check
+        if check is None:
+            server.active_health = None
+        elif server.active_health is None:
+            server.active_health = ActiveHealth(
+                f"{self.name}/{server.name}", self._clock, check.rise, check.fall
+            )
+        else:
+            server.active_health.reconfigure(check.rise, check.fall)
 
     def in_rotation(self) -> Tuple[List[Server], List[Server]]:
         """
         The servers an operator has in rotation (weight above 0, neither
-        draining nor disabled), and those of them passive health lets take
-        requests now.
+        draining nor disabled), and those of them health (passive, and
+        active when checked) lets take requests now.
         """
         rotation = [server for server in self.servers if server.weight > 0]
-        healthy = [server for server in rotation if server.health.available()]
+        healthy = [server for server in rotation if server.available()]
         return rotation, healthy
 
     def in_panic(self) -> bool:
@@ -272,8 +326,25 @@ class Upstream:
         unwanted, and refusing every request is the one certain outage.
         """
         rotation, healthy = self.in_rotation()
-        servers = rotation if self._panics(len(rotation), len(healthy)) else healthy
-        return [server for server in servers if server not in exclude]
+        panic = self._panics(len(rotation), len(healthy))
+        servers = rotation if panic else healthy
+        servers = [server for server in servers if server not in exclude]
+        window = self.config.slow_start
+        return servers if panic or window <= 0 else self._slow_start(servers, window)
+
+    def _slow_start(self, servers: List[Server], window: float) -> List[Server]:
+        """
+        ``servers`` less those in slow start that sit this pick out: each is
+        offered in its share of picks, so its share of requests under any
+        balancer is its weight's times that share.  Never none.
+        """
+        rng = self._rng
+        offered = [
+            server
+            for server in servers
+            if (share := server.slow_start_share(window)) >= 1.0 or rng.random() < share
+        ]
+        return offered or servers
 
     def _panic_changed(self, panic: bool, rotation: int, healthy: int) -> None:
         if panic:

@@ -793,7 +793,13 @@
     const row = { upstream: upstreamName, id: server.id, server, busy: false, buttons: {} };
     row.tr = el("tr", { attrs: { "data-upstream": upstreamName, "data-server": server.id } }, [
       cell(row, "col-server", { address: "address" }),
-      cell(row, "col-state", { badge: "state", since: "since", lastError: "last-error" }),
+      cell(row, "col-state", {
+        badge: "state",
+        since: "since",
+        lastError: "last-error",
+        check: "check",
+        slowStart: "slow-start",
+      }),
       buildRateCell(row),
       buildResponsesCell(row),
       buildErrorsCell(row),
@@ -981,6 +987,26 @@
     const error = !healthy && server.last_error ? server.last_error : "";
     setLine(row.lastError, error);
     row.lastError.title = error;
+    updateChecks(row, server);
+  }
+
+  /**
+   * Active health checks, in HAProxy's words ("check L7STS 503 in 2 ms"),
+   * and what takes the server out; then its slow start, while it ramps.
+   */
+  function updateChecks(row, server) {
+    const checks = server.checks;
+    let text = "";
+    if (checks) {
+      text = `check ${checks.last === null ? "pending" : checks.last}`;
+      if (!checks.up) text += ` · out by checks since ${since(checks.down_since)}`;
+      text += ` · ${count(checks.checks)} checks, ${count(checks.downs)} downs`;
+    }
+    setLine(row.check, text);
+    row.check.classList.toggle("is-down", Boolean(checks) && !checks.up);
+    row.check.title = server.down_by.length ? `out by ${server.down_by.join(" and ")} health` : "";
+    const ramp = server.slow_start;
+    setLine(row.slowStart, ramp === null ? "" : `slow start: ${Math.round(ramp * 100)}% of its weight`);
   }
 
   function updateRate(row, server) {
