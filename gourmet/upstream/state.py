@@ -82,6 +82,14 @@ class Server:
             return self.weight_override
         return self.config.weight
 
+    @property
+    def latency_ewma(self) -> Optional[float]:
+        """
+        The peak-sensitive moving average of its response times, in
+        seconds, decayed to now; None before its first answer.
+        """
+        return self.stats.ewma.estimate()
+
     def reconfigure(
         self, config: UpstreamServerConfig, server_id: str, alone: bool
     ) -> None:
@@ -117,6 +125,7 @@ class Server:
         stats = self.stats
         stats.statuses[f"{status // 100}xx"] += 1
         stats.latency.add(seconds)
+        stats.ewma.observe(seconds)
         self._upstream_stats.response_time.observe(seconds)
 
     def succeeded(self) -> None:
@@ -135,6 +144,7 @@ class Server:
         """
         self.failures += 1
         self.health.failed(error)
+        self.stats.ewma.penalize()
         self.stats.errors.add()
         self._upstream_stats.errors.add()
         if not responded:
@@ -216,6 +226,7 @@ class Upstream:
                 server.reconfigure(server_config, server_id, alone)
             else:
                 server = self._new_server(server_config, server_id, alone)
+            server.stats.ewma.decay = config.ewma_decay
             servers.append(server)
         self.config = config
         self.servers = servers
