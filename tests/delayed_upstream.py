@@ -38,6 +38,7 @@ class DelayedResource(Resource):
 
     def render(self, request: Any) -> Any:
         request.setHeader(b"x-upstream", self.name.encode())
+        request.setHeader(b"content-length", b"2")
         delay = float(request.args.get(self.name.encode(), [b"0"])[0])
         call = self._reactor.callLater(delay, self._answer, request)
         request.notifyFinish().addErrback(lambda _: call.cancel())
