@@ -163,11 +163,7 @@ def draw(path: Path, figures: Dict[str, Dict[str, float]], title: str) -> Option
         axis.margins(x=0.25)
     for axis in axes[1:]:
         axis.set_yticklabels([])
-    figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    pyplot.close(figure)
+    chart.save(pyplot, figure, path, title)
     return None
 
 

@@ -17,11 +17,10 @@ from __future__ import annotations
 import sys
 from typing import Any, List
 
-from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.task import react
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
+
+from tests import upstream_process
 
 
 class DelayedResource(Resource):
@@ -56,20 +55,12 @@ class QuietSite(Site):
         pass
 
 
-async def serve(reactor: Any, port: int, name: str) -> None:
-    endpoint = TCP4ServerEndpoint(reactor, port, interface="127.0.0.1")
-    listening = await endpoint.listen(QuietSite(DelayedResource(name, reactor)))
-    print(f"upstream {name} listening on 127.0.0.1:{listening.getHost().port}")
-    sys.stdout.flush()
-    forever: Deferred[None] = Deferred()
-    await forever
-
-
 def main(argv: List[str]) -> None:
-    if len(argv) != 2 or not argv[0].isdigit():
-        raise SystemExit("usage: python -m tests.delayed_upstream PORT NAME")
-    port, name = int(argv[0]), argv[1]
-    react(lambda reactor: Deferred.fromCoroutine(serve(reactor, port, name)))
+    upstream_process.main(
+        argv,
+        "tests.delayed_upstream",
+        lambda name, reactor: QuietSite(DelayedResource(name, reactor)),
+    )
 
 
 if __name__ == "__main__":
