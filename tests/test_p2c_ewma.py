@@ -13,8 +13,12 @@ import attrs
 import pytest
 from twisted.internet.task import Clock
 
+from gourmet.config.load import parse_config
+from gourmet.config.model import UpstreamConfig
 from gourmet.upstream.balancers import BALANCERS, PeakEwmaTwoChoices, ewma_cost
+from gourmet.upstream.state import Upstream
 from gourmet.upstream.stats import FAILURE_SECONDS, PeakEwma
+from tests.configs import config
 
 
 @attrs.define(eq=False)
@@ -177,3 +181,30 @@ def test_a_fast_failing_server_does_not_attract_traffic() -> None:
     failing.ewma.penalize()
     counts: Dict[str, int] = Counter(balancer.pick(servers).name for _ in range(300))
     assert counts["slow"] == 0, counts
+
+
+def backend(decay: float) -> UpstreamConfig:
+    text = config(
+        ["127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"],
+        upstream_extra=f'balancer = "p2c_ewma"\newma_decay = {decay}',
+    )
+    return parse_config(text, "test.toml").upstreams[0]
+
+
+def test_real_servers_feed_it_and_a_reload_keeps_what_they_learnt() -> None:
+    clock = Clock()
+    upstream = Upstream(backend(2), clock, random.Random(5))
+    assert isinstance(upstream.balancer, PeakEwmaTwoChoices)
+    fast, other, slow = upstream.servers
+    for server, seconds in ((fast, 0.002), (other, 0.002), (slow, 0.020)):
+        server.attempt_started()
+        server.responded(200, seconds)
+        server.attempt_finished()
+    assert Counter(upstream.pick() for _ in range(100))[slow] == 0
+    upstream.reconfigure(backend(5))
+    assert [server.stats.ewma.decay for server in upstream.servers] == [5.0] * 3
+    assert slow.latency_ewma == pytest.approx(0.020)
+    assert Counter(upstream.pick() for _ in range(100))[slow] == 0
+    # A failure makes a fast server look slow.
+    fast.failed("status 502")
+    assert (fast.latency_ewma or 0) >= FAILURE_SECONDS
