@@ -69,12 +69,19 @@ def draw(
     figure, axes = pyplot.subplots(3, 2, figsize=(11, 11))
     for axis, (keys, panel_title) in zip(axes.flat, PANELS):
         _panel(axis, keys, panel_title, labels, medians)
+    save(pyplot, figure, path, title)
+    return None
+
+
+def save(pyplot: Any, figure: Any, path: Path, title: str) -> None:
+    """
+    Write ``figure`` to ``path`` under ``title``, and let it go.
+    """
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
     pyplot.close(figure)
-    return None
 
 
 def _panel(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from typing import Any, Dict, Optional
 
 import pytest
@@ -22,6 +23,7 @@ from gourmet.admin.auth import AdminSecurity
 from gourmet.admin.passwords import hash_password
 from gourmet.config.load import parse_config
 from gourmet.upstream.state import Upstream
+from gourmet.upstream.stats import FAILURE_SECONDS
 
 TOKEN = "a-token-of-twenty-chars"
 PASSWORD = "s3cret-pass"
@@ -140,6 +142,9 @@ async def test_list_upstreams_shows_servers_and_locations() -> None:
     assert (first["weight"], first["configured_weight"]) == (2, 2)
     assert (first["active"], first["requests"], first["failures"]) == (1, 1, 0)
     assert first["latency_ms"]["mean"] == 4.0
+    # What p2c_ewma balances by; none yet for a server never measured.
+    assert first["latency_ms"]["ewma"] == 4.0
+    assert second["latency_ms"]["ewma"] is None
     assert first["statuses"] == {"2xx": 1}
     assert len(backend["history"]["requests"]) == backend["history"]["seconds"]
 
@@ -490,6 +495,9 @@ async def test_metrics_are_valid_prometheus_text() -> None:
     # One failure (max_fail = 1) took a out; b is untouched.
     assert value("gourmet_upstream_server_up", **a) == 0
     assert value("gourmet_upstream_server_up", **b) == 1
+    # The 503 counted as a failure: a slow answer to p2c_ewma.
+    assert value("gourmet_upstream_latency_ewma_seconds", **a) == FAILURE_SECONDS
+    assert math.isnan(value("gourmet_upstream_latency_ewma_seconds", **b))
     histogram = {"upstream": "backend"}
     assert (
         value("gourmet_upstream_response_seconds_bucket", le="0.025", **histogram) == 1

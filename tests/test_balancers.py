@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from typing import List
+from typing import List, Optional
 
 import attrs
 import pytest
@@ -28,6 +28,7 @@ class FakeServer:
     name: str
     weight: int = 1
     active: int = 0
+    latency_ewma: Optional[float] = None
 
 
 def servers(*weights: int) -> List[FakeServer]:

@@ -275,8 +275,10 @@ def test_every_upstream_option() -> None:
         preserve_host = true
         keepalive = 0
         keepalive_timeout = 0
+        ewma_decay = 2.5
     """
     loaded = parse_config(config(upstream=upstream), "test.toml").upstreams[0]
+    assert loaded.ewma_decay == 2.5
     assert (loaded.retry_status, loaded.panic_threshold) == (frozenset({503}), 0)
     assert (loaded.balancer, loaded.connect_timeout, loaded.read_timeout) == (
         "random",
@@ -426,6 +428,7 @@ BAD = [
         "upstreams.b.panic_threshold",
         "expected a whole number from 0 to 100, got 101",
     ),
+    (config(upstream="ewma_decay = 0"), "upstreams.b.ewma_decay", "above 0"),
     (
         config(upstream="retry_status = [503, 99]"),
         "upstreams.b.retry_status[1]",

@@ -13,22 +13,29 @@ answers every request with JSON naming itself, ``{"server": NAME, "path":
 from __future__ import annotations
 
 import sys
-from typing import Any, List
+from typing import Any, Callable, List, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import react
+from twisted.web.server import Site
 
 from gourmet.demo import DemoResource, DemoSite
 
 
-async def serve(reactor: Any, port: int, name: str) -> None:
+async def serve(
+    reactor: Any, port: int, name: str, site: Optional[Site] = None
+) -> None:
     """
     Listen until the reactor stops: twistd's usual signal handling makes
     SIGTERM (and SIGINT) stop it, and :func:`react` then exits with 0.
+
+    :param site: what to serve; the demo's JSON by default.
     """
+    if site is None:
+        site = DemoSite(DemoResource(name), reactor=reactor)
     endpoint = TCP4ServerEndpoint(reactor, port, interface="127.0.0.1")
-    listening = await endpoint.listen(DemoSite(DemoResource(name), reactor=reactor))
+    listening = await endpoint.listen(site)
     # The test reads the port from this line (tests.processes).
     print(f"upstream {name} listening on 127.0.0.1:{listening.getHost().port}")
     sys.stdout.flush()
@@ -36,11 +43,24 @@ async def serve(reactor: Any, port: int, name: str) -> None:
     await forever
 
 
-def main(argv: List[str]) -> None:
+def main(
+    argv: List[str],
+    module: str = "tests.upstream_process",
+    make_site: Optional[Callable[[str, Any], Site]] = None,
+) -> None:
+    """
+    Serve as ``python -m MODULE PORT NAME`` says, with ``make_site(name,
+    reactor)`` if given.
+    """
     if len(argv) != 2 or not argv[0].isdigit():
-        raise SystemExit("usage: python -m tests.upstream_process PORT NAME")
+        raise SystemExit(f"usage: python -m {module} PORT NAME")
     port, name = int(argv[0]), argv[1]
-    react(lambda reactor: Deferred.fromCoroutine(serve(reactor, port, name)))
+
+    def run(reactor: Any) -> Deferred[None]:
+        site = make_site(name, reactor) if make_site is not None else None
+        return Deferred.fromCoroutine(serve(reactor, port, name, site))
+
+    react(run)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ binds the global reactor when imported.
 
 from __future__ import annotations
 
+import math
 import platform
 from typing import Any, Callable, Iterable, List, Mapping, Optional, Tuple, Type, Union
 
@@ -82,6 +83,13 @@ _SERVER_FIGURES: Tuple[Tuple[str, _Family, str, Callable[[Server], float]], ...]
         lambda server: server.configured_weight,
     ),
     (
+        "gourmet_upstream_latency_ewma_seconds",
+        GaugeMetricFamily,
+        "Peak-sensitive moving average of the time to the response head"
+        " (what p2c_ewma balances by; NaN before the first answer).",
+        lambda server: _or_nan(server.latency_ewma),
+    ),
+    (
         "gourmet_upstream_retries",
         CounterMetricFamily,
         "Requests that failed on the server and were sent to another.",
@@ -102,6 +110,10 @@ _SERVER_FIGURES: Tuple[Tuple[str, _Family, str, Callable[[Server], float]], ...]
 )
 
 _SERVER_LABELS = ["upstream", "server"]
+
+
+def _or_nan(value: Optional[float]) -> float:
+    return math.nan if value is None else value
 
 
 class UpstreamCollector(Collector):

@@ -156,6 +156,7 @@ def server_view(
             "mean": _milliseconds(stats.latency.mean()),
             "p95": _milliseconds(stats.latency.percentile(0.95)),
             "samples": len(stats.latency),
+            "ewma": _milliseconds(server.latency_ewma),
         },
         "requests_per_second": round(recent / RECENT_SECONDS, 3),
         "share": round(recent / upstream_recent, 4) if upstream_recent else None,

@@ -747,6 +747,7 @@ _UPSTREAM: Dict[str, Kind[Any]] = {
     "redirect_rewrite": _boolean,
     "keepalive": _whole(0),
     "keepalive_timeout": _number(0, inclusive=True),
+    "ewma_decay": _number(0),
     "header_timeout": _number(0),
     "proxy_protocol": _proxy_protocol,
     "slow_start": _number(0, inclusive=True),

@@ -108,6 +108,9 @@ class UpstreamConfig:
     keepalive: int = 32
     #: Seconds an idle keep-alive connection is kept.
     keepalive_timeout: float = 60.0
+    #: Seconds over which a response time's weight in each server's moving
+    #: average falls to 1/e (``p2c_ewma`` balances by it).
+    ewma_decay: float = 10.0
     #: Seconds from sending a request until the response head has arrived.
     header_timeout: float = 60.0
     #: The PROXY protocol header (``"v1"`` or ``"v2"``) every new connection

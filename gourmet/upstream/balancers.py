@@ -19,7 +19,7 @@ after which ``balancer = "first"`` is valid in an upstream's configuration.
 from __future__ import annotations
 
 import random
-from typing import Callable, Dict, Protocol, Sequence, TypeVar
+from typing import Callable, Dict, Optional, Protocol, Sequence, TypeVar
 
 from zope.interface import Interface, implementer
 
@@ -27,7 +27,10 @@ from zope.interface import Interface, implementer
 class Candidate(Protocol):
     """
     What a balancer may read of a server: its current weight (above 0: drained
-    and unavailable servers are never offered) and its requests in flight.
+    and unavailable servers are never offered), its requests in flight, and
+    the peak-sensitive moving average of its response times in seconds,
+    decayed to now (None before its first answer; a failure counts as a slow
+    answer).
     """
 
     @property
@@ -35,6 +38,9 @@ class Candidate(Protocol):
 
     @property
     def active(self) -> int: ...
+
+    @property
+    def latency_ewma(self) -> Optional[float]: ...
 
 
 C = TypeVar("C", bound=Candidate)
@@ -144,3 +150,49 @@ class LeastConnections:
         if len(best) == 1:
             return best[0]
         return self._tie_breaker.pick(best)
+
+
+#: The cost of a server that has not answered yet but has a request in
+#: flight: above any measured one, so that a new server gets one request to
+#: measure it (its cost is 0 while idle) and no flood before it answers.
+COLD_COST = 1e6
+
+
+def ewma_cost(candidate: Candidate) -> float:
+    """
+    What sending one more request to ``candidate`` is expected to cost:
+    its response-time average times its requests in flight plus this one,
+    for its weight (Finagle's and Linkerd's peak EWMA load).
+    """
+    latency = candidate.latency_ewma
+    if latency is None:
+        if candidate.active == 0:
+            return 0.0
+        return COLD_COST + candidate.active / candidate.weight
+    return latency * (candidate.active + 1) / candidate.weight
+
+
+@register_balancer("p2c_ewma")
+@implementer(IBalancer)
+class PeakEwmaTwoChoices:
+    """
+    Power of two random choices by latency: two different candidates drawn
+    at random, and the one with the lower :func:`ewma_cost` wins.  A slow
+    server loses most draws; the randomness keeps a fast one from being
+    flooded by every pick at once, and lets a server that slowed down be
+    tried again as its estimate decays.
+    """
+
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng
+
+    def pick(self, candidates: Sequence[C]) -> C:
+        count = len(candidates)
+        if count == 1:
+            return candidates[0]
+        first = self._rng.randrange(count)
+        second = self._rng.randrange(count - 1)
+        if second >= first:
+            second += 1
+        one, other = candidates[first], candidates[second]
+        return other if ewma_cost(other) < ewma_cost(one) else one

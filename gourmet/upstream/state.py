@@ -118,6 +118,14 @@ class Server:
         elapsed = self._clock.seconds() - since
         return 1.0 if elapsed >= window else max(SLOW_START_FLOOR, elapsed / window)
 
+    @property
+    def latency_ewma(self) -> Optional[float]:
+        """
+        The peak-sensitive moving average of its response times, in
+        seconds, decayed to now; None before its first answer.
+        """
+        return self.stats.ewma.estimate()
+
     def reconfigure(
         self, config: UpstreamServerConfig, server_id: str, alone: bool
     ) -> None:
@@ -153,6 +161,7 @@ class Server:
         stats = self.stats
         stats.statuses[f"{status // 100}xx"] += 1
         stats.latency.add(seconds)
+        stats.ewma.observe(seconds)
         self._upstream_stats.response_time.observe(seconds)
 
     def succeeded(self) -> None:
@@ -171,6 +180,7 @@ class Server:
         """
         self.failures += 1
         self.health.failed(error)
+        self.stats.ewma.penalize()
         self.stats.errors.add()
         self._upstream_stats.errors.add()
         if not responded:
@@ -257,6 +267,7 @@ class Upstream:
             else:
                 server = self._new_server(server_config, server_id, alone)
             self._reconfigure_checks(server, config)
+            server.stats.ewma.decay = config.ewma_decay
             servers.append(server)
         self.config = config
         self.servers = servers

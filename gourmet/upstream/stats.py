@@ -36,6 +36,12 @@ BUCKETS: Tuple[float, ...] = (
     30.0,
     60.0,
 )
+#: Seconds over which a response time's weight in a server's moving average
+#: falls to 1/e (Finagle's and Linkerd's ``decayTime``).
+EWMA_DECAY_SECONDS = 10.0
+#: A failure counts as a response at least this slow (or twice the
+#: estimate, if more): a server that fails fast must not look fast.
+FAILURE_SECONDS = 0.5
 
 
 class PerSecond:
@@ -121,6 +127,60 @@ class RecentLatency:
         return ordered[rank - 1]
 
 
+class PeakEwma:
+    """
+    Finagle's peak-sensitive moving average of a server's response times:
+    a response slower than the estimate replaces it at once, so one slow
+    answer is noticed by the very next pick; a faster one is averaged in
+    with a weight that grows with the time since the last, so a burst of
+    fast answers does not hide a slowdown and one answer after a long quiet
+    counts for much.  Without answers the estimate decays toward 0, over
+    ``decay`` seconds, so that a server that was slow is tried again.
+
+    It reads the clock it is given, never the system's.
+    """
+
+    def __init__(self, clock: IReactorTime, decay: float = EWMA_DECAY_SECONDS) -> None:
+        self._clock = clock
+        self.decay = decay
+        self._value = 0.0
+        self._stamp = 0.0
+        #: Responses (and failures) observed: 0 while the server is cold.
+        self.samples = 0
+
+    def _decayed(self, now: float) -> Tuple[float, float]:
+        """
+        The estimate at ``now`` and the weight the past has left in it.
+        """
+        elapsed = max(now - self._stamp, 0.0)
+        weight = math.exp(-elapsed / self.decay) if self.decay > 0 else 0.0
+        return self._value * weight, weight
+
+    def observe(self, seconds: float) -> None:
+        now = self._clock.seconds()
+        current, weight = self._decayed(now)
+        if self.samples == 0 or seconds >= current:
+            self._value = seconds
+        else:
+            self._value = current * weight + seconds * (1.0 - weight)
+        self._stamp = now
+        self.samples += 1
+
+    def penalize(self) -> None:
+        """
+        Count a failure as a slow response.
+        """
+        self.observe(max(2 * (self.estimate() or 0.0), FAILURE_SECONDS))
+
+    def estimate(self) -> Optional[float]:
+        """
+        The estimate now, in seconds; None before anything was observed.
+        """
+        if not self.samples:
+            return None
+        return self._decayed(self._clock.seconds())[0]
+
+
 class Histogram:
     """
     Cumulative-on-read response-time histogram, as Prometheus exposes it.
@@ -164,12 +224,15 @@ class ServerStats:
         server answered well: the client never knew.
     :ivar bytes_sent: request body bytes sent to the server.
     :ivar bytes_received: response body bytes read from it.
+    :ivar ewma: its response times' peak-sensitive moving average, which
+        ``p2c_ewma`` balances by.
     """
 
     def __init__(self, clock: IReactorTime) -> None:
         self.requests = PerSecond(clock)
         self.errors = PerSecond(clock)
         self.latency = RecentLatency()
+        self.ewma = PeakEwma(clock)
         self.statuses: Counter[str] = Counter()
         self.gourmet_statuses: Counter[int] = Counter()
         self.retries = 0

@@ -803,7 +803,7 @@
       buildRateCell(row),
       buildResponsesCell(row),
       buildErrorsCell(row),
-      cell(row, "num col-latency", { mean: "latency-mean", p95: "latency-p95" }),
+      cell(row, "num col-latency", { mean: "latency-mean", p95: "latency-p95", ewma: "latency-ewma" }),
       cell(row, "col-connections", { active: "active", pool: "pool", sent: "bytes", received: "bytes" }),
       buildActionsCell(row, server),
     ]);
@@ -965,6 +965,7 @@
     updateErrors(row, server);
     setText(row.mean, `mean ${milliseconds(server.latency_ms.mean)}`);
     setText(row.p95, `p95 ${milliseconds(server.latency_ms.p95)}`);
+    setText(row.ewma, `ewma ${milliseconds(server.latency_ms.ewma)}`);
     updateConnections(row, server);
     updateWeight(row, server);
     updateControls(row);
