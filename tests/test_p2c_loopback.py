@@ -13,9 +13,10 @@ from typing import Any, Iterator, List, Tuple
 
 import pytest
 import pytest_twisted
+import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.web.client import HTTPConnectionPool
 
 from tests.configs import config
 from tests.processes import UpstreamProcess
@@ -48,14 +49,13 @@ async def load(
     ``requests`` GETs, ``concurrency`` at a time on kept-alive connections:
     which server answered each, and in how many seconds.
     """
-    agent = Agent(reactor, pool=pool)
     results: List[Tuple[str, float]] = []
 
     async def client() -> None:
         while len(results) < requests:
             began = reactor.seconds()
-            response = await agent.request(b"GET", url.encode())
-            await readBody(response)
+            response = await treq.get(url, pool=pool)
+            await treq.content(response)
             assert response.code == 200
             (name,) = response.headers.getRawHeaders(b"x-upstream")
             results.append((name.decode(), reactor.seconds() - began))
