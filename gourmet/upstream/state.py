@@ -17,9 +17,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from gourmet.config.model import MAX_WEIGHT, UpstreamConfig, UpstreamServerConfig
-from gourmet.upstream.balancers import BALANCERS, IBalancer
+from gourmet.upstream.balancers import BALANCERS, IBalancer, IKeyedBalancer
 from gourmet.upstream.health import PassiveHealth
 from gourmet.upstream.stats import ServerStats, UpstreamStats
+from gourmet.upstream.sticky import StickyTokens
 
 
 class AdminState(enum.Enum):
@@ -191,6 +192,7 @@ class Upstream:
         self._rng = rng or random.Random()
         self.panic_since: Optional[float] = None
         self.servers: List[Server] = []
+        self.sticky_tokens = StickyTokens(config.name, config.sticky_secret)
         self.reconfigure(config)
 
     def reconfigure(self, config: UpstreamConfig) -> List[Server]:
@@ -220,7 +222,14 @@ class Upstream:
         self.config = config
         self.servers = servers
         # The old one's state names servers that may be gone.
-        self.balancer: IBalancer = BALANCERS[config.balancer](self._rng)
+        balancer = BALANCERS[config.balancer](self._rng)
+        self.balancer: IBalancer = balancer
+        #: The same balancer when it chooses by key, checked once here.
+        self.keyed: Optional[IKeyedBalancer] = None
+        if IKeyedBalancer.providedBy(balancer):
+            self.keyed = balancer
+            self.keyed.configure(config)
+        self.sticky_tokens.rekey(config.sticky_secret)
         return [server for left in kept.values() for server in left]
 
     def _new_server(
@@ -299,24 +308,60 @@ class Upstream:
         )
         self.panic_since = None
 
-    def pick(self, exclude: Collection[Server] = ()) -> Optional[Server]:
+    def pick(
+        self,
+        exclude: Collection[Server] = (),
+        key: Optional[bytes] = None,
+        sticky: Optional[bytes] = None,
+    ) -> Optional[Server]:
         """
         Choose a server for a request, leaving out ``exclude`` (the servers
         this request already tried); None when none may take it.
+
+        :param key: the request's ``hash_key``, for a keyed balancer.
+        :param sticky: the request's sticky cookie: the server it names,
+            if it may take the request, before the balancer's choice.
         """
         candidates = self.candidates(exclude)
         if not candidates:
             return None
+        if sticky is not None:
+            token = self.sticky_tokens.token
+            for server in candidates:
+                if token(server.name) == sticky:
+                    return server
+        if key is not None and self.keyed is not None:
+            return self.keyed.pick_keyed(candidates, key)
         return self.balancer.pick(candidates)
 
-    def try_next(self, tried: List[Server], tries_left: int) -> Optional[Server]:
+    def hash_shares(self) -> Optional[Dict[Server, float]]:
+        """
+        For a keyed balancer, each server's share of the keys now (0 for
+        one out of rotation or down); None for other balancers.
+        """
+        if self.keyed is None:
+            return None
+        shares = dict.fromkeys(self.servers, 0.0)
+        candidates = self.candidates()
+        if candidates:
+            shares.update(zip(candidates, self.keyed.shares(candidates)))
+        return shares
+
+    def try_next(
+        self,
+        tried: List[Server],
+        tries_left: int,
+        key: Optional[bytes] = None,
+        sticky: Optional[bytes] = None,
+    ) -> Optional[Server]:
         """
         The server for the next try of a request (or a TCP stream's
         connection) that has tried ``tried``, if ``tries_left`` allows one
         and a server may take it: appended to ``tried``, its attempt
         counted as started, and the try before counted as retried.
+        ``key`` and ``sticky`` are :meth:`pick`'s.
         """
-        server = self.pick(tried) if tries_left > 0 else None
+        server = self.pick(tried, key, sticky) if tries_left > 0 else None
         if server is None:
             return None
         if tried:
