@@ -16,6 +16,7 @@ from zope.interface.verify import verifyObject
 
 from gourmet.upstream.balancers import (
     BALANCERS,
+    C,
     ConsistentHash,
     IBalancer,
     IKeyedBalancer,
@@ -221,7 +222,7 @@ def test_balancers_without_keys_are_called_as_before() -> None:
         def __init__(self, rng: random.Random) -> None:
             pass
 
-        def pick(self, candidates: Sequence[object]) -> object:
+        def pick(self, candidates: Sequence[C]) -> C:
             return candidates[0]
 
     BALANCERS["first_for_test"] = First
