@@ -14,6 +14,8 @@ import attrs
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from gourmet.admin.metrics import UpstreamCollector
+from gourmet.admin.views import upstream_view
 from gourmet.upstream.balancers import (
     BALANCERS,
     C,
@@ -233,3 +235,23 @@ def test_balancers_without_keys_are_called_as_before() -> None:
         assert upstream.keyed is None
     finally:
         del BALANCERS["first_for_test"]
+
+
+def test_the_console_and_metrics_show_each_servers_share_of_keys() -> None:
+    upstream = hash_upstream("hash_balance_factor = 1.25")
+    view = upstream_view(upstream, [])
+    assert (view["balancer"], view["hash_key"]) == ("hash", "ip")
+    assert view["hash_balance_factor"] == 1.25
+    shares = [server["hash_share"] for server in view["servers"]]
+    assert math.isclose(sum(shares), 1.0, abs_tol=0.001)
+    families = {
+        family.name: family
+        for family in UpstreamCollector({"backend": upstream}).collect()
+    }
+    samples = families["gourmet_upstream_hash_share"].samples
+    assert len(samples) == 5
+    assert math.isclose(sum(sample.value for sample in samples), 1.0)
+    assert samples[0].labels == {"upstream": "backend", "server": "127.0.0.1:9001"}
+    # Other balancers have no share of keys.
+    plain = upstream_view(hash_upstream_round_robin(), [])
+    assert {server["hash_share"] for server in plain["servers"]} == {None}
