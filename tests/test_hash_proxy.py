@@ -11,7 +11,7 @@ from typing import Any, DefaultDict, Set
 import pytest_twisted
 
 from tests.configs import config
-from tests.streams import TcpServer, connect
+from tests.streams import TcpServer, greetings
 from tests.test_proxy import json_body
 from tests.test_streams import stream_config, stream_port
 
@@ -44,12 +44,6 @@ async def test_a_streams_client_keeps_to_one_server(gourmet: Any, started: Any) 
     extra = 'balancer = "hash"\nhash_key = "ip"'
     text = stream_config([server.address for server in tcp], upstream_extra=extra)
     running = await gourmet(text)
-    port = stream_port(running)
-    seen: Counter[bytes] = Counter()
-    for _ in range(9):
-        client = await connect(port)
-        seen[await client.read(1)] += 1
-        client.close()
-        await client.closed()
+    seen = await greetings(stream_port(running), 9)
     # Every connection comes from 127.0.0.1: one server takes them all.
     assert list(seen.values()) == [9]
