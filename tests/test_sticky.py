@@ -19,6 +19,7 @@ from tests.configs import config
 from tests.test_proxy import json_body
 from tests.test_tls import certificate_files
 from tests.test_tls_listeners import connect, get
+from tests.test_upstreams import make
 
 STICKY = 'sticky_cookie = "gourmet_srv"'
 TOKEN = re.compile(r"gourmet_srv=([0-9a-f]{16}); Path=/; HttpOnly; SameSite=Lax\Z")
@@ -154,3 +155,14 @@ def test_cookie_syntax() -> None:
         set_cookie(b"s", b"t", secure=False) == b"s=t; Path=/; HttpOnly; SameSite=Lax"
     )
     assert set_cookie(b"s", b"t", secure=True).endswith(b"; Secure")
+
+
+def test_a_reload_keeps_the_values_and_a_new_secret_changes_them() -> None:
+    upstream, _ = make(3, STICKY)
+    server = upstream.servers[1]
+    token = upstream.sticky_tokens.token(server.name)
+    upstream.reconfigure(upstream.config)
+    assert upstream.pick(sticky=token) is server
+    secret = 'sticky_secret = "0123456789abcdef0123"'
+    upstream.reconfigure(make(3, f"{STICKY}\n{secret}")[0].config)
+    assert upstream.sticky_tokens.token(server.name) != token
