@@ -11,17 +11,20 @@ from pathlib import Path
 from typing import Any, List
 
 import pytest_twisted
+import treq
+from twisted.web.http_headers import Headers
 
 from gourmet.http.cookies import cookie_value, set_cookie, without_cookie
 from gourmet.upstream.state import AdminState
 from gourmet.upstream.sticky import StickyTokens
-from tests.configs import config
+from tests.configs import ADMIN_LISTEN, config
 from tests.test_proxy import json_body
 from tests.test_tls import certificate_files
 from tests.test_tls_listeners import connect, get
 from tests.test_upstreams import make
 
 STICKY = 'sticky_cookie = "gourmet_srv"'
+ADMIN_TOKEN = "a-token-of-twenty-chars"
 TOKEN = re.compile(r"gourmet_srv=([0-9a-f]{16}); Path=/; HttpOnly; SameSite=Lax\Z")
 
 
@@ -35,7 +38,8 @@ async def test_the_cookie_keeps_100_requests_on_one_server_until_it_is_drained(
     gourmet: Any, make_upstreams: Any
 ) -> None:
     servers = make_upstreams("a", "b", "c")
-    running = await gourmet(config(servers, upstream_extra=STICKY))
+    console = f'[admin]\nlisten = "{ADMIN_LISTEN}"\ntoken = "{ADMIN_TOKEN}"\n'
+    running = await gourmet(config(servers, upstream_extra=STICKY) + console)
     first = await running.get("/")
     (cookie,) = set_cookies(first)
     match = TOKEN.match(cookie)
@@ -59,9 +63,17 @@ async def test_the_cookie_keeps_100_requests_on_one_server_until_it_is_drained(
     (chosen,) = [server for server in servers if server.name == owner]
     assert chosen.seen[-1].header(b"cookie") == b"theme=dark; lang=en"
 
-    # Drained: the same cookie goes elsewhere, and is reset to that server.
+    # Drained from the console: the same cookie goes elsewhere, and is
+    # reset to that server.
     upstream = running.upstream("backend")
-    upstream.server(chosen.address).admin_state = AdminState.DRAIN
+    drained = await treq.patch(
+        f"{running.admin_url}/api/upstreams/backend/servers/"
+        + upstream.server(chosen.address).id,
+        json={"state": "drain"},
+        headers=Headers({"Authorization": [f"Bearer {ADMIN_TOKEN}"]}),
+        pool=running.pool,
+    )
+    assert drained.code == 200, await drained.text()
     moved = await running.get("/", headers=headers)
     other = (await json_body(moved))["server"]
     assert other != owner
