@@ -7,6 +7,7 @@ slowly, and a client that says what it got and when the server closed.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any, List, Optional
 
 from twisted.internet import reactor
@@ -270,3 +271,18 @@ async def connect(port: int, host: str = "127.0.0.1", tls: bool = False) -> TcpC
     if tls:
         endpoint = wrapClientTLS(CertificateOptions(verify=False), endpoint)
     return await connectProtocol(endpoint, TcpClient())
+
+
+async def greetings(port: int, connections: int) -> Counter[bytes]:
+    """
+    The first byte each of ``connections`` connections to ``port``, one
+    after the other, reads: which :class:`TcpServer` (by its ``greeting``)
+    each reached.
+    """
+    seen: Counter[bytes] = Counter()
+    for _ in range(connections):
+        client = await connect(port)
+        seen[await client.read(1)] += 1
+        client.close()
+        await client.closed()
+    return seen

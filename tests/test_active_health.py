@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Set, Tuple
 
 import pytest
 from prometheus_client.exposition import generate_latest
@@ -112,6 +112,8 @@ def upstream_of(
 ) -> Tuple[Upstream, Clock]:
     text = "[upstreams.backend]\n"
     text += f'balancer = "{balancer}"\nslow_start = {slow_start}\n'
+    if balancer == "hash":
+        text += 'hash_key = "ip"\n'
     for address in addresses:
         text += f'[[upstreams.backend.servers]]\npath = "{address}"\n'
     text += '[server]\n[[server.locations]]\nlocation = "/"\nupstream = "backend"\n'
@@ -504,6 +506,43 @@ def test_a_server_in_slow_start_alone_still_takes_requests() -> None:
     (a,) = upstream.servers
     a.added_at = clock.seconds()
     assert all(upstream.pick() is a for _ in range(50))
+
+
+def test_a_sticky_client_of_a_server_in_slow_start_stays_with_it() -> None:
+    upstream, clock = upstream_of("10.0.0.1:80", "10.0.0.2:80", slow_start=30)
+    a = upstream.servers[0]
+    clock.advance(100)
+    take_out_and_back(a)
+    cookie = upstream.sticky_tokens.token(a.name)
+    # At 5% of its share, a client whose cookie names it is not moved away
+    # (and its session lost) in the other 95% of its requests.
+    assert all(upstream.pick(sticky=cookie) is a for _ in range(200))
+
+
+def test_under_hash_slow_start_moves_each_key_back_once() -> None:
+    upstream, clock = upstream_of(
+        "10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", slow_start=30, balancer="hash"
+    )
+    a = upstream.servers[0]
+    keys = [b"user-%d" % n for n in range(3000)]
+    before = {key: upstream.pick(key=key) for key in keys}
+    own = sum(server is a for server in before.values())
+    clock.advance(100)
+    take_out_and_back(a)
+    previous: Set[bytes] = set()
+    for seconds in (0, 7.5, 15, 22.5, 30):
+        # Each key goes to one server at a time, not now one, now another.
+        placed = {key: upstream.pick(key=key) for key in keys}
+        assert placed == {key: upstream.pick(key=key) for key in keys}
+        on_a = {key for key, server in placed.items() if server is a}
+        share = max(SLOW_START_FLOOR, seconds / 30)
+        assert len(on_a) / own == pytest.approx(share, abs=0.05)
+        # A key that came back to it stays; every key it has is its own.
+        assert previous <= on_a
+        assert all(before[key] is a for key in on_a)
+        previous = on_a
+        clock.advance(7.5)
+    assert {key: upstream.pick(key=key) for key in keys} == before
 
 
 # -- configuration ---------------------------------------------------------------

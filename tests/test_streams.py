@@ -7,7 +7,6 @@ the console shows.
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 from typing import Any, List, Sequence, Tuple
 
@@ -25,6 +24,7 @@ from tests.streams import (
     TcpClient,
     TcpServer,
     connect,
+    greetings,
 )
 from tests.test_tls import certificate_files
 
@@ -105,14 +105,7 @@ async def test_connections_are_balanced_by_weight(gourmet: Any, started: Any) ->
     a = started(TcpServer(greeting=b"a"))
     b = started(TcpServer(greeting=b"b"))
     running = await gourmet(stream_config([a.address, b.address], weights=[3, 1]))
-    port = stream_port(running)
-    seen: Counter[bytes] = Counter()
-    for _ in range(40):
-        client = await connect(port)
-        seen[await client.read(1)] += 1
-        client.close()
-        await client.closed()
-    assert seen == {b"a": 30, b"b": 10}
+    assert await greetings(stream_port(running), 40) == {b"a": 30, b"b": 10}
 
 
 @pytest_twisted.ensureDeferred

@@ -144,6 +144,7 @@ class UpstreamCollector(Collector):
         yield from self._by_kind()
         yield self._gourmet_responses()
         yield self._panics()
+        yield self._hash_shares()
         yield self._response_times()
         yield from self._checks()
 
@@ -263,6 +264,19 @@ class UpstreamCollector(Collector):
         )
         for upstream in self.upstreams.values():
             family.add_metric([upstream.name], 1 if upstream.in_panic() else 0)
+        return family
+
+    def _hash_shares(self) -> Metric:
+        family = GaugeMetricFamily(
+            "gourmet_upstream_hash_share",
+            "The share of keys (0 to 1) a keyed balancer (hash) sends to the"
+            " server now; only for upstreams with one.",
+            labels=_SERVER_LABELS,
+        )
+        for upstream in self.upstreams.values():
+            shares = upstream.hash_shares()
+            for server, share in (shares or {}).items():
+                family.add_metric([upstream.name, server.name], share)
         return family
 
     def _response_times(self) -> Metric:

@@ -188,18 +188,28 @@ def upstream_view(
     """
     stats = upstream.stats
     recent = stats.requests.total(RECENT_SECONDS)
+    servers = [
+        server_view(server, recent, pool, upstream.config.slow_start)
+        for server in upstream.servers
+    ]
+    hash_shares = upstream.hash_shares()
+    for view, server in zip(servers, upstream.servers):
+        # A keyed balancer's view: the share of keys each server gets now.
+        view["hash_share"] = (
+            None if hash_shares is None else round(hash_shares[server], 4)
+        )
     return {
         "name": upstream.name,
         "balancer": upstream.config.balancer,
+        "hash_key": upstream.config.hash_key,
+        "hash_balance_factor": upstream.config.hash_balance_factor,
+        "sticky_cookie": upstream.config.sticky_cookie,
         "panic": upstream.in_panic(),
         "panic_since": upstream.panic_since,
         "locations": locations,
         "slow_start": upstream.config.slow_start,
         "health_check": upstream.config.health_check is not None,
-        "servers": [
-            server_view(server, recent, pool, upstream.config.slow_start)
-            for server in upstream.servers
-        ],
+        "servers": servers,
         "rate": rate_view(stats.requests),
         "errors": {
             "last_minute": stats.errors.total(RECENT_SECONDS),

@@ -30,6 +30,7 @@ from typing import (
     Collection,
     Dict,
     List,
+    Mapping,
     Optional,
     Set,
     Tuple,
@@ -734,6 +735,37 @@ def _proxy_protocol(value: Any) -> Optional[str]:
     raise _Invalid(f'expected "v1", "v2" or false, got {_show(value)}')
 
 
+#: The request parts ``hash_key`` may name.
+_HASH_KEY = re.compile(r"\A(?:ip|uri|(?:header|cookie):[!#$%&'*+.^_`|~0-9A-Za-z-]+)\Z")
+
+
+def _hash_key(value: Any) -> str:
+    if isinstance(value, str) and _HASH_KEY.match(value):
+        return value
+    raise _Invalid(
+        'expected "ip", "uri", "header:NAME" or "cookie:NAME", got ' + _show(value)
+    )
+
+
+def _balance_factor(value: Any) -> float:
+    numeric = _is_whole(value) or isinstance(value, float)
+    if numeric and math.isfinite(value) and (value == 0 or value >= 1):
+        return float(value)
+    raise _Invalid(f"expected 0 (off) or a number of at least 1, got {_show(value)}")
+
+
+def _cookie_name(value: Any) -> str:
+    if isinstance(value, str) and re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", value):
+        return value
+    raise _Invalid(f"expected a cookie name (an HTTP token), got {_show(value)}")
+
+
+def _secret(value: Any) -> str:
+    if isinstance(value, str) and len(value) >= 16:
+        return value
+    raise _Invalid(f"expected a string of at least 16 characters, got {_show(value)}")
+
+
 _UPSTREAM: Dict[str, Kind[Any]] = {
     "balancer": _choice(BALANCERS),
     "provider": _choice(("static",)),
@@ -751,6 +783,10 @@ _UPSTREAM: Dict[str, Kind[Any]] = {
     "header_timeout": _number(0),
     "proxy_protocol": _proxy_protocol,
     "slow_start": _number(0, inclusive=True),
+    "hash_key": _hash_key,
+    "hash_balance_factor": _balance_factor,
+    "sticky_cookie": _cookie_name,
+    "sticky_secret": _secret,
 }
 
 _UPSTREAM_NAME = re.compile(r"\A[A-Za-z0-9_.-]+\Z")
@@ -809,7 +845,24 @@ def _upstream(name: str, table: _Table) -> UpstreamConfig:
     if table.has("health_check"):
         values["health_check"] = _health_check(table.table("health_check"))
     table.done()
+    _check_hash(table, values)
     return UpstreamConfig(name=name, servers=servers, **values)
+
+
+def _check_hash(table: _Table, values: Dict[str, Any]) -> None:
+    """
+    ``hash_key`` goes with ``balancer = "hash"``, and only with it.
+    """
+    hashing = values.get("balancer") == "hash"
+    if hashing and "hash_key" not in values:
+        raise table.error(
+            "hash_key",
+            'missing key: balancer = "hash" needs one:'
+            ' "ip", "uri", "header:NAME" or "cookie:NAME"',
+        )
+    for name in ("hash_key", "hash_balance_factor"):
+        if not hashing and name in values:
+            raise table.error(name, 'only for balancer = "hash"')
 
 
 def _upstreams(document: _Table) -> Tuple[UpstreamConfig, ...]:
@@ -1187,7 +1240,9 @@ def _stream_proxy_protocol(value: Any) -> Optional[str]:
         ) from None
 
 
-def _stream(table: _Table, upstreams: Collection[str], base_dir: str) -> StreamConfig:
+def _stream(
+    table: _Table, upstreams: Mapping[str, UpstreamConfig], base_dir: str
+) -> StreamConfig:
     listen = table.require(
         "listen", _endpoint(base_dir), 'an endpoint such as "tcp:5432"'
     )
@@ -1197,12 +1252,20 @@ def _stream(table: _Table, upstreams: Collection[str], base_dir: str) -> StreamC
     values = table.only(
         proxy_protocol=_stream_proxy_protocol, idle_timeout=_number(0, True)
     )
+    hash_key = upstreams[upstream].hash_key
+    if hash_key not in (None, "ip"):
+        raise table.error(
+            "upstream",
+            f"upstreams.{upstream}.hash_key = {_show(hash_key)} means nothing"
+            ' to a TCP stream: only "ip" does',
+        )
     return StreamConfig(listen=listen, upstream=upstream, **values)
 
 
 def _gourmet(document: _Table, source: str, base_dir: str) -> GourmetConfig:
     upstreams = _upstreams(document)
     names = [upstream.name for upstream in upstreams]
+    by_name = {upstream.name: upstream for upstream in upstreams}
     frontend = _frontend(document.table("server", "a [server] table"), names, base_dir)
     log = document.table("log").only(
         access_log=_log_target(base_dir),
@@ -1212,7 +1275,7 @@ def _gourmet(document: _Table, source: str, base_dir: str) -> GourmetConfig:
     admin = _admin(document.table("admin"), base_dir)
     streams: List[StreamConfig] = []
     for table in document.tables("streams", required=False):
-        stream = _stream(table, names, base_dir)
+        stream = _stream(table, by_name, base_dir)
         for earlier, other in enumerate(streams):
             if other.listen == stream.listen:
                 raise table.error("listen", f"the same as streams[{earlier}].listen")

@@ -121,6 +121,20 @@ class UpstreamConfig:
     #: Seconds over which a server that comes back up, or that a reload
     #: adds, ramps from a small share to its full weight; 0: at once.
     slow_start: float = 0.0
+    #: What ``balancer = "hash"`` hashes: ``"ip"``, ``"uri"``,
+    #: ``"header:NAME"`` or ``"cookie:NAME"``; None for other balancers.
+    hash_key: Optional[str] = None
+    #: Bounded loads: no server takes more than this times its weighted
+    #: share of the requests in flight; 0: off (HAProxy's and Envoy's
+    #: ``hash_balance_factor``).
+    hash_balance_factor: float = 0.0
+    #: The cookie that keeps a client on the server that first answered it;
+    #: None: no sticky sessions.
+    sticky_cookie: Optional[str] = None
+    #: The key sticky cookies' values are made with, the same in every
+    #: Gourmet that should recognise them; None: a random one per upstream
+    #: and process.
+    sticky_secret: Optional[str] = None
 
 
 @frozen

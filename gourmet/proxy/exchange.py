@@ -20,6 +20,7 @@ from gourmet._twisted.headers import (
 from gourmet.frontend.accesslog import CLIENT_CLOSED, ProxyRecord
 from gourmet.frontend.errors import ErrorPages
 from gourmet.frontend.site import GourmetRequest
+from gourmet.http.cookies import set_cookie
 from gourmet.http.forwarding import (
     HeaderList,
     forwardable,
@@ -35,6 +36,7 @@ from gourmet.http.tokens import (
 )
 from gourmet.http.upgrade import switched_to, upgrade_headers
 from gourmet.net.splice import Splice
+from gourmet.proxy.affinity import affinity
 from gourmet.upstream.connection import (
     ConnectFailed,
     ConnectionClosed,
@@ -119,7 +121,8 @@ class ProxyExchange:
         self.config = config
         self.method = method
         self.target = target
-        self.headers = headers
+        #: The request's hash key and sticky cookie, if the upstream uses them.
+        self.key, self.sticky, self.headers = affinity(config, headers, request.uri)
         #: The client's Host, for redirects; and to send when preserved.
         self.client_host = client_host
         self.body = body
@@ -168,7 +171,9 @@ class ProxyExchange:
     # -- choosing a server and sending ----------------------------------
 
     def start(self) -> None:
-        server = self.upstream.try_next(self.tried, self.tries_left)
+        server = self.upstream.try_next(
+            self.tried, self.tries_left, self.key, self.sticky
+        )
         if server is None:
             self._give_up()
             return
@@ -330,6 +335,22 @@ class ProxyExchange:
         request.responseHeaders = self._client_headers(head)
         request.registerProducer(self, True)
 
+    def _stick(self, headers: CheckedHeaders) -> None:
+        """
+        With ``sticky_cookie``, set it to the server that answered, unless
+        the client's already names it.
+        """
+        name = self.config.sticky_cookie
+        server = self.server
+        if name is None or server is None:
+            return
+        token = self.upstream.sticky_tokens.token(server.name)
+        if token != self.sticky:
+            secure = self.request.isSecure()
+            headers.add_checked(
+                b"Set-Cookie", set_cookie(name.encode("ascii"), token, secure)
+            )
+
     def _client_headers(self, head: ResponseHead) -> CheckedHeaders:
         """
         The response's headers as the client gets them.
@@ -346,6 +367,7 @@ class ProxyExchange:
             if redirects and lower_name(name) in REWRITTEN:
                 value = self._redirect_rewrite().header(lower_name(name), value)
             headers.add_checked(name, value)
+        self._stick(headers)
         request_id = request.gourmet_request_id
         if request_id is not None:
             # The ID the server was sent, whatever it answered with.

@@ -142,7 +142,7 @@ class StreamConnection(Protocol):
 
     def _try_next(self) -> None:
         upstream = self.upstream
-        server = upstream.try_next(self.tried, self.tries_left)
+        server = upstream.try_next(self.tried, self.tries_left, self._hash_key())
         if server is None:
             self._give_up()
             return
@@ -164,6 +164,16 @@ class StreamConnection(Protocol):
         self._connecting = connecting
         self._timer = settings.clock.callLater(timeout, self._connect_timed_out)
         connecting.addCallbacks(self._connected, self._connect_failed)
+
+    def _hash_key(self) -> Optional[bytes]:
+        """
+        The client's address, for ``balancer = "hash"`` (``hash_key = "ip"``,
+        the one key a stream has).
+        """
+        if self.upstream.config.hash_key is None:
+            return None
+        host = getattr(self._client.getPeer(), "host", None)
+        return None if host is None else str(host).encode("ascii", "replace")
 
     def _proxy_header(self) -> Optional[bytes]:
         """

@@ -14,14 +14,34 @@ class and a name::
             return candidates[0]
 
 after which ``balancer = "first"`` is valid in an upstream's configuration.
+
+A balancer that chooses by something of the request (a hash of the
+client's address, a header, a cookie) provides :class:`IKeyedBalancer` as
+well; the upstream checks once, when it makes the balancer, which of the
+two to call, so balancers that know nothing of keys keep working as they
+were.
 """
 
 from __future__ import annotations
 
 import random
-from typing import Callable, Dict, Optional, Protocol, Sequence, TypeVar
+from typing import (
+    TYPE_CHECKING,
+    Callable,
+    Dict,
+    List,
+    Optional,
+    Protocol,
+    Sequence,
+    TypeVar,
+)
 
 from zope.interface import Interface, implementer
+
+from gourmet.upstream.hashing import RingCache, hash64, load_bound
+
+if TYPE_CHECKING:
+    from gourmet.config.model import UpstreamConfig
 
 
 class Candidate(Protocol):
@@ -46,6 +66,20 @@ class Candidate(Protocol):
 C = TypeVar("C", bound=Candidate)
 
 
+class KeyedCandidate(Candidate, Protocol):
+    """
+    What a keyed balancer may read of a server besides: ``id``, which stays
+    the same for as long as the server's address does (reloads and
+    restarts included), for a hash to be placed by.
+    """
+
+    @property
+    def id(self) -> str: ...
+
+
+K = TypeVar("K", bound=KeyedCandidate)
+
+
 class IBalancer(Interface):
     """
     Chooses one server among those that may take a request now.
@@ -56,6 +90,32 @@ class IBalancer(Interface):
         Return one of ``candidates``, which is never empty.  The same
         sequence of servers, in the same order, is offered every time while
         nothing changes, so a balancer may keep state per server.
+        """
+
+
+class IKeyedBalancer(IBalancer):
+    """
+    A balancer that chooses by a key taken from each request, such as
+    ``balancer = "hash"``.  Its ``pick`` is used only when a request has no
+    key.
+    """
+
+    def configure(config: UpstreamConfig) -> None:
+        """
+        Called once, after the balancer is made, with its upstream's
+        configuration (``hash_key``, ``hash_balance_factor``).
+        """
+
+    def pick_keyed(candidates: Sequence[K], key: bytes) -> K:
+        """
+        Return one of ``candidates`` (never empty) for a request whose key
+        is ``key``.
+        """
+
+    def shares(candidates: Sequence[K]) -> List[float]:
+        """
+        The share of keys each of ``candidates`` gets (fractions summing to
+        1, in their order), for the console and ``/metrics``.
         """
 
 
@@ -196,3 +256,45 @@ class PeakEwmaTwoChoices:
             second += 1
         one, other = candidates[first], candidates[second]
         return other if ewma_cost(other) < ewma_cost(one) else one
+
+
+@register_balancer("hash")
+@implementer(IKeyedBalancer)
+class ConsistentHash:
+    """
+    Consistent hashing of each request's key (``hash_key``) onto a ring of
+    the servers, weighted, with bounded loads when ``hash_balance_factor``
+    is set (see :mod:`gourmet.upstream.hashing`).  A request without a key
+    goes round robin, as nginx's ``hash`` does with an empty key.
+    """
+
+    def __init__(self, rng: Optional[random.Random] = None) -> None:
+        self._rings = RingCache()
+        self._fallback = SmoothRoundRobin()
+        self.balance_factor = 0.0
+
+    def configure(self, config: UpstreamConfig) -> None:
+        self.balance_factor = config.hash_balance_factor
+
+    def pick(self, candidates: Sequence[C]) -> C:
+        return self._fallback.pick(candidates)
+
+    def pick_keyed(self, candidates: Sequence[K], key: bytes) -> K:
+        ring = self._rings.ring(tuple((c.id, c.weight) for c in candidates))
+        key_hash = hash64(key)
+        factor = self.balance_factor
+        if not factor or len(candidates) == 1:
+            return candidates[ring.first(key_hash)]
+        in_flight = sum(candidate.active for candidate in candidates)
+        total_weight = sum(candidate.weight for candidate in candidates)
+        for index in ring.walk(key_hash):
+            candidate = candidates[index]
+            bound = load_bound(factor, in_flight, candidate.weight, total_weight)
+            if candidate.active < bound:
+                return candidate
+        # Unreachable while the bounds add up to more than in_flight, as
+        # they do for a factor of at least 1; the key's own server else.
+        return candidates[ring.first(key_hash)]
+
+    def shares(self, candidates: Sequence[K]) -> List[float]:
+        return self._rings.ring(tuple((c.id, c.weight) for c in candidates)).shares()

@@ -17,10 +17,12 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from gourmet.config.model import MAX_WEIGHT, UpstreamConfig, UpstreamServerConfig
-from gourmet.upstream.balancers import BALANCERS, IBalancer
+from gourmet.upstream.balancers import BALANCERS, IBalancer, IKeyedBalancer
 from gourmet.upstream.checks import ActiveHealth
+from gourmet.upstream.hashing import hash64
 from gourmet.upstream.health import PassiveHealth
 from gourmet.upstream.stats import ServerStats, UpstreamStats
+from gourmet.upstream.sticky import StickyTokens
 
 #: The share of its weight a server in slow start begins with.
 SLOW_START_FLOOR = 0.05
@@ -237,6 +239,7 @@ class Upstream:
         self._rng = rng or random.Random()
         self.panic_since: Optional[float] = None
         self.servers: List[Server] = []
+        self.sticky_tokens = StickyTokens(config.name, config.sticky_secret)
         self.reconfigure(config)
         # Slow start is for servers that come back or that a reload adds,
         # not for all of them at start-up (HAProxy's choice).
@@ -272,7 +275,14 @@ class Upstream:
         self.config = config
         self.servers = servers
         # The old one's state names servers that may be gone.
-        self.balancer: IBalancer = BALANCERS[config.balancer](self._rng)
+        balancer = BALANCERS[config.balancer](self._rng)
+        self.balancer: IBalancer = balancer
+        #: The same balancer when it chooses by key, checked once here.
+        self.keyed: Optional[IKeyedBalancer] = None
+        if IKeyedBalancer.providedBy(balancer):
+            self.keyed = balancer
+            self.keyed.configure(config)
+        self.sticky_tokens.rekey(config.sticky_secret)
         return [server for left in kept.values() for server in left]
 
     def _new_server(
@@ -337,25 +347,35 @@ class Upstream:
         unwanted, and refusing every request is the one certain outage.
         """
         rotation, healthy = self.in_rotation()
-        panic = self._panics(len(rotation), len(healthy))
-        servers = rotation if panic else healthy
-        servers = [server for server in servers if server not in exclude]
-        window = self.config.slow_start
-        return servers if panic or window <= 0 else self._slow_start(servers, window)
+        servers = rotation if self._panics(len(rotation), len(healthy)) else healthy
+        return [server for server in servers if server not in exclude]
 
-    def _slow_start(self, servers: List[Server], window: float) -> List[Server]:
+    def _ramped(
+        self, servers: List[Server], key: Optional[bytes] = None
+    ) -> List[Server]:
         """
         ``servers`` less those in slow start that sit this pick out: each is
         offered in its share of picks, so its share of requests under any
-        balancer is its weight's times that share.  Never none.
+        balancer is its weight's times that share.  Never none; not in a
+        panic.  With a hash ``key`` the draw is the key's own, so a key
+        stays put while the share grows and moves to the server once,
+        rather than flapping between it and the next on the ring.
         """
-        rng = self._rng
+        window = self.config.slow_start
+        if window <= 0 or self.panic_since is not None:
+            return servers
         offered = [
             server
             for server in servers
-            if (share := server.slow_start_share(window)) >= 1.0 or rng.random() < share
+            if (share := server.slow_start_share(window)) >= 1.0
+            or self._draw(server, key) < share
         ]
         return offered or servers
+
+    def _draw(self, server: Server, key: Optional[bytes]) -> float:
+        if key is None:
+            return self._rng.random()
+        return hash64(key + b"\0" + server.id.encode()) / 2.0**64
 
     def _panic_changed(self, panic: bool, rotation: int, healthy: int) -> None:
         if panic:
@@ -381,24 +401,62 @@ class Upstream:
         )
         self.panic_since = None
 
-    def pick(self, exclude: Collection[Server] = ()) -> Optional[Server]:
+    def pick(
+        self,
+        exclude: Collection[Server] = (),
+        key: Optional[bytes] = None,
+        sticky: Optional[bytes] = None,
+    ) -> Optional[Server]:
         """
         Choose a server for a request, leaving out ``exclude`` (the servers
         this request already tried); None when none may take it.
+
+        :param key: the request's ``hash_key``, for a keyed balancer.
+        :param sticky: the request's sticky cookie: the server it names,
+            if it may take the request, before the balancer's choice.
         """
         candidates = self.candidates(exclude)
         if not candidates:
             return None
-        return self.balancer.pick(candidates)
+        if sticky is not None:
+            # Before slow start thins the servers: a client it keeps on a
+            # ramping server stays there.
+            token = self.sticky_tokens.token
+            for server in candidates:
+                if token(server.name) == sticky:
+                    return server
+        if key is not None and self.keyed is not None:
+            return self.keyed.pick_keyed(self._ramped(candidates, key), key)
+        return self.balancer.pick(self._ramped(candidates))
 
-    def try_next(self, tried: List[Server], tries_left: int) -> Optional[Server]:
+    def hash_shares(self) -> Optional[Dict[Server, float]]:
+        """
+        For a keyed balancer, each server's share of the keys now (0 for
+        one out of rotation or down); None for other balancers.
+        """
+        if self.keyed is None:
+            return None
+        shares = dict.fromkeys(self.servers, 0.0)
+        candidates = self.candidates()
+        if candidates:
+            shares.update(zip(candidates, self.keyed.shares(candidates)))
+        return shares
+
+    def try_next(
+        self,
+        tried: List[Server],
+        tries_left: int,
+        key: Optional[bytes] = None,
+        sticky: Optional[bytes] = None,
+    ) -> Optional[Server]:
         """
         The server for the next try of a request (or a TCP stream's
         connection) that has tried ``tried``, if ``tries_left`` allows one
         and a server may take it: appended to ``tried``, its attempt
         counted as started, and the try before counted as retried.
+        ``key`` and ``sticky`` are :meth:`pick`'s.
         """
-        server = self.pick(tried) if tries_left > 0 else None
+        server = self.pick(tried, key, sticky) if tries_left > 0 else None
         if server is None:
             return None
         if tried:

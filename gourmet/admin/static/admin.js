@@ -640,7 +640,7 @@
   }
 
   function updateSection(section, upstream) {
-    setText(section.balancer, upstream.balancer);
+    setText(section.balancer, upstream.hash_key ? `${upstream.balancer} ${upstream.hash_key}` : upstream.balancer);
     section.panic.hidden = !upstream.panic;
     showList(section.locations, upstream.locations, (pattern) =>
       el("li", {}, [el("code", { text: pattern })]));
@@ -837,6 +837,7 @@
           keep(row, "shareFill", "span", "bar-fill"),
         ]),
       ]),
+      keep(row, "hashShare", "div", "hash-share"),
     ]);
   }
 
@@ -1018,6 +1019,10 @@
     setText(row.sharePercent, share === null ? "–" : `${(share * 100).toFixed(1)}%`);
     // Setting a style property from script is allowed by the CSP.
     row.shareFill.style.width = `${share === null ? 0 : Math.min(share * 100, 100)}%`;
+    // A keyed balancer's view: the share of keys the ring gives it now.
+    const keys = server.hash_share;
+    row.hashShare.hidden = keys === null || keys === undefined;
+    setText(row.hashShare, row.hashShare.hidden ? "" : `${(keys * 100).toFixed(1)}% of keys`);
   }
 
   function updateResponses(row, server) {
