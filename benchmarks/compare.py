@@ -47,6 +47,7 @@ from benchmarks import (
     pypy_env,
     report,
     slow_download,
+    slow_server,
     tcp,
     websocket,
     wrk,
@@ -657,6 +658,30 @@ def https_phase(
     return results, checks
 
 
+#: Clients at once in the one-slow-server scenario: few, where p2c_ewma's
+#: latency dominates its score, and more, where requests in flight do.
+SLOW_SERVER_CLIENTS = [2, 8]
+
+
+def slow_server_phase(bench: Bench) -> Dict[str, Dict[str, float]]:
+    """
+    One slow server (:mod:`benchmarks.slow_server`): nginx's least_conn and
+    Gourmet's round_robin, least_conn and p2c_ewma in front of two 2 ms
+    upstreams and a 20 ms one.
+    """
+    settings = bench.settings
+    workdir = bench.workdir / "slow-server"
+    workdir.mkdir(exist_ok=True)
+    workdir.chmod(0o755)
+    log(
+        "One slow server: 2, 2 and 20 ms upstreams; nginx least_conn and Gourmet "
+        f"round_robin, least_conn and p2c_ewma at {SLOW_SERVER_CLIENTS} clients"
+    )
+    return slow_server.phase(
+        workdir, SLOW_SERVER_CLIENTS, settings.warmup, settings.duration
+    )
+
+
 def tcp_phase(bench: Bench, problems: List[str]) -> Dict[str, Any]:
     """
     The TCP row (:mod:`benchmarks.tcp`): nginx's stream module and
@@ -921,6 +946,12 @@ def save(
     )
     why_not = chart.draw(chart_path, labels, medians, title)
     log(f"Chart not drawn: {why_not}" if why_not else f"Saved {chart_path}")
+    slow_chart = chart_path.with_name(chart_path.stem + "-slow-server.png")
+    slow_title = slow_server.chart_title(
+        SLOW_SERVER_CLIENTS, bench.settings.duration, f"{date:%Y-%m-%d %H:%M}"
+    )
+    why_not = slow_server.draw(slow_chart, record["slow_server"], slow_title)
+    log(f"Chart not drawn: {why_not}" if why_not else f"Saved {slow_chart}")
 
 
 def cpu_times() -> Tuple[int, int]:
@@ -967,6 +998,7 @@ def measure(bench: Bench, problems: List[str]) -> None:
         https, https_checks = https_phase(bench, problems)
         websocket_record, websocket_problems = websocket.phase(bench)
         tcp_figures = tcp_phase(bench, problems)
+        slow_servers = slow_server_phase(bench)
     problems += websocket_problems
     checks.update(https_checks)
     if git_revision() != revision:
@@ -1001,6 +1033,7 @@ def measure(bench: Bench, problems: List[str]) -> None:
     log("\n" + websocket.table(websocket_record))
     if tcp_figures:
         log("\n" + tcp.table(tcp_figures["medians"]))
+    log("\n" + slow_server.table(slow_servers))
     elapsed = time.monotonic() - began
     log(f"\nTook {elapsed:.0f} s.")
     record = {
@@ -1031,6 +1064,7 @@ def measure(bench: Bench, problems: List[str]) -> None:
         "websocket": websocket_record,
         "pypy_floor_mib": floor,
         "tcp": tcp_figures,
+        "slow_server": slow_servers,
         "checks": checks,
         "problems": problems,
         "elapsed_seconds": round(elapsed),

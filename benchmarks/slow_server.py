@@ -27,8 +27,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from benchmarks import chart
-from benchmarks.compare import log, start
+from benchmarks import chart, compare
 from benchmarks.nginx import Nginx, proxy_config
 from benchmarks.processes import REPO, Server, work_directory
 from benchmarks.slow_client import free_port
@@ -167,13 +166,77 @@ def draw(path: Path, figures: Dict[str, Dict[str, float]], title: str) -> Option
     return None
 
 
-def _show(key: str, result: Dict[str, float]) -> None:
-    log(
+def line(key: str, result: Dict[str, float]) -> str:
+    return (
         f"{key:32} {result['requests_per_second']:7.0f} req/s"
         f"  p50 {result['p50_ms']:5.1f} ms  p99 {result['p99_ms']:5.1f} ms"
         f"  (fast servers' p99 {result['fast_p99_ms']:5.1f} ms)"
         f"  slow share {result['slow_share']:6.1%}"
         f"  failures {result['failures']:.0f}"
+    )
+
+
+def table(figures: Dict[str, Dict[str, float]]) -> str:
+    """
+    The figures of :func:`phase`, a line per proxy and client count.
+    """
+    heading = "One slow server (2, 2 and 20 ms upstreams; p2c_ewma's scenario):"
+    return "\n".join([heading, *(line(key, f) for key, f in figures.items())])
+
+
+def _upstreams(stack: contextlib.ExitStack, workdir: Path) -> List[int]:
+    ports = []
+    for name in DELAYS:
+        port = free_port()
+        command = [sys.executable, "-m", "tests.delayed_upstream", str(port), name]
+        compare.start(
+            stack, Server(name, command, port, workdir / f"upstream-{name}.out")
+        )
+        ports.append(port)
+    return ports
+
+
+def _proxy(
+    workdir: Path, target: str, balancer: Optional[str], upstreams: List[int]
+) -> Server:
+    port = free_port()
+    if balancer is None:
+        config = nginx_least_conn(workdir, port, upstreams)
+        return Nginx("nginx-proxy", workdir, config, port, None)
+    path = workdir / f"gourmet-{balancer}.toml"
+    path.write_text(gourmet_config(port, free_port(), upstreams, balancer))
+    twistd = Path(sys.executable).with_name("twistd")
+    command = [str(twistd), "-n", "--pidfile=", "gourmet", "--config", str(path)]
+    return Server(target, command, port, workdir / f"gourmet-{balancer}.out")
+
+
+def phase(
+    workdir: Path, counts: List[int], warmup: float, seconds: float
+) -> Dict[str, Dict[str, float]]:
+    """
+    The upstreams started, then each proxy in turn in front of them under
+    each count of clients: the figures by "proxy, N clients".
+    """
+    figures: Dict[str, Dict[str, float]] = {}
+    with contextlib.ExitStack() as stack:
+        upstreams = _upstreams(stack, workdir)
+        for target, balancer in TARGETS.items():
+            with contextlib.ExitStack() as proxy:
+                port = compare.start(
+                    proxy, _proxy(workdir, target, balancer, upstreams)
+                ).port
+                for clients in counts:
+                    key = f"{target}, {clients} clients"
+                    figures[key] = measure(port, clients, warmup, seconds)
+                    compare.log(line(key, figures[key]))
+    return figures
+
+
+def chart_title(counts: List[int], seconds: float, stamp: str) -> str:
+    return (
+        f"One slow server: 2, 2 and 20 ms upstreams, "
+        f"{','.join(map(str, counts))} clients, {seconds:.0f} s each "
+        f"({stamp} UTC, loopback; nginx in grey)"
     )
 
 
@@ -189,58 +252,9 @@ def main(argv: List[str]) -> int:
     seconds = 3.0 if args.quick else args.seconds
     warmup = 1.0 if args.quick else 3.0
     counts = [int(count) for count in args.clients.split(",")]
-    twistd = Path(sys.executable).with_name("twistd")
-    figures: Dict[str, Dict[str, float]] = {}
     with work_directory("gourmet-slow-server-", args.keep) as workdir:
         workdir.chmod(0o755)
-        with contextlib.ExitStack() as stack:
-            ports = []
-            for name in DELAYS:
-                port = free_port()
-                command = [
-                    sys.executable,
-                    "-m",
-                    "tests.delayed_upstream",
-                    str(port),
-                    name,
-                ]
-                start(
-                    stack, Server(name, command, port, workdir / f"upstream-{name}.out")
-                )
-                ports.append(port)
-            for target, balancer in TARGETS.items():
-                port = free_port()
-                server: Server
-                if balancer is None:
-                    server = Nginx(
-                        "nginx-proxy",
-                        workdir,
-                        nginx_least_conn(workdir, port, ports),
-                        port,
-                        None,
-                    )
-                else:
-                    config = workdir / f"gourmet-{balancer}.toml"
-                    config.write_text(
-                        gourmet_config(port, free_port(), ports, balancer)
-                    )
-                    command = [
-                        str(twistd),
-                        "-n",
-                        "--pidfile=",
-                        "gourmet",
-                        "--config",
-                        str(config),
-                    ]
-                    server = Server(
-                        target, command, port, workdir / f"gourmet-{balancer}.out"
-                    )
-                with contextlib.ExitStack() as proxy:
-                    start(proxy, server)
-                    for clients in counts:
-                        key = f"{target}, {clients} clients"
-                        figures[key] = measure(port, clients, warmup, seconds)
-                        _show(key, figures[key])
+        figures = phase(workdir, counts, warmup, seconds)
     stamp = time.strftime("%Y-%m-%d-%H%M%S", time.gmtime())
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"{stamp}-slow-server.json"
@@ -253,13 +267,9 @@ def main(argv: List[str]) -> int:
     out.write_text(
         json.dumps({"settings": settings, "figures": figures}, indent=2) + "\n"
     )
-    log(f"results: {out.relative_to(REPO)}")
-    title = (
-        f"One slow server: 2, 2 and 20 ms upstreams, {args.clients} clients,"
-        f" {seconds:.0f} s each ({stamp} UTC, loopback; nginx in grey)"
-    )
-    why = draw(CHART, figures, title)
-    log(why or f"chart: {CHART.relative_to(REPO)}")
+    compare.log(f"results: {out.relative_to(REPO)}")
+    why = draw(CHART, figures, chart_title(counts, seconds, stamp))
+    compare.log(why or f"chart: {CHART.relative_to(REPO)}")
     return 0
 
 

@@ -31,7 +31,7 @@ from gourmet.upstream.checks import (
     HealthChecks,
     check_server,
 )
-from gourmet.upstream.state import SLOW_START_FLOOR, Server, Upstream
+from gourmet.upstream.state import SLOW_START_FLOOR, AdminState, Server, Upstream
 
 # -- the results, in HAProxy's words ------------------------------------------
 
@@ -499,6 +499,20 @@ def test_slow_start_follows_active_checks_and_reloads_too() -> None:
     upstream.reconfigure(_with(config, servers=(*config.servers, *added.servers)))
     clock.advance(2)
     assert upstream.server("10.0.0.3:80").slow_start_share(10) == pytest.approx(0.2)
+
+
+def test_a_server_enabled_again_ramps_and_one_undrained_does_not() -> None:
+    upstream, clock = upstream_of("10.0.0.1:80", "10.0.0.2:80", slow_start=10)
+    a, b = upstream.servers
+    a.admin_state = AdminState.DISABLED
+    b.admin_state = AdminState.DRAIN
+    clock.advance(60)
+    a.admin_state = AdminState.UP
+    b.admin_state = AdminState.UP
+    assert a.slow_start_share(10) == SLOW_START_FLOOR
+    assert b.slow_start_share(10) == 1.0
+    clock.advance(5)
+    assert a.slow_start_share(10) == 0.5
 
 
 def test_a_server_in_slow_start_alone_still_takes_requests() -> None:

@@ -175,9 +175,9 @@ class GourmetProcess:
 
 CONFIG = """\
 [upstreams.backend]
-balancer = "round_robin"
-max_fail = 1
+{balancing}max_fail = 1
 fail_timeout = {fail_timeout}
+{health_check}
 
 [[upstreams.backend.servers]]
 path = "{a}"
@@ -206,6 +206,20 @@ token = "{token}"
 [admin.users]
 {user} = "{password_hash}"
 {streams}"""
+
+#: The backend's balancing by default, and with ``balancing=True``: by a
+#: header's hash, with active health checks and slow start.
+ROUND_ROBIN = 'balancer = "round_robin"\n'
+BALANCING = """\
+balancer = "hash"
+hash_key = "header:X-User"
+slow_start = 60
+"""
+HEALTH_CHECK = """\
+[upstreams.backend.health_check]
+interval = 0.5
+timeout = 0.4
+"""
 
 #: With ``streams=True``: a TCP stream to ``backend``'s servers.
 STREAM = """
@@ -245,8 +259,10 @@ class Deployment:
         statuses: bool = False,
         certificates: bool = False,
         streams: bool = False,
+        balancing: bool = False,
     ) -> None:
         self.directory = directory
+        self.balancing = balancing
         self.certificates = certificates
         self.streams = streams
         self.a = UpstreamProcess("alpha", directory)
@@ -284,6 +300,8 @@ class Deployment:
         """
         self.config.write_text(
             CONFIG.format(
+                balancing=BALANCING if self.balancing else ROUND_ROBIN,
+                health_check=HEALTH_CHECK if self.balancing else "",
                 fail_timeout=FAIL_TIMEOUT,
                 a=self.a.address,
                 b=self.b.address,
@@ -1377,3 +1395,53 @@ def test_a_tcp_stream_shows_its_connections_and_bytes(
     expect(row.locator(".bytes")).to_contain_text(" B in, ")
     assert console.errors == []
     assert console.csp_violations() == []
+
+
+@pytest.mark.parametrize("deployment", [{"balancing": True}], indirect=True)
+def test_checks_hash_shares_and_slow_start_are_shown_per_server(
+    deployment: Deployment, open_console: OpenConsole
+) -> None:
+    """
+    Each server's last active check in HAProxy's words, its share of the
+    hash's keys and its response-time average; a server whose checks fail
+    is shown out by checks with no share of the keys, and once back, in
+    slow start.
+    """
+    console = open_console()
+    a, b = deployment.a, deployment.b
+    check_b = console.row(b).locator(".check")
+    for server in (a, b):
+        expect(console.row(server).locator(".check")).to_have_text(
+            re.compile(r"^check L7OK 200 in \d+ ms · \d+ checks, 0 downs$")
+        )
+    shares = [
+        leading_number(console.row(server).locator(".hash-share")) for server in (a, b)
+    ]
+    assert sum(shares) == pytest.approx(100, abs=0.2) and min(shares) > 20, shares
+    expect(console.row(a).locator(".hash-share")).to_have_text(
+        re.compile(r"^\d+\.\d% of keys$")
+    )
+    send_requests(deployment.port, 20)
+    expect(console.row(a).locator(".latency-ewma")).to_have_text(
+        re.compile(r"^ewma \d")
+    )
+
+    assert b.stop() == 0, b.log.read_text()
+    # Three failed checks, half a second apart, with no traffic at all.
+    expect(check_b).to_have_text(
+        re.compile(r"^check L4CON .* · out by checks since .* · \d+ checks, 1 downs$"),
+        timeout=5000,
+    )
+    expect(state_badge(console, b)).to_have_attribute("data-state", "down")
+    expect(console.row(b).locator(".hash-share")).to_have_text("0.0% of keys")
+    expect(console.row(a).locator(".hash-share")).to_have_text("100.0% of keys")
+
+    b.start()
+    expect(check_b).to_have_text(
+        re.compile(r"^check L7OK 200 in \d+ ms · \d+ checks, 1 downs$"), timeout=5000
+    )
+    expect(state_badge(console, b)).to_have_attribute("data-state", "up")
+    expect(console.row(b).locator(".slow-start")).to_have_text(
+        re.compile(r"^slow start: \d+% of its weight$")
+    )
+    assert console.errors == []

@@ -30,6 +30,11 @@ class FakeServer:
     active: int = 0
     latency_ewma: Optional[float] = None
 
+    @property
+    def id(self) -> str:
+        """A keyed balancer's name for it."""
+        return self.name
+
 
 def servers(*weights: int) -> List[FakeServer]:
     return [FakeServer(chr(ord("a") + i), w) for i, w in enumerate(weights)]

@@ -8,9 +8,8 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
-import attrs
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
@@ -24,17 +23,10 @@ from gourmet.upstream.balancers import (
     IKeyedBalancer,
 )
 from gourmet.upstream.state import AdminState, Upstream
+from tests.test_balancers import FakeServer as Peer
 from tests.test_upstreams import make, take_down
 
 KEYS = [b"client-%d" % n for n in range(10_000)]
-
-
-@attrs.define(eq=False)
-class Peer:
-    id: str
-    weight: int = 1
-    active: int = 0
-    latency_ewma: Optional[float] = None
 
 
 def peers(count: int, weights: Sequence[int] = ()) -> List[Peer]:

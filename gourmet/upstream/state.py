@@ -64,7 +64,7 @@ class Server:
         self.name = config.path
         self.id = server_id
         self.health = health
-        self.admin_state = AdminState.UP
+        self._admin_state = AdminState.UP
         self.weight_override: Optional[int] = None
         self.active = 0
         self.requests = 0
@@ -74,8 +74,25 @@ class Server:
         self._clock = clock
         #: What active health checks say; None when its upstream has none.
         self.active_health: Optional[ActiveHealth] = None
-        #: When a reload added it (None: there from start-up), for slow start.
+        #: When a reload added it, or an operator enabled it again after
+        #: disabling it (None: neither since start-up), for slow start.
         self.added_at: Optional[float] = None
+
+    @property
+    def admin_state(self) -> AdminState:
+        """
+        What the operator says: up, draining or disabled.
+        """
+        return self._admin_state
+
+    @admin_state.setter
+    def admin_state(self, state: AdminState) -> None:
+        # Back from maintenance, a server ramps up as one back from a
+        # failure does (HAProxy's slowstart after "ready"); back from a
+        # drain it never stopped being warm.
+        if self._admin_state is AdminState.DISABLED and state is AdminState.UP:
+            self.added_at = self._clock.seconds()
+        self._admin_state = state
 
     @property
     def configured_weight(self) -> int:
