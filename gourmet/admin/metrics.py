@@ -30,6 +30,7 @@ import gourmet
 import twisted
 from gourmet.admin.throttle import SignInThrottle
 from gourmet.admin.views import Instance, ListenerInfo
+from gourmet.discovery.updates import ProvidedUpstream
 from gourmet.frontend.channel import ClientStats
 from gourmet.tcp.counts import StreamCounts
 from gourmet.tcp.factory import StreamFactory
@@ -431,6 +432,58 @@ class CertificateCollector(Collector):
         yield expiry
 
 
+class ProviderCollector(Collector):
+    """
+    Each provider's sets of servers received and failures, by ``upstream``
+    and ``provider``, and whether it is failing now.
+    """
+
+    def __init__(self, providers: Callable[[], Mapping[str, ProvidedUpstream]]) -> None:
+        self.providers = providers
+
+    def collect(self) -> Iterable[Metric]:
+        labels = ["upstream", "provider"]
+        families: List[Tuple[Any, Callable[[ProvidedUpstream], float]]] = [
+            (
+                CounterMetricFamily(
+                    "gourmet_provider_updates",
+                    "Sets of servers the provider found.",
+                    labels=labels,
+                ),
+                lambda provided: provided.updates,
+            ),
+            (
+                CounterMetricFamily(
+                    "gourmet_provider_errors",
+                    "Times the provider failed (its servers stayed).",
+                    labels=labels,
+                ),
+                lambda provided: provided.errors,
+            ),
+            (
+                GaugeMetricFamily(
+                    "gourmet_provider_failing",
+                    "1 while the provider's latest attempt failed.",
+                    labels=labels,
+                ),
+                lambda provided: float(provided.last_error is not None),
+            ),
+            (
+                GaugeMetricFamily(
+                    "gourmet_provider_last_update_seconds",
+                    "When the provider last found a set (Unix time; NaN: never).",
+                    labels=labels,
+                ),
+                lambda provided: _or_nan(provided.last_update),
+            ),
+        ]
+        for name, provided in sorted(self.providers().items()):
+            for family, read in families:
+                family.add_metric([name, provided.config.provider], read(provided))
+        for family, _ in families:
+            yield family
+
+
 class StreamCollector(Collector):
     """
     Each TCP stream's connections and bytes, by ``stream`` (its ``listen``
@@ -504,6 +557,7 @@ def metrics_registry(
     instance: Optional[Instance] = None,
     certificates: Optional[Callable[[], Iterable[Certificate]]] = None,
     streams: Optional[Callable[[], Iterable[StreamFactory]]] = None,
+    providers: Optional[Callable[[], Mapping[str, ProvidedUpstream]]] = None,
 ) -> CollectorRegistry:
     """
     A registry of Gourmet's own (not the process-wide default one, so that
@@ -519,6 +573,8 @@ def metrics_registry(
         registry.register(CertificateCollector(certificates))
     if streams is not None:
         registry.register(StreamCollector(streams))
+    if providers is not None:
+        registry.register(ProviderCollector(providers))
     if client_stats is not None:
         registry.register(ClientCollector(client_stats))
     if throttle is not None:
