@@ -183,34 +183,39 @@ def _resolvers(value: Any) -> Tuple[Address, ...]:
         raise OptionError(
             "resolvers", 'expected a list of addresses, such as ["127.0.0.1:53"]'
         )
-    return tuple(
-        _resolver(f"resolvers[{index}]", each) for index, each in enumerate(value)
-    )
+    found = []
+    for index, each in enumerate(value):
+        try:
+            found.append(_resolver(each))
+        except ValueError as error:
+            raise OptionError("resolvers", f"item {index + 1}: {error}") from None
+    return tuple(found)
 
 
-def _resolver(key: str, text: Any) -> Address:
+def _resolver(text: Any) -> Address:
     """
     ``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address: the
     host must be an address, since resolving it would need a resolver.
+
+    :raises ValueError: saying what is wrong.
     """
     if not isinstance(text, str):
-        raise OptionError(key, f'expected "address" or "address:port", got {text!r}')
-    host, port = text, 53
-    match = re.fullmatch(r"\[(?P<v6>[^\]]+)\](?::(?P<port>\d+))?", text)
+        raise ValueError(f'expected "address" or "address:port", got {text!r}')
+    host, port = text, "53"
+    match = re.fullmatch(r"\[(?P<v6>[^\]]+)\](?::(?P<port>.*))?", text)
     if match:
-        host, port = match["v6"], int(match["port"] or 53)
+        host, port = match["v6"], match["port"] or port
     elif text.count(":") == 1:
-        host, _, digits = text.partition(":")
-        if not digits.isdigit():
-            raise OptionError(key, f"expected a port after ':', got {text!r}")
-        port = int(digits)
+        host, _, port = text.partition(":")
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        raise OptionError(
-            key, f"expected an IP address (a resolver is not looked up), got {text!r}"
+        raise ValueError(
+            f"expected an IP address (a resolver is not looked up), got {text!r}"
         ) from None
-    return host, _port(key, port)
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected a port from 1 to 65535 in {text!r}")
+    return host, int(port)
 
 
 def system_resolvers(path: Path = RESOLV_CONF) -> Tuple[Address, ...]:
