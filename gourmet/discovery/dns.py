@@ -28,7 +28,13 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from attrs import evolve, frozen
-from twisted.internet.defer import Deferred, DeferredList, TimeoutError
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    DeferredSemaphore,
+    TimeoutError,
+    maybeDeferred,
+)
 from twisted.internet.error import ConnectError
 from twisted.logger import Logger
 from twisted.names import dns
@@ -64,6 +70,9 @@ RETRY_FLOOR = 1.0
 RETRY_CEILING = 30.0
 #: How many times a query goes to each resolver before it has failed.
 TRIES = 2
+#: SRV targets whose addresses are looked up at once, when the answer did
+#: not give them (each query has a UDP socket of its own).
+CONCURRENT_TARGETS = 16
 #: Where the resolvers are when ``resolvers`` is not set, and what is used
 #: when that file names none (as the C library does).
 RESOLV_CONF = Path("/etc/resolv.conf")
@@ -308,7 +317,12 @@ class ResolvedName:
 
     def _look_up(self) -> None:
         self._next = None
-        looking = self.looking = look_up(self._options, self._current_resolver())
+        # Whatever goes wrong becomes a failure, retried: a timer's call
+        # that raised would end the lookups for good.
+        looking = maybeDeferred(
+            lambda: look_up(self._options, self._current_resolver())
+        )
+        self.looking = looking
         looking.addCallbacks(self._found, self._failed)
 
     def _found(self, answer: Answer) -> None:
@@ -377,7 +391,8 @@ def look_up(options: DnsOptions, resolver: Resolver) -> Deferred[Answer]:
     """
     The servers ``options`` name, as ``resolver`` finds them now.
     """
-    lookup = _Lookup(resolver, (options.resolver_timeout,) * TRIES)
+    timeout = (options.resolver_timeout,) * TRIES
+    lookup = _Lookup(resolver, timeout, DeferredSemaphore(CONCURRENT_TARGETS))
     if options.srv:
         return Deferred.fromCoroutine(lookup.services(options.name))
     assert options.port is not None
@@ -392,6 +407,7 @@ class _Lookup:
 
     resolver: Resolver
     timeout: Tuple[float, ...]
+    targets_at_once: DeferredSemaphore
 
     async def hosts(self, name: str, port: int) -> Answer:
         found, ttl = await self.addresses(name, missing=LookupFailed(_MISSING))
@@ -417,7 +433,9 @@ class _Lookup:
         given = _given_addresses(additional)
         targets = sorted({_text(each.payload.target.name).lower() for each in chosen})
         missing = [each for each in targets if each not in given]
-        looked_up = await _all([self.addresses(each) for each in missing])
+        looked_up = await _all(
+            [self.targets_at_once.run(self._target, each) for each in missing]
+        )
         given.update(zip(missing, looked_up))
         ttl = min([each.ttl for each in records] + [given[each][1] for each in targets])
         found = _srv_servers([each.payload for each in chosen], given)
@@ -426,6 +444,9 @@ class _Lookup:
                 f"none of its {len(targets)} targets has an A or AAAA record"
             )
         return Answer(_sorted(found), ttl)
+
+    def _target(self, name: str) -> Deferred[Tuple[Tuple[str, ...], int]]:
+        return Deferred.fromCoroutine(self.addresses(name))
 
     async def addresses(
         self, name: str, missing: Optional[Exception] = None
@@ -461,13 +482,11 @@ class _Lookup:
         return tuple(addresses), min(ttls, default=int(TTL_CEILING))
 
 
-async def _all(coroutines: Sequence[Any]) -> List[Any]:
+async def _all(deferreds: Sequence[Deferred[Any]]) -> List[Any]:
     """
-    The results of ``coroutines``, run at once; the first failure raised.
+    The results of ``deferreds``; the first failure raised.
     """
-    results = await DeferredList(
-        [Deferred.fromCoroutine(each) for each in coroutines], consumeErrors=True
-    )
+    results = await DeferredList(list(deferreds), consumeErrors=True)
     for ok, result in results:
         if not ok:
             result.raiseException()
