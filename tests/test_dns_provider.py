@@ -37,7 +37,7 @@ from gourmet.upstream.state import Upstream
 from tests.dnsserver import DnsServer, Zone, a, aaaa, srv
 from tests.processes import Twistd
 from tests.rawhttp import sleep
-from tests.test_discovery_twistd import Traffic, api, gourmet_config, until
+from tests.test_discovery_twistd import Traffic, api, gourmet_with, until
 
 SERVICE = "_http._tcp.api.test"
 #: Seconds a query waits for an answer; two tries: a dead server is seen
@@ -149,6 +149,20 @@ async def resolving(
         await each.stop()
 
 
+async def two_targets_found(
+    resolving: Callable[..., Resolving], ttl: int = 5
+) -> Resolving:
+    """
+    A :class:`Resolving` of :data:`SERVICE`, started, once it has found
+    the two servers of :func:`two_targets`.
+    """
+    running = resolving()
+    two_targets(running.zone, ttl)
+    await running.start()
+    assert running.addresses() == ["127.0.0.11:8001", "127.0.0.12:8002"]
+    return running
+
+
 def two_targets(zone: Zone, ttl: int = 5) -> None:
     zone.set(
         SERVICE,
@@ -163,11 +177,8 @@ def two_targets(zone: Zone, ttl: int = 5) -> None:
 async def test_srv_records_added_and_removed_join_and_leave_within_one_refresh(
     resolving: Callable[..., Resolving],
 ) -> None:
-    running = resolving()
+    running = await two_targets_found(resolving)
     zone = running.zone
-    two_targets(zone, ttl=5)
-    await running.start()
-    assert running.addresses() == ["127.0.0.11:8001", "127.0.0.12:8002"]
     # The targets' addresses came with the SRV answer: no more queries.
     assert (zone.asked(dns.SRV), zone.asked(dns.A)) == (1, 0)
     assert running.view()["servers"][0]["found"] == {
@@ -312,9 +323,7 @@ async def test_the_next_lookup_comes_when_the_ttl_says(
 async def test_a_dead_dns_server_keeps_the_servers_says_why_and_recovery_is_seen(
     dns_server: DnsServer, resolving: Callable[..., Resolving]
 ) -> None:
-    running = resolving()
-    two_targets(running.zone, ttl=2)
-    await running.start()
+    running = await two_targets_found(resolving, ttl=2)
     await dns_server.stop()
 
     await running.after(2)
@@ -361,9 +370,7 @@ async def test_each_failure_keeps_the_servers_and_says_why(
     break_it: Callable[[Zone], None],
     reason: str,
 ) -> None:
-    running = resolving()
-    two_targets(running.zone)
-    await running.start()
+    running = await two_targets_found(resolving)
     break_it(running.zone)
     await running.after(5)
     assert running.last_error() == f"{SERVICE} SRV: {reason}"
@@ -400,9 +407,7 @@ async def test_a_name_without_addresses_fails(
 async def test_a_target_of_dot_says_the_service_has_no_server_now(
     resolving: Callable[..., Resolving],
 ) -> None:
-    running = resolving()
-    two_targets(running.zone)
-    await running.start()
+    running = await two_targets_found(resolving)
     running.zone.set(SERVICE, srv(".", 0))
     await running.after(5)
     assert running.addresses() == []
@@ -431,9 +436,7 @@ async def test_a_truncated_answer_is_asked_again_over_tcp(
 async def test_a_stopped_provider_changes_nothing_more(
     resolving: Callable[..., Resolving],
 ) -> None:
-    running = resolving()
-    two_targets(running.zone)
-    await running.start()
+    running = await two_targets_found(resolving)
     await running.stop()
     assert running.clock.getDelayedCalls() == []
     running.zone.set(SERVICE)
@@ -534,11 +537,9 @@ async def test_srv_records_change_under_load_through_twistd_with_no_request_lost
     for each in (a_server, b_server):
         zone.set(f"{each.name}.api.test", a("127.0.0.1", ttl=1))
     serve(a_server)
-    config = tmp_path / "gourmet.toml"
-    config.write_text(gourmet_config(f'provider = "dns"\n{dns_keys(dns_server)}'))
-    gourmet = Twistd(config)
-    processes.append(gourmet)
-    await gourmet.ready(admin=True)
+    gourmet = await gourmet_with(
+        tmp_path, processes, f'provider = "dns"\n{dns_keys(dns_server)}'
+    )
     traffic = Traffic(gourmet)
     try:
         await until("a answers", lambda: traffic.answered["a"] > 0, 10)
