@@ -453,6 +453,8 @@ def parse(keys: str) -> DnsOptions:
 def test_options_and_their_defaults() -> None:
     assert PROVIDERS["dns"].name == "dns"
     assert parse(f'name = "{SERVICE}."') == DnsOptions(name=SERVICE)
+    # Equal options: a reload keeps the provider running, and its servers.
+    assert parse(f'name = "{SERVICE}"') == parse(f'name = "{SERVICE}"')
     options = parse(
         'name = "web.test"\nport = 8080\nrefresh = 30\nresolver_timeout = 1\n'
         'resolvers = ["127.0.0.1", "10.0.0.2:5353", "[::1]:5300", "::1"]'
