@@ -351,6 +351,23 @@ async def test_a_dead_dns_server_keeps_the_servers_says_why_and_recovery_is_seen
     assert running.next_lookup_in() == 2
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_resolver_that_does_not_answer_is_passed_over_for_the_next(
+    dns_server: DnsServer, resolving: Callable[..., Resolving]
+) -> None:
+    dead = DnsServer(Zone())
+    dead.start()
+    await dead.stop()
+    running = resolving(
+        f'name = "{SERVICE}"\nresolver_timeout = {TIMEOUT}\n'
+        f'resolvers = ["{dead.address}", "{dns_server.address}"]'
+    )
+    two_targets(running.zone)
+    await running.start()
+    assert running.addresses() == ["127.0.0.11:8001", "127.0.0.12:8002"]
+    assert running.last_error() is None
+
+
 @pytest.mark.parametrize(
     ("break_it", "reason"),
     [
