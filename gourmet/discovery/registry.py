@@ -21,6 +21,7 @@ log = Logger()
 
 #: Gourmet's own providers: each module's ``FACTORY``.
 BUILT_IN = {
+    "dns": "gourmet.discovery.dns",
     "file": "gourmet.discovery.file",
 }
 
