@@ -22,6 +22,7 @@ log = Logger()
 #: Gourmet's own providers: each module's ``FACTORY``.
 BUILT_IN = {
     "file": "gourmet.discovery.file",
+    "kubernetes": "gourmet.discovery.kubernetes",
 }
 
 
