@@ -134,8 +134,12 @@ FACTORY = KubernetesProviderFactory()
 
 def _name(raw: Mapping[str, Any], key: str, longest: int) -> str:
     value = raw.get(key)
-    if not isinstance(value, str) or not value:
-        raise OptionError(key, f'expected the {key}\'s name, such as "api"')
+    if value is None:
+        raise OptionError(
+            key, f'missing key: expected the {key}\'s name, such as "api"'
+        )
+    if not isinstance(value, str):
+        raise OptionError(key, f"expected the {key}'s name, got {value!r}")
     if len(value) > longest or not _NAME.match(value):
         raise OptionError(
             key,
