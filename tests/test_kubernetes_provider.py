@@ -446,6 +446,11 @@ async def test_twistd_follows_a_scaled_service_with_no_request_lost(
     gourmet = Twistd(config)
     processes.append(gourmet)
     await gourmet.ready(admin=True)
+    # Until the first list is answered the upstream has no server (503).
+    for _ in range(100):
+        if len((await api(gourmet))["servers"]) == 2:
+            break
+        await sleep(0.05)
     traffic = Traffic(gourmet)
     try:
         await until("b answers", lambda: traffic.answered["b"] > 0, 10)
