@@ -30,7 +30,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, cast
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -127,7 +127,7 @@ class FakeKubernetes(Resource):
     # Running.
 
     def start(self) -> None:
-        self._port = reactor.listenSSL(
+        self._port = cast(Any, reactor).listenSSL(
             self.port_number, Site(self), self._context, interface="127.0.0.1"
         )
         self.port_number = self._port.getHost().port
@@ -228,7 +228,7 @@ class FakeKubernetes(Resource):
 
     def break_watches(self) -> None:
         for request, _ in list(self.watches):
-            request.transport.abortConnection()  # type: ignore[attr-defined]
+            request.transport.abortConnection()  # type: ignore[union-attr]
 
     def _changed(self, kind: str, found: Dict[str, Any]) -> None:
         self.version += 1
@@ -245,9 +245,7 @@ class FakeKubernetes(Resource):
         args = {
             key.decode(): values[-1].decode() for key, values in request.args.items()
         }
-        args["authorization"] = (
-            request.getHeader("authorization") or ""  # type: ignore[assignment]
-        )
+        args["authorization"] = request.getHeader("authorization") or ""
         self.requests.append(args)
         request.setHeader("content-type", "application/json")
         path = request.path.decode()

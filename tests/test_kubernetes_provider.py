@@ -170,8 +170,11 @@ class Watched:
         self.upstream = Upstream(self.config, reactor)
         self.provider = EndpointSlices(self.config.provider_options, reactor, FAST)
         self.provided = ProvidedUpstream(
-            self.config, self.provider, self.upstream.reconfigure, reactor
+            self.config, self.provider, self.apply, reactor
         )
+
+    def apply(self, config: UpstreamConfig) -> None:
+        self.upstream.reconfigure(config)
 
     def servers(self) -> Dict[str, int]:
         """
@@ -184,6 +187,14 @@ class Watched:
 
     async def has(self, servers: Dict[str, int]) -> None:
         await until(f"servers {servers}", lambda: self.servers() == servers, 5)
+
+    async def scaled(self, *octets: int) -> None:
+        """
+        The slice ``api-abc`` now has ready endpoints 10.0.0.N: wait until
+        they are the upstream's servers.
+        """
+        self.fake.write("api-abc", ready(*octets))
+        await self.has(weights(*octets))
 
     async def watching(self) -> None:
         """
@@ -215,6 +226,16 @@ def watching(fake: FakeKubernetes, tmp_path: Path) -> Iterator[Any]:
         pytest_twisted.blockon(each.provided.stop())
 
 
+async def watch_slice(fake: FakeKubernetes, watching: Any, *octets: int) -> Watched:
+    """
+    A provider watching the slice ``api-abc`` of ready endpoints
+    10.0.0.N, once it has found them.
+    """
+    watched: Watched = watching()
+    await watched.scaled(*octets)
+    return watched
+
+
 def ready(*last_octets: int) -> List[Dict[str, Any]]:
     return [endpoint(f"10.0.0.{each}") for each in last_octets]
 
@@ -231,10 +252,8 @@ async def test_a_slice_scaled_from_2_to_5_to_1_is_followed(
     fake.write("other-xyz", ready(9), service="other")
     watched = watching()
     await watched.has(weights(1, 2))
-    fake.write("api-abc", ready(1, 2, 3, 4, 5))
-    await watched.has(weights(1, 2, 3, 4, 5))
-    fake.write("api-abc", ready(4))
-    await watched.has(weights(4))
+    await watched.scaled(1, 2, 3, 4, 5)
+    await watched.scaled(4)
     # One list, then one watch from the list's version, bookmarks asked.
     listed, watch = fake.requests
     assert listed["labelSelector"] == "kubernetes.io/service-name=api"
@@ -254,17 +273,15 @@ async def test_a_slice_scaled_from_2_to_5_to_1_is_followed(
 async def test_a_terminating_endpoint_is_drained_not_cut(
     fake: FakeKubernetes, watching: Any
 ) -> None:
-    fake.write("api-abc", ready(1, 2))
-    watched = watching()
-    await watched.has(weights(1, 2))
+    watched = await watch_slice(fake, watching, 1, 2)
     stopping = endpoint("10.0.0.2", ready=False, serving=True, terminating=True)
     fake.write("api-abc", [*ready(1), stopping])
     # Still there, for its requests in flight, with weight 0 for new ones.
     await watched.has({"10.0.0.1:8080": 1, "10.0.0.2:8080": 0})
-    assert watched.provided.found[1].draining
-    assert watched.upstream.pick().name == "10.0.0.1:8080"  # type: ignore[union-attr]
-    fake.write("api-abc", ready(1))
-    await watched.has(weights(1))
+    assert [each.draining for each in watched.provided.found or ()] == [False, True]
+    picked = [watched.upstream.pick() for _ in range(10)]
+    assert {each.name for each in picked if each is not None} == {"10.0.0.1:8080"}
+    await watched.scaled(1)
 
 
 @pytest.mark.parametrize(
@@ -274,12 +291,9 @@ async def test_a_terminating_endpoint_is_drained_not_cut(
 async def test_a_version_gone_lists_again(
     fake: FakeKubernetes, watching: Any, how: str
 ) -> None:
-    fake.write("api-abc", ready(1))
-    watched = watching()
-    await watched.has(weights(1))
+    watched = await watch_slice(fake, watching, 1)
     if how == "mid-stream":
-        fake.write("api-abc", ready(1, 2))
-        await watched.has(weights(1, 2))
+        await watched.scaled(1, 2)
         fake.write("api-abc", ready(2, 3))
         await watched.watching()
         fake.expire_watches()
@@ -304,9 +318,7 @@ async def test_a_version_gone_lists_again(
 async def test_a_bookmark_moves_the_version_the_next_watch_starts_from(
     fake: FakeKubernetes, watching: Any
 ) -> None:
-    fake.write("api-abc", ready(1))
-    watched = watching()
-    await watched.has(weights(1))
+    watched = await watch_slice(fake, watching, 1)
     fake.other_writes(50)
     await watched.watching()
     fake.bookmark()
@@ -317,8 +329,7 @@ async def test_a_bookmark_moves_the_version_the_next_watch_starts_from(
     fake.end_watches()
     await until("a new watch", lambda: len(fake.watch_requests()) == 2, 5)
     assert fake.watch_requests()[-1]["resourceVersion"] == "1051"
-    fake.write("api-abc", ready(1, 2))
-    await watched.has(weights(1, 2))
+    await watched.scaled(1, 2)
     assert len(fake.lists()) == 1
     assert watched.provided.updates == 2
 
@@ -327,11 +338,8 @@ async def test_a_bookmark_moves_the_version_the_next_watch_starts_from(
 async def test_a_broken_watch_resumes_from_the_last_version(
     fake: FakeKubernetes, watching: Any
 ) -> None:
-    fake.write("api-abc", ready(1))
-    watched = watching()
-    await watched.has(weights(1))
-    fake.write("api-abc", ready(1, 2))
-    await watched.has(weights(1, 2))
+    watched = await watch_slice(fake, watching, 1)
+    await watched.scaled(1, 2)
     await watched.watching()
     fake.break_watches()
     fake.write("api-abc", ready(2))  # missed, then sent from the history
@@ -349,17 +357,14 @@ async def test_a_broken_watch_resumes_from_the_last_version(
 async def test_the_token_is_sent_as_bearer_and_read_again(
     fake: FakeKubernetes, watching: Any
 ) -> None:
-    fake.write("api-abc", ready(1))
-    watched = watching()
-    await watched.has(weights(1))
+    watched = await watch_slice(fake, watching, 1)
     assert {each["authorization"] for each in fake.requests} == {"Bearer token-1"}
     # Kubelet rotates the token: the next request sends the new one.
     fake.token = "token-2"
     fake.token_file.write_text("token-2\n")
     await watched.watching()
     fake.break_watches()
-    fake.write("api-abc", ready(1, 2))
-    await watched.has(weights(1, 2))
+    await watched.scaled(1, 2)
     assert fake.requests[-1]["authorization"] == "Bearer token-2"
     # A token the server refuses: the servers stay, the error says why.
     fake.token = "token-3"
@@ -374,9 +379,7 @@ async def test_the_token_is_sent_as_bearer_and_read_again(
 async def test_the_api_unreachable_keeps_the_last_set_and_says_why(
     fake: FakeKubernetes, watching: Any
 ) -> None:
-    fake.write("api-abc", ready(1, 2))
-    watched = watching()
-    await watched.has(weights(1, 2))
+    watched = await watch_slice(fake, watching, 1, 2)
     await watched.watching()
     await fake.stop()
     await until("the error", lambda: watched.error() is not None, 5)
@@ -407,9 +410,7 @@ async def test_a_server_the_ca_does_not_sign_is_refused(
 
 @pytest_twisted.ensureDeferred
 async def test_stop_closes_the_watch(fake: FakeKubernetes, watching: Any) -> None:
-    fake.write("api-abc", ready(1))
-    watched = watching()
-    await watched.has(weights(1))
+    watched = await watch_slice(fake, watching, 1)
     await watched.watching()
     await watched.provided.stop()
     await until("the watch closed", lambda: fake.watches == [], 5)
