@@ -20,12 +20,14 @@ from typing import Any, Dict, Iterator, List, Optional
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.task import Clock
 
 from gourmet.admin.views import upstream_view
 from gourmet.config.load import ConfigError, parse_config
 from gourmet.config.model import UpstreamConfig
 from gourmet.discovery.kubernetes import (
     EndpointSlices,
+    KubernetesOptions,
     Timing,
     endpoint_state,
     service_servers,
@@ -154,6 +156,22 @@ def test_option_errors_name_the_key(
         load(f'provider = "kubernetes"\n{keys}', tmp_path)
     assert raised.value.key == f"upstreams.api.{key}"
     assert message in raised.value.message
+
+
+def test_the_token_file_is_read_again_each_minute(tmp_path: Path) -> None:
+    clock = Clock()
+    token = tmp_path / "token"
+    token.write_text("one\n")
+    options = KubernetesOptions(
+        "shop", "api", None, "https://k8s.test:443", token, tmp_path / "ca.crt"
+    )
+    slices = EndpointSlices(options, clock)
+    assert slices.token() == "one"
+    token.write_text("two\n")  # kubelet rotates it
+    clock.advance(59)
+    assert slices.token() == "one"
+    clock.advance(1)
+    assert slices.token() == "two"
 
 
 # Against the fake API server.

@@ -126,7 +126,7 @@ class KubernetesProviderFactory:
     def provider(
         self, options: KubernetesOptions, upstream: str, reactor: Any
     ) -> EndpointSlices:
-        return EndpointSlices(options, reactor)
+        return EndpointSlices(options, reactor, upstream=upstream)
 
 
 FACTORY = KubernetesProviderFactory()
@@ -422,9 +422,14 @@ class EndpointSlices:
     log = Logger()
 
     def __init__(
-        self, options: KubernetesOptions, reactor: Any, timing: Timing = Timing()
+        self,
+        options: KubernetesOptions,
+        reactor: Any,
+        timing: Timing = Timing(),
+        upstream: str = "",
     ) -> None:
         self._options = options
+        self._upstream = upstream
         self._reactor = reactor
         self._timing = timing
         self._sink: Optional[IServerSink] = None
@@ -499,8 +504,8 @@ class EndpointSlices:
         if response.code == 410:
             await self._body(response)
             self.log.info(
-                "{service}: version {version} gone: listing again",
-                service=self._options.service,
+                "upstream {upstream}: version {version} gone: listing again",
+                upstream=self._upstream,
                 version=self.version,
             )
             return self._list
@@ -529,8 +534,8 @@ class EndpointSlices:
         if kind == "ERROR":
             if found.get("code") == 410:
                 self.log.info(
-                    "{service}: watch: {message}: listing again",
-                    service=self._options.service,
+                    "upstream {upstream}: watch: {message}: listing again",
+                    upstream=self._upstream,
                     message=found.get("message"),
                 )
                 raise _Relist()
@@ -576,8 +581,8 @@ class EndpointSlices:
         following = self._list if self.version is None else self._watch
         if failure.check(_Broken):
             self.log.info(
-                "{service}: {reason}; watching again from {version}",
-                service=self._options.service,
+                "upstream {upstream}: {reason}; watching again from {version}",
+                upstream=self._upstream,
                 reason=_why(failure),
                 version=self.version,
             )
@@ -596,7 +601,7 @@ class EndpointSlices:
         client = self._connect()
         headers = Headers(
             {
-                "Authorization": [f"Bearer {self._bearer()}"],
+                "Authorization": [f"Bearer {self.token()}"],
                 "Accept": ["application/json"],
                 "User-Agent": ["gourmet"],
             }
@@ -624,7 +629,11 @@ class EndpointSlices:
             self._client = HTTPClient(agent)
         return self._client
 
-    def _bearer(self) -> str:
+    def token(self) -> str:
+        """
+        The bearer token: the file's, read again once ``token_refresh``
+        seconds have passed.
+        """
         now = self._reactor.seconds()
         if (
             self._token is not None
