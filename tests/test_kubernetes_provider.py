@@ -19,6 +19,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 import pytest_twisted
+from attrs import evolve
 from twisted.internet import reactor
 from twisted.internet.task import Clock
 
@@ -182,11 +183,17 @@ class Watched:
     An upstream whose servers the provider finds in ``fake``.
     """
 
-    def __init__(self, fake: FakeKubernetes, directory: Path, **config: str) -> None:
+    def __init__(
+        self,
+        fake: FakeKubernetes,
+        directory: Path,
+        timing: Timing = FAST,
+        **config: str,
+    ) -> None:
         self.fake = fake
         self.config = load(fake.config(**config), directory)
         self.upstream = Upstream(self.config, reactor)
-        self.provider = EndpointSlices(self.config.provider_options, reactor, FAST)
+        self.provider = EndpointSlices(self.config.provider_options, reactor, timing)
         self.provided = ProvidedUpstream(
             self.config, self.provider, self.apply, reactor
         )
@@ -233,8 +240,8 @@ def fake(tmp_path: Path) -> Iterator[FakeKubernetes]:
 def watching(fake: FakeKubernetes, tmp_path: Path) -> Iterator[Any]:
     started: List[Watched] = []
 
-    def watch(**config: str) -> Watched:
-        watched = Watched(fake, tmp_path, **config)
+    def watch(timing: Timing = FAST, **config: str) -> Watched:
+        watched = Watched(fake, tmp_path, timing, **config)
         watched.provided.start()
         started.append(watched)
         return watched
@@ -368,6 +375,23 @@ async def test_a_broken_watch_resumes_from_the_last_version(
     ]
     assert len(fake.lists()) == 1
     # A broken watch is no failure: the provider says nothing went wrong.
+    assert watched.provided.errors == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_silent_watch_counts_as_broken(
+    fake: FakeKubernetes, watching: Any
+) -> None:
+    # No event nor bookmark for longer than it may: a dead connection.
+    fake.write("api-abc", ready(1))
+    watched = watching(timing=evolve(FAST, silence=0.3))
+    await watched.has(weights(1))
+    await until("a second watch", lambda: len(fake.watch_requests()) == 2, 5)
+    assert [each["resourceVersion"] for each in fake.watch_requests()] == [
+        "1001",
+        "1001",
+    ]
+    await watched.scaled(1, 2)
     assert watched.provided.errors == 0
 
 

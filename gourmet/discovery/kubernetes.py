@@ -70,15 +70,17 @@ class Timing:
         read again (kubelet rotates bound tokens; client-go rereads each
         minute).
     :ivar watch_seconds: the ``timeoutSeconds`` a watch asks for; the
-        server ends it then, and it is opened again at once.  With a
-        margin, also how long a watch may stay silent (bookmarks come
-        about each minute).
+        server ends it then, and it is opened again at once.
+    :ivar silence: seconds a watch may stay silent before it counts as
+        broken (a connection dead without a FIN): bookmarks come about
+        each minute, and the server ends it after ``watch_seconds``.
     """
 
     first_retry: float = 1.0
     last_retry: float = 30.0
     token_refresh: float = 60.0
     watch_seconds: int = 300
+    silence: float = 330.0
     connect_timeout: float = 10.0
     request_timeout: float = 30.0
 
@@ -515,7 +517,7 @@ class EndpointSlices:
         self._answered()
         began = self._reactor.seconds()
         stream = self._stream = _WatchStream(
-            self._event, self._reactor, self._timing.watch_seconds + 30.0
+            self._event, self._reactor, self._timing.silence
         )
         response.deliverBody(stream)
         try:
