@@ -161,6 +161,12 @@ class FakeKubernetes(Resource):
     def watch_requests(self) -> List[Dict[str, str]]:
         return [each for each in self.requests if "watch" in each]
 
+    def watched_from(self) -> List[str]:
+        """
+        The version each watch asked to start from, in order.
+        """
+        return [each["resourceVersion"] for each in self.watch_requests()]
+
     # Changes, as controllers and etcd make them.
 
     def write(

@@ -335,7 +335,7 @@ async def test_a_version_gone_lists_again(
     lists = fake.lists()
     assert len(lists) == 2
     # The new watch starts from the new list's version.
-    assert fake.watch_requests()[-1]["resourceVersion"] == str(fake.version)
+    assert fake.watched_from()[-1] == str(fake.version)
     assert watched.error() is None
 
 
@@ -353,7 +353,7 @@ async def test_a_bookmark_moves_the_version_the_next_watch_starts_from(
     await watched.watching()
     fake.end_watches()
     await until("a new watch", lambda: len(fake.watch_requests()) == 2, 5)
-    assert fake.watch_requests()[-1]["resourceVersion"] == "1051"
+    assert fake.watched_from() == ["1001", "1051"]
     await watched.scaled(1, 2)
     assert len(fake.lists()) == 1
     assert watched.provided.updates == 2
@@ -369,11 +369,7 @@ async def test_a_broken_watch_resumes_from_the_last_version(
     fake.break_watches()
     fake.write("api-abc", ready(2))  # missed, then sent from the history
     await watched.has(weights(2))
-    assert [each["resourceVersion"] for each in fake.watch_requests()] == [
-        "1001",
-        "1002",
-    ]
-    assert len(fake.lists()) == 1
+    assert fake.watched_from() == ["1001", "1002"] and len(fake.lists()) == 1
     # A broken watch is no failure: the provider says nothing went wrong.
     assert watched.provided.errors == 0
 
@@ -387,10 +383,7 @@ async def test_a_silent_watch_counts_as_broken(
     watched = watching(timing=evolve(FAST, silence=0.3))
     await watched.has(weights(1))
     await until("a second watch", lambda: len(fake.watch_requests()) == 2, 5)
-    assert [each["resourceVersion"] for each in fake.watch_requests()] == [
-        "1001",
-        "1001",
-    ]
+    assert fake.watched_from() == ["1001", "1001"]
     await watched.scaled(1, 2)
     assert watched.provided.errors == 0
 
