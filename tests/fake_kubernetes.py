@@ -144,14 +144,16 @@ class FakeKubernetes(Resource):
     def api_server(self) -> str:
         return f"https://localhost:{self.port_number}"
 
-    def config(self, service: str = "api", port: str = "http") -> str:
+    def config(
+        self, service: str = "api", port: str = "http", host: str = "localhost"
+    ) -> str:
         """
         An upstream's provider keys for ``service`` here.
         """
         return (
             f'provider = "kubernetes"\nnamespace = "{self.namespace}"\n'
             f'service = "{service}"\nport = "{port}"\n'
-            f'api_server = "{self.api_server}"\n'
+            f'api_server = "https://{host}:{self.port_number}"\n'
             f'token_file = "{self.token_file}"\nca_file = "{self.ca_file}"\n'
         )
 
@@ -327,7 +329,7 @@ def _new_slice(name: str, service: str, namespace: str) -> Dict[str, Any]:
 def _authority(directory: Path) -> Tuple[Path, Any]:
     """
     A CA in ``ca.crt`` (as a service account's), and a TLS context for
-    ``localhost`` signed by it.
+    ``localhost`` and ``127.0.0.1`` signed by it.
     """
     ca_key = ec.generate_private_key(ec.SECP256R1())
     name = "Fake Kubernetes CA"
@@ -335,6 +337,8 @@ def _authority(directory: Path) -> Tuple[Path, Any]:
     ca_file = directory / "ca.crt"
     ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     key = ec.generate_private_key(ec.SECP256R1())
-    certificate = _certificate("localhost", key, (name, ca_key))
+    # In a pod the API server is reached by its Service's IP address.
+    names = ["localhost", "127.0.0.1"]
+    certificate = _certificate("localhost", key, (name, ca_key), names=names)
     context = ssl.PrivateCertificate.loadPEM(_pem(key, certificate)).options()
     return ca_file, context

@@ -444,6 +444,18 @@ async def test_a_server_the_ca_does_not_sign_is_refused(
 
 
 @pytest_twisted.ensureDeferred
+async def test_an_api_server_reached_by_address_is_verified_by_it(
+    fake: FakeKubernetes, watching: Any
+) -> None:
+    # As in a pod: https://$KUBERNETES_SERVICE_HOST, an IP address that
+    # the API server's certificate names.
+    fake.write("api-abc", ready(1))
+    watched = watching(host="127.0.0.1")
+    await watched.has(weights(1))
+    assert watched.error() is None
+
+
+@pytest_twisted.ensureDeferred
 async def test_stop_closes_the_watch(fake: FakeKubernetes, watching: Any) -> None:
     watched = await watch_slice(fake, watching, 1)
     await watched.watching()
