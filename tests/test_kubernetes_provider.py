@@ -223,9 +223,14 @@ class Watched:
 
     async def watching(self) -> None:
         """
-        Wait until the provider's watch is open at the fake.
+        Wait until the provider's watch is open at both ends (cut before
+        its head arrives, it would be a failed request, not a broken watch).
         """
-        await until("a watch", lambda: len(self.fake.watches) == 1, 5)
+        await until(
+            "a watch",
+            lambda: len(self.fake.watches) == 1 and self.provider.watching,
+            5,
+        )
 
 
 @pytest.fixture

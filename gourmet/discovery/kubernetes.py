@@ -445,6 +445,13 @@ class EndpointSlices:
         self._request: Optional[Deferred[Any]] = None
         self._stream: Optional[_WatchStream] = None
 
+    @property
+    def watching(self) -> bool:
+        """
+        Whether a watch is open: its response's head came, events may.
+        """
+        return self._stream is not None
+
     def start(self, sink: IServerSink) -> None:
         self._sink = sink
         self._step(self._list)
