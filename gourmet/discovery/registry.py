@@ -23,6 +23,7 @@ log = Logger()
 BUILT_IN = {
     "dns": "gourmet.discovery.dns",
     "file": "gourmet.discovery.file",
+    "kubernetes": "gourmet.discovery.kubernetes",
 }
 
 
