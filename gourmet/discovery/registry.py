@@ -21,6 +21,7 @@ log = Logger()
 
 #: Gourmet's own providers: each module's ``FACTORY``.
 BUILT_IN = {
+    "etcd": "gourmet.discovery.etcd",
     "file": "gourmet.discovery.file",
 }
 
