@@ -544,5 +544,7 @@ class _JSONLines(Protocol):
         if self._parts:
             self._deliver(b"".join(self._parts))
         self.reason = reason
-        self.done.callback(None)
         self.closed.callback(None)
+        # Already called when cancelled: the canceller closed the body.
+        if not self.done.called:
+            self.done.callback(None)
