@@ -16,13 +16,15 @@ the full reads it makes.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, cast
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.logger import globalLogPublisher
+from twisted.internet.interfaces import ITCPTransport
+from twisted.logger import capturedLogs, formatEvent
 from twisted.protocols.portforward import ProxyFactory, ProxyServer
 from zope.interface import implementer
 
@@ -59,21 +61,24 @@ class Recorded:
 
 class _GatedServer(ProxyServer):
     def connectionMade(self) -> None:
-        if not self.factory.open:
-            self.transport.abortConnection()
+        gate = cast(Gate, self.factory)
+        if not gate.open:
+            cast(ITCPTransport, self.transport).abortConnection()
             return
-        self.factory.connections.append(self)
+        gate.connections.append(self)
         super().connectionMade()
 
     def dataReceived(self, data: bytes) -> None:
-        if self not in self.factory.requests:
+        gate = cast(Gate, self.factory)
+        if self not in gate.requests:
             # One request a connection: the provider keeps none open idle.
-            self.factory.requests[self] = data.split(b" ", 2)[1].decode()
+            gate.requests[self] = data.split(b" ", 2)[1].decode()
         super().dataReceived(data)
 
     def connectionLost(self, reason: Any = None) -> None:
-        if self in self.factory.connections:
-            self.factory.connections.remove(self)
+        gate = cast(Gate, self.factory)
+        if self in gate.connections:
+            gate.connections.remove(self)
         super().connectionLost(reason)
 
 
@@ -89,12 +94,13 @@ class Gate(ProxyFactory):
         super().__init__("127.0.0.1", port)
         self.open = True
         self.connections: List[_GatedServer] = []
-        self.requests: dict[Any, str] = {}
-        self.listening = reactor.listenTCP(0, self, interface="127.0.0.1")
+        self.requests: Dict[_GatedServer, str] = {}
+        self.listening = reactor.listenTCP(0, cast(Any, self), interface="127.0.0.1")
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.listening.getHost().port}"
+        address = cast(IPv4Address, self.listening.getHost())
+        return f"http://127.0.0.1:{address.port}"
 
     def paths(self) -> List[str]:
         return list(self.requests.values())
@@ -102,7 +108,7 @@ class Gate(ProxyFactory):
     def shut(self) -> None:
         self.open = False
         for each in list(self.connections):
-            each.transport.abortConnection()
+            cast(ITCPTransport, each.transport).abortConnection()
 
 
 @pytest.fixture
@@ -142,26 +148,18 @@ def watching() -> Iterator[Callable[..., Recorded]]:
         pytest_twisted.blockon(_stopped(provider))
 
 
-def _stopped(provider: EtcdWatch) -> "Deferred[Any]":
+def _stopped(provider: EtcdWatch) -> Deferred[Any]:
     # Bounded: a provider that never closes its connection fails the test.
     return maybeDeferred(provider.stop).addTimeout(10, reactor)
 
 
 @pytest.fixture
-def logged() -> Iterator[List[str]]:
+def logged() -> Iterator[Callable[[], str]]:
     """
-    The log's messages while the test runs.
+    The log's messages while the test runs, as one text.
     """
-    from twisted.logger import formatEvent
-
-    lines: List[str] = []
-
-    def observe(event: Any) -> None:
-        lines.append(formatEvent(event))
-
-    globalLogPublisher.addObserver(observe)
-    yield lines
-    globalLogPublisher.removeObserver(observe)
+    with capturedLogs() as events:
+        yield lambda: "\n".join(formatEvent(event) for event in events)
 
 
 async def found(recorded: Recorded, addresses: List[str], seconds: float = 5) -> float:
@@ -207,7 +205,7 @@ async def test_keys_put_and_deleted_under_the_prefix_come_and_go_within_a_second
 
 @pytest_twisted.ensureDeferred
 async def test_a_bad_value_is_left_out_and_the_other_keys_applied(
-    etcd: Etcd, watching: Callable[..., Recorded], logged: List[str]
+    etcd: Etcd, watching: Callable[..., Recorded], logged: Callable[[], str]
 ) -> None:
     await etcd.put(PREFIX + "good", server("10.0.0.1:80"))
     await etcd.put(PREFIX + "not-json", "10.0.0.2:80")
@@ -219,7 +217,7 @@ async def test_a_bad_value_is_left_out_and_the_other_keys_applied(
     await etcd.put(PREFIX + "twice", server("10.0.0.1:80"))
     await etcd.put(PREFIX + "later", server("10.0.0.5:80"))
     await found(recorded, ["10.0.0.1:80", "10.0.0.5:80"])
-    text = "\n".join(logged)
+    text = logged()
     for key, why in [
         ("not-json", "not JSON"),
         ("no-address", 'no "address"'),
@@ -239,7 +237,7 @@ async def test_a_bad_value_is_left_out_and_the_other_keys_applied(
 
 @pytest_twisted.ensureDeferred
 async def test_the_watch_resumes_after_etcd_restarts_without_a_missed_change(
-    etcd: Etcd, gate: Gate, watching: Callable[..., Recorded], logged: List[str]
+    etcd: Etcd, gate: Gate, watching: Callable[..., Recorded], logged: Callable[[], str]
 ) -> None:
     await etcd.put(PREFIX + "a", server("10.0.0.1:80"))
     recorded = watching(gate.url)
@@ -252,7 +250,7 @@ async def test_the_watch_resumes_after_etcd_restarts_without_a_missed_change(
     await etcd.put(PREFIX + "c", server("10.0.0.3:80"))
     await etcd.delete(PREFIX + "a")
     await found(recorded, ["10.0.0.2:80", "10.0.0.3:80"], 10)
-    assert "the watch ended" in "\n".join(logged)
+    assert "the watch ended" in logged()
     # Resumed, not read again: the first read is the only one.
     assert gate.paths().count("/v3/kv/range") == 1
     assert gate.paths().count("/v3/watch") >= 2
@@ -285,7 +283,7 @@ async def test_changes_while_the_connection_is_cut_are_all_seen_when_it_is_back(
 
 @pytest_twisted.ensureDeferred
 async def test_a_compacted_revision_makes_a_full_read(
-    etcd: Etcd, gate: Gate, watching: Callable[..., Recorded], logged: List[str]
+    etcd: Etcd, gate: Gate, watching: Callable[..., Recorded], logged: Callable[[], str]
 ) -> None:
     await etcd.put(PREFIX + "a", server("10.0.0.1:80"))
     recorded = watching(gate.url)
@@ -301,7 +299,7 @@ async def test_a_compacted_revision_makes_a_full_read(
     gate.open = True
     await found(recorded, ["10.0.0.2:80", "10.0.0.3:80"], 10)
     assert gate.paths().count("/v3/kv/range") == 2
-    assert "was compacted" in "\n".join(logged)
+    assert "was compacted" in logged()
     # And the watch after it goes on.
     await etcd.put(PREFIX + "d", server("10.0.0.4:80"))
     await found(recorded, ["10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80"])
@@ -337,7 +335,7 @@ async def test_a_stopped_provider_tells_nothing_more(etcd: Etcd) -> None:
     await sleep(0.3)
     assert recorded.addresses() == []
     assert all(
-        getattr(call.func, "__self__", None) is not provider
+        getattr(cast(Any, call).func, "__self__", None) is not provider
         for call in reactor.getDelayedCalls()
     )
 
