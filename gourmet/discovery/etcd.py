@@ -34,7 +34,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
@@ -212,7 +212,7 @@ class EtcdWatch:
         self._prefix = options.prefix.encode("utf-8")
         # A connection per request: one kept idle would be found dead at the
         # next use after etcd restarts, and a POST is not retried.
-        pool = HTTPConnectionPool(reactor, persistent=False)
+        pool = _QuietPool(reactor, persistent=False)
         agent = Agent(reactor, connectTimeout=options.dial_timeout, pool=pool)
         self._http = HTTPClient(agent)
         self._random = random.Random()
@@ -455,14 +455,33 @@ class EtcdWatch:
         )
 
 
+class _QuietFactory(_HTTP11ClientFactory):
+    noisy = False
+
+
+class _QuietPool(HTTPConnectionPool):
+    """
+    A pool whose connections do not each log two lines ("Starting factory",
+    "Stopping factory"): a watch reconnecting through an outage would fill
+    the log.  Should Twisted rename its private ``_factory``, only the
+    lines come back.
+    """
+
+    _factory = _QuietFactory
+
+
 def _int(value: Any) -> int:
     # etcd's JSON gives 64-bit integers as strings.
     return int(value)
 
 
 def _error_text(code: int, answers: List[Any]) -> str:
-    message = (
-        answers[0].get("message") if answers and isinstance(answers[0], dict) else None
+    answer = answers[0] if answers and isinstance(answers[0], dict) else {}
+    # A unary call's error has the message at the top; a stream's, under
+    # "error" (etcd's gRPC gateway).
+    inner = answer.get("error")
+    message = answer.get("message") or (
+        inner.get("message") if isinstance(inner, dict) else None
     )
     return f"HTTP {code}: {message or 'not an answer of etcd v3 API'}"
 
