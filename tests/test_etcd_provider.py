@@ -399,6 +399,11 @@ def test_options() -> None:
             "expected http://host:port or https://host:port",
         ),
         (
+            f'endpoints = ["http://127.0.0.1:99999"]\nprefix = "{PREFIX}"',
+            "endpoints",
+            "out of range",
+        ),
+        (
             f'endpoints = ["http://127.0.0.1:2379/v3"]\nprefix = "{PREFIX}"',
             "endpoints",
             "expected no path",

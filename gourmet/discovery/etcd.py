@@ -119,7 +119,12 @@ def _check_endpoint(endpoint: object) -> None:
     if not isinstance(endpoint, str):
         raise OptionError("endpoints", f"expected URLs, got {endpoint!r}")
     url = urlsplit(endpoint)
-    if url.scheme not in ("http", "https") or not url.hostname:
+    try:
+        # urllib checks the port only when asked for it.
+        port = url.port
+    except ValueError as error:
+        raise OptionError("endpoints", f"{endpoint!r}: {error}") from None
+    if url.scheme not in ("http", "https") or not url.hostname or port == 0:
         raise OptionError(
             "endpoints",
             f"expected http://host:port or https://host:port, got {endpoint!r}",
@@ -330,6 +335,8 @@ class EtcdWatch:
         await body.done
         if body.error is not None:
             raise body.error
+        if not answers:
+            raise _EtcdSaid("the answer was cut: " + _why_lost(body.reason))
         if response.code != 200 or len(answers) != 1 or "header" not in answers[0]:
             raise _EtcdSaid(_error_text(response.code, answers))
         return answers[0]
