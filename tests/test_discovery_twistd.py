@@ -97,6 +97,18 @@ async def api(gourmet: Twistd) -> Dict[str, Any]:
     return dict(await response.json())
 
 
+async def started(directory: Path, processes: List[Twistd], upstream: str) -> Twistd:
+    """
+    ``twistd gourmet`` on :func:`gourmet_config`'s configuration, ready.
+    """
+    config = directory / "gourmet.toml"
+    config.write_text(gourmet_config(upstream))
+    gourmet = Twistd(config)
+    processes.append(gourmet)
+    await gourmet.ready(admin=True)
+    return gourmet
+
+
 @pytest_twisted.ensureDeferred
 async def test_servers_edited_in_a_file_join_and_leave_with_no_request_lost(
     tmp_path: Path, processes: List[Twistd], make_upstreams: Any
@@ -104,11 +116,8 @@ async def test_servers_edited_in_a_file_join_and_leave_with_no_request_lost(
     a, b = make_upstreams("a", "b")
     servers = tmp_path / "servers.toml"
     servers.write_text(listing(a))
-    config = tmp_path / "gourmet.toml"
-    config.write_text(gourmet_config('provider = "file"\nfile = "servers.toml"'))
-    gourmet = Twistd(config)
-    processes.append(gourmet)
-    await gourmet.ready(admin=True)
+    upstream = 'provider = "file"\nfile = "servers.toml"'
+    gourmet = await started(tmp_path, processes, upstream)
     traffic = Traffic(gourmet)
     try:
         await until("a answers", lambda: traffic.answered["a"] > 0, 10)

@@ -34,7 +34,7 @@ from gourmet.discovery.provider import IServerSink, ProvidedServer
 from tests.etcd import Etcd, free_port
 from tests.processes import Twistd
 from tests.rawhttp import sleep
-from tests.test_discovery_twistd import Traffic, api, gourmet_config, until
+from tests.test_discovery_twistd import Traffic, api, started, until
 
 PREFIX = "/gourmet/upstreams/api/"
 
@@ -174,6 +174,18 @@ def server(address: str, **more: Any) -> Any:
     return {"address": address, **more}
 
 
+async def watching_a(
+    etcd: Etcd, watching: Callable[..., Recorded], endpoint: str
+) -> Recorded:
+    """
+    A provider on ``endpoint``, once it found the server of key ``a``.
+    """
+    await etcd.put(PREFIX + "a", server("10.0.0.1:80"))
+    recorded = watching(endpoint)
+    await found(recorded, ["10.0.0.1:80"])
+    return recorded
+
+
 # -- Keys and servers ----------------------------------------------------------
 
 
@@ -239,9 +251,7 @@ async def test_a_bad_value_is_left_out_and_the_other_keys_applied(
 async def test_the_watch_resumes_after_etcd_restarts_without_a_missed_change(
     etcd: Etcd, gate: Gate, watching: Callable[..., Recorded], logged: Callable[[], str]
 ) -> None:
-    await etcd.put(PREFIX + "a", server("10.0.0.1:80"))
-    recorded = watching(gate.url)
-    await found(recorded, ["10.0.0.1:80"])
+    recorded = await watching_a(etcd, watching, gate.url)
     await etcd.put(PREFIX + "b", server("10.0.0.2:80"))
     await found(recorded, ["10.0.0.1:80", "10.0.0.2:80"])
 
@@ -285,9 +295,7 @@ async def test_changes_while_the_connection_is_cut_are_all_seen_when_it_is_back(
 async def test_a_compacted_revision_makes_a_full_read(
     etcd: Etcd, gate: Gate, watching: Callable[..., Recorded], logged: Callable[[], str]
 ) -> None:
-    await etcd.put(PREFIX + "a", server("10.0.0.1:80"))
-    recorded = watching(gate.url)
-    await found(recorded, ["10.0.0.1:80"])
+    recorded = await watching_a(etcd, watching, gate.url)
 
     gate.shut()
     await etcd.put(PREFIX + "b", server("10.0.0.2:80"))
@@ -438,15 +446,8 @@ async def test_servers_put_and_deleted_in_etcd_join_and_leave_with_no_request_lo
 ) -> None:
     a, b, c = make_upstreams("a", "b", "c")
     await etcd.put(PREFIX + "a", server(a.address))
-    config = tmp_path / "gourmet.toml"
-    config.write_text(
-        gourmet_config(
-            f'provider = "etcd"\nendpoints = ["{etcd.url}"]\nprefix = "{PREFIX}"'
-        )
-    )
-    gourmet = Twistd(config)
-    processes.append(gourmet)
-    await gourmet.ready(admin=True)
+    upstream = f'provider = "etcd"\nendpoints = ["{etcd.url}"]\nprefix = "{PREFIX}"'
+    gourmet = await started(tmp_path, processes, upstream)
     traffic = Traffic(gourmet)
     try:
         await until("a answers", lambda: traffic.answered["a"] > 0, 10)
