@@ -21,6 +21,7 @@ from typing import Any, Dict, Optional
 import treq
 from twisted.internet import reactor
 from twisted.web.client import HTTPConnectionPool
+from twisted.web.http_headers import Headers
 
 from tests.processes import START_SECONDS, stop_process
 from tests.rawhttp import sleep
@@ -54,6 +55,8 @@ class Etcd:
         self.log = directory / "etcd.log"
         self.process: Optional[subprocess.Popen[bytes]] = None
         self.pool = HTTPConnectionPool(reactor, persistent=False)
+        #: The root user's token, once authentication is on.
+        self.token: Optional[str] = None
         for _ in range(3):
             self.client_port, self.peer_port = free_port(), free_port()
             if self.start():
@@ -117,8 +120,11 @@ class Etcd:
             await sleep(0.05)
 
     async def call(self, path: str, body: Dict[str, Any]) -> Dict[str, Any]:
+        headers = Headers()
+        if self.token is not None:
+            headers.addRawHeader("Authorization", self.token)
         response = await treq.post(
-            self.url + path, json=body, pool=self.pool, timeout=10
+            self.url + path, json=body, headers=headers, pool=self.pool, timeout=10
         )
         answer = dict(await response.json())
         assert response.code == 200, answer
@@ -135,6 +141,19 @@ class Etcd:
     async def delete(self, key: str) -> int:
         answer = await self.call("/v3/kv/deleterange", {"key": _b64(key)})
         return int(answer["header"]["revision"])
+
+    async def enable_authentication(self, password: str) -> None:
+        """
+        Turn authentication on, with one user, ``root``, who may do
+        anything, and go on as that user.
+        """
+        await self.call("/v3/auth/user/add", {"name": "root", "password": password})
+        await self.call("/v3/auth/user/grant", {"user": "root", "role": "root"})
+        await self.call("/v3/auth/enable", {})
+        answer = await self.call(
+            "/v3/auth/authenticate", {"name": "root", "password": password}
+        )
+        self.token = str(answer["token"])
 
     async def compact(self, revision: int) -> None:
         await self.call("/v3/kv/compaction", {"revision": str(revision)})

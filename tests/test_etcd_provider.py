@@ -129,13 +129,18 @@ def gate(etcd: Etcd) -> Iterator[Gate]:
 @pytest.fixture
 def watching() -> Iterator[Callable[..., Recorded]]:
     """
-    ``watching(endpoint, ...)``: a provider of the keys under
+    ``watching(endpoint, ..., option=value)``: a provider of the keys under
     :data:`PREFIX`, started on the reactor, and what it told; stopped after.
     """
     started: List[EtcdWatch] = []
 
-    def watch(*endpoints: str) -> Recorded:
-        raw = {"endpoints": list(endpoints), "prefix": PREFIX, "dial_timeout": 2}
+    def watch(*endpoints: str, **more: Any) -> Recorded:
+        raw = {
+            "endpoints": list(endpoints),
+            "prefix": PREFIX,
+            "dial_timeout": 2,
+            **more,
+        }
         options = FACTORY.options(raw, Path("."))
         provider = FACTORY.provider(options, "api", reactor)
         started.append(provider)
@@ -332,6 +337,29 @@ async def test_endpoints_are_tried_in_turn(
 
 
 @pytest_twisted.ensureDeferred
+async def test_with_authentication_on_a_token_is_taken_at_each_connection(
+    etcd: Etcd, gate: Gate, watching: Callable[..., Recorded]
+) -> None:
+    await etcd.put(PREFIX + "a", server("10.0.0.1:80"))
+    await etcd.enable_authentication("secret")
+    recorded = watching(gate.url, username="root", password="secret")
+    wrong = watching(etcd.url, username="root", password="guessed")
+    anonymous = watching(etcd.url)
+    await found(recorded, ["10.0.0.1:80"])
+    await until("failures said", lambda: bool(wrong.failures and anonymous.failures), 5)
+    assert "authentication failed" in wrong.failures[0]
+    assert "user name is empty" in anonymous.failures[0]
+
+    gate.shut()
+    await etcd.put(PREFIX + "b", server("10.0.0.2:80"))
+    gate.open = True
+    await found(recorded, ["10.0.0.1:80", "10.0.0.2:80"], 10)
+    assert gate.paths()[:3] == ["/v3/auth/authenticate", "/v3/kv/range", "/v3/watch"]
+    assert gate.paths().count("/v3/kv/range") == 1
+    assert gate.paths()[-2:] == ["/v3/auth/authenticate", "/v3/watch"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_stopped_provider_tells_nothing_more(etcd: Etcd) -> None:
     options = FACTORY.options({"endpoints": [etcd.url], "prefix": PREFIX}, Path("."))
     provider = FACTORY.provider(options, "api", reactor)
@@ -425,7 +453,17 @@ def test_options() -> None:
         ),
         (
             f'endpoints = ["http://e:2379"]\nprefix = "{PREFIX}"\nusername = "x"',
-            "username",
+            "password",
+            "username and password go together",
+        ),
+        (
+            f'endpoints = ["http://e:2379"]\nprefix = "{PREFIX}"\npassword = 7',
+            "password",
+            "expected a string",
+        ),
+        (
+            f'endpoints = ["http://e:2379"]\nprefix = "{PREFIX}"\nuser = "x"',
+            "user",
             "",
         ),
     ],

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, cast
 from urllib.parse import urlsplit
 
-from attrs import frozen
+from attrs import field, frozen
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IPushProducer
@@ -66,23 +66,27 @@ class EtcdOptions:
     Where etcd is and which keys are the upstream's servers.
 
     :ivar dial_timeout: seconds to connect and get an answer's head (the
-        whole answer, for the first read).
+        whole answer, but for the watch's).
+    :ivar username: with :ivar password:, who Gourmet is to an etcd with
+        authentication on; None: no one.
     """
 
     endpoints: Tuple[str, ...]
     prefix: str
     dial_timeout: float = 5.0
+    username: Optional[str] = None
+    password: Optional[str] = field(default=None, repr=False)
 
 
 @implementer(IProviderFactory)
 class EtcdProviderFactory:
     """
-    ``provider = "etcd"``: ``endpoints`` and ``prefix`` (required) and
-    ``dial_timeout``.
+    ``provider = "etcd"``: ``endpoints`` and ``prefix`` (required),
+    ``dial_timeout``, ``username`` and ``password``.
     """
 
     name = "etcd"
-    keys = frozenset({"endpoints", "prefix", "dial_timeout"})
+    keys = frozenset({"endpoints", "prefix", "dial_timeout", "username", "password"})
 
     def options(self, raw: Mapping[str, Any], directory: Path) -> EtcdOptions:
         endpoints = raw.get("endpoints")
@@ -104,8 +108,13 @@ class EtcdProviderFactory:
             raise OptionError("dial_timeout", f"expected seconds, got {timeout!r}")
         if not timeout > 0:
             raise OptionError("dial_timeout", f"expected above 0, got {timeout!r}")
+        username, password = _credentials(raw)
         return EtcdOptions(
-            tuple(each.rstrip("/") for each in endpoints), prefix, float(timeout)
+            tuple(each.rstrip("/") for each in endpoints),
+            prefix,
+            float(timeout),
+            username,
+            password,
         )
 
     def provider(self, options: EtcdOptions, upstream: str, reactor: Any) -> EtcdWatch:
@@ -113,6 +122,17 @@ class EtcdProviderFactory:
 
 
 FACTORY = EtcdProviderFactory()
+
+
+def _credentials(raw: Mapping[str, Any]) -> Tuple[Optional[str], Optional[str]]:
+    username, password = raw.get("username"), raw.get("password")
+    for key, value in (("username", username), ("password", password)):
+        if value is not None and (not isinstance(value, str) or not value):
+            raise OptionError(key, "expected a string")
+    if (username is None) != (password is None):
+        missing = "password" if password is None else "username"
+        raise OptionError(missing, "username and password go together")
+    return username, password
 
 
 def _check_endpoint(endpoint: object) -> None:
@@ -232,6 +252,7 @@ class EtcdWatch:
         self._session: Optional[Deferred[None]] = None
         self._stream: Optional[_JSONLines] = None
         self._retry: Any = None
+        self._token: Optional[str] = None
 
     def start(self, sink: IServerSink) -> None:
         self._sink = sink
@@ -260,6 +281,16 @@ class EtcdWatch:
 
     async def _run(self, endpoint: str) -> None:
         self._live_since = None
+        if self._options.username is not None:
+            # A token for each session: one from before a break may have
+            # expired, or been given by another member.
+            self._token = None
+            credentials = {
+                "name": self._options.username,
+                "password": self._options.password,
+            }
+            answer = await self._call(endpoint, "/v3/auth/authenticate", credentials)
+            self._token = str(answer["token"])
         if self.revision is None:
             await self._read(endpoint)
         await self._watch(endpoint)
@@ -311,8 +342,11 @@ class EtcdWatch:
     # -- The full read.
 
     async def _read(self, endpoint: str) -> None:
-        reading = Deferred.fromCoroutine(self._range(endpoint))
-        answer = await reading.addTimeout(self._options.dial_timeout, self._reactor)
+        request = {
+            "key": _b64(self._prefix),
+            "range_end": _b64(range_end(self._prefix)),
+        }
+        answer = await self._call(endpoint, "/v3/kv/range", request)
         revision = _int(answer["header"]["revision"])
         servers: Dict[bytes, ProvidedServer] = {}
         for kv in answer.get("kvs", ()):
@@ -323,12 +357,16 @@ class EtcdWatch:
         self.revision = revision
         self._publish()
 
-    async def _range(self, endpoint: str) -> Any:
-        request = {
-            "key": _b64(self._prefix),
-            "range_end": _b64(range_end(self._prefix)),
-        }
-        response = await self._post(endpoint, "/v3/kv/range", request)
+    def _call(self, endpoint: str, path: str, request: Any) -> Deferred[Any]:
+        """
+        One call of etcd's API that is not a stream: its answer, within
+        ``dial_timeout``.
+        """
+        answering = Deferred.fromCoroutine(self._answer(endpoint, path, request))
+        return answering.addTimeout(self._options.dial_timeout, self._reactor)
+
+    async def _answer(self, endpoint: str, path: str, request: Any) -> Any:
+        response = await self._post(endpoint, path, request)
         answers: List[Any] = []
         body = _JSONLines(answers.append)
         response.deliverBody(body)
@@ -451,11 +489,18 @@ class EtcdWatch:
             self._failing = False
             self._sink.servers(self._found())
 
+    def _headers(self) -> Headers:
+        headers = Headers({b"Content-Type": [b"application/json"]})
+        if self._token is not None:
+            # etcd's gateway takes the token as it is, with no scheme.
+            headers.addRawHeader(b"Authorization", self._token.encode("utf-8"))
+        return headers
+
     def _post(self, endpoint: str, path: str, body: Any) -> Any:
         return self._http.post(
             endpoint + path,
             data=json.dumps(body).encode("utf-8"),
-            headers=Headers({b"Content-Type": [b"application/json"]}),
+            headers=self._headers(),
             unbuffered=True,
             timeout=self._options.dial_timeout,
             reactor=self._reactor,
