@@ -11,6 +11,10 @@ HTTP/JSON gateway (``/v3/kv/range``, ``/v3/watch``).
     # etcdctl put /gourmet/upstreams/api/a '{"address": "10.0.0.5:8080"}'
     # etcdctl put /gourmet/upstreams/api/b '{"address": "10.0.0.6:8080", "weight": 2}'
 
+``dial_timeout`` bounds connecting and each answer but the watch's;
+``username`` and ``password``, for an etcd with authentication on, get a
+token at each connection.
+
 A watch that breaks (etcd restarted, the connection lost) resumes from the
 revision after the last change seen, on the next endpoint, after a
 backoff, so no change is missed; one whose revision was compacted
@@ -393,7 +397,7 @@ class EtcdWatch:
             answers: List[Any] = []
             body = _JSONLines(answers.append)
             response.deliverBody(body)
-            await body.done
+            await body.done.addTimeout(self._options.dial_timeout, self._reactor)
             raise _EtcdSaid(_error_text(response.code, answers))
         stream = _JSONLines(self._watched)
         self._stream = stream
@@ -408,7 +412,9 @@ class EtcdWatch:
 
     def _watched(self, message: Any) -> None:
         if "result" not in message:
-            raise _EtcdSaid(_error_text(200, [message]))
+            # An error in the stream, such as "transport is closing" from
+            # an etcd shutting down.
+            raise _EtcdSaid("etcd said: " + _message_of(message))
         result = message["result"]
         compacted = _int(result.get("compact_revision", 0))
         if compacted:
@@ -528,14 +534,19 @@ def _int(value: Any) -> int:
 
 
 def _error_text(code: int, answers: List[Any]) -> str:
-    answer = answers[0] if answers and isinstance(answers[0], dict) else {}
-    # A unary call's error has the message at the top; a stream's, under
-    # "error" (etcd's gRPC gateway).
+    return f"HTTP {code}: " + _message_of(answers[0] if answers else None)
+
+
+def _message_of(answer: Any) -> str:
+    if not isinstance(answer, dict):
+        return "not an answer of etcd v3 API"
+    # A call's error has the message at the top; a stream's, under "error"
+    # (etcd's gRPC gateway).
     inner = answer.get("error")
     message = answer.get("message") or (
         inner.get("message") if isinstance(inner, dict) else None
     )
-    return f"HTTP {code}: {message or 'not an answer of etcd v3 API'}"
+    return str(message or "not an answer of etcd v3 API")
 
 
 def _why_lost(reason: Optional[Failure]) -> str:
