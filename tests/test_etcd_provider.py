@@ -105,7 +105,15 @@ class Gate(ProxyFactory):
     def paths(self) -> List[str]:
         return list(self.requests.values())
 
-    def shut(self) -> None:
+    async def shut(self) -> None:
+        """
+        Shut, once the watch has gone through: the servers are found by the
+        read before, and a slow machine may not have sent the watch yet.
+        """
+        await until("a watch", lambda: "/v3/watch" in self.paths(), 5)
+        self.cut()
+
+    def cut(self) -> None:
         self.open = False
         for each in list(self.connections):
             cast(ITCPTransport, each.transport).abortConnection()
@@ -122,7 +130,7 @@ def etcd(tmp_path: Path) -> Iterator[Etcd]:
 def gate(etcd: Etcd) -> Iterator[Gate]:
     gate = Gate(etcd.client_port)
     yield gate
-    gate.shut()
+    gate.cut()
     pytest_twisted.blockon(gate.listening.stopListening())
 
 
@@ -281,7 +289,7 @@ async def test_changes_while_the_connection_is_cut_are_all_seen_when_it_is_back(
     await found(recorded, ["10.0.0.1:80", "10.0.0.2:80"])
     sets = len(recorded.sets)
 
-    gate.shut()
+    await gate.shut()
     await etcd.delete(PREFIX + "a")
     await etcd.put(PREFIX + "c", server("10.0.0.3:80"))
     await etcd.put(PREFIX + "b", server("10.0.0.2:80", weight=4))
@@ -302,7 +310,7 @@ async def test_a_compacted_revision_makes_a_full_read(
 ) -> None:
     recorded = await watching_a(etcd, watching, gate.url)
 
-    gate.shut()
+    await gate.shut()
     await etcd.put(PREFIX + "b", server("10.0.0.2:80"))
     await etcd.delete(PREFIX + "a")
     last = await etcd.put(PREFIX + "c", server("10.0.0.3:80"))
@@ -350,7 +358,7 @@ async def test_with_authentication_on_a_token_is_taken_at_each_connection(
     assert "authentication failed" in wrong.failures[0]
     assert "user name is empty" in anonymous.failures[0]
 
-    gate.shut()
+    await gate.shut()
     await etcd.put(PREFIX + "b", server("10.0.0.2:80"))
     gate.open = True
     await found(recorded, ["10.0.0.1:80", "10.0.0.2:80"], 10)
