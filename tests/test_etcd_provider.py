@@ -15,6 +15,7 @@ the full reads it makes.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, cast
 
@@ -24,12 +25,21 @@ from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import capturedLogs, formatEvent
 from twisted.protocols.portforward import ProxyFactory, ProxyServer
+from twisted.web.client import URI
 from zope.interface import implementer
 
 from gourmet.config.load import ConfigError, parse_config
-from gourmet.discovery.etcd import FACTORY, EtcdWatch, range_end, server_of
+from gourmet.discovery.etcd import (
+    FACTORY,
+    KEEPALIVE,
+    EtcdWatch,
+    _Endpoints,
+    range_end,
+    server_of,
+)
 from gourmet.discovery.provider import IServerSink, ProvidedServer
 from tests.etcd import Etcd, free_port
 from tests.processes import Twistd
@@ -382,6 +392,31 @@ async def test_a_stopped_provider_tells_nothing_more(etcd: Etcd) -> None:
         getattr(cast(Any, call).func, "__self__", None) is not provider
         for call in reactor.getDelayedCalls()
     )
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_to_etcd_have_tcp_keepalive(etcd: Etcd) -> None:
+    # A watch on an etcd whose host vanished (no FIN, no RST) cannot be
+    # staged on loopback: the setting that ends it is checked instead.
+    endpoint = _Endpoints(reactor, 2).endpointForURI(URI.fromBytes(etcd.url.encode()))
+    closed: Deferred[None] = Deferred()
+
+    class Closing(Protocol):
+        def connectionLost(self, reason: Any = None) -> None:
+            closed.callback(None)
+
+    protocol = await endpoint.connect(Factory.forProtocol(Closing))
+    transport = cast(Any, protocol).transport
+    handle = transport.getHandle()
+    try:
+        assert handle.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        idle, interval, count = KEEPALIVE
+        assert handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == idle
+        assert handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == interval
+        assert handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == count
+    finally:
+        transport.loseConnection()
+        await closed
 
 
 # -- Values and options, without etcd ------------------------------------------

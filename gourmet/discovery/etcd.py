@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import json
 import random
+import socket
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, cast
 from urllib.parse import urlsplit
@@ -34,12 +35,25 @@ from urllib.parse import urlsplit
 from attrs import field, frozen
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import (
+    IProtocol,
+    IProtocolFactory,
+    IPushProducer,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.client import (
+    URI,
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    HTTPConnectionPool,
+    _HTTP11ClientFactory,
+)
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from gourmet.config.model import MAX_WEIGHT
@@ -62,6 +76,12 @@ STEADY = 1.0
 #: The longest message Gourmet reads from etcd: a range of every key, or one
 #: watch response.  Past it the answer is refused rather than buffered.
 MAX_MESSAGE = 16 * 1024 * 1024
+#: TCP keepalive on every connection to etcd: seconds of silence before
+#: TCP asks whether etcd is still there, seconds between asks, and asks
+#: unanswered before it gives up.  A watch is silent while nothing changes;
+#: without these, one to an etcd that vanished without a word (its host
+#: gone, a partition) would wait for the system's two hours.
+KEEPALIVE = (10, 5, 2)
 
 
 @frozen
@@ -242,7 +262,8 @@ class EtcdWatch:
         # A connection per request: one kept idle would be found dead at the
         # next use after etcd restarts, and a POST is not retried.
         pool = _QuietPool(reactor, persistent=False)
-        agent = Agent(reactor, connectTimeout=options.dial_timeout, pool=pool)
+        endpoints = _Endpoints(reactor, options.dial_timeout)
+        agent = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
         self._http = HTTPClient(agent)
         self._random = random.Random()
         self._sink: Optional[IServerSink] = None
@@ -511,6 +532,58 @@ class EtcdWatch:
             timeout=self._options.dial_timeout,
             reactor=self._reactor,
         )
+
+
+@implementer(IAgentEndpointFactory)
+class _Endpoints:
+    """
+    Connections to etcd as the Agent would make them, with TCP keepalive
+    (:data:`KEEPALIVE`) under TLS, when there is TLS.
+    """
+
+    def __init__(self, reactor: Any, timeout: float) -> None:
+        self._reactor = reactor
+        self._timeout = timeout
+        self._tls = BrowserLikePolicyForHTTPS()
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        host = uri.host.decode("ascii")
+        tcp = HostnameEndpoint(self._reactor, host, uri.port, timeout=self._timeout)
+        endpoint = _KeptAlive(tcp)
+        if uri.scheme == b"https":
+            creator = self._tls.creatorForNetloc(uri.host, uri.port)
+            return wrapClientTLS(creator, endpoint)
+        return endpoint
+
+
+@implementer(IStreamClientEndpoint)
+class _KeptAlive:
+    """
+    A TCP endpoint whose connections have :data:`KEEPALIVE`.
+    """
+
+    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+        self._endpoint = endpoint
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        return self._endpoint.connect(factory).addCallback(_keep_alive)
+
+
+def _keep_alive(protocol: IProtocol) -> IProtocol:
+    transport = cast(Any, protocol).transport
+    transport.setTcpKeepAlive(True)
+    handle = transport.getHandle()
+    idle, interval, count = KEEPALIVE
+    for name, value in [
+        ("TCP_KEEPIDLE", idle),
+        ("TCP_KEEPINTVL", interval),
+        ("TCP_KEEPCNT", count),
+    ]:
+        # Linux's names; a system without them keeps its own timings.
+        option = getattr(socket, name, None)
+        if option is not None:
+            handle.setsockopt(socket.IPPROTO_TCP, option, value)
+    return protocol
 
 
 class _QuietFactory(_HTTP11ClientFactory):
