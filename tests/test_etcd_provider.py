@@ -378,6 +378,23 @@ async def test_with_authentication_on_a_token_is_taken_at_each_connection(
 
 
 @pytest_twisted.ensureDeferred
+async def test_an_endpoint_that_never_answers_is_given_up_and_tried_again(
+    watching: Callable[..., Recorded],
+) -> None:
+    # Accepts connections, and says nothing.
+    silent = reactor.listenTCP(
+        0, cast(Any, Factory.forProtocol(Protocol)), interface="127.0.0.1"
+    )
+    try:
+        address = cast(IPv4Address, silent.getHost())
+        recorded = watching(f"http://127.0.0.1:{address.port}", dial_timeout=0.2)
+        await until("two failures", lambda: len(recorded.failures) >= 2, 5)
+        assert "no answer in time" in recorded.failures[0]
+    finally:
+        await maybeDeferred(silent.stopListening)
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_stopped_provider_tells_nothing_more(etcd: Etcd) -> None:
     options = FACTORY.options({"endpoints": [etcd.url], "prefix": PREFIX}, Path("."))
     provider = FACTORY.provider(options, "api", reactor)

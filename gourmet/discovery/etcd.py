@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 from attrs import field, frozen
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import TimeoutError as NoAnswer
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import (
     IProtocol,
@@ -322,7 +323,8 @@ class EtcdWatch:
 
     def _ended(self, failure: Failure, endpoint: str) -> None:
         self._session = None
-        if self._sink is None or failure.check(CancelledError):
+        if self._sink is None:
+            # Stopped: what ended the session was the stop.
             return
         if failure.check(_Compacted):
             self.log.info(
@@ -625,18 +627,20 @@ def _message_of(answer: Any) -> str:
 def _why_lost(reason: Optional[Failure]) -> str:
     if reason is None:
         return "no reason given"
-    # twisted.web's ResponseFailed holds the connection's own reasons.
+    # twisted.web's ResponseFailed and ResponseNeverReceived hold the
+    # connection's own reasons.
     inner = getattr(reason.value, "reasons", None)
     if inner:
         reason = inner[0]
+    if reason.check(CancelledError, NoAnswer):
+        # dial_timeout's: treq's cancels the request, addTimeout the read.
+        return "no answer in time"
     return reason.getErrorMessage() or repr(reason.value)
 
 
 def _describe(failure: Failure) -> str:
     if failure.check(_EtcdSaid):
         return failure.getErrorMessage()
-    if failure.check(CancelledError):
-        return "no answer in time"
     return _why_lost(failure)
 
 
