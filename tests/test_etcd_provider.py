@@ -32,14 +32,8 @@ from twisted.web.client import URI
 from zope.interface import implementer
 
 from gourmet.config.load import ConfigError, parse_config
-from gourmet.discovery.etcd import (
-    FACTORY,
-    KEEPALIVE,
-    EtcdWatch,
-    _Endpoints,
-    range_end,
-    server_of,
-)
+from gourmet.discovery.etcd import FACTORY, EtcdWatch, range_end, server_of
+from gourmet.discovery.etcd_gateway import KEEPALIVE, Endpoints
 from gourmet.discovery.provider import IServerSink, ProvidedServer
 from tests.etcd import Etcd, free_port
 from tests.processes import Twistd
@@ -415,7 +409,7 @@ async def test_a_stopped_provider_tells_nothing_more(etcd: Etcd) -> None:
 async def test_connections_to_etcd_have_tcp_keepalive(etcd: Etcd) -> None:
     # A watch on an etcd whose host vanished (no FIN, no RST) cannot be
     # staged on loopback: the setting that ends it is checked instead.
-    endpoint = _Endpoints(reactor, 2).endpointForURI(URI.fromBytes(etcd.url.encode()))
+    endpoint = Endpoints(reactor, 2).endpointForURI(URI.fromBytes(etcd.url.encode()))
     closed: Deferred[None] = Deferred()
 
     class Closing(Protocol):

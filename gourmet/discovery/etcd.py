@@ -27,38 +27,25 @@ from __future__ import annotations
 import base64
 import json
 import random
-import socket
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, cast
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
 from attrs import field, frozen
-from treq.client import HTTPClient
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.defer import TimeoutError as NoAnswer
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import (
-    IProtocol,
-    IProtocolFactory,
-    IPushProducer,
-    IStreamClientEndpoint,
-)
-from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import (
-    URI,
-    Agent,
-    BrowserLikePolicyForHTTPS,
-    HTTPConnectionPool,
-    _HTTP11ClientFactory,
-)
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from gourmet.config.model import MAX_WEIGHT
 from gourmet.config.origin import parse_origin
+from gourmet.discovery.etcd_gateway import (
+    EtcdSaid,
+    Gateway,
+    JSONLines,
+    message_of,
+    why_lost,
+)
 from gourmet.discovery.provider import (
     IProviderFactory,
     IServerProvider,
@@ -74,15 +61,6 @@ MAX_BACKOFF = 3.0
 #: Seconds a watch must have run for its end to count as a new trouble,
 #: not one more of a series (the backoff starts again from the first).
 STEADY = 1.0
-#: The longest message Gourmet reads from etcd: a range of every key, or one
-#: watch response.  Past it the answer is refused rather than buffered.
-MAX_MESSAGE = 16 * 1024 * 1024
-#: TCP keepalive on every connection to etcd: seconds of silence before
-#: TCP asks whether etcd is still there, seconds between asks, and asks
-#: unanswered before it gives up.  A watch is silent while nothing changes;
-#: without these, one to an etcd that vanished without a word (its host
-#: gone, a partition) would wait for the system's two hours.
-KEEPALIVE = (10, 5, 2)
 
 
 @frozen
@@ -228,15 +206,9 @@ def server_of(key: str, value: bytes) -> ProvidedServer:
     return ProvidedServer(address=address, weight=weight, metadata={"etcd_key": key})
 
 
-class _Compacted(Exception):
+class _Compacted(EtcdSaid):
     """
     The watch's revision is gone from etcd's history: read everything again.
-    """
-
-
-class _EtcdSaid(Exception):
-    """
-    etcd answered with an error, or with what is not its API.
     """
 
 
@@ -260,12 +232,7 @@ class EtcdWatch:
         self._upstream = upstream
         self._reactor = reactor
         self._prefix = options.prefix.encode("utf-8")
-        # A connection per request: one kept idle would be found dead at the
-        # next use after etcd restarts, and a POST is not retried.
-        pool = _QuietPool(reactor, persistent=False)
-        endpoints = _Endpoints(reactor, options.dial_timeout)
-        agent = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
-        self._http = HTTPClient(agent)
+        self._gateway = Gateway(reactor, options.dial_timeout)
         self._random = random.Random()
         self._sink: Optional[IServerSink] = None
         self._servers: Dict[bytes, ProvidedServer] = {}
@@ -276,9 +243,8 @@ class EtcdWatch:
         self._failing = False
         self._live_since: Optional[float] = None
         self._session: Optional[Deferred[None]] = None
-        self._stream: Optional[_JSONLines] = None
+        self._stream: Optional[JSONLines] = None
         self._retry: Any = None
-        self._token: Optional[str] = None
 
     def start(self, sink: IServerSink) -> None:
         self._sink = sink
@@ -310,13 +276,15 @@ class EtcdWatch:
         if self._options.username is not None:
             # A token for each session: one from before a break may have
             # expired, or been given by another member.
-            self._token = None
+            self._gateway.token = None
             credentials = {
                 "name": self._options.username,
                 "password": self._options.password,
             }
-            answer = await self._call(endpoint, "/v3/auth/authenticate", credentials)
-            self._token = str(answer["token"])
+            answer = await self._gateway.call(
+                endpoint, "/v3/auth/authenticate", credentials
+            )
+            self._gateway.token = str(answer["token"])
         if self.revision is None:
             await self._read(endpoint)
         await self._watch(endpoint)
@@ -337,7 +305,7 @@ class EtcdWatch:
             self.revision = None
             self._retry = self._reactor.callLater(0, self._connect)
             return
-        reason = _describe(failure)
+        reason = why_lost(failure)
         if self._live_since is not None:
             # A watch that ran: etcd went away, or the connection did.
             if self._reactor.seconds() - self._live_since >= STEADY:
@@ -373,7 +341,7 @@ class EtcdWatch:
             "key": _b64(self._prefix),
             "range_end": _b64(range_end(self._prefix)),
         }
-        answer = await self._call(endpoint, "/v3/kv/range", request)
+        answer = await self._gateway.call(endpoint, "/v3/kv/range", request)
         revision = _int(answer["header"]["revision"])
         servers: Dict[bytes, ProvidedServer] = {}
         for kv in answer.get("kvs", ()):
@@ -384,28 +352,6 @@ class EtcdWatch:
         self.revision = revision
         self._publish()
 
-    def _call(self, endpoint: str, path: str, request: Any) -> Deferred[Any]:
-        """
-        One call of etcd's API that is not a stream: its answer, within
-        ``dial_timeout``.
-        """
-        answering = Deferred.fromCoroutine(self._answer(endpoint, path, request))
-        return answering.addTimeout(self._options.dial_timeout, self._reactor)
-
-    async def _answer(self, endpoint: str, path: str, request: Any) -> Any:
-        response = await self._post(endpoint, path, request)
-        answers: List[Any] = []
-        body = _JSONLines(answers.append)
-        response.deliverBody(body)
-        await body.done
-        if body.error is not None:
-            raise body.error
-        if not answers:
-            raise _EtcdSaid("the answer was cut: " + _why_lost(body.reason))
-        if response.code != 200 or len(answers) != 1 or "header" not in answers[0]:
-            raise _EtcdSaid(_error_text(response.code, answers))
-        return answers[0]
-
     # -- The watch.
 
     async def _watch(self, endpoint: str) -> None:
@@ -415,29 +361,23 @@ class EtcdWatch:
             "range_end": _b64(range_end(self._prefix)),
             "start_revision": str(self.revision + 1),
         }
-        response = await self._post(endpoint, "/v3/watch", {"create_request": create})
-        if response.code != 200:
-            answers: List[Any] = []
-            body = _JSONLines(answers.append)
-            response.deliverBody(body)
-            await body.done.addTimeout(self._options.dial_timeout, self._reactor)
-            raise _EtcdSaid(_error_text(response.code, answers))
-        stream = _JSONLines(self._watched)
+        stream = await self._gateway.stream(
+            endpoint, "/v3/watch", {"create_request": create}, self._watched
+        )
         self._stream = stream
-        response.deliverBody(stream)
         try:
             await stream.done
         finally:
             self._stream = None
         if stream.error is not None:
             raise stream.error
-        raise _EtcdSaid("the watch's stream ended: " + _why_lost(stream.reason))
+        raise EtcdSaid("the watch's stream ended: " + why_lost(stream.reason))
 
     def _watched(self, message: Any) -> None:
         if "result" not in message:
             # An error in the stream, such as "transport is closing" from
             # an etcd shutting down.
-            raise _EtcdSaid("etcd said: " + _message_of(message))
+            raise EtcdSaid("etcd said: " + message_of(message))
         result = message["result"]
         compacted = _int(result.get("compact_revision", 0))
         if compacted:
@@ -446,7 +386,7 @@ class EtcdWatch:
                 f" (etcd keeps from {compacted} on)"
             )
         if result.get("canceled"):
-            raise _EtcdSaid(
+            raise EtcdSaid(
                 "the watch was canceled: " + str(result.get("cancel_reason", ""))
             )
         if result.get("created"):
@@ -518,192 +458,7 @@ class EtcdWatch:
             self._failing = False
             self._sink.servers(self._found())
 
-    def _headers(self) -> Headers:
-        headers = Headers({b"Content-Type": [b"application/json"]})
-        if self._token is not None:
-            # etcd's gateway takes the token as it is, with no scheme.
-            headers.addRawHeader(b"Authorization", self._token.encode("utf-8"))
-        return headers
-
-    def _post(self, endpoint: str, path: str, body: Any) -> Any:
-        return self._http.post(
-            endpoint + path,
-            data=json.dumps(body).encode("utf-8"),
-            headers=self._headers(),
-            unbuffered=True,
-            timeout=self._options.dial_timeout,
-            reactor=self._reactor,
-        )
-
-
-@implementer(IAgentEndpointFactory)
-class _Endpoints:
-    """
-    Connections to etcd as the Agent would make them, with TCP keepalive
-    (:data:`KEEPALIVE`) under TLS, when there is TLS.
-    """
-
-    def __init__(self, reactor: Any, timeout: float) -> None:
-        self._reactor = reactor
-        self._timeout = timeout
-        self._tls = BrowserLikePolicyForHTTPS()
-
-    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
-        host = uri.host.decode("ascii")
-        tcp = HostnameEndpoint(self._reactor, host, uri.port, timeout=self._timeout)
-        endpoint = _KeptAlive(tcp)
-        if uri.scheme == b"https":
-            creator = self._tls.creatorForNetloc(uri.host, uri.port)
-            return wrapClientTLS(creator, endpoint)
-        return endpoint
-
-
-@implementer(IStreamClientEndpoint)
-class _KeptAlive:
-    """
-    A TCP endpoint whose connections have :data:`KEEPALIVE`.
-    """
-
-    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
-        self._endpoint = endpoint
-
-    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
-        return self._endpoint.connect(factory).addCallback(_keep_alive)
-
-
-def _keep_alive(protocol: IProtocol) -> IProtocol:
-    transport = cast(Any, protocol).transport
-    transport.setTcpKeepAlive(True)
-    handle = transport.getHandle()
-    idle, interval, count = KEEPALIVE
-    for name, value in [
-        ("TCP_KEEPIDLE", idle),
-        ("TCP_KEEPINTVL", interval),
-        ("TCP_KEEPCNT", count),
-    ]:
-        # Linux's names; a system without them keeps its own timings.
-        option = getattr(socket, name, None)
-        if option is not None:
-            handle.setsockopt(socket.IPPROTO_TCP, option, value)
-    return protocol
-
-
-class _QuietFactory(_HTTP11ClientFactory):
-    noisy = False
-
-
-class _QuietPool(HTTPConnectionPool):
-    """
-    A pool whose connections do not each log two lines ("Starting factory",
-    "Stopping factory"): a watch reconnecting through an outage would fill
-    the log.  Should Twisted rename its private ``_factory``, only the
-    lines come back.
-    """
-
-    _factory = _QuietFactory
-
 
 def _int(value: Any) -> int:
     # etcd's JSON gives 64-bit integers as strings.
     return int(value)
-
-
-def _error_text(code: int, answers: List[Any]) -> str:
-    return f"HTTP {code}: " + _message_of(answers[0] if answers else None)
-
-
-def _message_of(answer: Any) -> str:
-    if not isinstance(answer, dict):
-        return "not an answer of etcd v3 API"
-    # A call's error has the message at the top; a stream's, under "error"
-    # (etcd's gRPC gateway).
-    inner = answer.get("error")
-    message = answer.get("message") or (
-        inner.get("message") if isinstance(inner, dict) else None
-    )
-    return str(message or "not an answer of etcd v3 API")
-
-
-def _why_lost(reason: Optional[Failure]) -> str:
-    if reason is None:
-        return "no reason given"
-    # twisted.web's ResponseFailed and ResponseNeverReceived hold the
-    # connection's own reasons.
-    inner = getattr(reason.value, "reasons", None)
-    if inner:
-        reason = inner[0]
-    if reason.check(CancelledError, NoAnswer):
-        # dial_timeout's: treq's cancels the request, addTimeout the read.
-        return "no answer in time"
-    return reason.getErrorMessage() or repr(reason.value)
-
-
-def _describe(failure: Failure) -> str:
-    if failure.check(_EtcdSaid):
-        return failure.getErrorMessage()
-    return _why_lost(failure)
-
-
-class _JSONLines(Protocol):
-    """
-    A response body of JSON messages, one a line (the watch's stream; the
-    range's answer is one), each given to ``received`` as it comes.
-
-    :ivar error: what ended the body early: a message that was not JSON, or
-        what ``received`` raised.
-    :ivar done: fires when the body ends, or cancelled, closes it.
-    :ivar closed: fires once its connection is closed.
-    """
-
-    def __init__(self, received: Callable[[Any], None]) -> None:
-        self._received = received
-        self._parts: List[bytes] = []
-        self._size = 0
-        self.error: Optional[Exception] = None
-        self.reason: Optional[Failure] = None
-        self.done: Deferred[None] = Deferred(lambda ignored: self.abort())
-        self.closed: Deferred[None] = Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.error is not None:
-            return
-        *lines, rest = data.split(b"\n")
-        if lines:
-            self._deliver(b"".join([*self._parts, lines[0]]))
-            for line in lines[1:]:
-                self._deliver(line)
-            self._parts, self._size = [], 0
-        self._parts.append(rest)
-        self._size += len(rest)
-        if self._size > MAX_MESSAGE and self.error is None:
-            self._stop(_EtcdSaid(f"a message of over {MAX_MESSAGE} bytes"))
-
-    def _deliver(self, line: bytes) -> None:
-        if self.error is not None or not line.strip():
-            return
-        try:
-            self._received(json.loads(line))
-        except (_Compacted, _EtcdSaid) as error:
-            self._stop(error)
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
-            # Not etcd's API as Gourmet knows it: this endpoint fails.
-            self._stop(_EtcdSaid(f"not an answer of etcd v3 API: {error!r}"))
-
-    def _stop(self, error: Exception) -> None:
-        self.error = error
-        self.abort()
-
-    def abort(self) -> None:
-        # A response body's transport is a producer: stopping it closes
-        # the connection (twisted.web.client's way to abandon a body).
-        if self.transport is not None:
-            cast(IPushProducer, self.transport).stopProducing()
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self._parts:
-            self._deliver(b"".join(self._parts))
-        self.reason = reason
-        self.closed.callback(None)
-        # Already called when cancelled: the canceller closed the body.
-        if not self.done.called:
-            self.done.callback(None)
