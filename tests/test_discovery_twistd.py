@@ -97,11 +97,14 @@ async def api(gourmet: Twistd) -> Dict[str, Any]:
     return dict(await response.json())
 
 
-async def started(directory: Path, processes: List[Twistd], upstream: str) -> Twistd:
+async def gourmet_with(
+    tmp_path: Path, processes: List[Twistd], upstream: str
+) -> Twistd:
     """
-    ``twistd gourmet`` on :func:`gourmet_config`'s configuration, ready.
+    ``twistd gourmet`` running with ``upstream``'s keys in
+    ``[upstreams.api]``, its console up.
     """
-    config = directory / "gourmet.toml"
+    config = tmp_path / "gourmet.toml"
     config.write_text(gourmet_config(upstream))
     gourmet = Twistd(config)
     processes.append(gourmet)
@@ -116,8 +119,9 @@ async def test_servers_edited_in_a_file_join_and_leave_with_no_request_lost(
     a, b = make_upstreams("a", "b")
     servers = tmp_path / "servers.toml"
     servers.write_text(listing(a))
-    upstream = 'provider = "file"\nfile = "servers.toml"'
-    gourmet = await started(tmp_path, processes, upstream)
+    gourmet = await gourmet_with(
+        tmp_path, processes, 'provider = "file"\nfile = "servers.toml"'
+    )
     traffic = Traffic(gourmet)
     try:
         await until("a answers", lambda: traffic.answered["a"] > 0, 10)
@@ -161,16 +165,12 @@ async def test_a_plugins_provider_and_balancer_load_by_name(
     a, b = make_upstreams("a", "b")
     path = os.pathsep.join(filter(None, [str(EXAMPLES), os.environ.get("PYTHONPATH")]))
     monkeypatch.setenv("PYTHONPATH", path)
-    config = tmp_path / "gourmet.toml"
-    config.write_text(
-        gourmet_config(
-            'provider = "listed"\nbalancer = "first_up"\n'
-            f'addresses = ["{a.address}", "{b.address}"]'
-        )
+    gourmet = await gourmet_with(
+        tmp_path,
+        processes,
+        'provider = "listed"\nbalancer = "first_up"\n'
+        f'addresses = ["{a.address}", "{b.address}"]',
     )
-    gourmet = Twistd(config)
-    processes.append(gourmet)
-    await gourmet.ready(admin=True)
     answered: Counter[str] = Counter()
     for _ in range(10):
         response = await gourmet.get("/")

@@ -38,7 +38,7 @@ from gourmet.discovery.provider import IServerSink, ProvidedServer
 from tests.etcd import Etcd, free_port
 from tests.processes import Twistd
 from tests.rawhttp import sleep
-from tests.test_discovery_twistd import Traffic, api, started, until
+from tests.test_discovery_twistd import Traffic, api, gourmet_with, until
 
 PREFIX = "/gourmet/upstreams/api/"
 
@@ -539,7 +539,7 @@ async def test_servers_put_and_deleted_in_etcd_join_and_leave_with_no_request_lo
     a, b, c = make_upstreams("a", "b", "c")
     await etcd.put(PREFIX + "a", server(a.address))
     upstream = f'provider = "etcd"\nendpoints = ["{etcd.url}"]\nprefix = "{PREFIX}"'
-    gourmet = await started(tmp_path, processes, upstream)
+    gourmet = await gourmet_with(tmp_path, processes, upstream)
     traffic = Traffic(gourmet)
     try:
         await until("a answers", lambda: traffic.answered["a"] > 0, 10)
