@@ -22,6 +22,7 @@ log = Logger()
 #: Gourmet's own providers: each module's ``FACTORY``.
 BUILT_IN = {
     "dns": "gourmet.discovery.dns",
+    "etcd": "gourmet.discovery.etcd",
     "file": "gourmet.discovery.file",
     "kubernetes": "gourmet.discovery.kubernetes",
 }
