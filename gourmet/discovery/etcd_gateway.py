@@ -27,12 +27,12 @@ from twisted.web.client import (
     URI,
     Agent,
     BrowserLikePolicyForHTTPS,
-    HTTPConnectionPool,
-    _HTTP11ClientFactory,
 )
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
+
+from gourmet._twisted.client import QuietPool
 
 #: The longest message Gourmet reads from etcd: a range of every key, or one
 #: watch response.  Past it the answer is refused rather than buffered.
@@ -62,7 +62,7 @@ class Gateway:
         self._timeout = timeout
         # A connection per request: one kept idle would be found dead at the
         # next use after etcd restarts, and a POST is not retried.
-        pool = _QuietPool(reactor, persistent=False)
+        pool = QuietPool(reactor, persistent=False)
         agent = Agent.usingEndpointFactory(
             reactor, Endpoints(reactor, timeout), pool=pool
         )
@@ -286,18 +286,3 @@ def _keep_alive(protocol: IProtocol) -> IProtocol:
         if option is not None:
             handle.setsockopt(socket.IPPROTO_TCP, option, value)
     return protocol
-
-
-class _QuietFactory(_HTTP11ClientFactory):
-    noisy = False
-
-
-class _QuietPool(HTTPConnectionPool):
-    """
-    A pool whose connections do not each log two lines ("Starting factory",
-    "Stopping factory"): a watch reconnecting through an outage would fill
-    the log.  Should Twisted rename its private ``_factory``, only the
-    lines come back.
-    """
-
-    _factory = _QuietFactory
