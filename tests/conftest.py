@@ -6,6 +6,7 @@ servers on loopback.
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import (
     Any,
@@ -32,7 +33,7 @@ from gourmet.listener import Listener
 from gourmet.service import GourmetService, build_service
 from tests.configs import ADMIN_LISTEN, config
 from tests.memory import Gourmets
-from tests.processes import Twistd
+from tests.processes import Twistd, start_twistd
 from tests.rawhttp import RawClient
 from tests.upstreams import Answer, ScriptedServer, UpstreamServer
 
@@ -276,3 +277,22 @@ def processes() -> Iterator[List[Twistd]]:
     for process in started:
         process.stop()
         pytest_twisted.blockon(process.pool.closeCachedConnections())
+
+
+@pytest.fixture
+def twistd_on(
+    tmp_path: Path, processes: List[Twistd]
+) -> Callable[..., Awaitable[Twistd]]:
+    """
+    ``await twistd_on(text)``: ``twistd gourmet`` on the configuration
+    ``text`` (written to ``gourmet.toml`` in the test's directory), once it
+    listens (its console too, unless ``admin=False``); stopped after the
+    test.  ``passed`` is a listening socket handed over as systemd does.
+    """
+
+    async def start(
+        text: str, admin: bool = True, passed: Optional[socket.socket] = None
+    ) -> Twistd:
+        return await start_twistd(tmp_path, processes, text, admin, passed)
+
+    return start

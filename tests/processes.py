@@ -144,6 +144,7 @@ class Twistd:
         :param passed: a listening socket, passed as systemd passes one
             named ``http`` (``systemd:domain=INET:name=http``).
         """
+        self.config = config
         self.stdout = config.with_suffix(".out")
         self.stderr = config.with_suffix(".err")
         command = [*TWISTD, "-n", "--pidfile=", "gourmet", "--config", str(config)]
@@ -294,3 +295,23 @@ class UpstreamProcess:
         if self.process is None:
             return None
         return stop_process(self.process)
+
+
+async def start_twistd(
+    directory: Path,
+    processes: List[Twistd],
+    text: str,
+    admin: bool = True,
+    passed: Optional[socket.socket] = None,
+) -> Twistd:
+    """
+    ``twistd gourmet`` on the configuration ``text``, written to
+    ``gourmet.toml`` in ``directory``, once it listens (its console too,
+    unless ``admin`` is false); added to ``processes``, which stops it.
+    """
+    config = directory / "gourmet.toml"
+    config.write_text(text)
+    gourmet = Twistd(config, passed)
+    processes.append(gourmet)
+    await gourmet.ready(admin=admin)
+    return gourmet

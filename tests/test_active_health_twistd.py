@@ -9,7 +9,6 @@ share of real requests then ramps over ``slow_start``.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
 
 import pytest_twisted
@@ -20,7 +19,6 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from tests.configs import ADMIN_LISTEN, config
-from tests.processes import Twistd
 from tests.rawhttp import sleep
 
 INTERVAL = 0.5
@@ -71,7 +69,7 @@ async def wait_for(
 
 @pytest_twisted.ensureDeferred
 async def test_failing_health_endpoint_takes_a_server_out_and_slow_start_brings_it_back(
-    tmp_path: Path, processes: List[Twistd]
+    twistd_on: Any,
 ) -> None:
     steady, flaky = Backend("steady"), Backend("flaky")
     ports = []
@@ -82,15 +80,13 @@ async def test_failing_health_endpoint_takes_a_server_out_and_slow_start_brings_
         address: Any = port.getHost()
         backend.address = f"127.0.0.1:{address.port}"
     try:
-        await _run(tmp_path, processes, steady, flaky)
+        await _run(twistd_on, steady, flaky)
     finally:
         for port in ports:
             await maybeDeferred(port.stopListening)
 
 
-async def _run(
-    tmp_path: Path, processes: List[Twistd], steady: Backend, flaky: Backend
-) -> None:
+async def _run(twistd_on: Any, steady: Backend, flaky: Backend) -> None:
     upstream = (
         f"slow_start = {SLOW_START}\n"
         "[upstreams.backend.health_check]\n"
@@ -99,11 +95,7 @@ async def _run(
     )
     text = config([steady, flaky], upstream_extra=upstream)
     text += f"[admin]\nlisten = '{ADMIN_LISTEN}'\n[log]\naccess_log = 'off'\n"
-    path = tmp_path / "gourmet.toml"
-    path.write_text(text)
-    gourmet = Twistd(path)
-    processes.append(gourmet)
-    await gourmet.ready(admin=True)
+    gourmet = await twistd_on(text)
     console = f"http://127.0.0.1:{gourmet.admin_port}"
 
     async def flaky_view() -> Dict[str, Any]:

@@ -39,7 +39,8 @@ from tests.processes import (
     port_of,
     wait_reported,
 )
-from tests.test_operations import served_by, start
+from tests.processes import start_twistd as start
+from tests.test_operations import served_by
 from tests.test_tls import certificate_files
 from tests.test_twistd import LISTEN
 

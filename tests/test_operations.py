@@ -24,6 +24,7 @@ from twisted.web.http_headers import Headers
 
 from tests.configs import ADMIN_LISTEN as LISTEN
 from tests.processes import Twistd
+from tests.processes import start_twistd as start
 from tests.rawhttp import RawClient, sleep
 
 TOKEN = "operations-token-of-some-length"
@@ -51,15 +52,6 @@ def config_text(
         + "[log]\naccess_log='access.log'\n"
         + f"[admin]\nlisten='{LISTEN}'\ntoken='{TOKEN}'\n"
     )
-
-
-async def start(tmp_path: Path, processes: List[Twistd], text: str) -> Twistd:
-    config = tmp_path / "gourmet.toml"
-    config.write_text(text)
-    gourmet = Twistd(config)
-    processes.append(gourmet)
-    await gourmet.ready(admin=True)
-    return gourmet
 
 
 async def exited(gourmet: Twistd, within: float) -> int:

@@ -19,7 +19,6 @@ from gourmet.frontend.accesslog import _request_id_field
 from gourmet.http.request_id import RequestIds, kept_request_id
 from tests.configs import ADMIN_LISTEN, access_log, config
 from tests.h2client import H2Client
-from tests.processes import Twistd
 from tests.test_http2 import in_thread, start_h2
 
 NEW_ID = re.compile(r"[0-9a-f]{32}")
@@ -152,7 +151,7 @@ async def test_http2_requests_get_ids_too(
 
 @pytest_twisted.ensureDeferred
 async def test_one_request_followed_through_twistd_its_server_and_its_502(
-    tmp_path: Path, processes: List[Twistd], make_upstreams: Any
+    twistd_on: Any, make_upstreams: Any
 ) -> None:
     """
     Under twistd, as users run Gourmet: a request's ID is the one its
@@ -162,11 +161,9 @@ async def test_one_request_followed_through_twistd_its_server_and_its_502(
     """
     (server,) = make_upstreams("a")
     text = config([server], server_extra='trusted_proxies = ["127.0.0.1"]')
-    path = tmp_path / "gourmet.toml"
-    path.write_text(text + f'[admin]\nlisten = "{ADMIN_LISTEN}"\n')
-    twistd = Twistd(path)
-    processes.append(twistd)
-    await twistd.ready()
+    twistd = await twistd_on(
+        text + f'[admin]\nlisten = "{ADMIN_LISTEN}"\n', admin=False
+    )
 
     response = await twistd.get("/served")
     assert response.code == 200

@@ -22,13 +22,13 @@ import pytest_twisted
 import treq
 
 from tests.processes import Twistd
+from tests.processes import start_twistd as start
 from tests.rawhttp import sleep
 from tests.streams import Firehose, TcpClient, TcpServer, connect
 from tests.test_operations import (
     TOKEN,
     exited,
     reload_by_console,
-    start,
     wait_for_log,
 )
 from tests.test_streams import stream_config

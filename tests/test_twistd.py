@@ -11,7 +11,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, List
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -21,7 +21,6 @@ from gourmet import __version__ as gourmet_version
 from tests.processes import (
     GOURMET,
     TWISTD,
-    Twistd,
 )
 from tests.rawhttp import sleep
 from tests.reference import reference_config
@@ -32,7 +31,7 @@ LISTEN = "tcp:0:interface=127.0.0.1"
 
 @pytest_twisted.ensureDeferred
 async def test_reference_configuration_runs_under_twistd(
-    tmp_path: Path, processes: List[Twistd], make_upstreams: Any
+    twistd_on: Any, make_upstreams: Any
 ) -> None:
     servers = make_upstreams("api1", "api2", "api3", "static1", "static2", "static3")
     text = reference_config()
@@ -42,11 +41,7 @@ async def test_reference_configuration_runs_under_twistd(
     text = text.replace("port=80", f"listen=['{LISTEN}']")
     assert "foo.bar" not in text
     text += f'\n[admin]\nlisten = "{LISTEN}"\n'
-    config = tmp_path / "gourmet.toml"
-    config.write_text(text)
-    gourmet = Twistd(config)
-    processes.append(gourmet)
-    await gourmet.ready(admin=True)
+    gourmet = await twistd_on(text)
     api = []
     for _ in range(7):
         response = await gourmet.get("/api/users")
@@ -77,7 +72,7 @@ async def test_reference_configuration_runs_under_twistd(
     everything = await console.json()
     instance = everything["instance"]
     assert instance["pid"] == gourmet.process.pid
-    assert instance["config_file"] == str(config.resolve())
+    assert instance["config_file"] == str(gourmet.config.resolve())
     assert instance["version"] == gourmet_version
     assert 0 < instance["uptime"] < 60
     proxy = everything["listeners"][0]
@@ -147,23 +142,20 @@ def test_bad_configuration_stops_twistd_with_one_line(
 
 @pytest_twisted.ensureDeferred
 async def test_slow_client_does_not_make_the_proxy_buffer(
-    tmp_path: Path, processes: List[Twistd], make_upstreams: Any
+    twistd_on: Any, make_upstreams: Any
 ) -> None:
     """
     A client reading slowly holds the upstream back instead of filling the
     proxy's memory (stock ReverseProxyResource would buffer it all).
     """
     (server,) = make_upstreams("big")
-    config = tmp_path / "gourmet.toml"
-    config.write_text(
+    gourmet = await twistd_on(
         f"[upstreams.b]\n[[upstreams.b.servers]]\npath='{server.address}'\n"
         f"[server]\nlisten=['{LISTEN}']\n"
         "[[server.locations]]\nlocation='/'\nupstream='b'\n"
-        "[log]\naccess_log='off'\n[admin]\nlisten='off'\n"
+        "[log]\naccess_log='off'\n[admin]\nlisten='off'\n",
+        admin=False,
     )
-    gourmet = Twistd(config)
-    processes.append(gourmet)
-    await gourmet.ready()
     size = 96 * 1024 * 1024
     client = socket.create_connection(("127.0.0.1", gourmet.port))
     client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
@@ -227,7 +219,7 @@ def test_a_port_in_use_stops_twistd_with_one_clear_line(tmp_path: Path) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_a_100_mb_body_to_the_console_is_a_json_413_in_bounded_memory(
-    tmp_path: Path, processes: List[Twistd], make_upstreams: Any
+    twistd_on: Any, make_upstreams: Any
 ) -> None:
     """
     A chunked body (no Content-Length to refuse it by) sent to the console
@@ -236,16 +228,12 @@ async def test_a_100_mb_body_to_the_console_is_a_json_413_in_bounded_memory(
     without a traceback.
     """
     (server,) = make_upstreams("a")
-    config = tmp_path / "gourmet.toml"
-    config.write_text(
+    gourmet = await twistd_on(
         f"[upstreams.b]\n[[upstreams.b.servers]]\npath='{server.address}'\n"
         f"[server]\nlisten=['{LISTEN}']\n"
         "[[server.locations]]\nlocation='/'\nupstream='b'\n"
         f"[log]\naccess_log='off'\n[admin]\nlisten='{LISTEN}'\n"
     )
-    gourmet = Twistd(config)
-    processes.append(gourmet)
-    await gourmet.ready(admin=True)
     before = gourmet.rss_kib()
     client = socket.create_connection(("127.0.0.1", gourmet.admin_port), timeout=10)
     client.sendall(
