@@ -20,7 +20,7 @@ import treq
 from twisted.internet.defer import Deferred
 
 from tests.configs import ADMIN_LISTEN, LISTEN
-from tests.processes import Twistd
+from tests.processes import Twistd, start_twistd
 from tests.rawhttp import sleep
 from tests.test_proxy import json_body
 from tests.upstreams import UpstreamServer
@@ -104,12 +104,7 @@ async def gourmet_with(
     ``twistd gourmet`` running with ``upstream``'s keys in
     ``[upstreams.api]``, its console up.
     """
-    config = tmp_path / "gourmet.toml"
-    config.write_text(gourmet_config(upstream))
-    gourmet = Twistd(config)
-    processes.append(gourmet)
-    await gourmet.ready(admin=True)
-    return gourmet
+    return await start_twistd(tmp_path, processes, gourmet_config(upstream))
 
 
 @pytest_twisted.ensureDeferred

@@ -39,7 +39,7 @@ from gourmet.upstream.state import Upstream
 from tests.fake_kubernetes import FakeKubernetes, endpoint, recorded_slice
 from tests.processes import Twistd
 from tests.rawhttp import sleep
-from tests.test_discovery_twistd import Traffic, api, gourmet_config, until
+from tests.test_discovery_twistd import Traffic, api, gourmet_with, until
 
 #: Retries in tens of milliseconds, the token read at each request.
 FAST = Timing(first_retry=0.05, last_retry=0.2, token_refresh=0.0)
@@ -494,11 +494,7 @@ async def test_twistd_follows_a_scaled_service_with_no_request_lost(
                 fake.write(name, [stopping], port=server.port_number)
 
     scale(2)
-    config = tmp_path / "gourmet.toml"
-    config.write_text(gourmet_config(fake.config()))
-    gourmet = Twistd(config)
-    processes.append(gourmet)
-    await gourmet.ready(admin=True)
+    gourmet = await gourmet_with(tmp_path, processes, fake.config())
     # Until the first list is answered the upstream has no server (503).
     for _ in range(100):
         if len((await api(gourmet))["servers"]) == 2:
