@@ -12,11 +12,13 @@ from typing import Any, Optional
 
 from twisted.logger import (
     FilteringLogObserver,
+    ILogFilterPredicate,
     ILogObserver,
     LogEvent,
     PredicateResult,
     textFileLogObserver,
 )
+from zope.interface import implementer
 
 #: The lines Twisted's DNS client logs for every query: it opens a UDP port
 #: on a random source port per query (against spoofed answers) and logs its
@@ -30,15 +32,18 @@ _PER_QUERY_LINES = re.compile(
 )
 
 
-def not_per_query_dns(event: LogEvent) -> PredicateResult:
+@implementer(ILogFilterPredicate)
+class _NotPerQueryDNS:
     """
     Leave out the lines Twisted's DNS client logs for each query.
     """
-    if event.get("log_namespace") == "log_legacy" and _PER_QUERY_LINES.match(
-        str(event.get("log_text", ""))
-    ):
-        return PredicateResult.no
-    return PredicateResult.maybe
+
+    def __call__(self, event: LogEvent) -> PredicateResult:
+        if event.get("log_namespace") == "log_legacy" and _PER_QUERY_LINES.match(
+            str(event.get("log_text", ""))
+        ):
+            return PredicateResult.no
+        return PredicateResult.maybe
 
 
 def foreground_observer(twistd_options: Optional[Any]) -> Optional[ILogObserver]:
@@ -55,4 +60,4 @@ def foreground_observer(twistd_options: Optional[Any]) -> Optional[ILogObserver]
         return None
     if twistd_options.get("logger"):
         return None
-    return FilteringLogObserver(textFileLogObserver(sys.stderr), [not_per_query_dns])
+    return FilteringLogObserver(textFileLogObserver(sys.stderr), [_NotPerQueryDNS()])
