@@ -36,6 +36,7 @@ from gourmet.building import (
 from gourmet.config.endpoints import default_backlog
 from gourmet.config.load import ConfigError
 from gourmet.config.model import GourmetConfig
+from gourmet.discovery.updates import Discovery
 from gourmet.frontend.accesslog import AccessLog
 from gourmet.frontend.challenge import Challenges
 from gourmet.frontend.site import GourmetSite, RoutingResource
@@ -67,6 +68,7 @@ class Reloadable(Protocol):
     acme: AcmeRenewal
     streams: StreamListeners
     checks: HealthChecks
+    discovery: Discovery
 
     def https_port(self) -> Optional[int]:
         """
@@ -243,6 +245,8 @@ class Reload:
         service, config = self.service, self.config
         # Servers that stay keep their checks' timing and record.
         service.checks.update(service.upstreams.values())
+        # Providers whose options stay keep running, and their servers.
+        service.discovery.update(config.upstreams)
         site = service.site
         site.resource = self._root
         service.certificates.replace(self._contexts)
@@ -272,7 +276,7 @@ class Reload:
             name = upstream.name
             state, pool = self._upstreams[name], self._pools[name]
             if name in service.upstreams:
-                state.reconfigure(upstream)
+                state.reconfigure(service.discovery.with_servers(upstream))
             pool.max_idle_per_origin = upstream.keepalive
             pool.idle_timeout = upstream.keepalive_timeout
             pool.connect_timeout = upstream.connect_timeout

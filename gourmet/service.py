@@ -32,8 +32,9 @@ from gourmet.building import (
 )
 from gourmet.config.endpoints import default_backlog
 from gourmet.config.load import ConfigError, load_config
-from gourmet.config.model import GourmetConfig
+from gourmet.config.model import GourmetConfig, UpstreamConfig
 from gourmet.demo import demo_service
+from gourmet.discovery.updates import Discovery
 from gourmet.frontend.accesslog import AccessLog
 from gourmet.frontend.challenge import Challenges
 from gourmet.frontend.site import GourmetSite
@@ -96,6 +97,8 @@ class GourmetService(MultiService):
         self.streams = StreamListeners(upstreams, site.clock)
         #: Active health checks, of the upstreams that have them.
         self.checks = HealthChecks(site.clock)
+        #: The providers of upstreams whose servers are found, not listed.
+        self.discovery = Discovery(site.clock, self.apply_servers)
 
     def setServiceParent(self, parent: Any) -> None:
         # twistd starts its logging after makeService, from an ILogObserver
@@ -119,6 +122,7 @@ class GourmetService(MultiService):
 
     def startService(self) -> None:
         self.checks.update(self.upstreams.values())
+        self.discovery.update(self.config.upstreams)
         # The addresses listened on, not the endpoint strings: a port 0 in
         # the configuration is told here as the port it became.
         self.log.info(
@@ -174,6 +178,7 @@ class GourmetService(MultiService):
         # systemd hears of the stop first, not after the requests in flight.
         self.notifier.stopService()
         self.checks.stop()
+        await self.discovery.stop()
         # Listeners first: nothing new comes in while the requests in flight
         # finish; the access log, closed with the other services, after
         # them, so that it has their lines.
@@ -204,6 +209,19 @@ class GourmetService(MultiService):
             )
 
     # -- reloading ---------------------------------------------------------
+
+    def apply_servers(self, config: UpstreamConfig) -> None:
+        """
+        Give an upstream the servers of ``config`` (its provider's latest),
+        as a reload would: those that stay keep their state, removed ones
+        finish what they have and their idle connections close.
+        """
+        state, pool = self.upstreams.get(config.name), self.pools.get(config.name)
+        if state is None or pool is None:
+            return
+        state.reconfigure(config)
+        pool.keep_only({server.origin for server in state.servers})
+        self.checks.update(self.upstreams.values())
 
     def reload(self, who: str) -> Optional[str]:
         """
@@ -379,6 +397,7 @@ def build_service(
                 service.reload,
                 lambda: service.certificates.certificates,
                 streams=lambda: service.streams.factories,
+                providers=lambda: service.discovery.upstreams,
             ),
         )
         key, description = admin

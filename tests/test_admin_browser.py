@@ -179,14 +179,7 @@ CONFIG = """\
 fail_timeout = {fail_timeout}
 {health_check}
 
-[[upstreams.backend.servers]]
-path = "{a}"
-weight = 1
-
-[[upstreams.backend.servers]]
-path = "{b}"
-weight = 1
-
+{servers}
 {statuses_upstream}
 [server]
 listen = ["tcp:{port}:interface=127.0.0.1"]
@@ -220,6 +213,19 @@ HEALTH_CHECK = """\
 interval = 0.5
 timeout = 0.4
 """
+
+#: The backend's servers, in the file or, with ``provider=True``, in a file
+#: of their own that provider = "file" watches.
+STATIC_SERVERS = """\
+[[upstreams.backend.servers]]
+path = "{a}"
+weight = 1
+
+[[upstreams.backend.servers]]
+path = "{b}"
+weight = 1
+"""
+FILE_PROVIDER = 'provider = "file"\nfile = "servers.toml"\n'
 
 #: With ``streams=True``: a TCP stream to ``backend``'s servers.
 STREAM = """
@@ -260,9 +266,11 @@ class Deployment:
         certificates: bool = False,
         streams: bool = False,
         balancing: bool = False,
+        provider: bool = False,
     ) -> None:
         self.directory = directory
         self.balancing = balancing
+        self.provider = provider
         self.certificates = certificates
         self.streams = streams
         self.a = UpstreamProcess("alpha", directory)
@@ -300,7 +308,9 @@ class Deployment:
         """
         self.config.write_text(
             CONFIG.format(
-                balancing=BALANCING if self.balancing else ROUND_ROBIN,
+                balancing=(BALANCING if self.balancing else ROUND_ROBIN)
+                + (FILE_PROVIDER if self.provider else ""),
+                servers=self.servers_table(),
                 health_check=HEALTH_CHECK if self.balancing else "",
                 fail_timeout=FAIL_TIMEOUT,
                 a=self.a.address,
@@ -322,6 +332,19 @@ class Deployment:
         )
         self.gourmet = GourmetProcess(self.config)
         self.port, self.admin_port = self.gourmet.port, self.gourmet.admin_port
+
+    def servers_table(self) -> str:
+        """
+        The backend's servers for the configuration; with ``provider``,
+        none there: they go to ``servers.toml``.
+        """
+        servers = STATIC_SERVERS.format(a=self.a.address, b=self.b.address)
+        if not self.provider:
+            return servers
+        (self.directory / "servers.toml").write_text(
+            servers.replace("upstreams.backend.", "")
+        )
+        return ""
 
     def certificate_tables(self) -> str:
         """
@@ -1444,4 +1467,33 @@ def test_checks_hash_shares_and_slow_start_are_shown_per_server(
     expect(console.row(b).locator(".slow-start")).to_have_text(
         re.compile(r"^slow start: \d+% of its weight$")
     )
+    assert console.errors == []
+
+
+@pytest.mark.parametrize("deployment", [{"provider": True}], indirect=True)
+def test_a_providers_servers_and_its_failures_are_shown(
+    deployment: Deployment, open_console: OpenConsole
+) -> None:
+    """
+    An upstream whose servers a file lists says where they come from and
+    when they were found; a broken edit shows the error in red while the
+    servers stay; a good edit changes the rows.
+    """
+    console = open_console()
+    page = console.page
+    provider = page.locator('[data-upstream-section="backend"] .provider')
+    expect(provider).to_have_text(
+        re.compile(r"^servers from file · found \d\d:\d\d:\d\d \(\d+ s ago\)$")
+    )
+    expect(provider).not_to_have_class(re.compile("is-down"))
+    servers = deployment.directory / "servers.toml"
+    servers.write_text('[[servers]]\npath = "ftp://nowhere"\n')
+    expect(provider).to_have_text(
+        re.compile(r"· failing since .*: .*servers\[0\]\.path"), timeout=5000
+    )
+    expect(provider).to_have_class(re.compile("is-down"))
+    expect(page.locator("tr[data-server]")).to_have_count(2)
+    servers.write_text(f'[[servers]]\npath = "{deployment.a.address}"\n')
+    expect(page.locator("tr[data-server]")).to_have_count(1, timeout=5000)
+    expect(provider).not_to_have_class(re.compile("is-down"))
     assert console.errors == []

@@ -503,7 +503,7 @@ BAD = [
     (
         config(upstream='provider = "kube"'),
         "upstreams.b.provider",
-        "expected one of 'static', got \"kube\"",
+        "'kubernetes', 'static', got \"kube\"",
     ),
     (
         config(server='path = "ftp://h"'),

@@ -36,6 +36,7 @@ def test_the_installed_twisted_has_every_name() -> None:
         "gourmet._twisted.headers",
         "gourmet._twisted.sockets",
         "gourmet._twisted.pollloop",
+        "gourmet._twisted.client",
     }
 
 

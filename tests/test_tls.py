@@ -11,6 +11,7 @@ configuration file, and a missing or mismatched one stops twistd in one line.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import json
 import socket
 import ssl as stdlib_ssl
@@ -60,9 +61,19 @@ def _certificate(
         .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), True)
     )
     if not is_ca:
-        alternative = [x509.DNSName(each) for each in names or [name]]
+        alternative = [_general_name(each) for each in names or [name]]
         builder = builder.add_extension(x509.SubjectAlternativeName(alternative), False)
     return builder.sign(issuer[1], hashes.SHA256())
+
+
+def _general_name(name: str) -> x509.GeneralName:
+    """
+    An IP address's or a host name's subjectAltName entry.
+    """
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
 
 
 def _pem(key: Key, certificate: x509.Certificate) -> bytes:

@@ -102,6 +102,15 @@ FENCED = (
         ),
     ),
     Fenced(
+        "gourmet._twisted.client",
+        "quiet client connections to providers (log lines only)",
+        optional=True,
+        requires=(
+            Requirement("twisted.web.client", "", "_HTTP11ClientFactory"),
+            Requirement("twisted.web.client", "HTTPConnectionPool", "_factory"),
+        ),
+    ),
+    Fenced(
         "gourmet._twisted.pollloop",
         "the poll loop without a log context per event (speed only)",
         optional=True,

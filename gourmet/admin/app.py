@@ -51,6 +51,7 @@ from gourmet.admin.views import (
     upstream_view,
 )
 from gourmet.config.model import MAX_WEIGHT, FrontendConfig, GourmetConfig
+from gourmet.discovery.updates import ProvidedUpstream
 from gourmet.frontend.channel import ClientStats
 from gourmet.frontend.errors import error_document
 from gourmet.frontend.site import GourmetSite, NamedRequest
@@ -120,6 +121,7 @@ class AdminApp:
             instance=self.instance,
             certificates=self.running.certificates,
             streams=self.running.streams,
+            providers=self.running.providers,
         )
         self._metrics = MetricsResource(registry)
         self._locations = _locations_by_upstream(config)
@@ -337,6 +339,7 @@ class AdminApp:
             upstream,
             self._locations.get(upstream.name, []),
             self.running.pools.get(upstream.name),
+            self.running.providers().get(upstream.name),
         )
 
     def _upstream(self, name: str) -> Upstream:
@@ -392,6 +395,8 @@ class Running:
     certificates: Callable[[], Iterable[Certificate]] = _no_certificates
     #: The TCP streams' factories, each with its listener and counts.
     streams: Callable[[], Iterable[StreamFactory]] = tuple
+    #: The providers of upstreams whose servers are found, by upstream.
+    providers: Callable[[], Mapping[str, ProvidedUpstream]] = dict
 
 
 _UNCHANGED = object()

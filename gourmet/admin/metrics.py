@@ -30,8 +30,8 @@ import gourmet
 import twisted
 from gourmet.admin.throttle import SignInThrottle
 from gourmet.admin.views import Instance, ListenerInfo
+from gourmet.discovery.updates import ProvidedUpstream
 from gourmet.frontend.channel import ClientStats
-from gourmet.tcp.counts import StreamCounts
 from gourmet.tcp.factory import StreamFactory
 from gourmet.tls.certificates import Certificate
 from gourmet.upstream.health import Health
@@ -431,6 +431,101 @@ class CertificateCollector(Collector):
         yield expiry
 
 
+def _families(
+    labels: List[str],
+    figures: Iterable[Tuple[str, _Family, str, Callable[[Any], float]]],
+    rows: List[Tuple[List[str], Any]],
+) -> Iterable[Metric]:
+    """
+    A metric family per figure, with a sample per row (its label values,
+    and what the figure reads).
+    """
+    for name, kind, documentation, read in figures:
+        family = kind(name, documentation, labels=labels)
+        for values, item in rows:
+            family.add_metric(values, read(item))
+        yield family
+
+
+_PROVIDER_FIGURES: Tuple[Tuple[str, _Family, str, Callable[[Any], float]], ...] = (
+    (
+        "gourmet_provider_updates",
+        CounterMetricFamily,
+        "Sets of servers the provider found.",
+        lambda provided: provided.updates,
+    ),
+    (
+        "gourmet_provider_errors",
+        CounterMetricFamily,
+        "Times the provider failed (its servers stayed).",
+        lambda provided: provided.errors,
+    ),
+    (
+        "gourmet_provider_failing",
+        GaugeMetricFamily,
+        "1 while the provider's latest attempt failed.",
+        lambda provided: float(provided.last_error is not None),
+    ),
+    (
+        "gourmet_provider_last_update_seconds",
+        GaugeMetricFamily,
+        "When the provider last found a set (Unix time; NaN: never).",
+        lambda provided: _or_nan(provided.last_update),
+    ),
+)
+
+
+class ProviderCollector(Collector):
+    """
+    Each provider's sets of servers received and failures, by ``upstream``
+    and ``provider``, and whether it is failing now.
+    """
+
+    def __init__(self, providers: Callable[[], Mapping[str, ProvidedUpstream]]) -> None:
+        self.providers = providers
+
+    def collect(self) -> Iterable[Metric]:
+        rows = [
+            ([name, provided.config.provider], provided)
+            for name, provided in sorted(self.providers().items())
+        ]
+        return _families(["upstream", "provider"], _PROVIDER_FIGURES, rows)
+
+
+_STREAM_FIGURES: Tuple[Tuple[str, _Family, str, Callable[[Any], float]], ...] = (
+    (
+        "gourmet_stream_connections",
+        CounterMetricFamily,
+        "Client connections accepted by the stream.",
+        lambda counts: counts.connections,
+    ),
+    (
+        "gourmet_stream_active_connections",
+        GaugeMetricFamily,
+        "Client connections of the stream open now.",
+        lambda counts: counts.active,
+    ),
+    (
+        "gourmet_stream_failed_connections",
+        CounterMetricFamily,
+        "Client connections closed because no server could be connected to.",
+        lambda counts: counts.failed,
+    ),
+    (
+        "gourmet_stream_received_bytes",
+        CounterMetricFamily,
+        "Bytes received from the stream's clients.",
+        lambda counts: counts.received,
+    ),
+    (
+        "gourmet_stream_sent_bytes",
+        CounterMetricFamily,
+        "Bytes sent to the stream's clients.",
+        lambda counts: counts.sent,
+    ),
+)
+
+
 class StreamCollector(Collector):
     """
     Each TCP stream's connections and bytes, by ``stream`` (its ``listen``
@@ -442,56 +537,11 @@ class StreamCollector(Collector):
         self.streams = streams
 
     def collect(self) -> Iterable[Metric]:
-        labels = ["stream", "upstream"]
-        families: List[Tuple[Any, Callable[[StreamCounts], int]]] = [
-            (
-                CounterMetricFamily(
-                    "gourmet_stream_connections",
-                    "Client connections accepted by the stream.",
-                    labels=labels,
-                ),
-                lambda counts: counts.connections,
-            ),
-            (
-                GaugeMetricFamily(
-                    "gourmet_stream_active_connections",
-                    "Client connections of the stream open now.",
-                    labels=labels,
-                ),
-                lambda counts: counts.active,
-            ),
-            (
-                CounterMetricFamily(
-                    "gourmet_stream_failed_connections",
-                    "Client connections closed because no server could be"
-                    " connected to.",
-                    labels=labels,
-                ),
-                lambda counts: counts.failed,
-            ),
-            (
-                CounterMetricFamily(
-                    "gourmet_stream_received_bytes",
-                    "Bytes received from the stream's clients.",
-                    labels=labels,
-                ),
-                lambda counts: counts.received,
-            ),
-            (
-                CounterMetricFamily(
-                    "gourmet_stream_sent_bytes",
-                    "Bytes sent to the stream's clients.",
-                    labels=labels,
-                ),
-                lambda counts: counts.sent,
-            ),
+        rows = [
+            ([stream.config.listen, stream.config.upstream], stream.counts)
+            for stream in self.streams()
         ]
-        streams = list(self.streams())
-        for family, read in families:
-            for stream in streams:
-                values = [stream.config.listen, stream.config.upstream]
-                family.add_metric(values, read(stream.counts))
-            yield family
+        return _families(["stream", "upstream"], _STREAM_FIGURES, rows)
 
 
 def metrics_registry(
@@ -504,6 +554,7 @@ def metrics_registry(
     instance: Optional[Instance] = None,
     certificates: Optional[Callable[[], Iterable[Certificate]]] = None,
     streams: Optional[Callable[[], Iterable[StreamFactory]]] = None,
+    providers: Optional[Callable[[], Mapping[str, ProvidedUpstream]]] = None,
 ) -> CollectorRegistry:
     """
     A registry of Gourmet's own (not the process-wide default one, so that
@@ -519,6 +570,8 @@ def metrics_registry(
         registry.register(CertificateCollector(certificates))
     if streams is not None:
         registry.register(StreamCollector(streams))
+    if providers is not None:
+        registry.register(ProviderCollector(providers))
     if client_stats is not None:
         registry.register(ClientCollector(client_stats))
     if throttle is not None:

@@ -13,6 +13,7 @@ from attrs import frozen
 
 import gourmet
 import twisted
+from gourmet.discovery.updates import ProvidedUpstream
 from gourmet.frontend.site import GourmetSite
 from gourmet.tcp.factory import StreamFactory
 from gourmet.tls.certificates import Certificate
@@ -178,13 +179,17 @@ def _pool_view(server: Server, pool: Optional[ConnectionPool]) -> Dict[str, int]
 
 
 def upstream_view(
-    upstream: Upstream, locations: List[str], pool: Optional[ConnectionPool] = None
+    upstream: Upstream,
+    locations: List[str],
+    pool: Optional[ConnectionPool] = None,
+    provided: Optional[ProvidedUpstream] = None,
 ) -> Dict[str, Any]:
     """
     One upstream, its servers and its recent history, as the API shows it.
 
     :param locations: the patterns of the locations it serves.
     :param pool: its connections.
+    :param provided: its provider, when its servers are found.
     """
     stats = upstream.stats
     recent = stats.requests.total(RECENT_SECONDS)
@@ -198,6 +203,10 @@ def upstream_view(
         view["hash_share"] = (
             None if hash_shares is None else round(hash_shares[server], 4)
         )
+        # What its provider said of it (a pod's name, a zone), if found.
+        view["found"] = (
+            None if provided is None else provided.metadata.get(server.name, {})
+        )
     return {
         "name": upstream.name,
         "balancer": upstream.config.balancer,
@@ -207,6 +216,7 @@ def upstream_view(
         "panic": upstream.in_panic(),
         "panic_since": upstream.panic_since,
         "locations": locations,
+        "provider": provider_view(upstream, provided),
         "slow_start": upstream.config.slow_start,
         "health_check": upstream.config.health_check is not None,
         "servers": servers,
@@ -222,6 +232,25 @@ def upstream_view(
             "requests": stats.requests.series(CHART_SECONDS),
             "errors": stats.errors.series(CHART_SECONDS),
         },
+    }
+
+
+def provider_view(
+    upstream: Upstream, provided: Optional[ProvidedUpstream]
+) -> Dict[str, Any]:
+    """
+    Where an upstream's servers come from and, for a provider, what it
+    said last: ``last_error`` while it fails (its servers stay).
+    """
+    if provided is None:
+        return {"name": upstream.config.provider}
+    return {
+        "name": upstream.config.provider,
+        "updates": provided.updates,
+        "errors": provided.errors,
+        "last_update": provided.last_update,
+        "last_error": provided.last_error,
+        "error_since": provided.error_since,
     }
 
 

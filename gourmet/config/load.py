@@ -24,6 +24,7 @@ import operator
 import os
 import re
 import sys
+from pathlib import Path
 from typing import (
     Any,
     Callable,
@@ -59,6 +60,12 @@ from gourmet.config.model import (
     UpstreamServerConfig,
 )
 from gourmet.config.origin import parse_origin
+from gourmet.discovery.provider import OptionError, ProvidedServer
+from gourmet.discovery.registry import (
+    PROVIDER_NAMES,
+    PROVIDERS,
+    load_balancer_plugins,
+)
 from gourmet.http.rules import (
     OWNED_REQUEST,
     OWNED_RESPONSE,
@@ -768,7 +775,7 @@ def _secret(value: Any) -> str:
 
 _UPSTREAM: Dict[str, Kind[Any]] = {
     "balancer": _choice(BALANCERS),
-    "provider": _choice(("static",)),
+    "provider": _choice(PROVIDER_NAMES),
     "connect_timeout": _number(0),
     "read_timeout": _number(0),
     "tries": _whole(0),
@@ -838,15 +845,43 @@ def _health_check(table: _Table) -> HealthCheckConfig:
     return check
 
 
-def _upstream(name: str, table: _Table) -> UpstreamConfig:
+def _upstream(name: str, table: _Table, base_dir: str) -> UpstreamConfig:
     values = table.fields(**_UPSTREAM)
     defaults = table.fields(**_HEALTH)
-    servers = tuple(_server(server, defaults) for server in table.tables("servers"))
+    provider = values.get("provider", "static")
+    servers: Tuple[UpstreamServerConfig, ...] = ()
+    if provider == "static":
+        servers = tuple(_server(each, defaults) for each in table.tables("servers"))
+    elif table.has("servers"):
+        raise table.error(
+            "servers",
+            f'provider = "{provider}" finds the servers: remove them, or'
+            ' set provider = "static"',
+        )
+    else:
+        values["provider_options"] = _provider_options(
+            table, PROVIDERS[provider], base_dir
+        )
     if table.has("health_check"):
         values["health_check"] = _health_check(table.table("health_check"))
     table.done()
     _check_hash(table, values)
-    return UpstreamConfig(name=name, servers=servers, **values)
+    return UpstreamConfig(name=name, servers=servers, **values, **defaults)
+
+
+def _provider_options(table: _Table, factory: Any, base_dir: str) -> Any:
+    """
+    The options a provider's factory makes of its keys in ``table``.
+    """
+    raw = table.fields(**{key: _as_written for key in factory.keys})
+    try:
+        return factory.options(raw, Path(base_dir))
+    except OptionError as error:
+        raise table.error(error.key, error.message) from None
+
+
+def _as_written(value: Any) -> Any:
+    return value
 
 
 def _check_hash(table: _Table, values: Dict[str, Any]) -> None:
@@ -865,7 +900,8 @@ def _check_hash(table: _Table, values: Dict[str, Any]) -> None:
             raise table.error(name, 'only for balancer = "hash"')
 
 
-def _upstreams(document: _Table) -> Tuple[UpstreamConfig, ...]:
+def _upstreams(document: _Table, base_dir: str) -> Tuple[UpstreamConfig, ...]:
+    load_balancer_plugins()
     table = document.table(
         "upstreams", "a table of upstreams, such as [upstreams.backend]"
     )
@@ -879,7 +915,7 @@ def _upstreams(document: _Table) -> Tuple[UpstreamConfig, ...]:
             raise table.error(
                 name, "expected a name of letters, digits, '_', '-' and '.'"
             )
-    return tuple(_upstream(name, upstream) for name, upstream in upstreams)
+    return tuple(_upstream(name, each, base_dir) for name, each in upstreams)
 
 
 def _location(table: _Table, upstreams: Collection[str]) -> LocationConfig:
@@ -1263,7 +1299,7 @@ def _stream(
 
 
 def _gourmet(document: _Table, source: str, base_dir: str) -> GourmetConfig:
-    upstreams = _upstreams(document)
+    upstreams = _upstreams(document, base_dir)
     names = [upstream.name for upstream in upstreams]
     by_name = {upstream.name: upstream for upstream in upstreams}
     frontend = _frontend(document.table("server", "a [server] table"), names, base_dir)
@@ -1309,6 +1345,35 @@ def parse_config(
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(source, "", f"not valid TOML: {error}") from None
     return _gourmet(_Table(document, "", source), source, base_dir or os.curdir)
+
+
+def parse_server_list(text: str, source: str) -> Tuple[ProvidedServer, ...]:
+    """
+    The ``[[servers]]`` of a file that ``provider = "file"`` reads, each
+    written as a static server is (``path``, ``weight``, ``max_fail``,
+    ``fail_timeout``, ``tls_verify``); at least one, so that a file caught
+    half written never empties an upstream.
+
+    :raises ConfigError: for the first problem found, naming the key.
+    """
+    try:
+        document = _Table(tomllib.loads(text), "", source)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(source, "", f"not valid TOML: {error}") from None
+    servers = tuple(_listed_server(each) for each in document.tables("servers"))
+    document.done()
+    return servers
+
+
+def _listed_server(table: _Table) -> ProvidedServer:
+    path = table.require("path", _string, 'an address such as "127.0.0.1:9001"')
+    values = table.fields(weight=_whole(0, MAX_WEIGHT), tls_verify=_boolean, **_HEALTH)
+    table.done()
+    try:
+        parse_origin(path)
+    except ValueError as error:
+        raise table.error("path", str(error)) from None
+    return ProvidedServer(address=path, **values)
 
 
 def load_config(path: str) -> GourmetConfig:

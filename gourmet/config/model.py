@@ -8,7 +8,7 @@ and points here.
 from __future__ import annotations
 
 import re
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 from attrs import field, frozen
 
@@ -84,7 +84,16 @@ class UpstreamConfig:
     name: str
     servers: Tuple[UpstreamServerConfig, ...]
     balancer: str = "round_robin"
+    #: Where the servers come from: ``"static"``, ``servers`` above; any
+    #: other, a provider (:mod:`gourmet.discovery`), and ``servers`` is
+    #: its latest set.
     provider: str = "static"
+    #: What the provider's factory made of its keys (frozen, comparable).
+    provider_options: Any = None
+    #: Passive health's settings for servers that do not set their own
+    #: (a provider's too).
+    max_fail: int = 1
+    fail_timeout: float = 10.0
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
     #: How many servers one request may try; 0 means each available server once.

@@ -65,8 +65,10 @@ class LocationResource(ReverseProxyResource):
         request_rules: Optional[HeaderRules] = None,
         response_rules: Optional[HeaderRules] = None,
     ) -> None:
-        first = upstream.config.servers[0].origin
-        super().__init__(first.host, first.port, b"", reactor=clock)
+        # ReverseProxyResource's one host and port are never used: each
+        # request asks the balancer.  A provider's upstream may have no
+        # server yet.
+        super().__init__("", 0, b"", reactor=clock)
         self.upstream = upstream
         self.pool = pool
         self.error_pages = error_pages

@@ -258,10 +258,6 @@ class Upstream:
         self.servers: List[Server] = []
         self.sticky_tokens = StickyTokens(config.name, config.sticky_secret)
         self.reconfigure(config)
-        # Slow start is for servers that come back or that a reload adds,
-        # not for all of them at start-up (HAProxy's choice).
-        for server in self.servers:
-            server.added_at = None
 
     def reconfigure(self, config: UpstreamConfig) -> List[Server]:
         """
@@ -272,6 +268,10 @@ class Upstream:
         :return: the servers no longer in it: those in flight to them
             finish, and none is sent there again.
         """
+        # Slow start is for servers that come back or that a reload (or a
+        # provider) adds beside others, not for the first ones: none to
+        # ramp up against (HAProxy's choice at start-up).
+        ramp = bool(self.servers)
         kept: Dict[str, List[Server]] = {}
         for server in self.servers:
             kept.setdefault(server.name, []).append(server)
@@ -286,6 +286,8 @@ class Upstream:
                 server.reconfigure(server_config, server_id, alone)
             else:
                 server = self._new_server(server_config, server_id, alone)
+                if not ramp:
+                    server.added_at = None
             self._reconfigure_checks(server, config)
             server.stats.ewma.decay = config.ewma_decay
             servers.append(server)

@@ -577,6 +577,8 @@
       },
     });
     section.panic.hidden = true;
+    section.provider = el("p", { className: "provider" });
+    section.provider.hidden = true;
     section.locations = el("ul", { className: "locations", attrs: { "aria-label": "Locations" } });
     section.available = el("span", { className: "available" });
     section.errors = el("span", { className: "errors-summary" });
@@ -584,6 +586,7 @@
     section.root = el("section", { className: "upstream", attrs: { "data-upstream-section": upstream.name } }, [
       el("header", { className: "upstream-head" }, [
         el("div", { className: "upstream-title" }, [section.title, section.balancer, section.panic]),
+        section.provider,
         section.locations,
         el("p", { className: "totals" }, [section.available, " · ", section.errors]),
       ]),
@@ -642,6 +645,7 @@
   function updateSection(section, upstream) {
     setText(section.balancer, upstream.hash_key ? `${upstream.balancer} ${upstream.hash_key}` : upstream.balancer);
     section.panic.hidden = !upstream.panic;
+    updateProvider(section.provider, upstream.provider);
     showList(section.locations, upstream.locations, (pattern) =>
       el("li", {}, [el("code", { text: pattern })]));
     updateSummary(section, upstream);
@@ -653,6 +657,23 @@
       update: updateRow,
       node: (row) => row.tr,
     });
+  }
+
+  /**
+   * Where the servers come from, when a provider finds them: its latest
+   * set, or while it fails, since when and why (its servers stay).
+   */
+  function updateProvider(node, provider) {
+    if (!provider || provider.name === "static") {
+      setLine(node, "");
+      return;
+    }
+    const failing = provider.last_error !== null;
+    let text = `servers from ${provider.name} · `;
+    text += provider.last_update === null ? "none found yet" : `found ${since(provider.last_update)}`;
+    if (failing) text += ` · failing since ${since(provider.error_since)}: ${provider.last_error}`;
+    setLine(node, text);
+    node.classList.toggle("is-down", failing);
   }
 
   function updateSummary(section, upstream) {
@@ -792,7 +813,7 @@
   function buildRow(upstreamName, server) {
     const row = { upstream: upstreamName, id: server.id, server, busy: false, buttons: {} };
     row.tr = el("tr", { attrs: { "data-upstream": upstreamName, "data-server": server.id } }, [
-      cell(row, "col-server", { address: "address" }),
+      cell(row, "col-server", { address: "address", found: "found" }),
       cell(row, "col-state", {
         badge: "state",
         since: "since",
@@ -960,6 +981,9 @@
     row.server = server;
     row.setting = weightSetting(row, server);
     setText(row.address, server.address);
+    // What a provider said of it: a pod, a node, a zone.
+    const found = server.found ? Object.entries(server.found) : [];
+    setLine(row.found, found.map(([name, value]) => `${name} ${value}`).join(" · "));
     updateState(row, server);
     updateRate(row, server);
     updateResponses(row, server);
