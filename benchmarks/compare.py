@@ -10,8 +10,11 @@ turn for several rounds; then a slow client downloads a large response
 through every proxy at once while their memory is watched; then nginx and
 Gourmet terminate TLS (a self-signed certificate made for the run) and
 ``h2load`` loads them in HTTP/2 and in HTTP/1.1, with the CPU time each
-spends per request.  Prints tables of medians with ratios to nginx and to
-stock Twisted, and saves them as JSON and a PNG chart.
+spends per request; last, :mod:`benchmarks.efficiency`: each proxy's CPU
+time per request at 32, 256 and 1,000 connections, its latencies there,
+and its memory per idle keep-alive connection.  Prints tables of medians
+with ratios to nginx and to stock Twisted, and saves them as JSON and a PNG
+chart.
 
     ./dev bench            # installs nginx, wrk, h2load, pypy3, matplotlib
     ./dev bench --quick    # two or three minutes, to try it out
@@ -42,6 +45,7 @@ import twisted
 from benchmarks import (
     certificate,
     chart,
+    efficiency,
     h2load,
     nginx,
     pypy_env,
@@ -114,11 +118,13 @@ def gourmet_config(
     access_log: Path,
     tls_port: Optional[int] = None,
     tls: Optional[certificate.Tls] = None,
+    max_connections: Optional[int] = None,
 ) -> str:
     """
     Gourmet as users run it: an access log to a file, the admin console
     (and its metrics) on loopback, passive health on, keep-alive upstreams;
-    with ``tls``, HTTPS (and HTTP/2, on by default) on ``tls_port`` too.
+    with ``tls``, HTTPS (and HTTP/2, on by default) on ``tls_port`` too;
+    ``max_connections`` as ``[server] max_connections`` (None: the default).
     """
     servers = "".join(
         f"[[upstreams.bench.servers]]\npath = '127.0.0.1:{p}'\n" for p in upstream_ports
@@ -134,6 +140,7 @@ def gourmet_config(
         "max_fail = 1\nfail_timeout = 10\n"
         + servers
         + f"[server]\nlisten = ['tcp:{port}:interface=127.0.0.1']\n"
+        + ("" if max_connections is None else f"max_connections = {max_connections}\n")
         + https
         + "[[server.locations]]\nlocation = '^/'\nupstream = 'bench'\n"
         f"[log]\naccess_log = '{access_log}'\naccess_log_format = 'combined'\n"
@@ -999,7 +1006,10 @@ def measure(bench: Bench, problems: List[str]) -> None:
         websocket_record, websocket_problems = websocket.phase(bench)
         tcp_figures = tcp_phase(bench, problems)
         slow_servers = slow_server_phase(bench)
-    problems += websocket_problems
+        efficiency_record, efficiency_problems = efficiency.phase(
+            bench, efficiency_settings(bench.settings)
+        )
+    problems += websocket_problems + efficiency_problems
     checks.update(https_checks)
     if git_revision() != revision:
         problems.append(
@@ -1034,6 +1044,9 @@ def measure(bench: Bench, problems: List[str]) -> None:
     if tcp_figures:
         log("\n" + tcp.table(tcp_figures["medians"]))
     log("\n" + slow_server.table(slow_servers))
+    log("\n" + efficiency.table(efficiency_record["medians"]))
+    log(efficiency.goals_text(efficiency_record["medians"]))
+    log(efficiency.notes(efficiency_settings(bench.settings), bench))
     elapsed = time.monotonic() - began
     log(f"\nTook {elapsed:.0f} s.")
     record = {
@@ -1065,11 +1078,24 @@ def measure(bench: Bench, problems: List[str]) -> None:
         "pypy_floor_mib": floor,
         "tcp": tcp_figures,
         "slow_server": slow_servers,
+        "efficiency": efficiency_record,
         "checks": checks,
         "problems": problems,
         "elapsed_seconds": round(elapsed),
     }
     save(bench, record, medians, date)
+
+
+def efficiency_settings(settings: Settings) -> efficiency.Settings:
+    """
+    The efficiency phase's settings: the run's rounds and durations.
+    """
+    return efficiency.Settings(
+        rounds=settings.rounds,
+        duration=settings.duration,
+        warmup=settings.warmup,
+        pin=settings.pin,
+    )
 
 
 def ratios(medians: report.Medians) -> Dict[str, Dict[str, Dict[str, Any]]]:
