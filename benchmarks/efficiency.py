@@ -42,7 +42,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from attrs import asdict, evolve, frozen
 
 from benchmarks import compare, nginx, pypy_env, wrk
-from benchmarks.burst import _replaced
 from benchmarks.processes import (
     REPO,
     Server,
@@ -161,10 +160,10 @@ def nginx_config(workdir: Path, port: int, upstream_ports: Sequence[int]) -> str
         name="nginx-efficiency",
     )
     room = IDLE_CONNECTIONS + 2048
-    config = _replaced(
+    config = nginx.replaced(
         config, "worker_connections 4096;", f"worker_connections {room};"
     )
-    return _replaced(
+    return nginx.replaced(
         config, "worker_rlimit_nofile 8192;", f"worker_rlimit_nofile {room + 1024};"
     )
 
