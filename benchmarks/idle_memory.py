@@ -21,10 +21,9 @@ import platform
 import subprocess
 import sys
 import tempfile
-import tracemalloc
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from twisted.internet import task, threads
 from twisted.internet.defer import Deferred
@@ -37,6 +36,9 @@ from benchmarks.processes import REPO
 from benchmarks.slow_client import free_port
 from gourmet.config.load import load_config
 from gourmet.service import build_service
+
+if TYPE_CHECKING:
+    import tracemalloc
 
 #: Allocation sites shown.
 TOP = 25
@@ -80,6 +82,25 @@ def close_idle(client: subprocess.Popen[str]) -> None:
 def types_now() -> Counter[str]:
     gc.collect()
     return Counter(type(o).__qualname__ for o in gc.get_objects())
+
+
+def instance_sizes() -> List[str]:
+    """
+    The attributes of one idle connection's channel and transport, and
+    (CPython) the size of their dictionaries.
+    """
+    lines = []
+    for type_name in ("GourmetChannel", "Server"):
+        found = [o for o in gc.get_objects() if type(o).__qualname__ == type_name]
+        if not found:
+            continue
+        one = vars(found[-1])
+        size = sys.getsizeof(one) if hasattr(sys, "getsizeof") else 0
+        lines.append(
+            f"  one {type_name}: {len(one)} attributes, its dict {size} B: "
+            + " ".join(sorted(one))
+        )
+    return lines
 
 
 def by_type(before: Counter[str], after: Counter[str], count: int) -> List[str]:
@@ -127,8 +148,11 @@ async def measure(reactor: Any, count: int) -> None:
         client, _ = await threads.deferToThread(open_idle, port, 100)
         close_idle(client)
         await task.deferLater(reactor, 0.5, lambda: None)
+        # PyPy has no tracemalloc.
         tracing = platform.python_implementation() == "CPython"
         if tracing:
+            import tracemalloc
+
             tracemalloc.start(5)
         types_before = types_now()
         snapshot = tracemalloc.take_snapshot() if tracing else None
@@ -139,6 +163,7 @@ async def measure(reactor: Any, count: int) -> None:
         lines = [f"{opened} idle connections ({counts})"]
         if snapshot is not None:
             lines += by_site(snapshot, tracemalloc.take_snapshot(), max(opened, 1))
+        lines += instance_sizes()
         lines.append("Objects that grew, by type:")
         lines += by_type(types_before, types_after, max(opened, 1))
         sys.stdout.write("\n".join(lines) + "\n")
