@@ -30,6 +30,7 @@ from gourmet.building import (
     tls_factory,
     upstream_pool,
 )
+from gourmet.collector import settle_again
 from gourmet.config.endpoints import default_backlog
 from gourmet.config.load import ConfigError, load_config
 from gourmet.config.model import GourmetConfig, UpstreamConfig
@@ -251,6 +252,9 @@ class GourmetService(MultiService):
             )
             return line
         reload.apply()
+        # What the old configuration held is garbage now: once, not in
+        # the middle of traffic.
+        settle_again()
         summary = self._summary()
         self.log.info(
             "gourmet reloaded {source} for {who}: {summary}",
