@@ -95,7 +95,10 @@ def instance_sizes() -> List[str]:
         if not found:
             continue
         one = vars(found[-1])
-        size = sys.getsizeof(one) if hasattr(sys, "getsizeof") else 0
+        # PyPy's getsizeof raises: it has no meaningful answer there.
+        size = (
+            sys.getsizeof(one) if platform.python_implementation() == "CPython" else 0
+        )
         lines.append(
             f"  one {type_name}: {len(one)} attributes, its dict {size} B: "
             + " ".join(sorted(one))

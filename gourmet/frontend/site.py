@@ -30,6 +30,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import provider
 
+from gourmet._twisted.headers import set_raw
 from gourmet.config.model import FrontendConfig
 from gourmet.connections import OpenConnections
 from gourmet.frontend.accesslog import AccessLog, ProxyRecord
@@ -118,14 +119,34 @@ class GourmetRequest(NamedRequest):
     def process(self) -> None:
         channel: GourmetChannel = self.channel  # type: ignore[assignment]
         site: GourmetSite = channel.site  # type: ignore[assignment]
-        self.gourmet_record = ProxyRecord(started=site.clock.seconds())
+        now = site.clock.seconds()
+        self.gourmet_record = ProxyRecord(started=now)
         if channel.secure:
             self.gourmet_record.tls = channel.tls_info()
         if site.frontend.request_id:
             self.gourmet_request_id = self.gourmet_record.request_id = self._request_id(
                 site
             )
-        super().process()
+        if self.path == b"*":
+            super().process()  # twisted.web's answer to OPTIONS *
+            return
+        # What twisted.web's process does, less what the proxy's resources
+        # never use, for every request: its Date formatted once a second,
+        # its Server and Date set without a sanitising copy, and its path
+        # not split and unquoted into prepath and postpath (the root routes
+        # by the whole path, and every resource it routes to is a leaf).
+        self.site = site
+        headers = self.responseHeaders
+        set_raw(headers, b"Date", site.http_date(now))
+        if site.frontend.server_header:
+            set_raw(headers, b"Server", SERVER)
+        self.prepath = []
+        self.postpath = []
+        self.sitepath = []
+        try:
+            self.render(site.resource.getChildWithDefault(b"", self))
+        except BaseException:
+            self.processingFailed(Failure())
 
     def _request_id(self, site: GourmetSite) -> bytes:
         """
@@ -256,6 +277,18 @@ class GourmetSite(Site):
             frontend,
             TrustedProxies(frontend.trusted_proxies),
         )
+        self._date: Tuple[int, bytes] = (-1, b"")
+
+    def http_date(self, now: float) -> bytes:
+        """
+        ``now`` as a ``Date`` header says it, formatted once a second.
+        """
+        second, text = self._date
+        if int(now) != second:
+            second = int(now)
+            text = http.datetimeToString(second)
+            self._date = (second, text)
+        return text
 
     @property
     def trusted_proxies(self) -> TrustedProxies:
