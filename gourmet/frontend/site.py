@@ -12,6 +12,7 @@ from typing import (
     IO,
     Any,
     Callable,
+    List,
     Optional,
     Sequence,
     Tuple,
@@ -116,6 +117,19 @@ class GourmetRequest(NamedRequest):
         if self.gourmet_client_gone is not None:
             self.gourmet_client_gone(reason)
 
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        # twisted.web's, less the parsing of the query string, and of a
+        # POST's form or multipart body, into ``args``: the proxy passes
+        # both on as they came and never reads ``args``, and parsed them
+        # for every request (a multipart body whole, in memory).
+        content: Any = self.content
+        content.seek(0, 0)
+        self.args = {}
+        self.method, self.uri = command, path
+        self.clientproto = version
+        self.path = path.partition(b"?")[0]
+        self.process()
+
     def process(self) -> None:
         channel: GourmetChannel = self.channel  # type: ignore[assignment]
         site: GourmetSite = channel.site  # type: ignore[assignment]
@@ -142,7 +156,7 @@ class GourmetRequest(NamedRequest):
             set_raw(headers, b"Server", SERVER)
         self.prepath = []
         self.postpath = []
-        self.sitepath = []
+        self.sitepath: List[bytes] = []
         try:
             self.render(site.resource.getChildWithDefault(b"", self))
         except BaseException:
