@@ -47,13 +47,21 @@ class Deadline:
         """
         Expire ``seconds`` from now, instead of when it was set to before.
         """
-        due = self._clock.seconds() + seconds
+        self.set_at(self._clock.seconds() + seconds)
+
+    def set_at(self, due: float) -> None:
+        """
+        Expire at ``due`` (the clock's time), instead of when it was set to
+        before.
+        """
         self._due = due
         call = self._call
         if call is None or not call.active():
-            self._call = self._clock.callLater(seconds, self._fire)
+            self._call = self._clock.callLater(
+                max(due - self._clock.seconds(), 0.0), self._fire
+            )
         elif due < call.getTime():
-            call.reset(seconds)
+            call.reset(max(due - self._clock.seconds(), 0.0))
         # Otherwise the waiting call fires early and waits again.
 
     def clear(self) -> None:
