@@ -79,9 +79,33 @@ def close_idle(client: subprocess.Popen[str]) -> None:
     client.wait(timeout=60)
 
 
-def types_now() -> Counter[str]:
+def shallow_size(thing: Any) -> int:
+    """
+    The bytes of ``thing`` itself (not of what it refers to): CPython's
+    ``sys.getsizeof``, PyPy's ``gc.get_rpy_memory_usage`` (which leaves
+    out a list's or a dictionary's storage).
+    """
+    try:
+        if platform.python_implementation() == "PyPy":
+            return int(gc.get_rpy_memory_usage(thing))  # type: ignore[attr-defined]
+        return sys.getsizeof(thing)
+    except (TypeError, AttributeError):
+        return 0
+
+
+def types_now() -> Tuple[Counter[str], Counter[str]]:
+    """
+    The objects the collector knows, counted by type, and their shallow
+    bytes by type.
+    """
     gc.collect()
-    return Counter(type(o).__qualname__ for o in gc.get_objects())
+    counts: Counter[str] = Counter()
+    sizes: Counter[str] = Counter()
+    for thing in gc.get_objects():
+        name = type(thing).__qualname__
+        counts[name] += 1
+        sizes[name] += shallow_size(thing)
+    return counts, sizes
 
 
 def instance_sizes() -> List[str]:
@@ -106,9 +130,20 @@ def instance_sizes() -> List[str]:
     return lines
 
 
-def by_type(before: Counter[str], after: Counter[str], count: int) -> List[str]:
-    grown = (after - before).most_common(TOP)
-    return [f"  {n / count:7.2f} per connection  {name}" for name, n in grown]
+def by_type(
+    before: Tuple[Counter[str], Counter[str]],
+    after: Tuple[Counter[str], Counter[str]],
+    count: int,
+) -> List[str]:
+    grown = after[1] - before[1]
+    counts = after[0] - before[0]
+    total = sum(grown.values()) / count
+    lines = [f"  {total:7.0f} B per connection in all (shallow sizes)"]
+    for name, size in grown.most_common(TOP):
+        lines.append(
+            f"  {size / count:7.0f} B {counts[name] / count:6.2f} objects  {name}"
+        )
+    return lines
 
 
 def by_site(
