@@ -47,21 +47,13 @@ class Deadline:
         """
         Expire ``seconds`` from now, instead of when it was set to before.
         """
-        self.set_at(self._clock.seconds() + seconds)
-
-    def set_at(self, due: float) -> None:
-        """
-        Expire at ``due`` (the clock's time), instead of when it was set to
-        before.
-        """
+        due = self._clock.seconds() + seconds
         self._due = due
         call = self._call
         if call is None or not call.active():
-            self._call = self._clock.callLater(
-                max(due - self._clock.seconds(), 0.0), self._fire
-            )
+            self._call = self._clock.callLater(seconds, self._fire)
         elif due < call.getTime():
-            call.reset(max(due - self._clock.seconds(), 0.0))
+            call.reset(seconds)
         # Otherwise the waiting call fires early and waits again.
 
     def clear(self) -> None:

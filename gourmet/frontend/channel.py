@@ -174,15 +174,10 @@ class GourmetChannel(HTTPChannelHooks):
     _body_rate: Optional[MinimumRate] = None
     _blank_line_seen = False
     _body_declared = 0
-    #: The connection's one timer, for the earlier of its two deadlines:
-    #: the head's (from a request's first byte to the end of its head)
-    #: and the idle timeout of twisted.web's TimeoutMixin.  Moved, not
-    #: rescheduled, with every request (gourmet.deadline); one timer, not
-    #: two, held by every idle keep-alive connection.  Made in
-    #: connectionMade, when the site and its clock are known.
-    _deadline: Optional[Deadline] = None
-    _head_due: Optional[float] = None
-    _idle_due: Optional[float] = None
+    #: Set for every request: moved, not rescheduled (gourmet.deadline).
+    #: Made in connectionMade, when the site and its clock are known.
+    _head_deadline: Optional[Deadline] = None
+    _idle_deadline: Optional[Deadline] = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -215,7 +210,8 @@ class GourmetChannel(HTTPChannelHooks):
 
     def connectionMade(self) -> None:
         clock = self.site.clock
-        self._deadline = Deadline(clock, self._deadline_passed)
+        self._head_deadline = Deadline(clock, self._head_timed_out)
+        self._idle_deadline = Deadline(clock, self.timeoutConnection)
         super().connectionMade()
         # Once per connection: twisted.web asks for every request.
         if ISSLTransport.providedBy(self.transport):
@@ -347,54 +343,23 @@ class GourmetChannel(HTTPChannelHooks):
 
     def setTimeout(self, period: Optional[float]) -> Optional[float]:
         previous, self.timeOut = self.timeOut, period  # type: ignore[assignment]
-        if self._deadline is not None:
-            self._idle_due = (
-                None if period is None else self.site.clock.seconds() + period
-            )
-            self._rearm()
+        idle = self._idle_deadline
+        if idle is not None:
+            if period is None:
+                idle.clear()
+            else:
+                idle.set(period)
         return previous
 
     def resetTimeout(self) -> None:
-        if self._idle_due is not None and self.timeOut is not None:
-            self._idle_due = self.site.clock.seconds() + self.timeOut
-            self._rearm()
-
-    def _rearm(self) -> None:
-        """
-        Set the timer for the earlier deadline, or clear it.
-        """
-        deadline = self._deadline
-        if deadline is None:
-            return
-        head, idle = self._head_due, self._idle_due
-        if head is None:
-            if idle is None:
-                deadline.clear()
-            else:
-                deadline.set_at(idle)
-        elif idle is None or head <= idle:
-            deadline.set_at(head)
-        else:
-            deadline.set_at(idle)
-
-    def _deadline_passed(self) -> None:
-        now = self.site.clock.seconds()
-        head, idle = self._head_due, self._idle_due
-        if head is not None and now >= head:
-            self._head_due = None
-            self._rearm()
-            self._head_timed_out()
-        elif idle is not None and now >= idle:
-            self._idle_due = None
-            self._rearm()
-            self.timeoutConnection()
-        else:
-            self._rearm()
+        idle = self._idle_deadline
+        if idle is not None and idle.due is not None and self.timeOut is not None:
+            idle.set(self.timeOut)
 
     def _stop_deadlines(self) -> None:
-        self._head_due = self._idle_due = None
-        if self._deadline is not None:
-            self._deadline.cancel()
+        for deadline in (self._head_deadline, self._idle_deadline):
+            if deadline is not None:
+                deadline.cancel()
         body_rate = self._body_rate
         if body_rate is not None:
             body_rate.stop()
@@ -437,7 +402,7 @@ class GourmetChannel(HTTPChannelHooks):
             return
         if self._rejected:
             return  # lingering: dropped
-        if self.line_mode and data and self._head_due is None:
+        if self.line_mode and data and self._head_deadline.due is None:  # type: ignore[union-attr]
             self._start_head_timer()
         if self._receiving:
             # Pipelined data, replayed as an immediate answer ended the
@@ -556,8 +521,7 @@ class GourmetChannel(HTTPChannelHooks):
             self._reject(BadRequest(431, f"head larger than {limit} bytes"))
 
     def allHeadersReceived(self) -> None:
-        self._head_due = None
-        self._rearm()
+        self._head_deadline.clear()  # type: ignore[union-attr]
         assert self._head is not None  # _check_line set it for this line
         length = self._head.body_length
         self.use_body_framing(length, self._chunk_size, check_header_line)
@@ -626,8 +590,7 @@ class GourmetChannel(HTTPChannelHooks):
     # -- deadlines ---------------------------------------------------------
 
     def _start_head_timer(self) -> None:
-        self._head_due = self.site.clock.seconds() + self._limits.header_timeout
-        self._rearm()
+        self._head_deadline.set(self._limits.header_timeout)  # type: ignore[union-attr]
 
     def _head_timed_out(self) -> None:
         if self._lines == 0 and not self.unparsed:
