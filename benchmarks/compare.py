@@ -1093,7 +1093,8 @@ def efficiency_settings(settings: Settings) -> efficiency.Settings:
     return efficiency.Settings(
         rounds=settings.rounds,
         duration=settings.duration,
-        warmup=settings.warmup,
+        # PyPy's JIT needs longer than a throughput round's warm-up.
+        warmup=settings.warmup * 3,
         pin=settings.pin,
     )
 

@@ -75,7 +75,8 @@ LABELS = {
 class Settings:
     rounds: int = 3
     duration: int = 10
-    warmup: int = 3
+    #: Seconds of load before measuring, at each number of connections.
+    warmup: int = 10
     idle_connections: int = IDLE_CONNECTIONS
     #: Each wrk run's keep-alive connections: CPU figures are shown for the
     #: first two, latencies for the last two.
@@ -85,7 +86,7 @@ class Settings:
     before: Optional[str] = None
 
 
-QUICK = {"rounds": 1, "duration": 3, "warmup": 2}
+QUICK = {"rounds": 1, "duration": 3, "warmup": 3}
 
 
 @frozen
@@ -292,11 +293,13 @@ def measure_loads(
     Round after round, each number of connections, each target in turn.
     """
     runs: Runs = {name: {c: [] for c in settings.connections} for name in started}
+    # At every number of connections: PyPy's JIT goes on compiling new
+    # paths (connections opened and closed) for many seconds, and a trace
+    # being compiled stalls every connection.
     for name, server in started.items():
         compare.log(f"  warm-up {LABELS[name]}")
-        middle = settings.connections[len(settings.connections) // 2]
-        load = wrk.Load(middle, settings.warmup, cpu, script)
-        load_run(server, load)
+        for connections in settings.connections:
+            load_run(server, wrk.Load(connections, settings.warmup, cpu, script))
     for number in range(1, settings.rounds + 1):
         for connections in settings.connections:
             load = wrk.Load(connections, settings.duration, cpu, script)
@@ -558,7 +561,7 @@ def notes(settings: Settings, bench: compare.Bench) -> str:
         [
             f"Medians of {settings.rounds} rounds of {settings.duration} s (wrk, 1 "
             f"thread, small body of {nginx.SMALL_SIZE} B) after a "
-            f"{settings.warmup} s warm-up at the middle number of connections.",
+            f"{settings.warmup} s warm-up at each number of connections.",
             "CPU us/request: the proxy's user and system time from /proc (nginx: "
             "its worker) divided by the requests served; nginx's CPU / this is "
             "the proxy's efficiency beside nginx's (1 = as efficient).",
@@ -628,6 +631,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a short run to try it")
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--duration", type=int, help="seconds per wrk run")
+    parser.add_argument("--warmup", type=int, help="seconds per number of connections")
     parser.add_argument("--idle", type=int, help="idle connections (default 10,000)")
     parser.add_argument(
         "--connections",
@@ -645,6 +649,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     for name, key in (
         ("rounds", "rounds"),
         ("duration", "duration"),
+        ("warmup", "warmup"),
         ("idle", "idle_connections"),
         ("connections", "connections"),
     ):
