@@ -1099,6 +1099,63 @@ def efficiency_settings(settings: Settings) -> efficiency.Settings:
     )
 
 
+def phase_start(problems: List[str]) -> Tuple[float, datetime, str, float]:
+    """
+    A phase run alone starts: when (monotonic, and the date), at which
+    revision, and how busy the machine was (said, and noted in
+    ``problems``, when it was).
+    """
+    began, date = time.monotonic(), datetime.now().astimezone()
+    revision = git_revision()
+    busy = busy_before()
+    note = busy_note(busy)
+    if note is not None:
+        problems.append(note)
+        log("Note: " + note)
+    return began, date, revision, busy
+
+
+def phase_record(
+    bench: Bench,
+    date: datetime,
+    revision: str,
+    busy: float,
+    placement_text: str,
+    phase: Tuple[str, Dict[str, Any]],
+    problems: List[str],
+    began: float,
+) -> Dict[str, Any]:
+    """
+    A phase run alone has ended (at ``began`` on the monotonic clock): its
+    problems and time printed, and what it saves: its ``phase`` (name,
+    figures), and what it ran on.
+    """
+    if problems:
+        log("\nProblems:\n" + "\n".join(f"  - {p}" for p in problems))
+    elapsed = time.monotonic() - began
+    log(f"\nTook {elapsed:.0f} s.")
+    versions = {"cpython": sys.version.replace("\n", " "), "nginx": nginx.version()}
+    if "pypy" in bench.twistd:
+        versions["pypy"] = pypy_env.version(bench.twistd["pypy"])
+    name, figures = phase
+    return {
+        "date": date.isoformat(timespec="seconds"),
+        "machine": {
+            "cpu_model": cpu_model(),
+            "cores": os.cpu_count(),
+            "versions": versions,
+            "gourmet_revision": revision,
+        },
+        "placement": placement_text,
+        "pypy_environment": {"PYPY_GC_NURSERY": RECOMMENDED_NURSERY},
+        "cpu_busy_before": busy,
+        "load_average_after": os.getloadavg(),
+        name: figures,
+        "problems": problems,
+        "elapsed_seconds": round(elapsed),
+    }
+
+
 def ratios(medians: report.Medians) -> Dict[str, Dict[str, Dict[str, Any]]]:
     figures = [(f, report.REFERENCES) for f in report.FIGURES]
     figures += [(f, report.HTTPS_REFERENCES) for f in report.HTTPS_FIGURES]
@@ -1179,6 +1236,25 @@ def pypy_twistd(settings: Settings, problems: List[str]) -> Optional[Path]:
 
 def stop_on_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
+
+
+def run_alone(
+    name: str, settings: Settings, run: Callable[[Bench, List[str]], None]
+) -> int:
+    """
+    Run one phase alone (``run``, given the run's Bench and its problems so
+    far) in a work directory of its own; an exit status.
+    """
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    problems: List[str] = []
+    twistd = pypy_twistd(settings, problems)
+    try:
+        with work_directory(f"gourmet-{name}-", settings.keep_temp) as workdir:
+            run(Bench(settings, workdir, twistd), problems)
+    except KeyboardInterrupt:
+        log(f"{name}: interrupted; every server stopped")
+        return 130
+    return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -29,26 +29,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import signal
 import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from attrs import asdict, evolve, frozen
 
-from benchmarks import compare, nginx, pypy_env, wrk
+from benchmarks import compare, nginx, wrk
 from benchmarks.processes import (
     REPO,
     Server,
     can_pin,
     cpu_seconds,
     pinned,
-    work_directory,
 )
 from benchmarks.slow_client import free_port, rss_kib
 from gourmet.pypy import RECOMMENDED_NURSERY
@@ -582,15 +578,10 @@ def notes(settings: Settings, bench: compare.Bench) -> str:
     )
 
 
-def measure(bench: compare.Bench, settings: Settings, out: Optional[Path]) -> None:
-    began, date = time.monotonic(), datetime.now().astimezone()
-    revision = compare.git_revision()
-    busy = compare.busy_before()
-    problems: List[str] = []
-    note = compare.busy_note(busy)
-    if note is not None:
-        problems.append(note)
-        compare.log("Note: " + note)
+def measure(
+    bench: compare.Bench, settings: Settings, out: Optional[Path], problems: List[str]
+) -> None:
+    began, date, revision, busy = compare.phase_start(problems)
     with contextlib.ExitStack() as stack:
         compare.start(stack, bench.upstream())
         figures, found = phase(bench, settings)
@@ -599,33 +590,17 @@ def measure(bench: compare.Bench, settings: Settings, out: Optional[Path]) -> No
     compare.log(table(figures["medians"], settings.connections))
     compare.log(goals_text(figures["medians"], settings.connections))
     compare.log(notes(settings, bench))
-    if problems:
-        compare.log("\nProblems:\n" + "\n".join(f"  - {p}" for p in problems))
-    elapsed = time.monotonic() - began
-    compare.log(f"\nTook {elapsed:.0f} s.")
-    versions = {
-        "cpython": sys.version.replace("\n", " "),
-        "nginx": nginx.version(),
-        "wrk": wrk.version(),
-    }
-    if "pypy" in bench.twistd:
-        versions["pypy"] = pypy_env.version(bench.twistd["pypy"])
-    record = {
-        "date": date.isoformat(timespec="seconds"),
-        "machine": {
-            "cpu_model": compare.cpu_model(),
-            "cores": os.cpu_count(),
-            "versions": versions,
-            "gourmet_revision": revision,
-        },
-        "placement": compare.placement(bench),
-        "pypy_environment": {"PYPY_GC_NURSERY": RECOMMENDED_NURSERY},
-        "cpu_busy_before": busy,
-        "load_average_after": os.getloadavg(),
-        "efficiency": figures,
-        "problems": problems,
-        "elapsed_seconds": round(elapsed),
-    }
+    record = compare.phase_record(
+        bench,
+        date,
+        revision,
+        busy,
+        compare.placement(bench),
+        ("efficiency", figures),
+        problems,
+        began,
+    )
+    record["machine"]["versions"]["wrk"] = wrk.version()
     path = out or REPO / "benchmarks" / "results" / (
         date.strftime("%Y-%m-%d-%H%M%S") + "-efficiency.json"
     )
@@ -675,18 +650,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         pypy_venv=None if options.no_pypy else options.pypy_venv,
         keep_temp=options.keep_temp,
     )
-    signal.signal(signal.SIGTERM, compare.stop_on_sigterm)
-    problems: List[str] = []
-    twistd = compare.pypy_twistd(bench_settings, problems)
-    try:
-        with work_directory("gourmet-efficiency-", options.keep_temp) as workdir:
-            measure(
-                compare.Bench(bench_settings, workdir, twistd), settings, options.out
-            )
-    except KeyboardInterrupt:
-        compare.log("efficiency: interrupted; every server stopped")
-        return 130
-    return 0
+    return compare.run_alone(
+        "efficiency",
+        bench_settings,
+        lambda bench, problems: measure(bench, settings, options.out, problems),
+    )
 
 
 if __name__ == "__main__":
