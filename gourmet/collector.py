@@ -8,7 +8,8 @@ took 35 to 60 ms on the benchmark's machine; under load, with requests
 leaving cyclic garbage behind, full collections come every few seconds, and
 each one stalls every connection at once: the slowest requests of a run
 were those that met one.  What start-up made lives until Gourmet stops, so
-once it has started, :func:`settle` collects what start-up threw away and
+once the service is built (before it listens), :func:`settle` collects
+what start-up threw away and
 moves the rest out of the collector's sight (``gc.freeze``): a full
 collection then looks only at what requests made.  After a reload, what the
 old configuration held is let go, collected once, and what is kept is

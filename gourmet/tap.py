@@ -65,6 +65,7 @@ def makeService(options: Options) -> GourmetService:
         raise SystemExit(f"gourmet: {error}") from None
     # Once the reactor runs, after it has installed its own handlers.
     reactor.callWhenRunning(SignalHandlers(reactor, service).install)
-    # Once started, what start-up made is kept out of the collector's way.
-    reactor.callWhenRunning(settle)
+    # What start-up made is kept out of the collector's way, now, before
+    # anything listens: a full collection here delays no client.
+    settle()
     return service
