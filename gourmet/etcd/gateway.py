@@ -88,9 +88,18 @@ class Gateway:
             raise body.error
         if not answers:
             raise EtcdSaid("the answer was cut: " + why_lost(body.reason))
-        if response.code != 200 or len(answers) != 1 or "header" not in answers[0]:
+        answer = answers[0] if len(answers) == 1 else None
+        if isinstance(answer, dict) and isinstance(answer.get("result"), dict):
+            # A stream's call with one request (a lease's keepalive): its
+            # one answer, wrapped by the gateway.
+            answer = answer["result"]
+        if (
+            response.code != 200
+            or not isinstance(answer, dict)
+            or "header" not in answer
+        ):
             raise EtcdSaid(_error_text(response.code, answers))
-        return answers[0]
+        return answer
 
     async def stream(
         self,

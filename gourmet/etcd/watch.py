@@ -231,7 +231,7 @@ class PrefixWatch:
             endpoint, "/v3/kv/range", prefix_range(self._prefix)
         )
         revision = _int(answer["header"]["revision"])
-        changes = [_key_value(kv) for kv in answer.get("kvs", ())]
+        changes = [key_value(kv) for kv in answer.get("kvs", ())]
         self.revision = revision
         if self._sink is not None:
             self._sink.received(changes, True)
@@ -276,7 +276,7 @@ class PrefixWatch:
             self._created()
         changes = []
         for event in result.get("events", ()):
-            change = _key_value(event["kv"])
+            change = key_value(event["kv"])
             if event.get("type") == "DELETE":
                 change = KeyValue(change.key, None, change.mod_revision)
             changes.append(change)
@@ -294,7 +294,10 @@ class PrefixWatch:
             self._sink.live()
 
 
-def _key_value(kv: Any) -> KeyValue:
+def key_value(kv: Any) -> KeyValue:
+    """
+    One of etcd's ``kvs`` entries.
+    """
     return KeyValue(
         base64.b64decode(kv["key"]),
         base64.b64decode(kv.get("value", "")),
