@@ -1,0 +1,299 @@
+"""
+``[cluster]`` through real ``twistd gourmet`` processes sharing Debian's
+etcd on loopback (tests/etcd.py): a drain made in one console applies in
+the other within a second, and the traffic of both follows it; with etcd
+stopped both keep serving with their last state, their consoles say etcd
+is unreachable, and a change made meanwhile applies where it was made and
+reaches the other once etcd is back; the instances list each other, and
+one killed leaves the list once its lease expires.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Any, Dict, Iterator, List
+
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet.defer import Deferred
+from twisted.web.http_headers import Headers
+
+from tests.configs import ADMIN_LISTEN, LISTEN
+from tests.etcd import Etcd
+from tests.processes import Twistd, start_twistd
+from tests.rawhttp import sleep
+from tests.test_discovery_twistd import Traffic, until
+from tests.upstreams import UpstreamServer
+
+TOKEN = "cluster-test-token-0123456789"
+PREFIX = "/gourmet/test-cluster/"
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[Etcd]:
+    server = Etcd(tmp_path)
+    yield server
+    pytest_twisted.blockon(Deferred.fromCoroutine(server.close()))
+
+
+def cluster_config(etcd: Etcd, *servers: UpstreamServer, name: str) -> str:
+    listed = "".join(
+        f'[[upstreams.api.servers]]\npath = "{each.address}"\n' for each in servers
+    )
+    return (
+        f"[upstreams.api]\n{listed}"
+        f"[server]\n{LISTEN}\n"
+        '[[server.locations]]\nlocation = "^/"\nupstream = "api"\n'
+        f"[admin]\nlisten = '{ADMIN_LISTEN}'\ntoken = '{TOKEN}'\n"
+        "[log]\naccess_log = 'off'\n"
+        f'[cluster]\netcd = ["{etcd.url}"]\nprefix = "{PREFIX}"\n'
+        f'name = "{name}"\nlease_ttl = 2\n'
+    )
+
+
+async def instance(
+    tmp_path: Path,
+    processes: List[Twistd],
+    etcd: Etcd,
+    name: str,
+    *servers: UpstreamServer,
+) -> Twistd:
+    directory = tmp_path / name
+    directory.mkdir()
+    config = cluster_config(etcd, *servers, name=name)
+    return await start_twistd(directory, processes, config)
+
+
+def admin_url(gourmet: Twistd, path: str) -> str:
+    return f"http://127.0.0.1:{gourmet.admin_port}{path}"
+
+
+async def everything(gourmet: Twistd) -> Dict[str, Any]:
+    response = await treq.get(admin_url(gourmet, "/api/upstreams"), pool=gourmet.pool)
+    assert response.code == 200
+    return dict(await response.json())
+
+
+async def change(gourmet: Twistd, server: UpstreamServer, **body: Any) -> Any:
+    """
+    ``body`` sent to ``server``'s controls in ``gourmet``'s console.
+    """
+    (server_id,) = [
+        each["id"]
+        for each in await servers(gourmet)
+        if each["address"] == server.address
+    ]
+    response = await treq.patch(
+        admin_url(gourmet, f"/api/upstreams/api/servers/{server_id}"),
+        data=json.dumps(body).encode(),
+        headers=Headers(
+            {
+                "Authorization": [f"Bearer {TOKEN}"],
+                "Content-Type": ["application/json"],
+            }
+        ),
+        pool=gourmet.pool,
+    )
+    answer = await response.json()
+    assert response.code == 200, answer
+    return answer
+
+
+async def servers(gourmet: Twistd) -> List[Dict[str, Any]]:
+    (upstream,) = (await everything(gourmet))["upstreams"]
+    return list(upstream["servers"])
+
+
+async def state_of(gourmet: Twistd, address: str) -> str:
+    (state,) = [
+        each["admin_state"]
+        for each in await servers(gourmet)
+        if each["address"] == address
+    ]
+    return str(state)
+
+
+async def state_within(
+    gourmet: Twistd, address: str, state: str, seconds: float
+) -> float:
+    """
+    Seconds until ``gourmet``'s console shows the server at ``address`` in
+    ``state``.
+    """
+    seen: Dict[str, str] = {}
+
+    async def look() -> bool:
+        for each in await servers(gourmet):
+            seen[each["address"]] = each["admin_state"]
+        return seen.get(address) == state
+
+    return await until_async(f"{address} {state} (seen {seen})", look, seconds)
+
+
+async def until_async(what: str, condition: Any, seconds: float) -> float:
+    waited = 0.0
+    while not await condition():
+        assert waited < seconds, f"{what}: not within {seconds} s"
+        await sleep(0.05)
+        waited += 0.05
+    return waited
+
+
+async def listed(gourmet: Twistd) -> List[str]:
+    cluster = (await everything(gourmet))["cluster"]
+    return [each["name"] for each in cluster["instances"]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_drain_in_one_console_applies_in_the_other_within_a_second(
+    tmp_path: Path, etcd: Etcd, processes: List[Twistd], make_upstreams: Any
+) -> None:
+    a, b = make_upstreams("a", "b")
+    one = await instance(tmp_path, processes, etcd, "one", a, b)
+    two = await instance(tmp_path, processes, etcd, "two", a, b)
+    await until_async(
+        "both listed in both",
+        lambda: _both_listed(one, two),
+        10,
+    )
+    traffic = [Traffic(one), Traffic(two)]
+    try:
+        await until(
+            "both servers answer through both",
+            lambda: all(t.answered["a"] and t.answered["b"] for t in traffic),
+            10,
+        )
+        answer = await change(one, b, state="drain")
+        assert answer["admin_state"] == "drain"
+        # Seen in the other's console within a second (polled every 50 ms).
+        assert await state_within(two, b.address, "drain", 1.0) < 1.0
+        await sleep(0.3)
+        stopped = [t.answered["b"] for t in traffic]
+        await until(
+            "more requests through both",
+            lambda: all(t.answered["a"] > 40 + t.answered["b"] for t in traffic),
+            10,
+        )
+        # No request went to the drained server since, through either.
+        assert [t.answered["b"] for t in traffic] == stopped
+    finally:
+        for loops in traffic:
+            await loops.stop()
+    assert [t.failures for t in traffic] == [[], []]
+    # The other's console says where the change came from.
+    latest = (await everything(two))["changes"][0]
+    assert latest["instance"] == "one"
+    assert latest["who"] == "token"
+    assert latest["server"] == b.address
+    assert latest["description"] == "state up -> drain"
+    own = (await everything(one))["changes"][0]
+    assert own["instance"] == "one"
+
+    # Undone in the other console: back in rotation in both.
+    response = await treq.post(
+        admin_url(two, "/api/changes/undo"),
+        headers=Headers({"Authorization": [f"Bearer {TOKEN}"]}),
+        pool=two.pool,
+    )
+    assert response.code == 200
+    assert await state_within(one, b.address, "up", 1.0) < 1.0
+
+
+async def _both_listed(one: Twistd, two: Twistd) -> bool:
+    return await listed(one) == ["one", "two"] and await listed(two) == ["one", "two"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_etcd_both_keep_serving_and_catch_up_when_it_is_back(
+    tmp_path: Path, etcd: Etcd, processes: List[Twistd], make_upstreams: Any
+) -> None:
+    a, b, c = make_upstreams("a", "b", "c")
+    one = await instance(tmp_path, processes, etcd, "one", a, b, c)
+    two = await instance(tmp_path, processes, etcd, "two", a, b, c)
+    await until_async("both listed", lambda: _both_listed(one, two), 10)
+    await change(one, c, state="disabled")
+    await state_within(two, c.address, "disabled", 1.0)
+
+    etcd.stop()
+    for each in (one, two):
+        await until_async(
+            "the console says etcd is unreachable",
+            lambda each=each: _unreachable(each),
+            10,
+        )
+    cluster = (await everything(one))["cluster"]
+    assert cluster["last_error"].startswith("etcd unreachable: ")
+    assert cluster["connected"] is False
+    metrics = await (await treq.get(admin_url(one, "/metrics"), pool=one.pool)).text()
+    assert "gourmet_cluster_connected 0.0" in metrics
+
+    # Both serve with the last state: c stays out of rotation.
+    traffic = [Traffic(one), Traffic(two)]
+    try:
+        await until(
+            "requests through both",
+            lambda: all(sum(t.answered.values()) > 30 for t in traffic),
+            10,
+        )
+        # A change made meanwhile applies where it was made, and waits.
+        await change(one, b, state="drain")
+        assert (await everything(one))["cluster"]["pending"] == 1
+        assert await state_of(two, b.address) == "up"
+        assert [t.answered["c"] for t in traffic] == [0, 0]
+        assert [t.failures for t in traffic] == [[], []]
+    finally:
+        for loops in traffic:
+            await loops.stop()
+
+    # etcd back: the change made meanwhile reaches the other; one made
+    # after applies in both.
+    await etcd.restart()
+    await state_within(two, b.address, "drain", 10)
+    assert not await _unreachable(one)
+    await change(two, c, state="up")
+    assert await state_within(one, c.address, "up", 1.0) < 1.0
+    assert (await everything(one))["cluster"]["pending"] == 0
+    log = one.stderr.read_text()
+    assert "keeps serving with the last state it knew" in log
+    assert "etcd is reachable again; 1 changes made here meanwhile" in log
+
+
+async def _unreachable(gourmet: Twistd) -> bool:
+    cluster = (await everything(gourmet))["cluster"]
+    return cluster["connected"] is False and cluster["last_error"] is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_instances_list_each_other_and_one_killed_leaves_after_its_lease(
+    tmp_path: Path, etcd: Etcd, processes: List[Twistd], make_upstreams: Any
+) -> None:
+    (a,) = make_upstreams("a")
+    one = await instance(tmp_path, processes, etcd, "one", a)
+    two = await instance(tmp_path, processes, etcd, "two", a)
+    three = await instance(tmp_path, processes, etcd, "three", a)
+    everyone = ["one", "three", "two"]
+    for each in (one, two, three):
+        await until_async(
+            "all listed", lambda each=each: _listed_as(each, everyone), 10
+        )
+    cluster = (await everything(one))["cluster"]
+    (me,) = [each for each in cluster["instances"] if each["self"]]
+    assert me["name"] == "one"
+    assert me["admin"] == f"127.0.0.1:{one.admin_port}"
+    assert cluster["connected"] is True
+
+    # Stopped: it revokes its lease and leaves at once.
+    two.stop()
+    await until_async("two gone", lambda: _listed_as(one, ["one", "three"]), 2)
+    # Killed: it leaves once its lease (2 s) expires.
+    three.process.send_signal(signal.SIGKILL)
+    three.process.wait()
+    waited = await until_async("three gone", lambda: _listed_as(one, ["one"]), 6)
+    assert waited > 0.5
+
+
+async def _listed_as(gourmet: Twistd, names: List[str]) -> bool:
+    return await listed(gourmet) == names
