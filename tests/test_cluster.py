@@ -9,6 +9,7 @@ the ``[cluster]`` table's errors, which name the key.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import List, Optional
 
 import pytest
@@ -231,3 +232,16 @@ def test_cluster_defaults() -> None:
     assert (cluster.prefix, cluster.name, cluster.lease_ttl) == (PREFIX, None, 5)
     assert not parse_config(config(ADDRESSES), "gourmet.toml").cluster.enabled
     assert json.loads(setting().to_json())["state"] == "drain"
+
+
+def test_the_example_files_cluster_table_loads_uncommented() -> None:
+    example = (Path(__file__).parents[1] / "etc" / "gourmet.toml").read_text()
+    table = example[example.index("# [cluster]") :]
+    uncommented = "\n".join(line.replace("#", "", 1) for line in table.splitlines())
+    kept = [
+        line for line in uncommented.splitlines() if not line.strip().startswith("#")
+    ]
+    loaded = parse_config(config(ADDRESSES) + "\n".join(kept) + "\n", "gourmet.toml")
+    assert loaded.cluster.etcd == ("http://127.0.0.1:2379",)
+    assert (loaded.cluster.name, loaded.cluster.lease_ttl) == ("web-1", 5)
+    assert loaded.cluster.username == "gourmet"
