@@ -285,6 +285,16 @@ async def test_instances_list_each_other_and_one_killed_leaves_after_its_lease(
     assert me["admin"] == f"127.0.0.1:{one.admin_port}"
     assert cluster["connected"] is True
 
+    # A reload keeps the cluster; one that changes [cluster] is refused.
+    assert (await reload(one))[0] == 200
+    one.config.write_text(
+        one.config.read_text().replace("lease_ttl = 2", "lease_ttl = 3")
+    )
+    code, answer = await reload(one)
+    assert code == 400
+    assert "cluster: changing [cluster] needs a restart" in answer["description"]
+    assert await listed(two) == everyone
+
     # Stopped: it revokes its lease and leaves at once.
     two.stop()
     await until_async("two gone", lambda: _listed_as(one, ["one", "three"]), 2)
@@ -293,6 +303,15 @@ async def test_instances_list_each_other_and_one_killed_leaves_after_its_lease(
     three.process.wait()
     waited = await until_async("three gone", lambda: _listed_as(one, ["one"]), 6)
     assert waited > 0.5
+
+
+async def reload(gourmet: Twistd) -> Any:
+    response = await treq.post(
+        admin_url(gourmet, "/api/reload"),
+        headers=Headers({"Authorization": [f"Bearer {TOKEN}"]}),
+        pool=gourmet.pool,
+    )
+    return response.code, await response.json()
 
 
 async def _listed_as(gourmet: Twistd, names: List[str]) -> bool:

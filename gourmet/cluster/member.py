@@ -42,6 +42,8 @@ from gourmet.upstream.state import Server, Upstream
 #: is kept alive more often, every third of its TTL): what "last seen" can
 #: tell, without a write to etcd's history every second.
 RECORD_EVERY = 30.0
+#: Seconds a stop waits for etcd to revoke the lease.
+REVOKE_SECONDS = 2.0
 
 
 def default_name(admin: Optional[str]) -> str:
@@ -160,10 +162,14 @@ class ClusterMember(Service):
             self._beat.stop()
         await self._watch.stop()
         lease, self._lease = self._lease, None
-        if lease is not None:
-            # Leaves the others' lists now, not once the lease expires.
+        if lease is not None and self._reachable:
+            # Leaves the others' lists now, not once the lease expires; not
+            # waited for long: a stop must not hang on an etcd going away.
+            revoke = Deferred.fromCoroutine(
+                self._client.call("/v3/lease/revoke", {"ID": lease})
+            )
             try:
-                await self._client.call("/v3/lease/revoke", {"ID": lease})
+                await revoke.addTimeout(REVOKE_SECONDS, self._reactor)
             except Exception as error:
                 self.log.info(
                     "cluster: {name}'s lease not revoked ({error}): the others"

@@ -521,7 +521,8 @@
     } else if (cluster.last_error === null) {
       text += "connecting…";
     } else {
-      text += `unreachable since ${since(cluster.since)}: ${cluster.last_error}. ` +
+      const why = cluster.last_error.replace(/\.+$/, "");
+      text += `unreachable since ${since(cluster.since)}: ${why}. ` +
         "Serving with the last state known; changes made here apply here and are " +
         "written once etcd is back";
     }
