@@ -5,11 +5,13 @@ the other within a second, and the traffic of both follows it; with etcd
 stopped both keep serving with their last state, their consoles say etcd
 is unreachable, and a change made meanwhile applies where it was made and
 reaches the other once etcd is back; the instances list each other, and
-one killed leaves the list once its lease expires.
+one killed leaves the list once its lease expires; and a member signs in
+to an etcd with authentication on, and revokes its lease as it stops.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
 from pathlib import Path
@@ -18,9 +20,13 @@ from typing import Any, Dict, Iterator, List
 import pytest
 import pytest_twisted
 import treq
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.web.http_headers import Headers
 
+from gourmet.cluster.member import ClusterMember
+from gourmet.cluster.records import instance_key
+from gourmet.config.model import ClusterConfig
 from tests.configs import ADMIN_LISTEN, LISTEN
 from tests.etcd import Etcd
 from tests.processes import Twistd, start_twistd
@@ -316,3 +322,32 @@ async def reload(gourmet: Twistd) -> Any:
 
 async def _listed_as(gourmet: Twistd, names: List[str]) -> bool:
     return await listed(gourmet) == names
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_member_signs_in_to_an_etcd_with_authentication_on(
+    etcd: Etcd,
+) -> None:
+    await etcd.enable_authentication("root-password")
+    cluster = ClusterConfig(
+        etcd=(etcd.url,),
+        prefix=PREFIX,
+        name="signed-in",
+        lease_ttl=2,
+        username="root",
+        password="root-password",
+    )
+    member = ClusterMember(cluster, {}, reactor, lambda: None)
+    member.startService()
+    try:
+        await until("listed", lambda: list(member.state.instances) == ["signed-in"], 10)
+        assert member.connected
+        assert member.view()["instances"][0]["admin"] is None
+    finally:
+        await member.stopService()
+    # Stopped: the lease is revoked, and the key with it.
+    answer = await etcd.call(
+        "/v3/kv/range",
+        {"key": base64.b64encode(instance_key(PREFIX, "signed-in")).decode()},
+    )
+    assert "kvs" not in answer

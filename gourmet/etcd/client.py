@@ -10,7 +10,7 @@ from typing import Any, List
 
 from twisted.python.failure import Failure
 
-from gourmet.etcd.gateway import EtcdSaid, Gateway, why_lost
+from gourmet.etcd.gateway import EtcdSaid, Gateway, sign_in, why_lost
 from gourmet.etcd.options import EtcdOptions
 
 
@@ -54,7 +54,7 @@ class EtcdClient:
 
     async def _call(self, endpoint: str, path: str, request: Any) -> Any:
         if self._options.username is not None and self._gateway.token is None:
-            await self._authenticate(endpoint)
+            await sign_in(self._gateway, endpoint, self._options)
         try:
             return await self._gateway.call(endpoint, path, request)
         except EtcdSaid as error:
@@ -62,16 +62,5 @@ class EtcdClient:
                 raise
         # The token expired (etcd's simple tokens last five minutes idle):
         # once more with a new one.
-        await self._authenticate(endpoint)
+        await sign_in(self._gateway, endpoint, self._options)
         return await self._gateway.call(endpoint, path, request)
-
-    async def _authenticate(self, endpoint: str) -> None:
-        self._gateway.token = None
-        credentials = {
-            "name": self._options.username,
-            "password": self._options.password,
-        }
-        answer = await self._gateway.call(
-            endpoint, "/v3/auth/authenticate", credentials
-        )
-        self._gateway.token = str(answer["token"])

@@ -33,6 +33,7 @@ from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from gourmet._twisted.client import QuietPool
+from gourmet.etcd.options import EtcdOptions
 
 #: The longest message Gourmet reads from etcd: a range of every key, or one
 #: watch response.  Past it the answer is refused rather than buffered.
@@ -138,6 +139,16 @@ class Gateway:
             timeout=self._timeout,
             reactor=self._reactor,
         )
+
+
+async def sign_in(gateway: Gateway, endpoint: str, options: EtcdOptions) -> None:
+    """
+    Get ``gateway`` a new token from ``endpoint`` for ``options``' user.
+    """
+    gateway.token = None
+    credentials = {"name": options.username, "password": options.password}
+    answer = await gateway.call(endpoint, "/v3/auth/authenticate", credentials)
+    gateway.token = str(answer["token"])
 
 
 def message_of(answer: Any) -> str:

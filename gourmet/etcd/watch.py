@@ -21,7 +21,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface
 
-from gourmet.etcd.gateway import EtcdSaid, Gateway, JSONLines, message_of, why_lost
+from gourmet.etcd.gateway import (
+    EtcdSaid,
+    Gateway,
+    JSONLines,
+    message_of,
+    sign_in,
+    why_lost,
+)
 from gourmet.etcd.options import EtcdOptions
 
 #: Seconds before the first retry after a failure; each failure in a row
@@ -167,15 +174,7 @@ class PrefixWatch:
         if self._options.username is not None:
             # A token for each session: one from before a break may have
             # expired, or been given by another member.
-            self._gateway.token = None
-            credentials = {
-                "name": self._options.username,
-                "password": self._options.password,
-            }
-            answer = await self._gateway.call(
-                endpoint, "/v3/auth/authenticate", credentials
-            )
-            self._gateway.token = str(answer["token"])
+            await sign_in(self._gateway, endpoint, self._options)
         if self.revision is None:
             await self._read(endpoint)
         await self._watch(endpoint)
