@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import signal
+import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
@@ -22,6 +23,7 @@ import pytest_twisted
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.logger import capturedLogs, formatEvent
 from twisted.web.http_headers import Headers
 
 from gourmet.cluster.member import ClusterMember
@@ -140,12 +142,14 @@ async def state_within(
 
 
 async def until_async(what: str, condition: Any, seconds: float) -> float:
-    waited = 0.0
+    """
+    Seconds (of real time) until the coroutine ``condition()`` is true.
+    """
+    began = time.monotonic()
     while not await condition():
-        assert waited < seconds, f"{what}: not within {seconds} s"
+        assert time.monotonic() - began < seconds, f"{what}: not within {seconds} s"
         await sleep(0.05)
-        waited += 0.05
-    return waited
+    return time.monotonic() - began
 
 
 async def listed(gourmet: Twistd) -> List[str]:
@@ -351,3 +355,28 @@ async def test_a_member_signs_in_to_an_etcd_with_authentication_on(
         {"key": base64.b64encode(instance_key(PREFIX, "signed-in")).decode()},
     )
     assert "kvs" not in answer
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_instances_of_one_name_are_told(etcd: Etcd) -> None:
+    cluster = ClusterConfig(etcd=(etcd.url,), prefix=PREFIX, name="twin", lease_ttl=2)
+    with capturedLogs() as events:
+        first = ClusterMember(cluster, {}, reactor, lambda: "127.0.0.1:1")
+        first.startService()
+        await sleep(0.01)
+        second = ClusterMember(cluster, {}, reactor, lambda: "127.0.0.1:2")
+        second.startService()
+        try:
+            await until(
+                "the log says so",
+                lambda: any(
+                    "another instance is named twin too" in formatEvent(each)
+                    for each in events
+                ),
+                10,
+            )
+        finally:
+            await first.stopService()
+            await second.stopService()
+    text = "\n".join(formatEvent(each) for each in events)
+    assert "give each its own [cluster] name" in text

@@ -127,6 +127,7 @@ class ClusterMember(Service):
         self._beat_error: Optional[str] = None
         self._beat: Optional[LoopingCall] = None
         self._writing: Set[ServerKey] = set()
+        self._namesake_told = False
 
     @property
     def connected(self) -> bool:
@@ -238,6 +239,20 @@ class ClusterMember(Service):
     def received(self, changes: Any, whole: bool) -> None:
         for applied in self.state.received(changes, whole):
             self._applied(applied)
+        namesake = self.state.instances.get(self.name)
+        if namesake is not None and (namesake.pid, namesake.started) != (
+            os.getpid(),
+            self.started,
+        ):
+            if not self._namesake_told:
+                self.log.error(
+                    "cluster: another instance is named {name} too (pid {pid},"
+                    " console {admin}): give each its own [cluster] name",
+                    name=self.name,
+                    pid=namesake.pid,
+                    admin=namesake.admin,
+                )
+            self._namesake_told = True
 
     def failed(self, reason: str) -> None:
         self.last_error = reason
@@ -308,6 +323,18 @@ class ClusterMember(Service):
         writing.addBoth(lambda ignored: self._writing.discard(key))
 
     async def _write_pending(self, key: ServerKey) -> None:
+        try:
+            await self._write_each(key)
+        except Exception:
+            # Not etcd's answer as Gourmet knows it: said, and the change
+            # waits for the next time etcd is reachable again.
+            self.log.failure(
+                "cluster: {upstream}/{server}: not written",
+                upstream=key.upstream,
+                server=key.address,
+            )
+
+    async def _write_each(self, key: ServerKey) -> None:
         while True:
             pending = self.state.pending.get(key)
             if pending is None:
@@ -349,9 +376,10 @@ class ClusterMember(Service):
                 self.state.written(key, pending.setting, current.mod_revision)
                 continue
             lost, applied = self.state.refused(key, current)
-            if lost is not None:
+            stored = self.state.settings.get(key)
+            if lost is not None and stored is not None:
                 self.lost += 1
-                winner = self.state.settings[key].setting
+                winner = stored.setting
                 self.log.warn(
                     "cluster: {who}'s change of {upstream}/{server} here is not"
                     " shared: {other} on {instance} changed it first, and that"
