@@ -27,9 +27,12 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.web.http_headers import Headers
 
 from gourmet.cluster.member import ClusterMember
-from gourmet.cluster.records import instance_key
+from gourmet.cluster.records import Setting, instance_key, server_key
+from gourmet.config.load import parse_config
 from gourmet.config.model import ClusterConfig
-from tests.configs import ADMIN_LISTEN, LISTEN
+from gourmet.etcd.watch import b64
+from gourmet.upstream.state import AdminState, Upstream
+from tests.configs import ADMIN_LISTEN, LISTEN, config
 from tests.etcd import Etcd
 from tests.processes import Twistd, start_twistd
 from tests.rawhttp import sleep
@@ -380,3 +383,52 @@ async def test_two_instances_of_one_name_are_told(etcd: Etcd) -> None:
             await second.stopService()
     text = "\n".join(formatEvent(each) for each in events)
     assert "give each its own [cluster] name" in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_change_over_a_stale_revision_loses_to_the_one_in_etcd(
+    etcd: Etcd,
+) -> None:
+    """
+    A change made here over a revision another instance's write has passed
+    (as when etcd was away) is refused by etcd's compare, and the other's
+    setting applies here too.
+    """
+    loaded = parse_config(config(["127.0.0.1:9001", "127.0.0.1:9002"]), "t.toml")
+    upstream = Upstream(loaded.upstreams[0], reactor)
+    cluster = ClusterConfig(etcd=(etcd.url,), prefix=PREFIX, name="here", lease_ttl=2)
+    member = ClusterMember(cluster, {"backend": upstream}, reactor, lambda: None)
+    member.startService()
+    try:
+        await until("connected", lambda: member.connected, 10)
+        server = upstream.servers[1]
+        # Made here over no key (revision 0), not written yet...
+        server.admin_state = AdminState.DISABLED
+        key = member.state.changed_here(
+            "backend", Setting.of(server, "bob", "here", 1.0), server.name
+        )
+        # ...while another instance writes the same server.
+        theirs = Setting(None, AdminState.DRAIN, "carol", "there", 2.0)
+        etcd_key = server_key(PREFIX, "backend", server.name).decode()
+        await etcd.put(etcd_key, theirs.to_json().decode())
+        await until("seen", lambda: key in member.state.settings, 5)
+        assert server.admin_state is AdminState.DISABLED
+        with capturedLogs() as events:
+            member.live()
+            await until("decided", lambda: not member.state.pending, 5)
+        assert server.admin_state.value == "drain"
+        assert member.lost == 1
+        text = "\n".join(formatEvent(each) for each in events)
+        assert (
+            "bob's change of backend/127.0.0.1:9002 here is not shared: carol on"
+            " there changed it first" in text
+        )
+        # A change over the revision seen now is written.
+        server.admin_state = AdminState.UP
+        member.share("backend", server, "bob")
+        await until("written", lambda: not member.state.pending, 5)
+        answer = await etcd.call("/v3/kv/range", {"key": b64(etcd_key.encode())})
+        written = Setting.from_json(base64.b64decode(answer["kvs"][0]["value"]))
+        assert (written.state, written.who) == (AdminState.UP, "bob")
+    finally:
+        await member.stopService()
