@@ -50,7 +50,7 @@ from gourmet.admin.views import (
     stream_view,
     upstream_view,
 )
-from gourmet.cluster.member import ClusterMember, describe, settings_view
+from gourmet.cluster.member import ClusterMember
 from gourmet.cluster.shared import Applied
 from gourmet.config.model import MAX_WEIGHT, FrontendConfig, GourmetConfig
 from gourmet.discovery.updates import ProvidedUpstream
@@ -60,7 +60,13 @@ from gourmet.frontend.site import GourmetSite, NamedRequest
 from gourmet.tcp.factory import StreamFactory
 from gourmet.tls.certificates import Certificate
 from gourmet.upstream.pool import ConnectionPool
-from gourmet.upstream.state import AdminState, Server, Upstream
+from gourmet.upstream.state import (
+    AdminState,
+    Server,
+    Upstream,
+    describe,
+    settings_view,
+)
 
 #: The console's own files, served from the package.
 _STATIC: Dict[str, Tuple[str, bytes]] = {

@@ -36,7 +36,7 @@ from gourmet.etcd.client import EtcdClient
 from gourmet.etcd.gateway import EtcdSaid
 from gourmet.etcd.options import EtcdOptions
 from gourmet.etcd.watch import IPrefixSink, KeyValue, PrefixWatch, b64, key_value
-from gourmet.upstream.state import Server, Upstream
+from gourmet.upstream.state import Server, Upstream, describe, settings_view
 
 #: Seconds between two writes of an instance's heartbeat record (its lease
 #: is kept alive more often, every third of its TTL): what "last seen" can
@@ -55,28 +55,6 @@ def default_name(admin: Optional[str]) -> str:
     if admin is None:
         return f"{host}:pid{os.getpid()}"
     return f"{host}:{admin.rsplit(':', 1)[-1]}"
-
-
-def describe(before: Dict[str, Any], after: Dict[str, Any]) -> str:
-    """
-    ``state up -> drain``: what changed between two settings.
-    """
-    changes = [
-        f"{key} {before[key]} -> {after[key]}"
-        for key in before
-        if before[key] != after[key]
-    ]
-    return ", ".join(changes) or "nothing"
-
-
-def settings_view(server: Server, weight: Optional[int], state: Any) -> Dict[str, Any]:
-    """
-    A server's weight (the configured one unless overridden) and state.
-    """
-    return {
-        "weight": server.configured_weight if weight is None else weight,
-        "state": state.value,
-    }
 
 
 @implementer(IPrefixSink)
