@@ -180,6 +180,10 @@ class ClusterMember(Service):
             self._beat_error = text
         else:
             self._beat_error = None
+            if self._reachable:
+                # A change whose write failed is tried again (after an
+                # outage, the watch's return writes them: see live).
+                self._write_all()
 
     async def _keep_listed(self) -> None:
         now = self._reactor.seconds()
@@ -256,8 +260,7 @@ class ClusterMember(Service):
             self._reachable = True
             self.since = self._reactor.seconds()
             self.last_error = None
-        for key in list(self.state.pending):
-            self._write(key)
+        self._write_all()
 
     def _applied(self, applied: Applied) -> None:
         self.applied += 1
@@ -291,6 +294,10 @@ class ClusterMember(Service):
         """
         for applied in self.state.reapply():
             self._applied(applied)
+
+    def _write_all(self) -> None:
+        for key in list(self.state.pending):
+            self._write(key)
 
     def _write(self, key: ServerKey) -> None:
         if key in self._writing:
