@@ -30,6 +30,7 @@ from gourmet.building import (
     tls_factory,
     upstream_pool,
 )
+from gourmet.cluster.member import ClusterMember
 from gourmet.collector import settle_again
 from gourmet.config.endpoints import default_backlog
 from gourmet.config.load import ConfigError, load_config
@@ -100,6 +101,8 @@ class GourmetService(MultiService):
         self.checks = HealthChecks(site.clock)
         #: The providers of upstreams whose servers are found, not listed.
         self.discovery = Discovery(site.clock, self.apply_servers)
+        #: This instance in ``[cluster]``, if the configuration has one.
+        self.cluster: Optional[ClusterMember] = None
 
     def setServiceParent(self, parent: Any) -> None:
         # twistd starts its logging after makeService, from an ILogObserver
@@ -223,6 +226,8 @@ class GourmetService(MultiService):
         state.reconfigure(config)
         pool.keep_only({server.origin for server in state.servers})
         self.checks.update(self.upstreams.values())
+        if self.cluster is not None:
+            self.cluster.reapply()
 
     def reload(self, who: str) -> Optional[str]:
         """
@@ -252,6 +257,8 @@ class GourmetService(MultiService):
             )
             return line
         reload.apply()
+        if self.cluster is not None:
+            self.cluster.reapply()
         # What the old configuration held is garbage now: once, not in
         # the middle of traffic.
         settle_again()
@@ -381,6 +388,8 @@ def build_service(
         listener.setServiceParent(service)
         service.listeners.append(listener)
     service.streams.start(config, service, backlog)
+    if config.cluster.enabled:
+        _add_cluster(service, config, reactor)
     admin = admin_endpoint(config)
     if admin is not None:
         threads = PasswordThreads()
@@ -402,6 +411,7 @@ def build_service(
                 lambda: service.certificates.certificates,
                 streams=lambda: service.streams.factories,
                 providers=lambda: service.discovery.upstreams,
+                cluster=service.cluster,
             ),
         )
         key, description = admin
@@ -424,3 +434,16 @@ def _add_acme(service: GourmetService, config: GourmetConfig, reactor: Any) -> N
     service.acme = AcmeRenewal(reactor, issuer, service.serve_certificates)
     service.acme.configure(service.acme.setup_for(config))
     service.acme.setServiceParent(service)
+
+
+def _add_cluster(service: GourmetService, config: GourmetConfig, reactor: Any) -> None:
+    # Every listener listens before any service starts (twistd's
+    # privilegedStartService): the default name has the console's port.
+    def admin_address() -> Optional[str]:
+        listener = service.admin_listener
+        return None if listener is None else listener.address()
+
+    service.cluster = ClusterMember(
+        config.cluster, service.upstreams, reactor, admin_address
+    )
+    service.cluster.setServiceParent(service)

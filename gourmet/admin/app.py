@@ -50,6 +50,8 @@ from gourmet.admin.views import (
     stream_view,
     upstream_view,
 )
+from gourmet.cluster.member import ClusterMember
+from gourmet.cluster.shared import Applied
 from gourmet.config.model import MAX_WEIGHT, FrontendConfig, GourmetConfig
 from gourmet.discovery.updates import ProvidedUpstream
 from gourmet.frontend.channel import ClientStats
@@ -58,7 +60,13 @@ from gourmet.frontend.site import GourmetSite, NamedRequest
 from gourmet.tcp.factory import StreamFactory
 from gourmet.tls.certificates import Certificate
 from gourmet.upstream.pool import ConnectionPool
-from gourmet.upstream.state import AdminState, Server, Upstream
+from gourmet.upstream.state import (
+    AdminState,
+    Server,
+    Upstream,
+    describe,
+    settings_view,
+)
 
 #: The console's own files, served from the package.
 _STATIC: Dict[str, Tuple[str, bytes]] = {
@@ -122,9 +130,45 @@ class AdminApp:
             certificates=self.running.certificates,
             streams=self.running.streams,
             providers=self.running.providers,
+            cluster=self.running.cluster,
         )
         self._metrics = MetricsResource(registry)
         self._locations = _locations_by_upstream(config)
+        if self.running.cluster is not None:
+            self.running.cluster.observers.append(self._shared_change)
+
+    def _shared_change(self, applied: Applied) -> None:
+        """
+        List a change another instance made, applied here.
+        """
+        setting = applied.setting
+        self.changes.append(
+            Change(
+                who=setting.who,
+                when=setting.when,
+                upstream=applied.upstream,
+                server=applied.server,
+                before=settings_view(applied.server, *applied.before),
+                after=_settings(applied.server),
+                undo=applied.before,
+                instance=setting.instance,
+            )
+        )
+
+    def _cluster_view(self) -> Optional[Dict[str, Any]]:
+        cluster = self.running.cluster
+        return None if cluster is None else cluster.view()
+
+    def _share(self, upstream: str, server: Server, who: str) -> Optional[str]:
+        """
+        Write a change made here for the other instances; this instance's
+        name, if it has others.
+        """
+        cluster = self.running.cluster
+        if cluster is None:
+            return None
+        cluster.share(upstream, server, who)
+        return cluster.name
 
     def reconfigure(self, config: GourmetConfig) -> None:
         """
@@ -198,6 +242,7 @@ class AdminApp:
                     certificate_view(each, index == 0)
                     for index, each in enumerate(self.running.certificates())
                 ],
+                "cluster": self._cluster_view(),
             },
         )
 
@@ -232,6 +277,7 @@ class AdminApp:
                 " requests: every request to it would get 503. Send"
                 ' "force": true to do it anyway.',
             )
+        instance = self._share(upstream.name, server, principal.name)
         change = Change(
             who=principal.name,
             when=self.security.clock.seconds(),
@@ -240,6 +286,7 @@ class AdminApp:
             before=before,
             after=_settings(server),
             undo=undo,
+            instance=instance,
         )
         self.changes.append(change)
         self._log_change(request, principal, "changed", change)
@@ -266,6 +313,7 @@ class AdminApp:
         assert isinstance(change, Change)
         server = change.server
         server.weight_override, server.admin_state = change.undo
+        self._share(change.upstream, server, principal.name)
         self._log_change(request, principal, "undid", change)
         return _json(request, {"undone": change.view()})
 
@@ -397,6 +445,8 @@ class Running:
     streams: Callable[[], Iterable[StreamFactory]] = tuple
     #: The providers of upstreams whose servers are found, by upstream.
     providers: Callable[[], Mapping[str, ProvidedUpstream]] = dict
+    #: This instance in ``[cluster]``, if it has one.
+    cluster: Optional[ClusterMember] = None
 
 
 _UNCHANGED = object()
@@ -410,7 +460,8 @@ class Change:
     """
     One change an operator made: who, when, to which server, and its
     settings before and after; ``undo`` is what restores it exactly (the
-    weight override, None for the configured weight, and the state).
+    weight override, None for the configured weight, and the state);
+    ``instance``, in a ``[cluster]``, the instance whose console made it.
     """
 
     who: str
@@ -420,6 +471,7 @@ class Change:
     before: Dict[str, Any]
     after: Dict[str, Any]
     undo: Tuple[Optional[int], AdminState]
+    instance: Optional[str] = None
 
     def view(self) -> Dict[str, Any]:
         """
@@ -433,8 +485,9 @@ class Change:
             "server_id": self.server.id,
             "before": self.before,
             "after": self.after,
-            "description": _describe_change(self.before, self.after),
+            "description": describe(self.before, self.after),
             "kind": "change",
+            "instance": self.instance,
         }
 
 
@@ -462,6 +515,7 @@ class Reloaded:
             "after": None,
             "description": self.description,
             "kind": "reload",
+            "instance": None,
         }
 
 
@@ -514,19 +568,7 @@ def _valid_weight(weight: object) -> bool:
 
 def _settings(server: Server) -> Dict[str, Any]:
     # The weight the server has when up: a drained server's is 0 only for now.
-    weight = server.weight_override
-    if weight is None:
-        weight = server.configured_weight
-    return {"weight": weight, "state": server.admin_state.value}
-
-
-def _describe_change(before: Dict[str, Any], after: Dict[str, Any]) -> str:
-    changes = [
-        f"{key} {before[key]} -> {after[key]}"
-        for key in before
-        if before[key] != after[key]
-    ]
-    return ", ".join(changes) or "nothing"
+    return settings_view(server, server.weight_override, server.admin_state)
 
 
 def _allowed(error: HTTPException) -> List[bytes]:

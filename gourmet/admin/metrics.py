@@ -30,6 +30,7 @@ import gourmet
 import twisted
 from gourmet.admin.throttle import SignInThrottle
 from gourmet.admin.views import Instance, ListenerInfo
+from gourmet.cluster.member import ClusterMember
 from gourmet.discovery.updates import ProvidedUpstream
 from gourmet.frontend.channel import ClientStats
 from gourmet.tcp.factory import StreamFactory
@@ -544,6 +545,45 @@ class StreamCollector(Collector):
         return _families(["stream", "upstream"], _STREAM_FIGURES, rows)
 
 
+class ClusterCollector(Collector):
+    """
+    This instance in ``[cluster]``: whether etcd is reachable, the
+    instances listed, and the console's changes shared.
+    """
+
+    def __init__(self, cluster: ClusterMember) -> None:
+        self.cluster = cluster
+
+    def collect(self) -> Iterable[Metric]:
+        cluster = self.cluster
+        yield GaugeMetricFamily(
+            "gourmet_cluster_connected",
+            "1 while the cluster's keys in etcd are watched; 0 while etcd is"
+            " unreachable and the last state known is kept.",
+            value=float(cluster.connected),
+        )
+        yield GaugeMetricFamily(
+            "gourmet_cluster_instances",
+            "Instances whose heartbeat is in etcd, this one included.",
+            value=len(cluster.state.instances),
+        )
+        yield GaugeMetricFamily(
+            "gourmet_cluster_pending_changes",
+            "Changes made in this console not written to etcd yet.",
+            value=len(cluster.state.pending),
+        )
+        yield CounterMetricFamily(
+            "gourmet_cluster_applied_changes",
+            "Settings from other instances' consoles applied here.",
+            value=cluster.applied,
+        )
+        yield CounterMetricFamily(
+            "gourmet_cluster_lost_changes",
+            "Changes made here that another instance's change overrode.",
+            value=cluster.lost,
+        )
+
+
 def metrics_registry(
     upstreams: Mapping[str, Upstream],
     client_stats: Optional[ClientStats] = None,
@@ -555,6 +595,7 @@ def metrics_registry(
     certificates: Optional[Callable[[], Iterable[Certificate]]] = None,
     streams: Optional[Callable[[], Iterable[StreamFactory]]] = None,
     providers: Optional[Callable[[], Mapping[str, ProvidedUpstream]]] = None,
+    cluster: Optional[ClusterMember] = None,
 ) -> CollectorRegistry:
     """
     A registry of Gourmet's own (not the process-wide default one, so that
@@ -572,6 +613,8 @@ def metrics_registry(
         registry.register(StreamCollector(streams))
     if providers is not None:
         registry.register(ProviderCollector(providers))
+    if cluster is not None:
+        registry.register(ClusterCollector(cluster))
     if client_stats is not None:
         registry.register(ClientCollector(client_stats))
     if throttle is not None:

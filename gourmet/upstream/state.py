@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import random
 import re
-from typing import Collection, Dict, List, Optional, Tuple
+from typing import Any, Collection, Dict, List, Optional, Tuple
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -492,6 +492,30 @@ class Upstream:
             if name in (server.id, server.name):
                 return server
         raise KeyError(name)
+
+
+def describe(before: Dict[str, Any], after: Dict[str, Any]) -> str:
+    """
+    ``state up -> drain``: what changed between two settings.
+    """
+    changes = [
+        f"{key} {before[key]} -> {after[key]}"
+        for key in before
+        if before[key] != after[key]
+    ]
+    return ", ".join(changes) or "nothing"
+
+
+def settings_view(
+    server: Server, weight: Optional[int], state: AdminState
+) -> Dict[str, Any]:
+    """
+    A server's weight (the configured one unless overridden) and state.
+    """
+    return {
+        "weight": server.configured_weight if weight is None else weight,
+        "state": state.value,
+    }
 
 
 def server_ids(paths: List[str]) -> List[str]:
