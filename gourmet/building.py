@@ -30,6 +30,7 @@ from gourmet.tls.certificates import CertificateError
 from gourmet.tls.store import CertificateStore, ServerContexts, build_contexts
 from gourmet.upstream.pool import ConnectionPool
 from gourmet.upstream.state import Upstream
+from gourmet.workers.inherited import inherited_endpoint
 
 #: The mode of a ``unix:`` socket file for the admin console that sets none.
 ADMIN_SOCKET_MODE = "660"
@@ -186,6 +187,10 @@ def endpoint_for(
 
     :raises ConfigError: when Twisted cannot parse the endpoint.
     """
+    # In a worker process, the supervisor's socket for it.
+    inherited = inherited_endpoint(reactor, description)
+    if inherited is not None:
+        return inherited
     try:
         return serverFromString(reactor, with_backlog(description, backlog))
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as error:

@@ -1,0 +1,66 @@
+"""
+The listening sockets a worker process inherits from its supervisor, by
+the endpoint string the configuration gives them: told in the
+environment (``GOURMET_WORKER_SOCKETS``), as systemd tells a service its
+sockets in ``LISTEN_FDS``, and adopted with the reactor's public
+``adoptStreamPort``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint
+from twisted.internet.interfaces import IStreamServerEndpoint
+
+__all__ = ["ENVIRONMENT", "encode", "inherited_endpoint", "inherited_sockets"]
+
+#: The variable that names a worker's inherited sockets.
+ENVIRONMENT = "GOURMET_WORKER_SOCKETS"
+
+_FAMILIES = {"INET": socket.AF_INET, "INET6": socket.AF_INET6, "UNIX": socket.AF_UNIX}
+
+
+def encode(sockets: Mapping[str, Tuple[int, socket.AddressFamily]]) -> str:
+    """
+    The value of :data:`ENVIRONMENT` for ``sockets``: endpoint string to
+    the descriptor number in the worker and the socket's family.
+    """
+    names = {family: name for name, family in _FAMILIES.items()}
+    return json.dumps(
+        {key: [fd, names[family]] for key, (fd, family) in sockets.items()},
+        sort_keys=True,
+    )
+
+
+def inherited_sockets(
+    environ: Mapping[str, str] = os.environ,
+) -> Dict[str, Tuple[int, socket.AddressFamily]]:
+    """
+    The sockets this process inherited, by endpoint string (none outside
+    a worker).
+    """
+    value = environ.get(ENVIRONMENT)
+    if not value:
+        return {}
+    return {
+        key: (int(fd), _FAMILIES[family])
+        for key, (fd, family) in json.loads(value).items()
+    }
+
+
+def inherited_endpoint(
+    reactor: Any, description: str, environ: Mapping[str, str] = os.environ
+) -> Optional[IStreamServerEndpoint]:
+    """
+    An endpoint that adopts the socket inherited for ``description``, or
+    None when there is none (not a worker, or a listener a reload adds).
+    """
+    found = inherited_sockets(environ).get(description)
+    if found is None:
+        return None
+    fd, family = found
+    return AdoptedStreamServerEndpoint(reactor, fd, family)

@@ -1,0 +1,611 @@
+"""
+The supervisor of ``[server] workers = N``: it starts N worker processes
+(:mod:`gourmet.workers.worker`) on the listening sockets it opened, keeps
+them in step, and replaces one that dies.
+
+The supervisor is the Gourmet service of the configuration as it runs in
+one process (listeners, console, active checks, providers, systemd),
+except that its proxy and stream listeners do not accept: their sockets
+are inherited by every worker, which accept on them (the kernel hands
+each connection to one of them).  An operator's change in the console is
+applied in every worker before the API answers; passive health that takes
+a server out in one worker takes it out in all; the console shows the sum
+of the workers' figures, asked for at each look.  A reload is applied by
+each worker too, or, when it opens or closes listeners, starts new workers
+on the new sockets while the old ones finish what they have.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import zlib
+from contextlib import suppress
+from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Tuple
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.error import ProcessDone, ProcessExitedAlready
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gourmet.listener import Listener
+from gourmet.upstream.state import Server, Upstream
+from gourmet.workers.commands import (
+    Quiet,
+    Reload,
+    ServerHealth,
+    SetServer,
+    Snapshot,
+    Sync,
+)
+from gourmet.workers.inherited import ENVIRONMENT, encode
+from gourmet.workers.snapshot import (
+    Snapshot as Figures,
+)
+from gourmet.workers.snapshot import (
+    apply_snapshot,
+    merge_snapshots,
+    requests_in,
+    retired,
+)
+
+__all__ = ["RestartPolicy", "Supervisor", "WorkerProcess"]
+
+#: The descriptors of a worker's commands (see gourmet.workers.worker).
+COMMANDS_IN = 3
+COMMANDS_OUT = 4
+#: The first descriptor number a worker gets its listening sockets on.
+FIRST_SOCKET = 10
+#: Seconds the console waits for a worker's figures.
+SNAPSHOT_SECONDS = 2.0
+#: Seconds beyond ``shutdown_timeout`` a stopping worker gets before it
+#: is killed.
+KILL_GRACE = 5.0
+#: Variables a worker must not see: systemd's are the supervisor's.
+_NOT_PASSED = ("NOTIFY_SOCKET", "WATCHDOG_", "LISTEN_")
+
+
+class Supervised(Protocol):
+    """
+    What the supervisor serves: :class:`gourmet.service.GourmetService`.
+    """
+
+    upstreams: Dict[str, Upstream]
+    listeners: List[Listener]
+
+    @property
+    def config(self) -> Any:
+        """
+        The configuration running now.
+        """
+
+    def shared_listeners(self) -> List[Listener]:
+        """
+        The listeners the workers accept on: the proxy's and the streams'.
+        """
+
+
+class RestartPolicy:
+    """
+    How long to wait before starting a worker again: at once after one
+    that ran for a while, then twice as long after each quick death (a
+    crash loop must not spin), up to ``longest`` seconds.
+    """
+
+    def __init__(
+        self, first: float = 0.5, longest: float = 30.0, healthy: float = 10.0
+    ) -> None:
+        self.first = first
+        self.longest = longest
+        self.healthy = healthy
+        self._delays: Dict[int, float] = {}
+
+    def delay(self, index: int, ran: float) -> float:
+        """
+        The wait before slot ``index`` starts again, its worker having run
+        ``ran`` seconds.
+        """
+        if ran >= self.healthy:
+            self._delays[index] = 0.0
+            return 0.0
+        previous = self._delays.get(index, 0.0)
+        delay = min(self.longest, previous * 2 if previous else self.first)
+        self._delays[index] = delay
+        return delay
+
+
+class _ChildPipes:
+    """
+    The transport AMP writes to: the worker's command descriptor.
+    """
+
+    def __init__(self, process: Any) -> None:
+        self.process = process
+        self.disconnecting = False
+
+    def write(self, data: bytes) -> None:
+        self.process.writeToChild(COMMANDS_IN, data)
+
+    def writeSequence(self, pieces: List[bytes]) -> None:
+        self.write(b"".join(pieces))
+
+    def loseConnection(self) -> None:
+        self.disconnecting = True
+        self.process.closeChildFD(COMMANDS_IN)
+
+    def getPeer(self) -> Any:
+        return ("worker", getattr(self.process, "pid", None))
+
+    def getHost(self) -> Any:
+        return ("supervisor", os.getpid())
+
+
+class SupervisorCommands(Quiet):
+    """
+    The supervisor's end of one worker's commands.
+    """
+
+    def __init__(self, supervisor: Supervisor, worker: WorkerProcess) -> None:
+        super().__init__()
+        self.supervisor = supervisor
+        self.worker = worker
+
+    @ServerHealth.responder
+    def server_health(
+        self, upstream: str, server: str, down: bool, seconds: float, error: str
+    ) -> Dict[str, Any]:
+        self.supervisor.health_reported(
+            self.worker, upstream, server, down, seconds, error
+        )
+        return {}
+
+
+class WorkerProcess(ProcessProtocol):
+    """
+    One worker process, as the supervisor sees it.
+
+    :ivar index: its slot, from 1.
+    :ivar ready: whether it has taken the operators' changes and serves.
+    :ivar retiring: whether it was told to stop (not to be replaced).
+    :ivar figures: its latest snapshot.
+    """
+
+    log = Logger()
+
+    def __init__(self, supervisor: Supervisor, index: int, started: float) -> None:
+        self.supervisor = supervisor
+        self.index = index
+        self.started = started
+        self.pid: Optional[int] = None
+        self.ready = False
+        self.retiring = False
+        self.figures: Figures = {}
+        self.commands = SupervisorCommands(supervisor, self)
+        self.ended: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.pid = self.transport.pid  # type: ignore[union-attr]
+        self.commands.makeConnection(_ChildPipes(self.transport))
+        self.supervisor.worker_started(self)
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:  # noqa: N803
+        if childFD == COMMANDS_OUT:
+            self.commands.dataReceived(data)
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ready = False
+        self.commands.connectionLost(reason)
+        self.supervisor.worker_ended(self, reason)
+        self.ended.callback(None)
+
+    def signal(self, name: str) -> None:
+        """
+        Send it a signal (``"TERM"``, ``"KILL"``...), if it still runs.
+        """
+        with suppress(ProcessExitedAlready, OSError):
+            self.transport.signalProcess(name)  # type: ignore[union-attr]
+
+    def call(self, command: Any, **arguments: Any) -> Deferred[Any]:
+        return self.commands.callRemote(command, **arguments)
+
+    def view(self) -> Dict[str, Any]:
+        return {
+            "index": self.index,
+            "pid": self.pid,
+            "ready": self.ready,
+            "requests": requests_in(self.figures),
+        }
+
+
+class Supervisor(Service):
+    """
+    Starts ``count`` workers on ``gourmet``'s shared listeners, and keeps
+    them in step with it.
+
+    :param spawn: ``reactor.spawnProcess``, or a fake in tests.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        gourmet: Supervised,
+        reactor: Any,
+        count: int,
+        policy: Optional[RestartPolicy] = None,
+        spawn: Optional[Callable[..., Any]] = None,
+        executable: str = sys.executable,
+    ) -> None:
+        self.gourmet = gourmet
+        self.reactor = reactor
+        self.count = count
+        self.policy = policy or RestartPolicy()
+        self._spawn_process = spawn or reactor.spawnProcess
+        self.executable = executable
+        self.workers: Dict[int, WorkerProcess] = {}
+        #: Workers told to stop by a reload, finishing what they have.
+        self.old: List[WorkerProcess] = []
+        #: Workers that died and were started again, in all.
+        self.restarts = 0
+        self._retired: Figures = {}
+        self._sockets: Dict[str, Tuple[int, socket.AddressFamily]] = {}
+        self._fds: Dict[int, int] = {}
+        self._all_ready: List[Deferred[None]] = []
+        self._stopping = False
+        self._pending: Dict[int, Any] = {}
+
+    # -- starting -------------------------------------------------------
+
+    def _share_sockets(self) -> None:
+        """
+        Stop the supervisor accepting on its proxy and stream listeners,
+        and note their sockets for the workers to inherit.
+        """
+        sockets: Dict[str, Tuple[int, socket.AddressFamily]] = {}
+        fds: Dict[int, int] = {}
+        for listener in self.gourmet.shared_listeners():
+            port = listener.port
+            if port is None:
+                continue
+            port.stopReading()  # type: ignore[attr-defined]
+            child = FIRST_SOCKET + len(fds)
+            fds[child] = port.fileno()  # type: ignore[attr-defined]
+            family = port.socket.family  # type: ignore[attr-defined]
+            sockets[listener.description] = (child, family)
+        self._sockets, self._fds = sockets, fds
+
+    def startService(self) -> None:
+        super().startService()
+        self._share_sockets()
+        for index in range(1, self.count + 1):
+            self._spawn(index)
+
+    def _spawn(self, index: int) -> None:
+        self._pending.pop(index, None)
+        env = {
+            name: value
+            for name, value in os.environ.items()
+            if not name.startswith(_NOT_PASSED)
+        }
+        env[ENVIRONMENT] = encode(self._sockets)
+        worker = WorkerProcess(self, index, self.reactor.seconds())
+        self.workers[index] = worker
+        child_fds: Dict[int, Any] = {
+            0: "w",
+            1: 1,
+            2: 2,
+            COMMANDS_IN: "w",
+            COMMANDS_OUT: "r",
+            **self._fds,
+        }
+        config = self.gourmet.config
+        self._spawn_process(
+            worker,
+            self.executable,
+            [
+                self.executable,
+                "-m",
+                "gourmet.workers.worker",
+                "--config",
+                os.path.abspath(config.source),
+                "--index",
+                str(index),
+            ],
+            env=env,
+            childFDs=child_fds,
+        )
+
+    def worker_started(self, worker: WorkerProcess) -> None:
+        """
+        Give a new worker the operators' changes so far; it serves once it
+        has taken them.
+        """
+        worker.call(Sync, servers=json.dumps(self._settings())).addCallbacks(
+            lambda _: self._ready(worker), lambda failure: None
+        )
+
+    def _ready(self, worker: WorkerProcess) -> None:
+        worker.ready = True
+        self.log.info(
+            "worker {index} (pid {pid}) serving", index=worker.index, pid=worker.pid
+        )
+        if self.all_started():
+            waiting, self._all_ready = self._all_ready, []
+            for each in waiting:
+                each.callback(None)
+
+    def all_started(self) -> bool:
+        """
+        Whether every worker serves.
+        """
+        return len(self.workers) == self.count and all(
+            each.ready for each in self.workers.values()
+        )
+
+    def all_ready(self) -> Deferred[None]:
+        """
+        Fires once every worker serves (systemd's READY=1 waits for it).
+        """
+        if self.all_started():
+            return succeed(None)
+        waiting: Deferred[None] = Deferred()
+        self._all_ready.append(waiting)
+        return waiting
+
+    def _settings(self) -> Dict[str, Dict[str, Tuple[Optional[int], str]]]:
+        return {
+            name: {
+                server.name: (server.weight_override, server.admin_state.value)
+                for server in upstream.servers
+            }
+            for name, upstream in self.gourmet.upstreams.items()
+        }
+
+    # -- a worker that ends ---------------------------------------------
+
+    def worker_ended(self, worker: WorkerProcess, reason: Failure) -> None:
+        self._retired = merge_snapshots([self._retired, retired(worker.figures)])
+        if worker in self.old:
+            self.old.remove(worker)
+            return
+        if self.workers.get(worker.index) is worker:
+            del self.workers[worker.index]
+        if self._stopping or not self.running or worker.retiring:
+            return
+        ran = self.reactor.seconds() - worker.started
+        delay = self.policy.delay(worker.index, ran)
+        self.restarts += 1
+        how = _how_it_ended(reason)
+        self.log.error(
+            "worker {index} (pid {pid}) died ({how}) after {ran:.1f}s: its"
+            " connections are lost; starting it again in {delay:.1f}s",
+            index=worker.index,
+            pid=worker.pid,
+            how=how,
+            ran=ran,
+            delay=delay,
+            worker_died=True,
+        )
+        self._pending[worker.index] = self.reactor.callLater(
+            delay, self._spawn, worker.index
+        )
+
+    # -- keeping them in step ----------------------------------------------
+
+    def _ready_workers(
+        self, but: Optional[WorkerProcess] = None
+    ) -> List[WorkerProcess]:
+        return [
+            each for each in self.workers.values() if each.ready and each is not but
+        ]
+
+    def _broadcast(
+        self, command: Any, but: Optional[WorkerProcess] = None, **arguments: Any
+    ) -> Deferred[Any]:
+        calls = [
+            each.call(command, **arguments).addErrback(self._not_answered, each)
+            for each in self._ready_workers(but)
+        ]
+        return DeferredList(calls, consumeErrors=True)
+
+    def _not_answered(self, failure: Failure, worker: WorkerProcess) -> None:
+        # A worker that died meanwhile gets the change in its successor's
+        # Sync; one that is alive and failed says why here.
+        if worker.pid is not None and worker.ready:
+            self.log.failure(
+                "worker {index} did not take a change", failure, index=worker.index
+            )
+
+    def server_changed(self, upstream: str, server: Server) -> Deferred[Any]:
+        """
+        Give every worker an operator's change to ``server``; fires once
+        each has applied it.
+        """
+        return self._broadcast(
+            SetServer,
+            upstream=upstream,
+            server=server.name,
+            weight=server.weight_override,
+            state=server.admin_state.value,
+        )
+
+    def health_reported(
+        self,
+        origin: WorkerProcess,
+        upstream: str,
+        server: str,
+        down: bool,
+        seconds: float,
+        error: str,
+    ) -> None:
+        """
+        Passive health in ``origin`` took a server out or brought it back:
+        so it is here and in every other worker.
+        """
+        state = self.gourmet.upstreams.get(upstream)
+        if state is not None:
+            try:
+                found = state.server(server)
+            except KeyError:
+                found = None
+            if found is not None:
+                if down:
+                    found.health.taken_out_elsewhere(seconds, error)
+                else:
+                    found.health.back_up_elsewhere()
+        self._broadcast(
+            ServerHealth,
+            but=origin,
+            upstream=upstream,
+            server=server,
+            down=down,
+            seconds=seconds,
+            error=error,
+        )
+
+    async def refresh(self) -> None:
+        """
+        Ask every worker for its figures, and make the supervisor's
+        upstreams (which the console and /metrics read) hold their sum.
+        """
+        workers = self._ready_workers()
+        answers = await DeferredList(
+            [
+                each.call(Snapshot).addTimeout(SNAPSHOT_SECONDS, self.reactor)
+                for each in workers
+            ],
+            consumeErrors=True,
+        )
+        for worker, (ok, answer) in zip(workers, answers):
+            if ok:
+                worker.figures = _decoded(answer["upstreams"])
+        figures = [self._retired, *(each.figures for each in self.workers.values())]
+        figures.extend(each.figures for each in self.old)
+        apply_snapshot(self.gourmet.upstreams, merge_snapshots(figures))
+
+    def view(self) -> Dict[str, Any]:
+        """
+        The workers as the console shows them.
+        """
+        return {
+            "count": self.count,
+            "restarts": self.restarts,
+            "workers": [self.workers[index].view() for index in sorted(self.workers)],
+        }
+
+    # -- reloading ----------------------------------------------------------
+
+    def reloaded(self, who: str) -> None:
+        """
+        The supervisor reloaded its configuration: so do the workers, or,
+        when the shared listeners changed, new workers start on them and
+        the old ones finish what they have.
+        """
+        before = set(self._sockets)
+        self._share_sockets()
+        count = self.gourmet.config.frontend.workers
+        if set(self._sockets) == before and count == self.count:
+            for worker in self._ready_workers():
+                answer = worker.call(Reload, who=who)
+                answer.addCallback(self._worker_reloaded, worker)
+                answer.addErrback(self._not_answered, worker)
+            return
+        self.log.info(
+            "listeners or workers changed: starting {count} new workers,"
+            " the old ones finish what they have",
+            count=count,
+        )
+        for pending in self._pending.values():
+            pending.cancel()
+        self._pending = {}
+        for worker in self.workers.values():
+            worker.retiring = True
+            worker.signal("TERM")
+            self.old.append(worker)
+        self.workers = {}
+        self.count = count
+        for index in range(1, count + 1):
+            self._spawn(index)
+
+    def _worker_reloaded(
+        self, answer: Mapping[str, Any], worker: WorkerProcess
+    ) -> None:
+        if answer.get("error"):
+            self.log.error(
+                "worker {index} could not reload: {error}",
+                index=worker.index,
+                error=answer["error"],
+            )
+
+    def reopen_logs(self) -> None:
+        """
+        Have every worker reopen the access log (SIGUSR1).
+        """
+        for worker in [*self.workers.values(), *self.old]:
+            worker.signal("USR1")
+
+    # -- stopping -----------------------------------------------------------
+
+    def stop_workers(self, timeout: float) -> Deferred[Any]:
+        """
+        Stop every worker gracefully (SIGTERM): each stops accepting and
+        lets its requests finish; one still running ``timeout`` seconds
+        later is killed.  Fires once all have exited.
+        """
+        self._stopping = True
+        for pending in self._pending.values():
+            pending.cancel()
+        self._pending = {}
+        workers = [*self.workers.values(), *self.old]
+        for worker in workers:
+            worker.signal("TERM")
+        kill = self.reactor.callLater(timeout + KILL_GRACE, self._kill, workers)
+        done = DeferredList([each.ended for each in workers])
+
+        def stopped(result: Any) -> Any:
+            if kill.active():
+                kill.cancel()
+            return result
+
+        return done.addBoth(stopped)
+
+    def _kill(self, workers: List[WorkerProcess]) -> None:
+        for worker in workers:
+            if not worker.ended.called:
+                self.log.warn(
+                    "worker {index} did not stop: killing it", index=worker.index
+                )
+                worker.signal("KILL")
+
+    def stop_now(self) -> None:
+        """
+        A second signal: the workers cut their requests in flight.
+        """
+        for worker in [*self.workers.values(), *self.old]:
+            worker.signal("TERM")
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self._stopping:
+            return None
+        return self.stop_workers(self.gourmet.config.frontend.shutdown_timeout)
+
+
+def _how_it_ended(reason: Failure) -> str:
+    if isinstance(reason.value, ProcessDone):
+        return "exit status 0"
+    number = getattr(reason.value, "signal", None)
+    if number is not None:
+        return f"signal {number}"
+    return f"exit status {getattr(reason.value, 'exitCode', None)}"
+
+
+def _decoded(items: List[bytes]) -> Figures:
+    figures: Figures = {}
+    for item in items:
+        figures.update(json.loads(zlib.decompress(item)))
+    return figures
