@@ -446,18 +446,7 @@ class Supervisor(Service):
         Passive health in ``origin`` took a server out or brought it back:
         so it is here and in every other worker.
         """
-        state = self.gourmet.upstreams.get(upstream)
-        if state is not None:
-            try:
-                found = state.server(server)
-            except KeyError:
-                found = None
-            if found is not None:
-                if down:
-                    found.health.taken_out_elsewhere(seconds, error)
-                else:
-                    found.health.back_up_elsewhere()
-        self._broadcast(
+        told = self._broadcast(
             ServerHealth,
             but=origin,
             upstream=upstream,
@@ -466,6 +455,25 @@ class Supervisor(Service):
             seconds=seconds,
             error=error,
         )
+        # The console says it once every worker has it.
+        told.addCallback(
+            lambda _: self._apply_health(upstream, server, down, seconds, error)
+        )
+
+    def _apply_health(
+        self, upstream: str, server: str, down: bool, seconds: float, error: str
+    ) -> None:
+        state = self.gourmet.upstreams.get(upstream)
+        if state is None:
+            return
+        try:
+            found = state.server(server)
+        except KeyError:
+            return
+        if down:
+            found.health.taken_out_elsewhere(seconds, error)
+        else:
+            found.health.back_up_elsewhere()
 
     async def refresh(self) -> None:
         """
