@@ -1,0 +1,350 @@
+"""
+The supervisor of ``[server] workers`` and its workers, in memory: the
+restart policy on a Clock, the workers' figures summed, and the AMP
+commands between a supervisor and workers wired to each other through
+fake process pipes (no process, no socket).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, List, Optional
+
+import pytest
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.error import ProcessTerminated
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from gourmet.config.load import ConfigError, parse_config
+from gourmet.config.model import GourmetConfig
+from gourmet.upstream.health import Health
+from gourmet.upstream.state import AdminState, Upstream
+from gourmet.workers.snapshot import (
+    apply_snapshot,
+    merge_snapshots,
+    requests_in,
+    retired,
+    take_snapshot,
+)
+from gourmet.workers.supervisor import (
+    COMMANDS_IN,
+    COMMANDS_OUT,
+    RestartPolicy,
+    Supervisor,
+    WorkerProcess,
+)
+from gourmet.workers.worker import WorkerCommands, worker_config
+
+CONFIG = """
+[upstreams.b]
+[[upstreams.b.servers]]
+path = "127.0.0.1:9001"
+[[upstreams.b.servers]]
+path = "127.0.0.1:9002"
+[server]
+listen = ["tcp:0:interface=127.0.0.1"]
+workers = {workers}
+[[server.locations]]
+location = "/"
+upstream = "b"
+"""
+
+
+def config(workers: object = 2) -> GourmetConfig:
+    return parse_config(CONFIG.format(workers=json.dumps(workers)), "gourmet.toml")
+
+
+# -- configuration -------------------------------------------------------------
+
+
+def test_workers_default_to_one_and_auto_is_one_per_core() -> None:
+    assert (
+        parse_config(CONFIG.replace("workers = {workers}", ""), "g").frontend.workers
+        == 1
+    )
+    assert config(3).frontend.workers == 3
+    assert config("auto").frontend.workers >= 1
+
+
+@pytest.mark.parametrize("value", [0, "four", 1.5, True, 100000])
+def test_a_bad_workers_value_names_the_key(value: object) -> None:
+    with pytest.raises(ConfigError) as error:
+        config(value)
+    assert "server.workers" in str(error.value)
+    assert 'or "auto"' in str(error.value)
+
+
+def test_a_worker_runs_no_console_and_no_demo() -> None:
+    mine = worker_config(config())
+    assert mine.admin.listen is None
+    assert mine.demo.listen == ()
+    assert mine.frontend == config().frontend
+
+
+# -- restarting ------------------------------------------------------------------
+
+
+def test_a_worker_that_keeps_dying_waits_longer_each_time() -> None:
+    policy = RestartPolicy(first=0.5, longest=4.0, healthy=10.0)
+    assert [policy.delay(1, ran=1.0) for _ in range(5)] == [0.5, 1.0, 2.0, 4.0, 4.0]
+    # Another slot has its own record.
+    assert policy.delay(2, ran=1.0) == 0.5
+    # One that served a while is started again at once, and the record
+    # starts over.
+    assert policy.delay(1, ran=60.0) == 0.0
+    assert policy.delay(1, ran=1.0) == 0.5
+
+
+# -- figures -----------------------------------------------------------------------
+
+
+def traffic(clock: Clock, requests: int, status: int = 200) -> Upstream:
+    """
+    An upstream as one worker has it, after ``requests`` to its first
+    server.
+    """
+    upstream = Upstream(config().upstreams[0], clock)
+    server = upstream.servers[0]
+    for _ in range(requests):
+        server.attempt_started()
+        server.responded(status, 0.02)
+        server.succeeded()
+        server.attempt_finished()
+    return upstream
+
+
+def test_the_console_shows_the_sum_of_the_workers_figures() -> None:
+    clock = Clock()
+    clock.advance(1000)
+    one, two = traffic(clock, 3), traffic(clock, 5, status=503)
+    two.servers[0].attempt_started()  # one in flight
+    clock.advance(1)
+    snapshots = [take_snapshot([one]), take_snapshot([two])]
+    # Through JSON, as over AMP.
+    snapshots = [json.loads(json.dumps(each)) for each in snapshots]
+    assert [requests_in(each) for each in snapshots] == [3, 6]
+    supervisor = Upstream(config().upstreams[0], clock)
+    apply_snapshot({"b": supervisor}, merge_snapshots(snapshots))
+    server = supervisor.servers[0]
+    assert (server.requests, server.active) == (9, 1)
+    assert server.stats.statuses == {"2xx": 3, "5xx": 5}
+    assert len(server.stats.latency) == 8
+    assert server.stats.requests.total(5) == 9
+    assert supervisor.stats.requests.total(5) == 9
+    assert supervisor.stats.response_time.count == 8
+    assert supervisor.servers[1].requests == 0
+    # A worker that died: its counts stay, its requests in flight do not.
+    gone = retired(snapshots[1])
+    apply_snapshot({"b": supervisor}, merge_snapshots([gone, snapshots[0]]))
+    assert (server.requests, server.active) == (9, 0)
+    assert len(server.stats.latency) == 3
+
+
+# -- the supervisor and its workers, in memory ------------------------------------
+
+
+class FakeService:
+    """
+    What the supervisor and a worker run: upstreams and a configuration.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self.config = config()
+        self.upstreams = {"b": Upstream(self.config.upstreams[0], clock)}
+        self.listeners: List[Any] = []
+        self.reloads: List[str] = []
+
+    def shared_listeners(self) -> List[Any]:
+        return []
+
+    def reload(self, who: str) -> Optional[str]:
+        self.reloads.append(who)
+        return None
+
+
+class FakeProcess:
+    """
+    A worker process's pipes, leading to a :class:`WorkerCommands` in
+    memory.
+    """
+
+    def __init__(self, protocol: WorkerProcess, worker: FakeService, pid: int) -> None:
+        self.protocol = protocol
+        self.pid = pid
+        self.signals: List[str] = []
+        self.to_worker: List[bytes] = []
+        self.to_supervisor: List[bytes] = []
+        self.commands = WorkerCommands(worker, reactor=None)  # type: ignore[arg-type]
+        self.commands.makeConnection(self)
+        protocol.makeConnection(self)
+
+    # The worker's transport: what it writes, the supervisor reads.
+    def write(self, data: bytes) -> None:
+        self.to_supervisor.append(data)
+
+    def writeSequence(self, data: List[bytes]) -> None:
+        self.write(b"".join(data))
+
+    def getPeer(self) -> Any:
+        return None
+
+    getHost = getPeer
+
+    # The supervisor's transport to the process.
+    def writeToChild(self, fd: int, data: bytes) -> None:
+        assert fd == COMMANDS_IN
+        self.to_worker.append(data)
+
+    def pump(self) -> bool:
+        """
+        Deliver what each side wrote; whether there was anything.
+        """
+        moved = bool(self.to_worker or self.to_supervisor)
+        to_worker, self.to_worker = self.to_worker, []
+        to_supervisor, self.to_supervisor = self.to_supervisor, []
+        for data in to_worker:
+            self.commands.dataReceived(data)
+        for data in to_supervisor:
+            self.protocol.childDataReceived(COMMANDS_OUT, data)
+        return moved
+
+    def closeChildFD(self, fd: int) -> None:
+        pass
+
+    def signalProcess(self, name: str) -> None:
+        self.signals.append(name)
+
+    def die(self, signal: int) -> None:
+        self.commands.stopping = True
+        self.protocol.processEnded(Failure(ProcessTerminated(signal=signal)))
+
+
+class Spawner:
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.processes: List[FakeProcess] = []
+        self.workers: List[FakeService] = []
+
+    def __call__(
+        self, protocol: WorkerProcess, executable: str, args: List[str], **kw: Any
+    ) -> None:
+        assert args[1:3] == ["-m", "gourmet.workers.worker"]
+        assert "GOURMET_WORKER_SOCKETS" in kw["env"]
+        assert not any(name.startswith("NOTIFY_") for name in kw["env"])
+        worker = FakeService(self.clock)
+        self.workers.append(worker)
+        self.processes.append(FakeProcess(protocol, worker, 100 + len(self.processes)))
+
+    def pump(self) -> None:
+        while any([each.pump() for each in self.processes]):
+            pass
+
+
+def started(count: int = 2) -> tuple[Supervisor, FakeService, Spawner, Clock]:
+    clock = Clock()
+    service = FakeService(clock)
+    spawner = Spawner(clock)
+    supervisor = Supervisor(service, clock, count, spawn=spawner)
+    supervisor.startService()
+    spawner.pump()
+    return supervisor, service, spawner, clock
+
+
+def test_every_worker_starts_with_the_operators_changes_and_serves() -> None:
+    clock = Clock()
+    service = FakeService(clock)
+    service.upstreams["b"].servers[1].admin_state = AdminState.DRAIN
+    service.upstreams["b"].servers[0].set_weight(7)
+    spawner = Spawner(clock)
+    supervisor = Supervisor(service, clock, 2, spawn=spawner)
+    ready = supervisor.all_ready()
+    supervisor.startService()
+    assert not ready.called
+    spawner.pump()
+    assert ready.called
+    assert [each["pid"] for each in supervisor.view()["workers"]] == [100, 101]
+    for worker in spawner.workers:
+        first, second = worker.upstreams["b"].servers
+        assert (first.weight, second.admin_state) == (7, AdminState.DRAIN)
+
+
+def test_a_change_is_answered_once_every_worker_applied_it() -> None:
+    supervisor, service, spawner, _ = started()
+    server = service.upstreams["b"].servers[0]
+    server.set_weight(5)
+    done = supervisor.server_changed("b", server)
+    assert not done.called
+    spawner.pump()
+    assert done.called
+    assert [w.upstreams["b"].servers[0].weight for w in spawner.workers] == [5, 5]
+
+
+def test_passive_health_in_one_worker_takes_the_server_out_in_all() -> None:
+    _, service, spawner, _ = started()
+    one, two = spawner.workers
+    one.upstreams["b"].servers[1].failed("connection refused")
+    spawner.pump()
+    for each in (service, two):
+        health = each.upstreams["b"].servers[1].health
+        assert health.state is Health.DOWN
+        assert health.last_error == "connection refused"
+    # Back up after a good trial in the other worker: up in all.
+    health = two.upstreams["b"].servers[1].health
+    health.down_until = 0.0
+    two.upstreams["b"].servers[1].attempt_started()
+    two.upstreams["b"].servers[1].succeeded()
+    spawner.pump()
+    for each in (service, one):
+        assert each.upstreams["b"].servers[1].available()
+
+
+def test_the_console_asks_the_workers_for_their_figures() -> None:
+    supervisor, service, spawner, _ = started()
+    for count, worker in zip((2, 3), spawner.workers):
+        for _ in range(count):
+            worker.upstreams["b"].servers[0].attempt_started()
+    refreshed = ensureDeferred(supervisor.refresh())
+    spawner.pump()
+    assert refreshed.called
+    assert service.upstreams["b"].servers[0].requests == 5
+    assert [each["requests"] for each in supervisor.view()["workers"]] == [2, 3]
+
+
+def test_a_dead_worker_is_replaced_later_each_time_it_dies_quickly() -> None:
+    supervisor, _, spawner, clock = started()
+    spawner.processes[0].die(9)
+    assert supervisor.restarts == 1
+    assert len(spawner.processes) == 2
+    clock.advance(0.5)
+    assert len(spawner.processes) == 3
+    spawner.pump()
+    assert supervisor.all_started()
+    spawner.processes[2].die(9)
+    clock.advance(0.5)
+    assert len(spawner.processes) == 3  # twice as long this time
+    clock.advance(0.5)
+    assert len(spawner.processes) == 4
+    assert supervisor.restarts == 2
+
+
+def test_a_reload_with_the_same_listeners_reloads_each_worker() -> None:
+    supervisor, _, spawner, _ = started()
+    supervisor.reloaded("SIGHUP")
+    spawner.pump()
+    assert [each.reloads for each in spawner.workers] == [["SIGHUP"], ["SIGHUP"]]
+    assert len(spawner.processes) == 2
+
+
+def test_stopping_signals_every_worker_and_kills_the_late_ones() -> None:
+    supervisor, _, spawner, clock = started()
+    stopped = supervisor.stop_workers(timeout=1.0)
+    assert [each.signals for each in spawner.processes] == [["TERM"], ["TERM"]]
+    spawner.processes[0].die(0)
+    clock.advance(10)
+    assert spawner.processes[1].signals == ["TERM", "KILL"]
+    spawner.processes[1].die(9)
+    assert stopped.called
+    # Nothing is started again while stopping.
+    clock.advance(60)
+    assert len(spawner.processes) == 2
