@@ -466,10 +466,16 @@ def build_service(
 
 def _check_shareable(config: GourmetConfig) -> None:
     """
-    :raises ConfigError: for what worker processes cannot share: an
-        ``ssl:`` listener (Twisted wraps TLS into the listening port
+    :raises ConfigError: for what worker processes cannot share: ACME's
+        certificates, an ``ssl:`` listener (Twisted wraps TLS into the listening port
         itself; ``tls_listen`` is Gourmet's own TLS, and is shared).
     """
+    if config.frontend.acme is not None:
+        raise ConfigError(
+            config.source,
+            "server.workers",
+            "ACME certificates ([server.acme]) need workers = 1 for now",
+        )
     for key, description in proxy_endpoints(config):
         if description.lower().startswith("ssl:"):
             raise ConfigError(
