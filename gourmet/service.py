@@ -126,11 +126,15 @@ class GourmetService(MultiService):
     def startService(self) -> None:
         self.checks.update(self.upstreams.values())
         self.discovery.update(self.config.upstreams)
-        self.say_listening()
+        if self.workers is None:
+            self.say_listening()
         warning = nursery_warning(running_nursery())
         if warning is not None:
             self.log.warn("{warning}", warning=warning)
         super().startService()
+        if self.workers is not None:
+            # Once they serve: a script that waits for the line may connect.
+            self.workers.all_ready().addCallback(lambda _: self.say_listening())
 
     def say_listening(self) -> None:
         """
@@ -298,17 +302,18 @@ class GourmetService(MultiService):
             + ", ".join(listener.address() for listener in self.listeners)
         )
 
-    def reopen_logs(self) -> None:
+    def reopen_logs(self) -> Any:
         """
         Reopen the access log file where the configuration says (logrotate
-        moved it away).
+        moved it away); with workers, a Deferred that fires once each has.
         """
         try:
             self.access_log.reopen()
         except OSError as error:
             self.log.error("cannot reopen the access log: {error}", error=error)
         if self.workers is not None:
-            self.workers.reopen_logs()
+            return self.workers.reopen_logs()
+        return None
 
     @property
     def admin_app(self) -> Optional[AdminApp]:

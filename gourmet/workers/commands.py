@@ -18,7 +18,15 @@ from twisted.internet.protocol import connectionDone
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-__all__ = ["Quiet", "Reload", "ServerHealth", "SetServer", "Snapshot", "Sync"]
+__all__ = [
+    "Quiet",
+    "Reload",
+    "ReopenLogs",
+    "ServerHealth",
+    "SetServer",
+    "Snapshot",
+    "Sync",
+]
 
 
 class Quiet(amp.AMP):
@@ -94,3 +102,12 @@ class Reload(amp.Command):
 
     arguments = [(b"who", amp.Unicode())]
     response = [(b"error", amp.Unicode(optional=True))]
+
+
+class ReopenLogs(amp.Command):
+    """
+    Reopen the access log (logrotate moved it away), as SIGUSR1 does.
+    """
+
+    arguments = []
+    response = []

@@ -37,6 +37,7 @@ from gourmet.upstream.state import Server, Upstream
 from gourmet.workers.commands import (
     Quiet,
     Reload,
+    ReopenLogs,
     ServerHealth,
     SetServer,
     Snapshot,
@@ -549,12 +550,12 @@ class Supervisor(Service):
                 error=answer["error"],
             )
 
-    def reopen_logs(self) -> None:
+    def reopen_logs(self) -> Deferred[Any]:
         """
-        Have every worker reopen the access log (SIGUSR1).
+        Have every worker reopen the access log (SIGUSR1); fires once each
+        has.
         """
-        for worker in [*self.workers.values(), *self.old]:
-            worker.signal("USR1")
+        return self._broadcast(ReopenLogs)
 
     # -- stopping -----------------------------------------------------------
 

@@ -42,6 +42,7 @@ from gourmet.upstream.state import AdminState, Server
 from gourmet.workers.commands import (
     Quiet,
     Reload,
+    ReopenLogs,
     ServerHealth,
     SetServer,
     Snapshot,
@@ -168,6 +169,11 @@ class WorkerCommands(Quiet):
                 for name, each in figures.items()
             ]
         }
+
+    @ReopenLogs.responder
+    def reopen_logs(self) -> Dict[str, Any]:
+        self.service.reopen_logs()
+        return {}
 
     @Reload.responder
     def reload(self, who: str) -> Dict[str, Any]:
