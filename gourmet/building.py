@@ -30,7 +30,7 @@ from gourmet.tls.certificates import CertificateError
 from gourmet.tls.store import CertificateStore, ServerContexts, build_contexts
 from gourmet.upstream.pool import ConnectionPool
 from gourmet.upstream.state import Upstream
-from gourmet.workers.inherited import inherited_endpoint
+from gourmet.workers.inherited import inherited_endpoint, shared_name
 
 #: The mode of a ``unix:`` socket file for the admin console that sets none.
 ADMIN_SOCKET_MODE = "660"
@@ -174,7 +174,7 @@ def listener_for(
     :raises ConfigError: when Twisted cannot parse the endpoint.
     """
     endpoint = endpoint_for(config, key, description, backlog, reactor)
-    return Listener(endpoint, factory, description, tls)
+    return Listener(endpoint, factory, description, tls, key)
 
 
 def endpoint_for(
@@ -188,7 +188,7 @@ def endpoint_for(
     :raises ConfigError: when Twisted cannot parse the endpoint.
     """
     # In a worker process, the supervisor's socket for it.
-    inherited = inherited_endpoint(reactor, description)
+    inherited = inherited_endpoint(reactor, shared_name(key, description))
     if inherited is not None:
         return inherited
     try:

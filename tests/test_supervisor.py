@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 
 from gourmet.config.load import ConfigError, parse_config
 from gourmet.config.model import GourmetConfig
+from gourmet.tcp.listeners import StreamListeners
 from gourmet.upstream.health import Health
 from gourmet.upstream.state import AdminState, Upstream
 from gourmet.workers.snapshot import (
@@ -153,6 +154,7 @@ class FakeService:
         self.config = config()
         self.upstreams = {"b": Upstream(self.config.upstreams[0], clock)}
         self.listeners: List[Any] = []
+        self.streams = StreamListeners(self.upstreams, clock)
         self.reloads: List[str] = []
 
     def shared_listeners(self) -> List[Any]:

@@ -91,7 +91,10 @@ class Snapshot(amp.Command):
     """
 
     arguments = []
-    response = [(b"upstreams", amp.ListOf(amp.String()))]
+    response = [
+        (b"upstreams", amp.ListOf(amp.String())),
+        (b"streams", amp.String()),
+    ]
 
 
 class Reload(amp.Command):

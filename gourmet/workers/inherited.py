@@ -16,12 +16,27 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint
 from twisted.internet.interfaces import IStreamServerEndpoint
 
-__all__ = ["ENVIRONMENT", "encode", "inherited_endpoint", "inherited_sockets"]
+__all__ = [
+    "ENVIRONMENT",
+    "encode",
+    "inherited_endpoint",
+    "inherited_sockets",
+    "shared_name",
+]
 
 #: The variable that names a worker's inherited sockets.
 ENVIRONMENT = "GOURMET_WORKER_SOCKETS"
 
 _FAMILIES = {"INET": socket.AF_INET, "INET6": socket.AF_INET6, "UNIX": socket.AF_UNIX}
+
+
+def shared_name(key: str, description: str) -> str:
+    """
+    The name a shared socket goes by: where the configuration sets it and
+    what it says (two listeners may say the same ``tcp:0``; a reload that
+    changes what a key says opens a new socket).
+    """
+    return f"{key}={description}"
 
 
 def encode(sockets: Mapping[str, Tuple[int, socket.AddressFamily]]) -> str:
@@ -53,13 +68,14 @@ def inherited_sockets(
 
 
 def inherited_endpoint(
-    reactor: Any, description: str, environ: Mapping[str, str] = os.environ
+    reactor: Any, name: str, environ: Mapping[str, str] = os.environ
 ) -> Optional[IStreamServerEndpoint]:
     """
-    An endpoint that adopts the socket inherited for ``description``, or
-    None when there is none (not a worker, or a listener a reload adds).
+    An endpoint that adopts the socket inherited under ``name`` (see
+    :func:`shared_name`), or None when there is none (not a worker, or a
+    listener a reload adds).
     """
-    found = inherited_sockets(environ).get(description)
+    found = inherited_sockets(environ).get(name)
     if found is None:
         return None
     fd, family = found

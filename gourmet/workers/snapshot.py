@@ -18,7 +18,14 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional
 from gourmet.upstream.state import Server, Upstream
 from gourmet.upstream.stats import PerSecond
 
-__all__ = ["apply_snapshot", "merge_snapshots", "requests_in", "take_snapshot"]
+__all__ = [
+    "apply_snapshot",
+    "apply_stream_counts",
+    "merge_snapshots",
+    "requests_in",
+    "stream_counts",
+    "take_snapshot",
+]
 
 #: A snapshot: upstream name to its figures.
 Snapshot = Dict[str, Dict[str, Any]]
@@ -194,3 +201,48 @@ def _apply_server(server: Server, figures: Mapping[str, Any]) -> None:
     stats.errors.load(_by_second(figures.get("errors_per_second", {})))
     stats.latency.load(figures.get("latency", []))
     stats.ewma.load(_mean(figures.get("ewma", [])))
+
+
+#: A stream's counts: its ``listen`` string to its figures.
+StreamFigures = Dict[str, Dict[str, int]]
+_STREAM_COUNTS = ("connections", "active", "failed", "received", "sent")
+
+
+def stream_counts(factories: Iterable[Any]) -> StreamFigures:
+    """
+    What each ``[[streams]]`` listener carried in this process.
+    """
+    return {
+        factory.config.listen: {
+            name: getattr(factory.counts, name) for name in _STREAM_COUNTS
+        }
+        for factory in factories
+    }
+
+
+def merge_stream_counts(figures: Iterable[StreamFigures]) -> StreamFigures:
+    """
+    The sum of several workers' stream counts.
+    """
+    merged: StreamFigures = {}
+    for each in figures:
+        for listen, counts in each.items():
+            _add_counts(merged.setdefault(listen, {}), counts)
+    return merged
+
+
+def retired_streams(figures: StreamFigures) -> StreamFigures:
+    """
+    A gone worker's stream counts: none of its connections is open.
+    """
+    return {listen: {**counts, "active": 0} for listen, counts in figures.items()}
+
+
+def apply_stream_counts(factories: Iterable[Any], figures: StreamFigures) -> None:
+    """
+    Make the supervisor's stream factories hold ``figures``.
+    """
+    for factory in factories:
+        counts = figures.get(factory.config.listen, {})
+        for name in _STREAM_COUNTS:
+            setattr(factory.counts, name, counts.get(name, 0))

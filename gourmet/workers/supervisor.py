@@ -43,15 +43,19 @@ from gourmet.workers.commands import (
     Snapshot,
     Sync,
 )
-from gourmet.workers.inherited import ENVIRONMENT, encode
+from gourmet.workers.inherited import ENVIRONMENT, encode, shared_name
 from gourmet.workers.snapshot import (
     Snapshot as Figures,
 )
 from gourmet.workers.snapshot import (
+    StreamFigures,
     apply_snapshot,
+    apply_stream_counts,
     merge_snapshots,
+    merge_stream_counts,
     requests_in,
     retired,
+    retired_streams,
 )
 
 __all__ = ["RestartPolicy", "Supervisor", "WorkerProcess"]
@@ -77,6 +81,8 @@ class Supervised(Protocol):
 
     upstreams: Dict[str, Upstream]
     listeners: List[Listener]
+    #: The ``[[streams]]``: their ``factories``, with their counts.
+    streams: Any
 
     @property
     def config(self) -> Any:
@@ -185,6 +191,7 @@ class WorkerProcess(ProcessProtocol):
         self.ready = False
         self.retiring = False
         self.figures: Figures = {}
+        self.streams: StreamFigures = {}
         self.commands = SupervisorCommands(supervisor, self)
         self.ended: Deferred[None] = Deferred()
 
@@ -253,6 +260,7 @@ class Supervisor(Service):
         #: Workers that died and were started again, in all.
         self.restarts = 0
         self._retired: Figures = {}
+        self._retired_streams: StreamFigures = {}
         self._sockets: Dict[str, Tuple[int, socket.AddressFamily]] = {}
         self._fds: Dict[int, int] = {}
         self._all_ready: List[Deferred[None]] = []
@@ -276,7 +284,7 @@ class Supervisor(Service):
             child = FIRST_SOCKET + len(fds)
             fds[child] = port.fileno()  # type: ignore[attr-defined]
             family = port.socket.family  # type: ignore[attr-defined]
-            sockets[listener.description] = (child, family)
+            sockets[shared_name(listener.key, listener.description)] = (child, family)
         self._sockets, self._fds = sockets, fds
 
     def startService(self) -> None:
@@ -370,6 +378,9 @@ class Supervisor(Service):
 
     def worker_ended(self, worker: WorkerProcess, reason: Failure) -> None:
         self._retired = merge_snapshots([self._retired, retired(worker.figures)])
+        self._retired_streams = merge_stream_counts(
+            [self._retired_streams, retired_streams(worker.streams)]
+        )
         if worker in self.old:
             self.old.remove(worker)
             return
@@ -492,9 +503,14 @@ class Supervisor(Service):
         for worker, (ok, answer) in zip(workers, answers):
             if ok:
                 worker.figures = _decoded(answer["upstreams"])
-        figures = [self._retired, *(each.figures for each in self.workers.values())]
-        figures.extend(each.figures for each in self.old)
+                worker.streams = json.loads(zlib.decompress(answer["streams"]))
+        alive = [*self.workers.values(), *self.old]
+        figures = [self._retired, *(each.figures for each in alive)]
         apply_snapshot(self.gourmet.upstreams, merge_snapshots(figures))
+        streams = [self._retired_streams, *(each.streams for each in alive)]
+        apply_stream_counts(
+            self.gourmet.streams.factories, merge_stream_counts(streams)
+        )
 
     def view(self) -> Dict[str, Any]:
         """

@@ -48,7 +48,7 @@ from gourmet.workers.commands import (
     Snapshot,
     Sync,
 )
-from gourmet.workers.snapshot import take_snapshot
+from gourmet.workers.snapshot import stream_counts, take_snapshot
 
 __all__ = ["WorkerCommands", "WorkerService", "main", "worker_config"]
 
@@ -167,7 +167,10 @@ class WorkerCommands(Quiet):
             "upstreams": [
                 zlib.compress(json.dumps({name: each}).encode("utf-8"))
                 for name, each in figures.items()
-            ]
+            ],
+            "streams": zlib.compress(
+                json.dumps(stream_counts(self.service.streams.factories)).encode()
+            ),
         }
 
     @ReopenLogs.responder
@@ -247,7 +250,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     except (ConfigError, TwistedMismatch) as error:
         raise SystemExit(f"gourmet {name}: {error}") from None
     commands = WorkerCommands(service, reactor)
-    service.privilegedStartService()
+    try:
+        service.privilegedStartService()
+    except OSError as error:
+        raise SystemExit(f"gourmet {name}: cannot take its sockets: {error}") from None
     StandardIO(  # type: ignore[call-arg]
         commands, stdin=COMMANDS_IN, stdout=COMMANDS_OUT, reactor=reactor
     )
