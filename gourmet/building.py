@@ -200,6 +200,32 @@ def endpoint_for(
         ) from None
 
 
+def check_shareable(config: GourmetConfig) -> None:
+    """
+    Nothing, with one process; with ``workers`` above 1:
+
+    :raises ConfigError: for what worker processes cannot share: ACME's
+        certificates, an ``ssl:`` listener (Twisted wraps TLS into the listening port
+        itself; ``tls_listen`` is Gourmet's own TLS, and is shared).
+    """
+    if config.frontend.workers == 1:
+        return
+    if config.frontend.acme is not None:
+        raise ConfigError(
+            config.source,
+            "server.workers",
+            "ACME certificates ([server.acme]) need workers = 1 for now",
+        )
+    for key, description in proxy_endpoints(config):
+        if description.lower().startswith("ssl:"):
+            raise ConfigError(
+                config.source,
+                key,
+                "an ssl: endpoint cannot be shared by workers: with workers"
+                " above 1 listen on tcp: in server.tls_listen instead",
+            )
+
+
 def _error_page(config: GourmetConfig) -> Optional[str]:
     path = config.frontend.error_page
     if path is None:

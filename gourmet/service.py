@@ -21,6 +21,7 @@ from gourmet.admin.auth import AdminSecurity, PasswordThreads
 from gourmet.admin.views import ListenerInfo
 from gourmet.building import (
     admin_endpoint,
+    check_shareable,
     listener_for,
     plain_factory,
     proxy_endpoints,
@@ -456,7 +457,7 @@ def build_service(
     if config.demo.listen:
         demo_service(reactor, config.demo.listen).setServiceParent(service)
     if frontend.workers > 1 and cls is GourmetService:
-        _check_shareable(config)
+        check_shareable(config)
         service.workers = Supervisor(service, reactor, frontend.workers)
         service.workers.setServiceParent(service)
     # Last: started once every listener listens, stopped first.
@@ -467,28 +468,6 @@ def build_service(
     )
     service.notifier.setServiceParent(service)
     return service
-
-
-def _check_shareable(config: GourmetConfig) -> None:
-    """
-    :raises ConfigError: for what worker processes cannot share: ACME's
-        certificates, an ``ssl:`` listener (Twisted wraps TLS into the listening port
-        itself; ``tls_listen`` is Gourmet's own TLS, and is shared).
-    """
-    if config.frontend.acme is not None:
-        raise ConfigError(
-            config.source,
-            "server.workers",
-            "ACME certificates ([server.acme]) need workers = 1 for now",
-        )
-    for key, description in proxy_endpoints(config):
-        if description.lower().startswith("ssl:"):
-            raise ConfigError(
-                config.source,
-                key,
-                "an ssl: endpoint cannot be shared by workers: with workers"
-                " above 1 listen on tcp: in server.tls_listen instead",
-            )
 
 
 def _add_acme(service: GourmetService, config: GourmetConfig, reactor: Any) -> None:

@@ -11,11 +11,13 @@ import json
 from typing import Any, List, Optional
 
 import pytest
+from attrs import evolve
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.error import ProcessTerminated
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
+from gourmet.building import check_shareable
 from gourmet.config.load import ConfigError, parse_config
 from gourmet.config.model import GourmetConfig
 from gourmet.tcp.listeners import StreamListeners
@@ -74,6 +76,16 @@ def test_a_bad_workers_value_names_the_key(value: object) -> None:
         config(value)
     assert "server.workers" in str(error.value)
     assert 'or "auto"' in str(error.value)
+
+
+def test_what_workers_cannot_share_is_refused_naming_the_key() -> None:
+    mine = config()
+    ssl = evolve(mine, frontend=evolve(mine.frontend, listen=("ssl:8443",)))
+    with pytest.raises(ConfigError) as error:
+        check_shareable(ssl)
+    assert str(error.value).startswith("gourmet.toml: server.listen[0]: an ssl:")
+    # One process may listen with ssl: as before.
+    check_shareable(evolve(ssl, frontend=evolve(ssl.frontend, workers=1)))
 
 
 def test_a_worker_runs_no_console_and_no_demo() -> None:
