@@ -19,8 +19,9 @@ from twisted.python.failure import Failure
 
 from gourmet.building import check_shareable
 from gourmet.config.load import ConfigError, parse_config
-from gourmet.config.model import GourmetConfig
+from gourmet.config.model import GourmetConfig, HealthCheckConfig, UpstreamConfig
 from gourmet.tcp.listeners import StreamListeners
+from gourmet.upstream.checks import CheckResult
 from gourmet.upstream.health import Health
 from gourmet.upstream.state import AdminState, Upstream
 from gourmet.workers.snapshot import (
@@ -162,9 +163,9 @@ class FakeService:
     What the supervisor and a worker run: upstreams and a configuration.
     """
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, upstream: Optional[UpstreamConfig] = None) -> None:
         self.config = config()
-        self.upstreams = {"b": Upstream(self.config.upstreams[0], clock)}
+        self.upstreams = {"b": Upstream(upstream or self.config.upstreams[0], clock)}
         self.listeners: List[Any] = []
         self.streams = StreamListeners(self.upstreams, clock)
         self.reloads: List[str] = []
@@ -235,8 +236,9 @@ class FakeProcess:
 
 
 class Spawner:
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, upstream: Optional[UpstreamConfig] = None) -> None:
         self.clock = clock
+        self.upstream = upstream
         self.processes: List[FakeProcess] = []
         self.workers: List[FakeService] = []
 
@@ -246,7 +248,7 @@ class Spawner:
         assert args[1:3] == ["-m", "gourmet.workers.worker"]
         assert "GOURMET_WORKER_SOCKETS" in kw["env"]
         assert not any(name.startswith("NOTIFY_") for name in kw["env"])
-        worker = FakeService(self.clock)
+        worker = FakeService(self.clock, self.upstream)
         self.workers.append(worker)
         self.processes.append(FakeProcess(protocol, worker, 100 + len(self.processes)))
 
@@ -311,6 +313,34 @@ def test_passive_health_in_one_worker_takes_the_server_out_in_all() -> None:
     spawner.pump()
     for each in (service, one):
         assert each.upstreams["b"].servers[1].available()
+
+
+def test_active_checks_are_the_supervisors_and_reach_every_worker() -> None:
+    clock = Clock()
+    service = FakeService(clock)
+    checked = evolve(
+        service.config.upstreams[0], health_check=HealthCheckConfig(rise=1, fall=1)
+    )
+    service.upstreams["b"].reconfigure(checked)
+    down = service.upstreams["b"].servers[0].active_health
+    assert down is not None
+    down.record(CheckResult("L4CON", 0.001, detail="refused"))
+    assert not down.up
+    spawner = Spawner(clock, checked)
+    supervisor = Supervisor(service, clock, 2, spawn=spawner)
+    supervisor.startService()
+    spawner.pump()
+    # A worker that starts takes what the checks say so far...
+    for worker in spawner.workers:
+        health = worker.upstreams["b"].servers[0].active_health
+        assert health is not None and not health.up
+    # ...and each change after.
+    down.record(CheckResult("L7OK", 0.001, 200))
+    spawner.pump()
+    for worker in spawner.workers:
+        health = worker.upstreams["b"].servers[0].active_health
+        assert health is not None and health.up
+        assert worker.upstreams["b"].servers[0].available()
 
 
 def test_the_console_asks_the_workers_for_their_figures() -> None:

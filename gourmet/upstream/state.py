@@ -259,6 +259,9 @@ class Upstream:
         #: Told ``(server, down, seconds, error)`` when passive health in
         #: this process takes a server out or brings it back.
         self.health_hook: Optional[Callable[[Server, bool, float, str], None]] = None
+        #: Told ``(server, up)`` when active checks in this process take a
+        #: server out or bring it back.
+        self.check_hook: Optional[Callable[[Server, bool], None]] = None
         self.sticky_tokens = StickyTokens(config.name, config.sticky_secret)
         self.reconfigure(config)
 
@@ -335,6 +338,13 @@ class Upstream:
             server.active_health = ActiveHealth(
                 f"{self.name}/{server.name}", self._clock, check.rise, check.fall
             )
+
+            def changed(up: bool) -> None:
+                hook = self.check_hook
+                if hook is not None:
+                    hook(server, up)
+
+            server.active_health.on_change = changed
         else:
             server.active_health.reconfigure(check.rise, check.fall)
 

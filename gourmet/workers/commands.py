@@ -45,8 +45,9 @@ class Quiet(amp.AMP):
 
 class Sync(amp.Command):
     """
-    The weight and state an operator set for each server, as JSON:
-    ``{upstream: {server: [weight or null, state]}}``.
+    The weight and state an operator set for each server, and what active
+    checks say of it, as JSON: ``{upstream: {server: [weight or null,
+    state, checked up or null]}}``.
     """
 
     arguments = [(b"servers", amp.Unicode())]
@@ -113,4 +114,18 @@ class ReopenLogs(amp.Command):
     """
 
     arguments = []
+    response = []
+
+
+class ServerChecked(amp.Command):
+    """
+    The supervisor's active health checks took ``server`` out (``up``
+    false) or brought it back: workers do not check for themselves.
+    """
+
+    arguments = [
+        (b"upstream", amp.Unicode()),
+        (b"server", amp.Unicode()),
+        (b"up", amp.Boolean()),
+    ]
     response = []

@@ -38,6 +38,7 @@ from gourmet.workers.commands import (
     Quiet,
     Reload,
     ReopenLogs,
+    ServerChecked,
     ServerHealth,
     SetServer,
     Snapshot,
@@ -289,6 +290,7 @@ class Supervisor(Service):
 
     def startService(self) -> None:
         super().startService()
+        self._wire()
         self._share_sockets()
         for index in range(1, self.count + 1):
             self._spawn(index)
@@ -365,14 +367,34 @@ class Supervisor(Service):
         self._all_ready.append(waiting)
         return waiting
 
-    def _settings(self) -> Dict[str, Dict[str, Tuple[Optional[int], str]]]:
+    def _settings(
+        self,
+    ) -> Dict[str, Dict[str, Tuple[Optional[int], str, Optional[bool]]]]:
         return {
             name: {
-                server.name: (server.weight_override, server.admin_state.value)
+                server.name: (
+                    server.weight_override,
+                    server.admin_state.value,
+                    None if server.active_health is None else server.active_health.up,
+                )
                 for server in upstream.servers
             }
             for name, upstream in self.gourmet.upstreams.items()
         }
+
+    def _wire(self) -> None:
+        """
+        Have what active checks find told to every worker (again after a
+        reload, whose new upstreams have no hook).
+        """
+        for upstream in self.gourmet.upstreams.values():
+            upstream.check_hook = self._checked_hook(upstream.name)
+
+    def _checked_hook(self, upstream: str) -> Callable[[Server, bool], None]:
+        def checked(server: Server, up: bool) -> None:
+            self._broadcast(ServerChecked, upstream=upstream, server=server.name, up=up)
+
+        return checked
 
     # -- a worker that ends ---------------------------------------------
 
@@ -531,6 +553,7 @@ class Supervisor(Service):
         the old ones finish what they have.
         """
         before = set(self._sockets)
+        self._wire()
         self._share_sockets()
         count = self.gourmet.config.frontend.workers
         if set(self._sockets) == before and count == self.count:
@@ -559,6 +582,11 @@ class Supervisor(Service):
     def _worker_reloaded(
         self, answer: Mapping[str, Any], worker: WorkerProcess
     ) -> None:
+        # Upstreams the reload made anew start as the file says: give them
+        # the operators' changes and the checks' verdicts again.
+        worker.call(Sync, servers=json.dumps(self._settings())).addErrback(
+            self._not_answered, worker
+        )
         if answer.get("error"):
             self.log.error(
                 "worker {index} could not reload: {error}",

@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 import zlib
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 from attrs import evolve
 from twisted.internet.protocol import connectionDone
@@ -38,11 +38,13 @@ from zope.interface import implementer
 
 from gourmet.config.model import GourmetConfig
 from gourmet.service import GourmetService
+from gourmet.upstream.checks import HealthChecks
 from gourmet.upstream.state import AdminState, Server
 from gourmet.workers.commands import (
     Quiet,
     Reload,
     ReopenLogs,
+    ServerChecked,
     ServerHealth,
     SetServer,
     Snapshot,
@@ -69,11 +71,25 @@ def worker_config(config: GourmetConfig) -> GourmetConfig:
     )
 
 
+class SupervisorsChecks(HealthChecks):
+    """
+    A worker's active health checks: none of its own; the supervisor
+    checks and tells it (:class:`ServerChecked`).
+    """
+
+    def update(self, upstreams: Iterable[Any]) -> None:
+        pass
+
+
 class WorkerService(GourmetService):
     """
     The service of a worker: the configuration file, less the console
-    and the demo upstreams.
+    and the demo upstreams; active checks are the supervisor's.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.checks = SupervisorsChecks(self.site.clock)
 
     def load_file(self) -> GourmetConfig:
         return worker_config(super().load_file())
@@ -134,9 +150,18 @@ class WorkerCommands(Quiet):
     @Sync.responder
     def sync(self, servers: str) -> Dict[str, Any]:
         for upstream, settings in json.loads(servers).items():
-            for name, (weight, state) in settings.items():
+            for name, (weight, state, checked) in settings.items():
                 self.set_server(upstream, name, weight, state)
+                if checked is not None:
+                    self.server_checked(upstream, name, checked)
         return {"pid": os.getpid()}
+
+    @ServerChecked.responder
+    def server_checked(self, upstream: str, server: str, up: bool) -> Dict[str, Any]:
+        found = self._server(upstream, server)
+        if found is not None and found.active_health is not None:
+            found.active_health.checked_elsewhere(up)
+        return {}
 
     @SetServer.responder
     def set_server(
