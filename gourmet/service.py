@@ -244,6 +244,8 @@ class GourmetService(MultiService):
         state.reconfigure(config)
         pool.keep_only({server.origin for server in state.servers})
         self.checks.update(self.upstreams.values())
+        if self.workers is not None:
+            self.workers.servers_found(config.name)
 
     def reload(self, who: str) -> Optional[str]:
         """

@@ -20,6 +20,8 @@ from twisted.python.failure import Failure
 from gourmet.building import check_shareable
 from gourmet.config.load import ConfigError, parse_config
 from gourmet.config.model import GourmetConfig, HealthCheckConfig, UpstreamConfig
+from gourmet.discovery.provider import ProvidedServer
+from gourmet.discovery.updates import Discovery, ProvidedElsewhere
 from gourmet.tcp.listeners import StreamListeners
 from gourmet.upstream.checks import CheckResult
 from gourmet.upstream.health import Health
@@ -168,10 +170,14 @@ class FakeService:
         self.upstreams = {"b": Upstream(upstream or self.config.upstreams[0], clock)}
         self.listeners: List[Any] = []
         self.streams = StreamListeners(self.upstreams, clock)
+        self.discovery: Discovery = ProvidedElsewhere(clock, self.apply_servers)
         self.reloads: List[str] = []
 
     def shared_listeners(self) -> List[Any]:
         return []
+
+    def apply_servers(self, config: UpstreamConfig) -> None:
+        self.upstreams[config.name].reconfigure(config)
 
     def reload(self, who: str) -> Optional[str]:
         self.reloads.append(who)
@@ -341,6 +347,28 @@ def test_active_checks_are_the_supervisors_and_reach_every_worker() -> None:
         health = worker.upstreams["b"].servers[0].active_health
         assert health is not None and health.up
         assert worker.upstreams["b"].servers[0].available()
+
+
+class Found:
+    def __init__(self, *addresses: str) -> None:
+        self.found = tuple(ProvidedServer(address) for address in addresses)
+
+
+def test_what_the_supervisors_providers_find_reaches_every_worker() -> None:
+    supervisor, service, spawner, _ = started()
+    provided = evolve(service.config.upstreams[0], provider="file")
+    for worker in spawner.workers:
+        worker.discovery.update([provided])
+    service.discovery.upstreams["b"] = Found(  # type: ignore[assignment]
+        "127.0.0.1:9003", "127.0.0.1:9004"
+    )
+    supervisor.servers_found("b")
+    spawner.pump()
+    for worker in spawner.workers:
+        assert [each.name for each in worker.upstreams["b"].servers] == [
+            "127.0.0.1:9003",
+            "127.0.0.1:9004",
+        ]
 
 
 def test_the_console_asks_the_workers_for_their_figures() -> None:

@@ -47,10 +47,12 @@ class Sync(amp.Command):
     """
     The weight and state an operator set for each server, and what active
     checks say of it, as JSON: ``{upstream: {server: [weight or null,
-    state, checked up or null]}}``.
+    state, checked up or null]}}``; and ``provided``, the servers the
+    supervisor's providers found, as :class:`Servers` gives them (zlib'd
+    JSON, ``{upstream: [server, ...]}``), applied first.
     """
 
-    arguments = [(b"servers", amp.Unicode())]
+    arguments = [(b"servers", amp.Unicode()), (b"provided", amp.String())]
     response = [(b"pid", amp.Integer())]
 
 
@@ -128,4 +130,15 @@ class ServerChecked(amp.Command):
         (b"server", amp.Unicode()),
         (b"up", amp.Boolean()),
     ]
+    response = []
+
+
+class Servers(amp.Command):
+    """
+    The supervisor's provider found a new set of servers for ``upstream``:
+    zlib'd JSON, a list of :class:`gourmet.discovery.provider.ProvidedServer`
+    as dictionaries.  Workers run no providers of their own.
+    """
+
+    arguments = [(b"upstream", amp.Unicode()), (b"servers", amp.String())]
     response = []

@@ -32,6 +32,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gourmet.discovery.updates import Discovery, found_as_data
 from gourmet.listener import Listener
 from gourmet.upstream.state import Server, Upstream
 from gourmet.workers.commands import (
@@ -40,6 +41,7 @@ from gourmet.workers.commands import (
     ReopenLogs,
     ServerChecked,
     ServerHealth,
+    Servers,
     SetServer,
     Snapshot,
     Sync,
@@ -84,6 +86,8 @@ class Supervised(Protocol):
     listeners: List[Listener]
     #: The ``[[streams]]``: their ``factories``, with their counts.
     streams: Any
+    #: The providers, and the sets they found.
+    discovery: Discovery
 
     @property
     def config(self) -> Any:
@@ -335,9 +339,32 @@ class Supervisor(Service):
         Give a new worker the operators' changes so far; it serves once it
         has taken them.
         """
-        worker.call(Sync, servers=json.dumps(self._settings())).addCallbacks(
+        self._sync(worker).addCallbacks(
             lambda _: self._ready(worker), lambda failure: None
         )
+
+    def _sync(self, worker: WorkerProcess) -> Deferred[Any]:
+        provided = {
+            name: found_as_data(running.found)
+            for name, running in self.gourmet.discovery.upstreams.items()
+            if running.found is not None
+        }
+        return worker.call(
+            Sync,
+            servers=json.dumps(self._settings()),
+            provided=zlib.compress(json.dumps(provided).encode("utf-8")),
+        )
+
+    def servers_found(self, upstream: str) -> None:
+        """
+        A provider of the supervisor's found a new set of servers for
+        ``upstream``: every worker takes it.
+        """
+        running = self.gourmet.discovery.upstreams.get(upstream)
+        if running is None or running.found is None:
+            return
+        data = json.dumps(found_as_data(running.found)).encode("utf-8")
+        self._broadcast(Servers, upstream=upstream, servers=zlib.compress(data))
 
     def _ready(self, worker: WorkerProcess) -> None:
         worker.ready = True
@@ -584,9 +611,7 @@ class Supervisor(Service):
     ) -> None:
         # Upstreams the reload made anew start as the file says: give them
         # the operators' changes and the checks' verdicts again.
-        worker.call(Sync, servers=json.dumps(self._settings())).addErrback(
-            self._not_answered, worker
-        )
+        self._sync(worker).addErrback(self._not_answered, worker)
         if answer.get("error"):
             self.log.error(
                 "worker {index} could not reload: {error}",

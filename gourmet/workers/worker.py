@@ -37,6 +37,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gourmet.config.model import GourmetConfig
+from gourmet.discovery.updates import ProvidedElsewhere, found_from_data
 from gourmet.service import GourmetService
 from gourmet.upstream.checks import HealthChecks
 from gourmet.upstream.state import AdminState, Server
@@ -46,6 +47,7 @@ from gourmet.workers.commands import (
     ReopenLogs,
     ServerChecked,
     ServerHealth,
+    Servers,
     SetServer,
     Snapshot,
     Sync,
@@ -84,12 +86,14 @@ class SupervisorsChecks(HealthChecks):
 class WorkerService(GourmetService):
     """
     The service of a worker: the configuration file, less the console
-    and the demo upstreams; active checks are the supervisor's.
+    and the demo upstreams; active checks and providers are the
+    supervisor's.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.checks = SupervisorsChecks(self.site.clock)
+        self.discovery = ProvidedElsewhere(self.site.clock, self.apply_servers)
 
     def load_file(self) -> GourmetConfig:
         return worker_config(super().load_file())
@@ -148,13 +152,25 @@ class WorkerCommands(Quiet):
             return None
 
     @Sync.responder
-    def sync(self, servers: str) -> Dict[str, Any]:
+    def sync(self, servers: str, provided: bytes) -> Dict[str, Any]:
+        for upstream, found in json.loads(zlib.decompress(provided)).items():
+            self.servers(upstream, found)
         for upstream, settings in json.loads(servers).items():
             for name, (weight, state, checked) in settings.items():
                 self.set_server(upstream, name, weight, state)
                 if checked is not None:
                     self.server_checked(upstream, name, checked)
         return {"pid": os.getpid()}
+
+    @Servers.responder
+    def servers_found(self, upstream: str, servers: bytes) -> Dict[str, Any]:
+        self.servers(upstream, json.loads(zlib.decompress(servers)))
+        return {}
+
+    def servers(self, upstream: str, found: List[Dict[str, Any]]) -> None:
+        discovery = self.service.discovery
+        if isinstance(discovery, ProvidedElsewhere):
+            discovery.provided(upstream, found_from_data(found))
 
     @ServerChecked.responder
     def server_checked(self, upstream: str, server: str, up: bool) -> Dict[str, Any]:
