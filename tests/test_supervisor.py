@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from typing import Any, List, Optional
+from unittest.mock import Mock
 
 import pytest
 from attrs import evolve
@@ -22,6 +23,7 @@ from gourmet.config.load import ConfigError, parse_config
 from gourmet.config.model import GourmetConfig, HealthCheckConfig, UpstreamConfig
 from gourmet.discovery.provider import ProvidedServer
 from gourmet.discovery.updates import Discovery, ProvidedElsewhere
+from gourmet.frontend.channel import ClientStats
 from gourmet.tcp.listeners import StreamListeners
 from gourmet.upstream.checks import CheckResult
 from gourmet.upstream.health import Health
@@ -171,6 +173,9 @@ class FakeService:
         self.listeners: List[Any] = []
         self.streams = StreamListeners(self.upstreams, clock)
         self.discovery: Discovery = ProvidedElsewhere(clock, self.apply_servers)
+        self.site = Mock(spec=["client_stats", "open_connections", "http2_connections"])
+        self.site.client_stats = ClientStats()
+        self.site.open_connections = self.site.http2_connections = 0
         self.reloads: List[str] = []
 
     def shared_listeners(self) -> List[Any]:
@@ -380,6 +385,7 @@ def test_the_console_asks_the_workers_for_their_figures() -> None:
     spawner.pump()
     assert refreshed.called
     assert service.upstreams["b"].servers[0].requests == 5
+    assert service.site.served_elsewhere == (0, 0)
     assert [each["requests"] for each in supervisor.view()["workers"]] == [2, 3]
 
 

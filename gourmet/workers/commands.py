@@ -97,6 +97,7 @@ class Snapshot(amp.Command):
     response = [
         (b"upstreams", amp.ListOf(amp.String())),
         (b"streams", amp.String()),
+        (b"clients", amp.String()),
     ]
 
 

@@ -246,3 +246,54 @@ def apply_stream_counts(factories: Iterable[Any], figures: StreamFigures) -> Non
         counts = figures.get(factory.config.listen, {})
         for name in _STREAM_COUNTS:
             setattr(factory.counts, name, counts.get(name, 0))
+
+
+#: What a worker's proxy site counted of its clients.
+ClientFigures = Dict[str, Any]
+_CLIENT_COUNTERS = ("refusals", "headers_dropped", "protocol_errors")
+
+
+def client_figures(site: Any) -> ClientFigures:
+    """
+    The client-side figures of a worker's proxy site: its refusals, headers
+    dropped, HTTP/2 errors, and connections open now.
+    """
+    stats = site.client_stats
+    return {
+        **{
+            name: {str(k): v for k, v in getattr(stats, name).items()}
+            for name in _CLIENT_COUNTERS
+        },
+        "connections": site.open_connections,
+        "http2_connections": site.http2_connections,
+    }
+
+
+def merge_client_figures(figures: Iterable[ClientFigures]) -> ClientFigures:
+    merged: ClientFigures = {name: {} for name in _CLIENT_COUNTERS}
+    merged.update(connections=0, http2_connections=0)
+    for each in figures:
+        for name in _CLIENT_COUNTERS:
+            _add_counts(merged[name], each.get(name, {}))
+        merged["connections"] += each.get("connections", 0)
+        merged["http2_connections"] += each.get("http2_connections", 0)
+    return merged
+
+
+def retired_client(figures: ClientFigures) -> ClientFigures:
+    """
+    A gone worker's client figures: none of its connections is open.
+    """
+    return {**figures, "connections": 0, "http2_connections": 0}
+
+
+def apply_client_figures(site: Any, figures: ClientFigures) -> None:
+    """
+    Make the supervisor's proxy site (which serves no client) show
+    ``figures``.
+    """
+    stats = site.client_stats
+    stats.refusals = Counter({int(k): v for k, v in figures["refusals"].items()})
+    stats.headers_dropped = Counter(figures["headers_dropped"])
+    stats.protocol_errors = Counter(figures["protocol_errors"])
+    site.served_elsewhere = (figures["connections"], figures["http2_connections"])

@@ -48,17 +48,21 @@ from gourmet.workers.commands import (
 )
 from gourmet.workers.inherited import ENVIRONMENT, encode, shared_name
 from gourmet.workers.snapshot import (
-    Snapshot as Figures,
-)
-from gourmet.workers.snapshot import (
+    ClientFigures,
     StreamFigures,
+    apply_client_figures,
     apply_snapshot,
     apply_stream_counts,
+    merge_client_figures,
     merge_snapshots,
     merge_stream_counts,
     requests_in,
     retired,
+    retired_client,
     retired_streams,
+)
+from gourmet.workers.snapshot import (
+    Snapshot as Figures,
 )
 
 __all__ = ["RestartPolicy", "Supervisor", "WorkerProcess"]
@@ -88,6 +92,8 @@ class Supervised(Protocol):
     streams: Any
     #: The providers, and the sets they found.
     discovery: Discovery
+    #: The proxy's site: the workers' client figures are shown on it.
+    site: Any
 
     @property
     def config(self) -> Any:
@@ -197,6 +203,7 @@ class WorkerProcess(ProcessProtocol):
         self.retiring = False
         self.figures: Figures = {}
         self.streams: StreamFigures = {}
+        self.clients: ClientFigures = {}
         self.commands = SupervisorCommands(supervisor, self)
         self.ended: Deferred[None] = Deferred()
 
@@ -266,6 +273,7 @@ class Supervisor(Service):
         self.restarts = 0
         self._retired: Figures = {}
         self._retired_streams: StreamFigures = {}
+        self._retired_clients: ClientFigures = {}
         self._sockets: Dict[str, Tuple[int, socket.AddressFamily]] = {}
         self._fds: Dict[int, int] = {}
         self._all_ready: List[Deferred[None]] = []
@@ -430,6 +438,9 @@ class Supervisor(Service):
         self._retired_streams = merge_stream_counts(
             [self._retired_streams, retired_streams(worker.streams)]
         )
+        self._retired_clients = merge_client_figures(
+            [self._retired_clients, retired_client(worker.clients)]
+        )
         if worker in self.old:
             self.old.remove(worker)
             return
@@ -553,6 +564,7 @@ class Supervisor(Service):
             if ok:
                 worker.figures = _decoded(answer["upstreams"])
                 worker.streams = json.loads(zlib.decompress(answer["streams"]))
+                worker.clients = json.loads(zlib.decompress(answer["clients"]))
         alive = [*self.workers.values(), *self.old]
         figures = [self._retired, *(each.figures for each in alive)]
         apply_snapshot(self.gourmet.upstreams, merge_snapshots(figures))
@@ -560,6 +572,8 @@ class Supervisor(Service):
         apply_stream_counts(
             self.gourmet.streams.factories, merge_stream_counts(streams)
         )
+        clients = [self._retired_clients, *(each.clients for each in alive)]
+        apply_client_figures(self.gourmet.site, merge_client_figures(clients))
 
     def view(self) -> Dict[str, Any]:
         """

@@ -52,7 +52,7 @@ from gourmet.workers.commands import (
     Snapshot,
     Sync,
 )
-from gourmet.workers.snapshot import stream_counts, take_snapshot
+from gourmet.workers.snapshot import client_figures, stream_counts, take_snapshot
 
 __all__ = ["WorkerCommands", "WorkerService", "main", "worker_config"]
 
@@ -209,6 +209,9 @@ class WorkerCommands(Quiet):
                 zlib.compress(json.dumps({name: each}).encode("utf-8"))
                 for name, each in figures.items()
             ],
+            "clients": zlib.compress(
+                json.dumps(client_figures(self.service.site)).encode()
+            ),
             "streams": zlib.compress(
                 json.dumps(stream_counts(self.service.streams.factories)).encode()
             ),
