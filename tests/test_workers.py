@@ -10,7 +10,7 @@ import json
 import os
 import signal
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import pytest_twisted
 import treq
@@ -76,6 +76,18 @@ async def served(gourmet: Twistd, count: int) -> List[str]:
     return names
 
 
+async def two_workers(
+    tmp_path: Path, processes: List[Twistd], make_upstreams: Any
+) -> Tuple[Twistd, Any, Any]:
+    """
+    Gourmet with two workers in front of two upstream servers, ``a`` and
+    ``b``, of weight 1.
+    """
+    a, b = make_upstreams("a", "b")
+    text = config_text({a.address: 1, b.address: 1}, extra=TWO)
+    return await start(tmp_path, processes, text), a, b
+
+
 def per_worker(workers: List[Dict[str, Any]]) -> Dict[int, int]:
     return {each["index"]: each["requests"] for each in workers}
 
@@ -84,9 +96,7 @@ def per_worker(workers: List[Dict[str, Any]]) -> Dict[int, int]:
 async def test_requests_spread_over_both_workers_and_the_console_sums_them(
     tmp_path: Path, processes: List[Twistd], make_upstreams: Any
 ) -> None:
-    a, b = make_upstreams("a", "b")
-    text = config_text({a.address: 1, b.address: 1}, extra=TWO)
-    gourmet = await start(tmp_path, processes, text)
+    gourmet, a, b = await two_workers(tmp_path, processes, make_upstreams)
     workers = await workers_seen(gourmet)
     assert len({each["pid"] for each in workers}) == 2
     assert os.getpid() not in {each["pid"] for each in workers}
@@ -118,9 +128,7 @@ async def test_requests_spread_over_both_workers_and_the_console_sums_them(
 async def test_a_change_applies_in_both_workers_before_the_api_answers(
     tmp_path: Path, processes: List[Twistd], make_upstreams: Any
 ) -> None:
-    a, b = make_upstreams("a", "b")
-    text = config_text({a.address: 1, b.address: 1}, extra=TWO)
-    gourmet = await start(tmp_path, processes, text)
+    gourmet, _a, b = await two_workers(tmp_path, processes, make_upstreams)
     before = per_worker(await workers_seen(gourmet))
     ids = {
         address: server["id"]
@@ -190,9 +198,7 @@ async def test_a_killed_worker_is_replaced_and_the_other_keeps_serving(
 async def test_a_server_down_in_one_worker_is_down_in_all(
     tmp_path: Path, processes: List[Twistd], make_upstreams: Any
 ) -> None:
-    a, b = make_upstreams("a", "b")
-    text = config_text({a.address: 1, b.address: 1}, extra=TWO)
-    gourmet = await start(tmp_path, processes, text)
+    gourmet, _a, b = await two_workers(tmp_path, processes, make_upstreams)
     await workers_seen(gourmet)
     await b.stop()
     # One request at a time until one tried b: it failed there and was
@@ -218,9 +224,7 @@ async def test_a_server_down_in_one_worker_is_down_in_all(
 async def test_sighup_reloads_every_worker_and_sigterm_stops_them_gracefully(
     tmp_path: Path, processes: List[Twistd], make_upstreams: Any
 ) -> None:
-    a, b = make_upstreams("a", "b")
-    text = config_text({a.address: 1, b.address: 1}, extra=TWO)
-    gourmet = await start(tmp_path, processes, text)
+    gourmet, a, b = await two_workers(tmp_path, processes, make_upstreams)
     workers = await workers_seen(gourmet)
     (tmp_path / "gourmet.toml").write_text(
         config_text({a.address: 3, b.address: 1}, extra=TWO)
