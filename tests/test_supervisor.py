@@ -296,6 +296,21 @@ def test_every_worker_starts_with_the_operators_changes_and_serves() -> None:
         assert (first.weight, second.admin_state) == (7, AdminState.DRAIN)
 
 
+def test_a_change_made_while_a_worker_starts_reaches_it_after_its_sync() -> None:
+    clock = Clock()
+    service = FakeService(clock)
+    spawner = Spawner(clock)
+    supervisor = Supervisor(service, clock, 2, spawn=spawner)
+    supervisor.startService()
+    # The Syncs are on their way, not answered yet.
+    server = service.upstreams["b"].servers[0]
+    server.set_weight(9)
+    done = supervisor.server_changed("b", server)
+    spawner.pump()
+    assert done.called and supervisor.all_started()
+    assert [w.upstreams["b"].servers[0].weight for w in spawner.workers] == [9, 9]
+
+
 def test_a_change_is_answered_once_every_worker_applied_it() -> None:
     supervisor, service, spawner, _ = started()
     server = service.upstreams["b"].servers[0]

@@ -200,6 +200,8 @@ class WorkerProcess(ProcessProtocol):
         self.started = started
         self.pid: Optional[int] = None
         self.ready = False
+        #: Whether its command pipes are open (from before it is ready).
+        self.connected = False
         self.retiring = False
         self.figures: Figures = {}
         self.streams: StreamFigures = {}
@@ -209,6 +211,7 @@ class WorkerProcess(ProcessProtocol):
 
     def connectionMade(self) -> None:
         self.pid = self.transport.pid  # type: ignore[union-attr]
+        self.connected = True
         self.commands.makeConnection(_ChildPipes(self.transport))
         self.supervisor.worker_started(self)
 
@@ -217,7 +220,7 @@ class WorkerProcess(ProcessProtocol):
             self.commands.dataReceived(data)
 
     def processEnded(self, reason: Failure) -> None:
-        self.ready = False
+        self.ready = self.connected = False
         self.commands.connectionLost(reason)
         self.supervisor.worker_ended(self, reason)
         self.ended.callback(None)
@@ -478,9 +481,12 @@ class Supervisor(Service):
     def _broadcast(
         self, command: Any, but: Optional[WorkerProcess] = None, **arguments: Any
     ) -> Deferred[Any]:
+        # Starting ones too: a change made after a worker's Sync went out
+        # reaches it after the Sync (AMP keeps the order), before it serves.
         calls = [
             each.call(command, **arguments).addErrback(self._not_answered, each)
-            for each in self._ready_workers(but)
+            for each in self.workers.values()
+            if each.connected and each is not but
         ]
         return DeferredList(calls, consumeErrors=True)
 
