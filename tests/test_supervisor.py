@@ -392,7 +392,7 @@ def test_what_the_supervisors_providers_find_reaches_every_worker() -> None:
 
 
 def test_the_console_asks_the_workers_for_their_figures() -> None:
-    supervisor, service, spawner, _ = started()
+    supervisor, service, spawner, clock = started()
     for count, worker in zip((2, 3), spawner.workers):
         for _ in range(count):
             worker.upstreams["b"].servers[0].attempt_started()
@@ -400,8 +400,13 @@ def test_the_console_asks_the_workers_for_their_figures() -> None:
     spawner.pump()
     assert refreshed.called
     assert service.upstreams["b"].servers[0].requests == 5
+    # Between looks, every few seconds (systemd's status reads them).
+    spawner.workers[0].upstreams["b"].servers[0].attempt_started()
+    clock.advance(5)
+    spawner.pump()
+    assert service.upstreams["b"].servers[0].requests == 6
     assert service.site.served_elsewhere == (0, 0)
-    assert [each["requests"] for each in supervisor.view()["workers"]] == [2, 3]
+    assert [each["requests"] for each in supervisor.view()["workers"]] == [3, 3]
 
 
 def test_a_dead_worker_is_replaced_later_each_time_it_dies_quickly() -> None:

@@ -26,9 +26,10 @@ from contextlib import suppress
 from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Tuple
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
 from twisted.internet.error import ProcessDone, ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -72,6 +73,8 @@ COMMANDS_IN = 3
 COMMANDS_OUT = 4
 #: The first descriptor number a worker gets its listening sockets on.
 FIRST_SOCKET = 10
+#: Seconds between two sums of the workers' figures when nobody looks.
+REFRESH_SECONDS = 5.0
 #: Seconds the console waits for a worker's figures.
 SNAPSHOT_SECONDS = 2.0
 #: Seconds beyond ``shutdown_timeout`` a stopping worker gets before it
@@ -282,6 +285,8 @@ class Supervisor(Service):
         self._all_ready: List[Deferred[None]] = []
         self._stopping = False
         self._pending: Dict[int, Any] = {}
+        self._refreshing = LoopingCall(lambda: ensureDeferred(self._refresh_quietly()))
+        self._refreshing.clock = reactor
 
     # -- starting -------------------------------------------------------
 
@@ -307,6 +312,8 @@ class Supervisor(Service):
         super().startService()
         self._wire()
         self._share_sockets()
+        # systemd's status line reads the sums between console looks.
+        self._refreshing.start(REFRESH_SECONDS, now=False)
         for index in range(1, self.count + 1):
             self._spawn(index)
 
@@ -581,6 +588,13 @@ class Supervisor(Service):
         clients = [self._retired_clients, *(each.clients for each in alive)]
         apply_client_figures(self.gourmet.site, merge_client_figures(clients))
 
+    async def _refresh_quietly(self) -> None:
+        # A LoopingCall whose call fails never runs again.
+        try:
+            await self.refresh()
+        except Exception:
+            self.log.failure("cannot sum the workers' figures")
+
     def view(self) -> Dict[str, Any]:
         """
         The workers as the console shows them.
@@ -655,6 +669,8 @@ class Supervisor(Service):
         later is killed.  Fires once all have exited.
         """
         self._stopping = True
+        if self._refreshing.running:
+            self._refreshing.stop()
         for pending in self._pending.values():
             pending.cancel()
         self._pending = {}
