@@ -8,12 +8,14 @@ fake process pipes (no process, no socket).
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any, List, Optional
 from unittest.mock import Mock
 
 import pytest
 from attrs import evolve
 from twisted.internet.defer import ensureDeferred
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint
 from twisted.internet.error import ProcessTerminated
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -28,6 +30,13 @@ from gourmet.tcp.listeners import StreamListeners
 from gourmet.upstream.checks import CheckResult
 from gourmet.upstream.health import Health
 from gourmet.upstream.state import AdminState, Upstream
+from gourmet.workers.inherited import (
+    ENVIRONMENT,
+    encode,
+    inherited_endpoint,
+    inherited_sockets,
+    shared_name,
+)
 from gourmet.workers.snapshot import (
     apply_snapshot,
     merge_snapshots,
@@ -446,3 +455,26 @@ def test_stopping_signals_every_worker_and_kills_the_late_ones() -> None:
     # Nothing is started again while stopping.
     clock.advance(60)
     assert len(spawner.processes) == 2
+
+
+def test_a_worker_finds_its_sockets_by_key_and_endpoint() -> None:
+    proxy = shared_name("server.listen[0]", "tcp:0")
+    stream = shared_name("streams[0].listen", "tcp:0")
+    environ = {
+        ENVIRONMENT: encode(
+            {proxy: (10, socket.AF_INET), stream: (11, socket.AF_INET6)}
+        )
+    }
+    assert inherited_sockets(environ) == {
+        proxy: (10, socket.AF_INET),
+        stream: (11, socket.AF_INET6),
+    }
+    endpoint = inherited_endpoint(None, stream, environ)
+    assert isinstance(endpoint, AdoptedStreamServerEndpoint)
+    assert (endpoint.fileno, endpoint.addressFamily) == (11, socket.AF_INET6)
+    # Not a worker, or a listener a reload adds: none.
+    assert inherited_endpoint(None, stream, {}) is None
+    assert (
+        inherited_endpoint(None, shared_name("server.listen[1]", "tcp:0"), environ)
+        is None
+    )

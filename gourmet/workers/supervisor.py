@@ -451,12 +451,17 @@ class Supervisor(Service):
         self._retired_clients = merge_client_figures(
             [self._retired_clients, retired_client(worker.clients)]
         )
-        if worker in self.old:
-            self.old.remove(worker)
-            return
         if self.workers.get(worker.index) is worker:
             del self.workers[worker.index]
+        if worker in self.old:
+            self.old.remove(worker)
         if self._stopping or not self.running or worker.retiring:
+            self.log.info(
+                "worker {index} (pid {pid}) stopped ({how})",
+                index=worker.index,
+                pid=worker.pid,
+                how=_how_it_ended(reason),
+            )
             return
         ran = self.reactor.seconds() - worker.started
         delay = self.policy.delay(worker.index, ran)
