@@ -251,3 +251,19 @@ async def test_sighup_reloads_every_worker_and_sigterm_stops_them_gracefully(
     assert await exited(gourmet, 15) == 0
     for each in workers:
         assert not os.path.exists(f"/proc/{each['pid']}")
+
+
+@pytest_twisted.ensureDeferred
+async def test_workers_stop_when_their_supervisor_is_killed(
+    tmp_path: Path, processes: List[Twistd], make_upstreams: Any
+) -> None:
+    gourmet, _, _ = await two_workers(tmp_path, processes, make_upstreams)
+    workers = await workers_seen(gourmet)
+    gourmet.process.send_signal(signal.SIGKILL)
+    # No orphan keeps serving the port.
+    for _ in range(200):
+        if not any(os.path.exists(f"/proc/{each['pid']}") for each in workers):
+            break
+        await sleep(0.05)
+    assert not any(os.path.exists(f"/proc/{each['pid']}") for each in workers)
+    assert "the supervisor is gone: stopping" in gourmet.stderr.read_text()
