@@ -132,10 +132,11 @@ class GourmetService(MultiService):
         warning = nursery_warning(running_nursery())
         if warning is not None:
             self.log.warn("{warning}", warning=warning)
-        super().startService()
         if self.workers is not None:
             # Once they serve: a script that waits for the line may connect.
+            # Asked before the notifier starts: said before READY=1 is.
             self.workers.all_ready().addCallback(lambda _: self.say_listening())
+        super().startService()
 
     def say_listening(self) -> None:
         """
