@@ -28,7 +28,7 @@ from benchmarks import wrk
 from benchmarks.processes import work_directory
 
 #: One worker: serves on an inherited socket (``fd``) or its own
-#: SO_REUSEPORT one (``port``); on SIGTERM prints its counts as JSON.
+#: SO_REUSEPORT one (``port``); on SIGUSR1 prints its counts as JSON.
 WORKER = r"""
 import json, os, signal, socket, sys
 from twisted.internet import reactor
@@ -61,13 +61,15 @@ if mode == "reuseport":
     port = reactor.adoptStreamPort(sock.fileno(), socket.AF_INET, site)
     sock.close()
 else:
+    os.set_blocking(where, False)
     port = reactor.adoptStreamPort(where, socket.AF_INET, site)
 port.numberAccepts = batch
 def done(*_):
     sys.stdout.write(json.dumps(counts) + "\n")
     sys.stdout.flush()
     os._exit(0)
-signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(done))
+# SIGUSR1: the reactor installs none of its own for it.
+signal.signal(signal.SIGUSR1, lambda *_: reactor.callFromThread(done))
 sys.stdout.write("ready\n")
 sys.stdout.flush()
 reactor.run()
@@ -112,7 +114,7 @@ def run(
         wrk.run(load, f"http://127.0.0.1:{port}/")
         counts = []
         for child in children:
-            child.send_signal(signal.SIGTERM)
+            child.send_signal(signal.SIGUSR1)
             out, _ = child.communicate(timeout=10)
             counts.append(json.loads(out.strip().splitlines()[-1]))
         return counts

@@ -31,6 +31,10 @@ from gourmet.tls.store import CertificateStore, ServerContexts, build_contexts
 from gourmet.upstream.pool import ConnectionPool
 from gourmet.upstream.state import Upstream
 from gourmet.workers.inherited import inherited_endpoint, shared_name
+from gourmet.workers.reuseport import reserved_endpoint
+
+#: The keys of the listeners worker processes serve.
+_SHARED_KEYS = ("server.listen", "server.port", "server.tls_listen", "streams[")
 
 #: The mode of a ``unix:`` socket file for the admin console that sets none.
 ADMIN_SOCKET_MODE = "660"
@@ -191,6 +195,11 @@ def endpoint_for(
     inherited = inherited_endpoint(reactor, shared_name(key, description))
     if inherited is not None:
         return inherited
+    if config.frontend.workers > 1 and key.startswith(_SHARED_KEYS):
+        # In their supervisor, an address for each worker's own socket.
+        reserved = reserved_endpoint(reactor, description, backlog)
+        if reserved is not None:
+            return reserved
     try:
         return serverFromString(reactor, with_backlog(description, backlog))
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as error:

@@ -48,6 +48,7 @@ from gourmet.workers.commands import (
     Sync,
 )
 from gourmet.workers.inherited import ENVIRONMENT, encode, shared_name
+from gourmet.workers.reuseport import is_reserved, worker_socket
 from gourmet.workers.snapshot import (
     ClientFigures,
     StreamFigures,
@@ -282,6 +283,8 @@ class Supervisor(Service):
         self._retired_clients: ClientFigures = {}
         self._sockets: Dict[str, Tuple[int, socket.AddressFamily]] = {}
         self._fds: Dict[int, int] = {}
+        self._reserved: Dict[str, Any] = {}
+        self._own: Dict[int, Dict[str, socket.socket]] = {}
         self._all_ready: List[Deferred[None]] = []
         self._stopping = False
         self._pending: Dict[int, Any] = {}
@@ -293,20 +296,48 @@ class Supervisor(Service):
     def _share_sockets(self) -> None:
         """
         Stop the supervisor accepting on its proxy and stream listeners,
-        and note their sockets for the workers to inherit.
+        and note their sockets for the workers: one shared by all, or, for
+        an address reserved for ``SO_REUSEPORT`` (a ``tcp:`` one), one per
+        worker (:mod:`gourmet.workers.reuseport`).
         """
-        sockets: Dict[str, Tuple[int, socket.AddressFamily]] = {}
+        shared: Dict[str, Tuple[int, socket.AddressFamily]] = {}
         fds: Dict[int, int] = {}
+        reserved: Dict[str, Any] = {}
         for listener in self.gourmet.shared_listeners():
             port = listener.port
             if port is None:
                 continue
+            name = shared_name(listener.key, listener.description)
             port.stopReading()  # type: ignore[attr-defined]
+            if is_reserved(port):
+                reserved[name] = port
+                continue
             child = FIRST_SOCKET + len(fds)
             fds[child] = port.fileno()  # type: ignore[attr-defined]
-            family = port.socket.family  # type: ignore[attr-defined]
-            sockets[shared_name(listener.key, listener.description)] = (child, family)
-        self._sockets, self._fds = sockets, fds
+            shared[name] = (child, port.socket.family)  # type: ignore[attr-defined]
+        self._sockets, self._fds, self._reserved = shared, fds, reserved
+
+    def _own_sockets(self, index: int) -> Dict[str, socket.socket]:
+        """
+        Worker ``index``'s own sockets on the reserved addresses, made
+        when it first needs them (and again after it died).
+        """
+        own = self._own.setdefault(index, {})
+        for name, port in self._reserved.items():
+            if name not in own:
+                own[name], _ = worker_socket(port)
+        return own
+
+    def _close_own(self, index: Optional[int] = None) -> None:
+        """
+        Close the supervisor's copies of worker ``index``'s own sockets
+        (of every worker's, without one): connections the kernel still
+        queues there would wait for nobody.
+        """
+        indexes = list(self._own) if index is None else [index]
+        for each in indexes:
+            for made in self._own.pop(each, {}).values():
+                made.close()
 
     def startService(self) -> None:
         super().startService()
@@ -324,7 +355,13 @@ class Supervisor(Service):
             for name, value in os.environ.items()
             if not name.startswith(_NOT_PASSED)
         }
-        env[ENVIRONMENT] = encode(self._sockets)
+        sockets = dict(self._sockets)
+        fds = dict(self._fds)
+        for name, made in self._own_sockets(index).items():
+            child = FIRST_SOCKET + len(fds)
+            fds[child] = made.fileno()
+            sockets[name] = (child, made.family)
+        env[ENVIRONMENT] = encode(sockets)
         worker = WorkerProcess(self, index, self.reactor.seconds())
         self.workers[index] = worker
         child_fds: Dict[int, Any] = {
@@ -333,7 +370,7 @@ class Supervisor(Service):
             2: 2,
             COMMANDS_IN: "w",
             COMMANDS_OUT: "r",
-            **self._fds,
+            **fds,
         }
         config = self.gourmet.config
         self._spawn_process(
@@ -463,6 +500,9 @@ class Supervisor(Service):
                 how=_how_it_ended(reason),
             )
             return
+        # The connections its own sockets queued are lost with it; new ones
+        # go to the other workers' until it is back.
+        self._close_own(worker.index)
         ran = self.reactor.seconds() - worker.started
         delay = self.policy.delay(worker.index, ran)
         self.restarts += 1
@@ -618,11 +658,11 @@ class Supervisor(Service):
         when the shared listeners changed, new workers start on them and
         the old ones finish what they have.
         """
-        before = set(self._sockets)
+        before = {*self._sockets, *self._reserved}
         self._wire()
         self._share_sockets()
         count = self.gourmet.config.frontend.workers
-        if set(self._sockets) == before and count == self.count:
+        if {*self._sockets, *self._reserved} == before and count == self.count:
             for worker in self._ready_workers():
                 answer = worker.call(Reload, who=who)
                 answer.addCallback(self._worker_reloaded, worker)
@@ -641,6 +681,8 @@ class Supervisor(Service):
             worker.signal("TERM")
             self.old.append(worker)
         self.workers = {}
+        # The old workers hold their own copies until they stop.
+        self._close_own()
         self.count = count
         for index in range(1, count + 1):
             self._spawn(index)
@@ -682,6 +724,8 @@ class Supervisor(Service):
         workers = [*self.workers.values(), *self.old]
         for worker in workers:
             worker.signal("TERM")
+        # Nothing new queues for workers that are stopping.
+        self._close_own()
         kill = self.reactor.callLater(timeout + KILL_GRACE, self._kill, workers)
         done = DeferredList([each.ended for each in workers])
 
