@@ -22,6 +22,7 @@ import contextlib
 import json
 import statistics
 import sys
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -48,16 +49,40 @@ def tree_cpu(pid: int) -> Dict[int, float]:
     return times
 
 
+def console(admin_port: int) -> Dict[str, Any]:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    url = f"http://127.0.0.1:{admin_port}/api/upstreams"
+    with opener.open(url, timeout=10) as response:
+        document: Dict[str, Any] = json.loads(response.read())
+    return document
+
+
 def console_workers(admin_port: int) -> Dict[int, int]:
     """
     The requests each Gourmet worker sent upstream, from its console.
     """
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    url = f"http://127.0.0.1:{admin_port}/api/upstreams"
-    with opener.open(url, timeout=10) as response:
-        document = json.loads(response.read())
-    workers = document.get("workers") or {"workers": []}
+    workers = console(admin_port).get("workers") or {"workers": []}
     return {each["index"]: each["requests"] for each in workers["workers"]}
+
+
+def wait_for_workers(admin_port: int, count: int, within: float = 60.0) -> None:
+    """
+    Wait until Gourmet's ``count`` workers all serve.
+    """
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            workers = console(admin_port).get("workers")
+        except OSError:
+            workers = None
+        if count == 1 or (
+            workers is not None
+            and len(workers["workers"]) == count
+            and all(each["ready"] for each in workers["workers"])
+        ):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"Gourmet's {count} workers did not all serve")
 
 
 def nginx_proxy(
@@ -180,6 +205,9 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--pypy", action="store_true", help="Gourmet on PyPy too")
+    parser.add_argument(
+        "--pypy-twistd", type=Path, help="PyPy's twistd to use (else .venv-pypy's)"
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, help="save the rows as JSON here")
     parser.add_argument("--keep-temp", action="store_true")
@@ -190,7 +218,9 @@ def main(argv: List[str]) -> int:
         script = wrk.write_script(workdir / "report.lua")
         load = wrk.Load(CONNECTIONS[0], args.duration, None, script)
         runtimes = {"cpython": Path(sys.executable).with_name("twistd")}
-        if args.pypy:
+        if args.pypy_twistd is not None:
+            runtimes["pypy"] = args.pypy_twistd
+        elif args.pypy:
             twistd, why = pypy_env.ensure(REPO / ".venv-pypy", REPO)
             compare.log(why)
             if twistd is not None:
@@ -232,6 +262,7 @@ def main(argv: List[str]) -> int:
                     )
                     with contextlib.ExitStack() as inner:
                         compare.start(inner, server)
+                        wait_for_workers(admin, count)
                         rows += measure(
                             server, port, load, args.rounds, args.warmup, admin
                         )
