@@ -37,6 +37,7 @@ from gourmet.workers.inherited import (
     inherited_sockets,
     shared_name,
 )
+from gourmet.workers.reuseport import reserved_endpoint, worker_socket
 from gourmet.workers.snapshot import (
     apply_snapshot,
     merge_snapshots,
@@ -478,3 +479,31 @@ def test_a_worker_finds_its_sockets_by_key_and_endpoint() -> None:
         inherited_endpoint(None, shared_name("server.listen[1]", "tcp:0"), environ)
         is None
     )
+
+
+def test_each_worker_listens_on_its_own_socket_of_a_reserved_address() -> None:
+    endpoint = reserved_endpoint(None, "tcp:0:interface=127.0.0.1:backlog=7", 511)
+    assert endpoint is not None
+    assert (endpoint.host, endpoint.port, endpoint.backlog) == ("127.0.0.1", 0, 7)
+    assert reserved_endpoint(None, "unix:/run/g.sock", 511) is None
+    assert reserved_endpoint(None, "systemd:domain=INET:index=0", 511) is None
+    held = socket.socket()
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    held.bind(("127.0.0.1", 0))
+    port = Mock(socket=held, reuseport_backlog=16)
+    one, _ = worker_socket(port)
+    two, _ = worker_socket(port)
+    try:
+        address = held.getsockname()
+        assert one.getsockname() == two.getsockname() == address
+        # The address is taken for anyone without SO_REUSEPORT.
+        other = socket.socket()
+        with pytest.raises(OSError):
+            other.bind(address)
+        other.close()
+        # Both accept connections; the held one never listens.
+        client = socket.create_connection(address, timeout=5)
+        client.close()
+    finally:
+        for each in (held, one, two):
+            each.close()
