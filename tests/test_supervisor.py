@@ -491,17 +491,22 @@ def test_each_worker_listens_on_its_own_socket_of_a_reserved_address() -> None:
     held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     held.bind(("127.0.0.1", 0))
     port = Mock(socket=held, reuseport_backlog=16)
-    one, _ = worker_socket(port)
+    one, backlog = worker_socket(port)
     two, _ = worker_socket(port)
     try:
         address = held.getsockname()
+        assert backlog == 16
         assert one.getsockname() == two.getsockname() == address
         # The address is taken for anyone without SO_REUSEPORT.
         other = socket.socket()
         with pytest.raises(OSError):
             other.bind(address)
         other.close()
-        # Both accept connections; the held one never listens.
+        # A worker listens once it is about to serve: then it accepts.
+        environ = {
+            ENVIRONMENT: encode({"one": (one.fileno(), one.family)}, {"one": 16})
+        }
+        assert inherited_endpoint(None, "one", environ) is not None
         client = socket.create_connection(address, timeout=5)
         client.close()
     finally:

@@ -39,16 +39,29 @@ def shared_name(key: str, description: str) -> str:
     return f"{key}={description}"
 
 
-def encode(sockets: Mapping[str, Tuple[int, socket.AddressFamily]]) -> str:
+def encode(
+    sockets: Mapping[str, Tuple[int, socket.AddressFamily]],
+    backlogs: Optional[Mapping[str, int]] = None,
+) -> str:
     """
     The value of :data:`ENVIRONMENT` for ``sockets``: endpoint string to
-    the descriptor number in the worker and the socket's family.
+    the descriptor number in the worker and the socket's family; and, for
+    a socket the worker is to listen on itself, the backlog (``backlogs``).
     """
     names = {family: name for name, family in _FAMILIES.items()}
+    backlogs = backlogs or {}
     return json.dumps(
-        {key: [fd, names[family]] for key, (fd, family) in sockets.items()},
+        {
+            key: [fd, names[family], backlogs.get(key)]
+            for key, (fd, family) in sockets.items()
+        },
         sort_keys=True,
     )
+
+
+def _decoded(environ: Mapping[str, str]) -> Dict[str, Any]:
+    value = environ.get(ENVIRONMENT)
+    return json.loads(value) if value else {}
 
 
 def inherited_sockets(
@@ -58,12 +71,9 @@ def inherited_sockets(
     The sockets this process inherited, by endpoint string (none outside
     a worker).
     """
-    value = environ.get(ENVIRONMENT)
-    if not value:
-        return {}
     return {
         key: (int(fd), _FAMILIES[family])
-        for key, (fd, family) in json.loads(value).items()
+        for key, (fd, family, *_) in _decoded(environ).items()
     }
 
 
@@ -75,8 +85,15 @@ def inherited_endpoint(
     :func:`shared_name`), or None when there is none (not a worker, or a
     listener a reload adds).
     """
-    found = inherited_sockets(environ).get(name)
+    found = _decoded(environ).get(name)
     if found is None:
         return None
-    fd, family = found
-    return AdoptedStreamServerEndpoint(reactor, fd, family)
+    fd, family, *rest = found
+    backlog = rest[0] if rest else None
+    if backlog is not None:
+        # Bound by the supervisor, listening from now on: nothing queued
+        # for this worker before it could serve.
+        listening = socket.fromfd(fd, _FAMILIES[family], socket.SOCK_STREAM)
+        listening.listen(backlog)
+        listening.close()
+    return AdoptedStreamServerEndpoint(reactor, fd, _FAMILIES[family])

@@ -111,18 +111,17 @@ def is_reserved(port: Any) -> bool:
     return hasattr(port, "reuseport_backlog")
 
 
-def worker_socket(port: Any) -> Tuple[socket.socket, socket.AddressFamily]:
+def worker_socket(port: Any) -> Tuple[socket.socket, int]:
     """
-    A new listening socket for one worker, on the address the reserved
-    ``port`` holds.
+    A new socket for one worker, bound to the address the reserved
+    ``port`` holds, and the backlog the worker listens on it with once it
+    is about to serve (until then nothing queues for it).
     """
-    family = port.socket.family
-    made = _reusable(family)
+    made = _reusable(port.socket.family)
     try:
         made.bind(port.socket.getsockname())
-        made.listen(port.reuseport_backlog)
     except OSError:
         made.close()
         raise
     made.setblocking(False)
-    return made, family
+    return made, port.reuseport_backlog

@@ -328,6 +328,9 @@ class Supervisor(Service):
                 own[name], _ = worker_socket(port)
         return own
 
+    def _backlogs(self) -> Dict[str, int]:
+        return {name: port.reuseport_backlog for name, port in self._reserved.items()}
+
     def _close_own(self, index: Optional[int] = None) -> None:
         """
         Close the supervisor's copies of worker ``index``'s own sockets
@@ -361,7 +364,7 @@ class Supervisor(Service):
             child = FIRST_SOCKET + len(fds)
             fds[child] = made.fileno()
             sockets[name] = (child, made.family)
-        env[ENVIRONMENT] = encode(sockets)
+        env[ENVIRONMENT] = encode(sockets, self._backlogs())
         worker = WorkerProcess(self, index, self.reactor.seconds())
         self.workers[index] = worker
         child_fds: Dict[int, Any] = {
