@@ -30,6 +30,7 @@ from gourmet.tcp.listeners import StreamListeners
 from gourmet.upstream.checks import CheckResult
 from gourmet.upstream.health import Health
 from gourmet.upstream.state import AdminState, Upstream
+from gourmet.workers.commands import COMMANDS_IN, COMMANDS_OUT
 from gourmet.workers.inherited import (
     ENVIRONMENT,
     encode,
@@ -46,8 +47,6 @@ from gourmet.workers.snapshot import (
     take_snapshot,
 )
 from gourmet.workers.supervisor import (
-    COMMANDS_IN,
-    COMMANDS_OUT,
     RestartPolicy,
     Supervisor,
     WorkerProcess,

@@ -2,12 +2,15 @@
 What the supervisor and its workers tell each other, as AMP commands
 (:mod:`twisted.protocols.amp`) over a pair of pipes.
 
-Supervisor to worker: :class:`Sync` (the operators' changes so far, when
-the worker starts), :class:`SetServer` (one change, answered once
-applied), :class:`ServerHealth` (a server another worker found down, or
-back up), :class:`Snapshot` (the worker's figures) and :class:`Reload`.
-Worker to supervisor: :class:`ServerHealth`, for the supervisor to apply
-and pass on to the other workers.
+Supervisor to worker: :class:`Sync` (the operators' changes so far, the
+checks' verdicts and the providers' sets, when the worker starts and after
+it reloads), :class:`SetServer` (one change, answered once applied),
+:class:`ServerHealth` (a server another worker found down, or back up),
+:class:`ServerChecked` (what the supervisor's active checks found),
+:class:`Servers` (a set the supervisor's provider found),
+:class:`Snapshot` (the worker's figures), :class:`Reload` and
+:class:`ReopenLogs`.  Worker to supervisor: :class:`ServerHealth`, for the
+supervisor to apply and pass on to the other workers.
 """
 
 from __future__ import annotations
@@ -18,11 +21,20 @@ from twisted.internet.protocol import connectionDone
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
+#: A worker's descriptors the supervisor's commands come in on and its
+#: answers go out on.
+COMMANDS_IN = 3
+COMMANDS_OUT = 4
+
 __all__ = [
+    "COMMANDS_IN",
+    "COMMANDS_OUT",
     "Quiet",
     "Reload",
     "ReopenLogs",
+    "ServerChecked",
     "ServerHealth",
+    "Servers",
     "SetServer",
     "Snapshot",
     "Sync",

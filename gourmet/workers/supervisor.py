@@ -5,9 +5,11 @@ them in step, and replaces one that dies.
 
 The supervisor is the Gourmet service of the configuration as it runs in
 one process (listeners, console, active checks, providers, systemd),
-except that its proxy and stream listeners do not accept: their sockets
-are inherited by every worker, which accept on them (the kernel hands
-each connection to one of them).  An operator's change in the console is
+except that its proxy and stream listeners do not accept: the workers
+do, each on an ``SO_REUSEPORT`` socket of its own for a ``tcp:`` address
+(:mod:`gourmet.workers.reuseport`), all on one inherited socket for a
+``unix:`` or ``systemd:`` one; the kernel hands each new connection to
+one of them.  An operator's change in the console is
 applied in every worker before the API answers; passive health that takes
 a server out in one worker takes it out in all; the console shows the sum
 of the workers' figures, asked for at each look.  A reload is applied by
@@ -37,6 +39,8 @@ from gourmet.discovery.updates import Discovery, found_as_data
 from gourmet.listener import Listener
 from gourmet.upstream.state import Server, Upstream
 from gourmet.workers.commands import (
+    COMMANDS_IN,
+    COMMANDS_OUT,
     Quiet,
     Reload,
     ReopenLogs,
@@ -69,9 +73,6 @@ from gourmet.workers.snapshot import (
 
 __all__ = ["RestartPolicy", "Supervisor", "WorkerProcess"]
 
-#: The descriptors of a worker's commands (see gourmet.workers.worker).
-COMMANDS_IN = 3
-COMMANDS_OUT = 4
 #: The first descriptor number a worker gets its listening sockets on.
 FIRST_SOCKET = 10
 #: Seconds between two sums of the workers' figures when nobody looks.

@@ -42,6 +42,8 @@ from gourmet.service import GourmetService
 from gourmet.upstream.checks import HealthChecks
 from gourmet.upstream.state import AdminState, Server
 from gourmet.workers.commands import (
+    COMMANDS_IN,
+    COMMANDS_OUT,
     Quiet,
     Reload,
     ReopenLogs,
@@ -55,10 +57,6 @@ from gourmet.workers.commands import (
 from gourmet.workers.snapshot import client_figures, stream_counts, take_snapshot
 
 __all__ = ["WorkerCommands", "WorkerService", "main", "worker_config"]
-
-#: The descriptors the supervisor's commands come in on and go out on.
-COMMANDS_IN = 3
-COMMANDS_OUT = 4
 
 
 def worker_config(config: GourmetConfig) -> GourmetConfig:
