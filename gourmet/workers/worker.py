@@ -158,6 +158,10 @@ class WorkerCommands(Quiet):
                 self.set_server(upstream, name, weight, state)
                 if checked is not None:
                     self.server_checked(upstream, name, checked)
+        # The first one: now it knows what the others know, it serves.
+        for listener in self.service.shared_listeners():
+            if listener.port is not None:
+                listener.port.startReading()  # type: ignore[attr-defined]
         return {"pid": os.getpid()}
 
     @Servers.responder
@@ -296,6 +300,11 @@ def main(argv: Optional[List[str]] = None) -> None:
         service.privilegedStartService()
     except OSError as error:
         raise SystemExit(f"gourmet {name}: cannot take its sockets: {error}") from None
+    # Not a connection before the supervisor's Sync: the operators' drains,
+    # the checks' verdicts and the providers' servers come with it.
+    for listener in service.shared_listeners():
+        if listener.port is not None:
+            listener.port.stopReading()  # type: ignore[attr-defined]
     StandardIO(  # type: ignore[call-arg]
         commands, stdin=COMMANDS_IN, stdout=COMMANDS_OUT, reactor=reactor
     )
