@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 from unittest.mock import Mock
 
 import pytest
@@ -29,6 +29,7 @@ from gourmet.frontend.channel import ClientStats
 from gourmet.tcp.listeners import StreamListeners
 from gourmet.upstream.checks import CheckResult
 from gourmet.upstream.health import Health
+from gourmet.upstream.pool import ConnectionPool
 from gourmet.upstream.state import AdminState, Upstream
 from gourmet.workers.commands import COMMANDS_IN, COMMANDS_OUT
 from gourmet.workers.inherited import (
@@ -179,6 +180,7 @@ class FakeService:
     def __init__(self, clock: Clock, upstream: Optional[UpstreamConfig] = None) -> None:
         self.config = config()
         self.upstreams = {"b": Upstream(upstream or self.config.upstreams[0], clock)}
+        self.pools: Dict[str, Any] = {"b": ConnectionPool(clock)}
         self.listeners: List[Any] = []
         self.streams = StreamListeners(self.upstreams, clock)
         self.discovery: Discovery = ProvidedElsewhere(clock, self.apply_servers)
@@ -414,6 +416,8 @@ def test_the_console_asks_the_workers_for_their_figures() -> None:
     clock.advance(5)
     spawner.pump()
     assert service.upstreams["b"].servers[0].requests == 6
+    first = service.upstreams["b"].servers[0]
+    assert service.pools["b"].connection_counts(first.origin) == (0, 0)
     assert service.site.served_elsewhere == (0, 0)
     assert [each["requests"] for each in supervisor.view()["workers"]] == [3, 3]
 

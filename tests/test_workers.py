@@ -110,6 +110,8 @@ async def test_requests_spread_over_both_workers_and_the_console_sums_them(
     assert seen[a.address]["requests"] + seen[b.address]["requests"] == 200
     assert seen[a.address]["requests"] == names.count("a")
     assert seen[a.address]["statuses"] == {"2xx": names.count("a")}
+    # Each worker keeps its own connections to a: at least one each, idle.
+    assert seen[a.address]["pool"]["idle"] >= 2
     response = await treq.get(
         f"http://127.0.0.1:{gourmet.admin_port}/metrics", pool=gourmet.pool
     )

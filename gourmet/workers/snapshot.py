@@ -51,9 +51,11 @@ def _series(per_second: PerSecond) -> Dict[str, int]:
     return {str(second): count for second, count in per_second.counts().items()}
 
 
-def _server_snapshot(server: Server) -> Dict[str, Any]:
+def _server_snapshot(server: Server, pool: Optional[Any]) -> Dict[str, Any]:
     stats = server.stats
+    idle, busy = (0, 0) if pool is None else pool.connection_counts(server.origin)
     return {
+        "pool": [idle, busy],
         "requests": server.requests,
         "failures": server.failures,
         "active": server.active,
@@ -71,12 +73,16 @@ def _server_snapshot(server: Server) -> Dict[str, Any]:
     }
 
 
-def take_snapshot(upstreams: Iterable[Upstream]) -> Snapshot:
+def take_snapshot(
+    upstreams: Iterable[Upstream], pools: Optional[Mapping[str, Any]] = None
+) -> Snapshot:
     """
-    What ``upstreams`` counted in this process.
+    What ``upstreams`` counted in this process, and the connections their
+    ``pools`` hold.
     """
     snapshot: Snapshot = {}
     for upstream in upstreams:
+        pool = None if pools is None else pools.get(upstream.name)
         stats = upstream.stats
         snapshot[upstream.name] = {
             **{name: _series(getattr(stats, name)) for name in _UPSTREAM_SERIES},
@@ -84,7 +90,8 @@ def take_snapshot(upstreams: Iterable[Upstream]) -> Snapshot:
             "histogram_sum": stats.response_time.sum,
             "gourmet_statuses": {str(k): v for k, v in stats.gourmet_statuses.items()},
             "servers": {
-                server.name: _server_snapshot(server) for server in upstream.servers
+                server.name: _server_snapshot(server, pool)
+                for server in upstream.servers
             },
         }
     return snapshot
@@ -100,6 +107,8 @@ def _merge_server(into: Dict[str, Any], server: Mapping[str, Any]) -> None:
         into[name] = into.get(name, 0) + server[name]
     for name in ("statuses", "gourmet_statuses", *_SERVER_SERIES):
         _add_counts(into.setdefault(name, {}), server[name])
+    pool = into.setdefault("pool", [0, 0])
+    into["pool"] = [a + b for a, b in zip(pool, server.get("pool", [0, 0]))]
     into.setdefault("latency", []).extend(server["latency"])
     into.setdefault("ewma", []).extend(server["ewma"])
 
@@ -135,7 +144,13 @@ def retired(snapshot: Snapshot) -> Snapshot:
         name: {
             **upstream,
             "servers": {
-                server_name: {**server, "active": 0, "latency": [], "ewma": []}
+                server_name: {
+                    **server,
+                    "active": 0,
+                    "pool": [0, 0],
+                    "latency": [],
+                    "ewma": [],
+                }
                 for server_name, server in upstream["servers"].items()
             },
         }
@@ -162,13 +177,26 @@ def _mean(values: List[float]) -> Optional[float]:
     return sum(values) / len(values) if values else None
 
 
-def apply_snapshot(upstreams: Mapping[str, Upstream], snapshot: Snapshot) -> None:
+def apply_snapshot(
+    upstreams: Mapping[str, Upstream],
+    snapshot: Snapshot,
+    pools: Optional[Mapping[str, Any]] = None,
+) -> None:
     """
     Make ``upstreams`` (the supervisor's, which serve no request) hold the
-    figures of ``snapshot``; servers it does not name hold nothing.
+    figures of ``snapshot``, and their ``pools`` the workers' connection
+    counts; servers it does not name hold nothing.
     """
     for name, upstream in upstreams.items():
         figures = snapshot.get(name, {})
+        pool = None if pools is None else pools.get(name)
+        if pool is not None:
+            pool.elsewhere = {
+                server.origin: tuple(
+                    figures.get("servers", {}).get(server.name, {}).get("pool", (0, 0))
+                )
+                for server in upstream.servers
+            }
         stats = upstream.stats
         for series in _UPSTREAM_SERIES:
             getattr(stats, series).load(_by_second(figures.get(series, {})))

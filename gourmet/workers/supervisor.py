@@ -92,6 +92,8 @@ class Supervised(Protocol):
     """
 
     upstreams: Dict[str, Upstream]
+    #: Each upstream's connection pool: the workers' counts are shown there.
+    pools: Dict[str, Any]
     listeners: List[Listener]
     #: The ``[[streams]]``: their ``factories``, with their counts.
     streams: Any
@@ -629,7 +631,9 @@ class Supervisor(Service):
                 worker.clients = json.loads(zlib.decompress(answer["clients"]))
         alive = [*self.workers.values(), *self.old]
         figures = [self._retired, *(each.figures for each in alive)]
-        apply_snapshot(self.gourmet.upstreams, merge_snapshots(figures))
+        apply_snapshot(
+            self.gourmet.upstreams, merge_snapshots(figures), self.gourmet.pools
+        )
         streams = [self._retired_streams, *(each.streams for each in alive)]
         apply_stream_counts(
             self.gourmet.streams.factories, merge_stream_counts(streams)

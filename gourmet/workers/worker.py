@@ -205,7 +205,7 @@ class WorkerCommands(Quiet):
 
     @Snapshot.responder
     def snapshot(self) -> Dict[str, Any]:
-        figures = take_snapshot(self.service.upstreams.values())
+        figures = take_snapshot(self.service.upstreams.values(), self.service.pools)
         return {
             "upstreams": [
                 zlib.compress(json.dumps({name: each}).encode("utf-8"))
