@@ -39,6 +39,7 @@ from gourmet.workers.inherited import (
     inherited_sockets,
     shared_name,
 )
+from gourmet.workers.process import RestartPolicy, WorkerProcess
 from gourmet.workers.reuseport import reserved_endpoint, worker_socket
 from gourmet.workers.snapshot import (
     apply_snapshot,
@@ -47,11 +48,7 @@ from gourmet.workers.snapshot import (
     retired,
     take_snapshot,
 )
-from gourmet.workers.supervisor import (
-    RestartPolicy,
-    Supervisor,
-    WorkerProcess,
-)
+from gourmet.workers.supervisor import Supervisor
 from gourmet.workers.worker import WorkerCommands, worker_config
 
 CONFIG = """
