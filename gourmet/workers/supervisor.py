@@ -536,23 +536,44 @@ class Supervisor(Service):
                 answer.addErrback(self._not_answered, worker)
             return
         self.log.info(
-            "listeners or workers changed: starting {count} new workers,"
-            " the old ones finish what they have",
+            "listeners or workers changed: starting {count} new workers;"
+            " the old ones serve until they do, then finish what they have",
             count=count,
         )
         for pending in self._pending.values():
             pending.cancel()
         self._pending = {}
-        for worker in self.workers.values():
+        retiring = list(self.workers.values())
+        for worker in retiring:
             worker.retiring = True
-            worker.signal("TERM")
             self.old.append(worker)
         self.workers = {}
-        # The old workers hold their own copies until they stop.
-        self._close_own()
+        # The old workers' own sockets: closed once the new workers serve
+        # (the old workers hold their copies until they stop).
+        old_sockets, self._own = self._own, {}
         self.count = count
         for index in range(1, count + 1):
             self._spawn(index)
+        self.all_ready().addCallback(self._retire, retiring, old_sockets)
+
+    def _retire(
+        self,
+        _: object,
+        workers: List[WorkerProcess],
+        sockets: Dict[int, Dict[str, socket.socket]],
+    ) -> None:
+        """
+        New workers serve: the old ones stop accepting and finish.
+        """
+        self.log.info(
+            "the new workers serve: the {count} old ones finish what they have",
+            count=len(workers),
+        )
+        for worker in workers:
+            worker.signal("TERM")
+        for own in sockets.values():
+            for made in own.values():
+                made.close()
 
     def _worker_reloaded(
         self, answer: Mapping[str, Any], worker: WorkerProcess
