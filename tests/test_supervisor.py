@@ -512,3 +512,22 @@ def test_each_worker_listens_on_its_own_socket_of_a_reserved_address() -> None:
     finally:
         for each in (held, one, two):
             each.close()
+
+
+def test_a_reload_to_more_workers_retires_the_old_ones_once_the_new_serve() -> None:
+    supervisor, service, spawner, _ = started()
+    old = list(spawner.processes)
+    service.config = evolve(
+        service.config, frontend=evolve(service.config.frontend, workers=3)
+    )
+    supervisor.reloaded("SIGHUP")
+    assert len(spawner.processes) == 5
+    # Until the new ones serve, the old ones do.
+    assert [each.signals for each in old] == [[], []]
+    spawner.pump()
+    assert supervisor.all_started() and len(supervisor.workers) == 3
+    assert [each.signals for each in old] == [["TERM"], ["TERM"]]
+    # They end without being started again.
+    for each in old:
+        each.die(0)
+    assert len(spawner.processes) == 5 and supervisor.restarts == 0
