@@ -6,7 +6,7 @@ and the demo upstreams, built from a :class:`GourmetConfig`.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, cast
+from typing import Any, Dict, List, Optional, Type, cast
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import DeferredList, ensureDeferred, maybeDeferred
@@ -21,6 +21,7 @@ from gourmet.admin.auth import AdminSecurity, PasswordThreads
 from gourmet.admin.views import ListenerInfo
 from gourmet.building import (
     admin_endpoint,
+    check_shareable,
     listener_for,
     plain_factory,
     proxy_endpoints,
@@ -51,6 +52,7 @@ from gourmet.tls.store import CertificateStore
 from gourmet.upstream.checks import HealthChecks
 from gourmet.upstream.pool import ConnectionPool
 from gourmet.upstream.state import Upstream
+from gourmet.workers.supervisor import Supervisor
 
 __all__ = ["GourmetService", "build_service"]
 
@@ -103,6 +105,8 @@ class GourmetService(MultiService):
         self.discovery = Discovery(site.clock, self.apply_servers)
         #: This instance in ``[cluster]``, if the configuration has one.
         self.cluster: Optional[ClusterMember] = None
+        #: The worker processes' supervisor, with ``workers`` above 1.
+        self.workers: Optional[Supervisor] = None
 
     def setServiceParent(self, parent: Any) -> None:
         # twistd starts its logging after makeService, from an ILogObserver
@@ -127,6 +131,21 @@ class GourmetService(MultiService):
     def startService(self) -> None:
         self.checks.update(self.upstreams.values())
         self.discovery.update(self.config.upstreams)
+        if self.workers is None:
+            self.say_listening()
+        warning = nursery_warning(running_nursery())
+        if warning is not None:
+            self.log.warn("{warning}", warning=warning)
+        if self.workers is not None:
+            # Once they serve: a script that waits for the line may connect.
+            # Asked before the notifier starts: said before READY=1 is.
+            self.workers.all_ready().addCallback(lambda _: self.say_listening())
+        super().startService()
+
+    def say_listening(self) -> None:
+        """
+        Log where the proxy, the streams and the console listen.
+        """
         # The addresses listened on, not the endpoint strings: a port 0 in
         # the configuration is told here as the port it became.
         self.log.info(
@@ -145,10 +164,6 @@ class GourmetService(MultiService):
                 if self.config.admin.has_credentials
                 else "read-only: no credentials configured",
             )
-        warning = nursery_warning(running_nursery())
-        if warning is not None:
-            self.log.warn("{warning}", warning=warning)
-        super().startService()
 
     def listener_infos(self) -> List[ListenerInfo]:
         """
@@ -181,6 +196,12 @@ class GourmetService(MultiService):
     async def _stop(self) -> None:
         # systemd hears of the stop first, not after the requests in flight.
         self.notifier.stopService()
+        # Workers stop accepting and finish their requests meanwhile.
+        workers = (
+            None
+            if self.workers is None
+            else self.workers.stop_workers(self.config.frontend.shutdown_timeout)
+        )
         self.checks.stop()
         await self.discovery.stop()
         # Listeners first: nothing new comes in while the requests in flight
@@ -196,6 +217,8 @@ class GourmetService(MultiService):
             sites, self.site.clock, self.config.frontend.shutdown_timeout
         )
         await self._stopping.run()
+        if workers is not None:
+            await workers
         await super().stopService()
         await DeferredList([pool.close() for pool in self.pools.values()])
 
@@ -228,6 +251,8 @@ class GourmetService(MultiService):
         self.checks.update(self.upstreams.values())
         if self.cluster is not None:
             self.cluster.reapply()
+        if self.workers is not None:
+            self.workers.servers_found(config.name)
 
     def reload(self, who: str) -> Optional[str]:
         """
@@ -244,9 +269,17 @@ class GourmetService(MultiService):
             # systemd's reload ends when this is sent, whatever came of it.
             self.notifier.ready()
 
+    def load_file(self) -> GourmetConfig:
+        """
+        The configuration file as it is now, for a reload.
+
+        :raises ConfigError: when it is not valid.
+        """
+        return load_config(self.config.source)
+
     def _reload(self, who: str) -> Optional[str]:
         try:
-            reload = Reload(self, load_config(self.config.source))
+            reload = Reload(self, self.load_file())
             reload.prepare()
         except ConfigError as error:
             line = f"gourmet: {error}"
@@ -262,6 +295,8 @@ class GourmetService(MultiService):
         # What the old configuration held is garbage now: once, not in
         # the middle of traffic.
         settle_again()
+        if self.workers is not None:
+            self.workers.reloaded(who)
         summary = self._summary()
         self.log.info(
             "gourmet reloaded {source} for {who}: {summary}",
@@ -282,15 +317,18 @@ class GourmetService(MultiService):
             + ", ".join(listener.address() for listener in self.listeners)
         )
 
-    def reopen_logs(self) -> None:
+    def reopen_logs(self) -> Any:
         """
         Reopen the access log file where the configuration says (logrotate
-        moved it away).
+        moved it away); with workers, a Deferred that fires once each has.
         """
         try:
             self.access_log.reopen()
         except OSError as error:
             self.log.error("cannot reopen the access log: {error}", error=error)
+        if self.workers is not None:
+            return self.workers.reopen_logs()
+        return None
 
     @property
     def admin_app(self) -> Optional[AdminApp]:
@@ -300,6 +338,13 @@ class GourmetService(MultiService):
         if self.admin_site is None:
             return None
         return cast(AdminResource, self.admin_site.resource).admin
+
+    def shared_listeners(self) -> List[Listener]:
+        """
+        The listeners worker processes accept on: the proxy's and the
+        streams'.
+        """
+        return [*self.listeners, *self.streams.listeners]
 
     def all_listeners(self) -> List[Listener]:
         """
@@ -334,13 +379,19 @@ class GourmetService(MultiService):
         """
         if self._stopping is not None:
             self._stopping.cut("on a second signal")
+        if self.workers is not None:
+            self.workers.stop_now()
 
 
 def build_service(
-    config: GourmetConfig, reactor: Any, log_observer: Optional[ILogObserver] = None
+    config: GourmetConfig,
+    reactor: Any,
+    log_observer: Optional[ILogObserver] = None,
+    cls: Type[GourmetService] = GourmetService,
 ) -> GourmetService:
     """
-    The service for ``config``.
+    The service for ``config``: a ``cls``, which a worker process's
+    service subclasses.
 
     :raises ConfigError: for what only building can find out (a listen
         string Twisted cannot parse, an unreadable error page).
@@ -362,7 +413,7 @@ def build_service(
     )
     access_log = AccessLog(config.log.access_log, config.log.access_log_format, reactor)
     site = GourmetSite(root, reactor, access_log, frontend)
-    service = GourmetService(config, upstreams, pools, site, access_log, log_observer)
+    service = cls(config, upstreams, pools, site, access_log, log_observer)
     access_log.setServiceParent(service)
     service.challenges = challenges
     service.certificates = CertificateStore()
@@ -412,6 +463,7 @@ def build_service(
                 streams=lambda: service.streams.factories,
                 providers=lambda: service.discovery.upstreams,
                 cluster=service.cluster,
+                workers=lambda: service.workers,
             ),
         )
         key, description = admin
@@ -421,8 +473,16 @@ def build_service(
         service.admin_listener.setServiceParent(service)
     if config.demo.listen:
         demo_service(reactor, config.demo.listen).setServiceParent(service)
+    if frontend.workers > 1 and cls is GourmetService:
+        check_shareable(config)
+        service.workers = Supervisor(service, reactor, frontend.workers)
+        service.workers.setServiceParent(service)
     # Last: started once every listener listens, stopped first.
-    service.notifier = SystemdNotifier(lambda: service.upstreams, reactor)
+    service.notifier = SystemdNotifier(
+        lambda: service.upstreams,
+        reactor,
+        ready_when=None if service.workers is None else service.workers.all_ready,
+    )
     service.notifier.setServiceParent(service)
     return service
 

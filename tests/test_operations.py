@@ -23,7 +23,7 @@ from twisted.web.client import HTTPConnectionPool, ResponseFailed
 from twisted.web.http_headers import Headers
 
 from tests.configs import ADMIN_LISTEN as LISTEN
-from tests.processes import Twistd
+from tests.processes import Twistd, with_test_workers
 from tests.processes import start_twistd as start
 from tests.rawhttp import RawClient, sleep
 
@@ -44,7 +44,7 @@ def config_text(
     text = "[upstreams.b]\n"
     for address, weight in servers.items():
         text += f"[[upstreams.b.servers]]\npath='{address}'\nweight={weight}\n"
-    return (
+    return with_test_workers(
         text
         + f"[server]\nlisten=['{LISTEN}']\n{extra}"
         + locations

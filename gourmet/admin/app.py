@@ -15,6 +15,7 @@ from http import HTTPStatus
 from importlib import resources
 from typing import (
     Any,
+    Awaitable,
     Callable,
     Deque,
     Dict,
@@ -22,6 +23,7 @@ from typing import (
     List,
     Mapping,
     Optional,
+    Protocol,
     Tuple,
     Union,
 )
@@ -131,6 +133,7 @@ class AdminApp:
             streams=self.running.streams,
             providers=self.running.providers,
             cluster=self.running.cluster,
+            workers=self._workers_view,
         )
         self._metrics = MetricsResource(registry)
         self._locations = _locations_by_upstream(config)
@@ -169,6 +172,26 @@ class AdminApp:
             return None
         cluster.share(upstream, server, who)
         return cluster.name
+
+    def _workers_view(self) -> Optional[Dict[str, Any]]:
+        workers = self.running.workers()
+        return None if workers is None else workers.view()
+
+    async def _refresh(self) -> None:
+        """
+        With worker processes, have the upstreams hold their figures now.
+        """
+        workers = self.running.workers()
+        if workers is not None:
+            await workers.refresh()
+
+    async def _changed(self, upstream: str, server: Server) -> None:
+        """
+        With worker processes, wait until each has applied the change.
+        """
+        workers = self.running.workers()
+        if workers is not None:
+            await workers.server_changed(upstream, server)
 
     def reconfigure(self, config: GourmetConfig) -> None:
         """
@@ -228,6 +251,7 @@ class AdminApp:
     @app.route("/api/upstreams", methods=["GET"])
     async def list_upstreams(self, request: IRequest) -> bytes:
         await self.security.may_read(request)
+        await self._refresh()
         return _json(
             request,
             {
@@ -243,12 +267,14 @@ class AdminApp:
                     for index, each in enumerate(self.running.certificates())
                 ],
                 "cluster": self._cluster_view(),
+                "workers": self._workers_view(),
             },
         )
 
     @app.route("/api/upstreams/<name>", methods=["GET"])
     async def one_upstream(self, request: IRequest, name: str) -> bytes:
         await self.security.may_read(request)
+        await self._refresh()
         return _json(request, self._view(self._upstream(name)))
 
     @app.route("/api/upstreams/<name>/servers/<server_id>", methods=["PATCH", "POST"])
@@ -290,6 +316,8 @@ class AdminApp:
         )
         self.changes.append(change)
         self._log_change(request, principal, "changed", change)
+        await self._changed(upstream.name, server)
+        await self._refresh()
         view = self._view(upstream)
         (changed,) = (each for each in view["servers"] if each["id"] == server.id)
         return _json(request, changed)
@@ -315,6 +343,7 @@ class AdminApp:
         server.weight_override, server.admin_state = change.undo
         self._share(change.upstream, server, principal.name)
         self._log_change(request, principal, "undid", change)
+        await self._changed(change.upstream, server)
         return _json(request, {"undone": change.view()})
 
     def _log_change(
@@ -356,6 +385,7 @@ class AdminApp:
     @app.route("/metrics", methods=["GET"])
     async def metrics(self, request: IRequest) -> IResource:
         await self.security.may_read(request)
+        await self._refresh()
         return self._metrics
 
     # -- errors -----------------------------------------------------------------
@@ -421,6 +451,32 @@ def _no_certificates() -> Iterable[Certificate]:
     return ()
 
 
+class Workers(Protocol):
+    """
+    What the console asks of the worker processes' supervisor
+    (:class:`gourmet.workers.supervisor.Supervisor`).
+    """
+
+    def refresh(self) -> Awaitable[None]:
+        """
+        Have the upstreams hold the sum of the workers' figures.
+        """
+
+    def server_changed(self, upstream: str, server: Server) -> Awaitable[Any]:
+        """
+        Apply an operator's change in every worker.
+        """
+
+    def view(self) -> Dict[str, Any]:
+        """
+        The workers, as the API shows them.
+        """
+
+
+def _no_workers() -> Optional[Workers]:
+    return None
+
+
 @frozen
 class Running:
     """
@@ -447,6 +503,8 @@ class Running:
     providers: Callable[[], Mapping[str, ProvidedUpstream]] = dict
     #: This instance in ``[cluster]``, if it has one.
     cluster: Optional[ClusterMember] = None
+    #: The worker processes' supervisor, with ``[server] workers`` above 1.
+    workers: Callable[[], Optional[Workers]] = _no_workers
 
 
 _UNCHANGED = object()

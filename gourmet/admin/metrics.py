@@ -596,6 +596,7 @@ def metrics_registry(
     streams: Optional[Callable[[], Iterable[StreamFactory]]] = None,
     providers: Optional[Callable[[], Mapping[str, ProvidedUpstream]]] = None,
     cluster: Optional[ClusterMember] = None,
+    workers: Optional[Callable[[], Optional[Mapping[str, Any]]]] = None,
 ) -> CollectorRegistry:
     """
     A registry of Gourmet's own (not the process-wide default one, so that
@@ -615,11 +616,47 @@ def metrics_registry(
         registry.register(ProviderCollector(providers))
     if cluster is not None:
         registry.register(ClusterCollector(cluster))
+    if workers is not None:
+        registry.register(WorkerCollector(workers))
     if client_stats is not None:
         registry.register(ClientCollector(client_stats))
     if throttle is not None:
         registry.register(SignInCollector(throttle))
     return registry
+
+
+class WorkerCollector(Collector):
+    """
+    The worker processes of ``[server] workers``: how many serve, the
+    requests each sent upstream, and how many died and were replaced.
+    """
+
+    def __init__(self, workers: Callable[[], Optional[Mapping[str, Any]]]) -> None:
+        self._workers = workers
+
+    def collect(self) -> Iterable[Metric]:
+        view = self._workers()
+        if view is None:
+            return
+        serving = GaugeMetricFamily(
+            "gourmet_workers", "Worker processes serving now.", labels=[]
+        )
+        serving.add_metric([], sum(1 for each in view["workers"] if each["ready"]))
+        yield serving
+        restarts = CounterMetricFamily(
+            "gourmet_worker_restarts",
+            "Worker processes that died and were started again.",
+        )
+        restarts.add_metric([], view["restarts"])
+        yield restarts
+        requests = CounterMetricFamily(
+            "gourmet_worker_upstream_requests",
+            "Requests each worker process sent to upstream servers.",
+            labels=["worker"],
+        )
+        for each in view["workers"]:
+            requests.add_metric([str(each["index"])], each["requests"])
+        yield requests
 
 
 class MetricsResource(Resource):

@@ -208,6 +208,34 @@ def _number(low: float, inclusive: bool = False) -> Kind[float]:
     return number
 
 
+#: Most worker processes ``[server] workers`` may ask for.
+MAX_WORKERS = 256
+
+
+def cores() -> int:
+    """
+    The cores this process may run on (its CPU affinity, else the machine's).
+    """
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _workers(value: Any) -> int:
+    """
+    ``[server] workers``: a count of worker processes, or ``"auto"``, one
+    per core.
+    """
+    if value == "auto":
+        return cores()
+    if _is_whole(value) and 1 <= value <= MAX_WORKERS:
+        return int(value)
+    raise _Invalid(
+        f'expected a whole number from 1 to {MAX_WORKERS} or "auto", got {_show(value)}'
+    )
+
+
 def _boolean(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -1187,6 +1215,7 @@ def _frontend(
         idle_timeout=_number(0),
         max_connections=_whole(0),
         shutdown_timeout=_number(0),
+        workers=_workers,
         tunnel_idle_timeout=_number(0),
         trusted_proxies=_array(_network),
         accept_proxy_protocol=_array(_network),

@@ -224,6 +224,9 @@ class FrontendConfig:
     max_connections: int = 10000
     #: Seconds a stop waits for requests in flight before cutting them.
     shutdown_timeout: float = 30.0
+    #: Worker processes that serve the listeners (``"auto"`` in the file
+    #: is one per core); 1: Gourmet serves in its one process.
+    workers: int = 1
     #: Seconds an upgraded connection (a WebSocket) may pass no byte
     #: either way before it is closed; 0: never.
     tunnel_idle_timeout: float = 3600.0

@@ -8,9 +8,19 @@ have and get nothing new), and keeps that set while the provider fails.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+)
 
-from attrs import evolve
+from attrs import asdict, evolve
 from twisted.internet.defer import DeferredList, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -217,3 +227,48 @@ def _same_provider(one: UpstreamConfig, other: UpstreamConfig) -> bool:
         other.provider,
         other.provider_options,
     )
+
+
+def found_as_data(found: Iterable[ProvidedServer]) -> List[Dict[str, Any]]:
+    """
+    A provider's set as plain data (for a worker process).
+    """
+    return [{**asdict(each), "metadata": dict(each.metadata)} for each in found]
+
+
+def found_from_data(data: Iterable[Mapping[str, Any]]) -> Found:
+    """
+    The set :func:`found_as_data` made.
+    """
+    return tuple(ProvidedServer(**each) for each in data)
+
+
+class ProvidedElsewhere(Discovery):
+    """
+    The providers of a worker process: none run here; the supervisor's
+    sets come with :meth:`provided`.
+    """
+
+    def __init__(self, reactor: Any, apply: Apply) -> None:
+        super().__init__(reactor, apply)
+        self._configs: Dict[str, UpstreamConfig] = {}
+        self._found: Dict[str, Found] = {}
+
+    def with_servers(self, config: UpstreamConfig) -> UpstreamConfig:
+        found = self._found.get(config.name)
+        if config.provider == "static" or found is None:
+            return config
+        servers = tuple(server_config(each, config) for each in found)
+        return evolve(config, servers=servers)
+
+    def update(self, configs: Iterable[UpstreamConfig]) -> None:
+        self._configs = {each.name: each for each in configs}
+
+    def provided(self, upstream: str, found: Found) -> None:
+        """
+        The supervisor's provider found ``found`` for ``upstream``.
+        """
+        self._found[upstream] = found
+        config = self._configs.get(upstream)
+        if config is not None:
+            self._apply(self.with_servers(config))

@@ -286,6 +286,9 @@ class GourmetSite(Site):
         self.client_stats = ClientStats()
         self._refusing = False
         self._channels: OpenConnections[GourmetChannel] = OpenConnections()
+        #: Client connections (and HTTP/2 ones of them) worker processes
+        #: serve, told to their supervisor's site (which serves none).
+        self.served_elsewhere: Tuple[int, int] = (0, 0)
         self.request_ids = RequestIds()
         self._trusted: Tuple[FrontendConfig, TrustedProxies] = (
             frontend,
@@ -319,16 +322,20 @@ class GourmetSite(Site):
     @property
     def open_connections(self) -> int:
         """
-        Client connections being served.
+        Client connections being served (by the workers too, in the
+        supervisor of ``workers``).
         """
-        return len(self._channels)
+        return len(self._channels) + self.served_elsewhere[0]
 
     @property
     def http2_connections(self) -> int:
         """
         Client connections speaking HTTP/2.
         """
-        return sum(1 for channel in self._channels if channel.http2)
+        return (
+            sum(1 for channel in self._channels if channel.http2)
+            + self.served_elsewhere[1]
+        )
 
     @property
     def busy_connections(self) -> int:

@@ -73,6 +73,9 @@ class ConnectionPool:
         self._closing = False
         #: The servers whose connections are kept when idle; None: all.
         self._wanted: Optional[Set[Origin]] = None
+        #: Idle and busy connections worker processes hold, by server, told
+        #: to their supervisor's pool (which holds none).
+        self.elsewhere: Dict[Origin, Tuple[int, int]] = {}
 
     def idle_count(self, origin: Optional[Origin] = None) -> int:
         """
@@ -89,7 +92,9 @@ class ConnectionPool:
         """
         idle = self.idle_count(origin)
         open_ = sum(1 for connection in self._all if connection.origin == origin)
-        return idle, open_ - idle
+        # A supervisor's pool holds none: its workers' are told to it.
+        idle_elsewhere, busy_elsewhere = self.elsewhere.get(origin, (0, 0))
+        return idle + idle_elsewhere, open_ - idle + busy_elsewhere
 
     # -- getting a connection ---------------------------------------------
 
