@@ -506,4 +506,18 @@ def _add_cluster(service: GourmetService, config: GourmetConfig, reactor: Any) -
     service.cluster = ClusterMember(
         config.cluster, service.upstreams, reactor, admin_address
     )
+    service.cluster.observers.append(
+        lambda applied: _to_workers(service, applied.upstream, applied.server)
+    )
     service.cluster.setServiceParent(service)
+
+
+def _to_workers(service: GourmetService, upstream: str, server: Any) -> None:
+    # Another instance's setting, applied in the supervisor: each worker
+    # needs it too (a worker started later has it from its Sync).
+    if service.workers is not None:
+        service.workers.server_changed(upstream, server).addErrback(
+            lambda failure: service.log.failure(
+                "cluster: a setting did not reach every worker", failure
+            )
+        )

@@ -50,13 +50,15 @@ def etcd(tmp_path: Path) -> Iterator[Etcd]:
     pytest_twisted.blockon(Deferred.fromCoroutine(server.close()))
 
 
-def cluster_config(etcd: Etcd, *servers: UpstreamServer, name: str) -> str:
+def cluster_config(
+    etcd: Etcd, *servers: UpstreamServer, name: str, workers: int = 1
+) -> str:
     listed = "".join(
         f'[[upstreams.api.servers]]\npath = "{each.address}"\n' for each in servers
     )
     return (
         f"[upstreams.api]\n{listed}"
-        f"[server]\n{LISTEN}\n"
+        f"[server]\n{LISTEN}\nworkers = {workers}\n"
         '[[server.locations]]\nlocation = "^/"\nupstream = "api"\n'
         f"[admin]\nlisten = '{ADMIN_LISTEN}'\ntoken = '{TOKEN}'\n"
         "[log]\naccess_log = 'off'\n"
@@ -71,10 +73,11 @@ async def instance(
     etcd: Etcd,
     name: str,
     *servers: UpstreamServer,
+    workers: int = 1,
 ) -> Twistd:
     directory = tmp_path / name
     directory.mkdir()
-    config = cluster_config(etcd, *servers, name=name)
+    config = cluster_config(etcd, *servers, name=name, workers=workers)
     return await start_twistd(directory, processes, config)
 
 
@@ -213,6 +216,39 @@ async def test_a_drain_in_one_console_applies_in_the_other_within_a_second(
     )
     assert response.code == 200
     assert await state_within(one, b.address, "up", 1.0) < 1.0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_drain_from_another_instance_reaches_every_worker(
+    tmp_path: Path, etcd: Etcd, processes: List[Twistd], make_upstreams: Any
+) -> None:
+    """
+    With ``workers = 2`` the supervisor is the cluster's member (its
+    workers are not instances of their own), and a setting it takes from
+    another instance reaches both workers.
+    """
+    a, b = make_upstreams("a", "b")
+    one = await instance(tmp_path, processes, etcd, "one", a, b)
+    two = await instance(tmp_path, processes, etcd, "two", a, b, workers=2)
+    await until_async("both listed in both", lambda: _both_listed(one, two), 10)
+    assert sorted(await listed(two)) == ["one", "two"]
+    traffic = Traffic(two)
+    try:
+        await until("b answers through two", lambda: traffic.answered["b"] > 0, 10)
+        await change(one, b, state="drain")
+        assert await state_within(two, b.address, "drain", 1.0) < 1.0
+        await sleep(0.3)
+        stopped = traffic.answered["b"]
+        await until(
+            "more requests through two",
+            lambda: traffic.answered["a"] > 100 + traffic.answered["b"],
+            10,
+        )
+        # Neither worker sent another request to the drained server.
+        assert traffic.answered["b"] == stopped
+    finally:
+        await traffic.stop()
+    assert traffic.failures == []
 
 
 async def _both_listed(one: Twistd, two: Twistd) -> bool:

@@ -61,13 +61,14 @@ __all__ = ["WorkerCommands", "WorkerService", "main", "worker_config"]
 
 def worker_config(config: GourmetConfig) -> GourmetConfig:
     """
-    ``config`` as a worker runs it: no console and no demo upstreams,
-    which the supervisor runs.
+    ``config`` as a worker runs it: no console, no demo upstreams and no
+    ``[cluster]`` membership, which are the supervisor's.
     """
     return evolve(
         config,
         admin=evolve(config.admin, listen=None),
         demo=evolve(config.demo, listen=()),
+        cluster=evolve(config.cluster, etcd=()),
     )
 
 
