@@ -12,7 +12,9 @@ Gourmet terminate TLS (a self-signed certificate made for the run) and
 ``h2load`` loads them in HTTP/2 and in HTTP/1.1, with the CPU time each
 spends per request; last, :mod:`benchmarks.efficiency`: each proxy's CPU
 time per request at 32, 256 and 1,000 connections, its latencies there,
-and its memory per idle keep-alive connection.  Prints tables of medians
+and its memory per idle keep-alive connection; and :mod:`benchmarks.workers`:
+nginx with 1 and 2 worker processes beside Gourmet with ``workers = 1``
+and ``2``, and how evenly each spreads the requests.  Prints tables of medians
 with ratios to nginx and to stock Twisted, and saves them as JSON and a PNG
 chart.
 
@@ -54,6 +56,7 @@ from benchmarks import (
     slow_server,
     tcp,
     websocket,
+    workers,
     wrk,
 )
 from benchmarks.processes import (
@@ -1009,7 +1012,10 @@ def measure(bench: Bench, problems: List[str]) -> None:
         efficiency_record, efficiency_problems = efficiency.phase(
             bench, efficiency_settings(bench.settings)
         )
-    problems += websocket_problems + efficiency_problems
+        workers_record, workers_problems = workers.phase(
+            bench, bench.settings.rounds, bench.settings.duration, bench.settings.warmup
+        )
+    problems += websocket_problems + efficiency_problems + workers_problems
     checks.update(https_checks)
     if git_revision() != revision:
         problems.append(
@@ -1047,6 +1053,7 @@ def measure(bench: Bench, problems: List[str]) -> None:
     log("\n" + efficiency.table(efficiency_record["medians"]))
     log(efficiency.goals_text(efficiency_record["medians"]))
     log(efficiency.notes(efficiency_settings(bench.settings), bench))
+    log("\n" + workers.table(workers_record["rows"]))
     elapsed = time.monotonic() - began
     log(f"\nTook {elapsed:.0f} s.")
     record = {
@@ -1079,6 +1086,7 @@ def measure(bench: Bench, problems: List[str]) -> None:
         "tcp": tcp_figures,
         "slow_server": slow_servers,
         "efficiency": efficiency_record,
+        "workers": workers_record,
         "checks": checks,
         "problems": problems,
         "elapsed_seconds": round(elapsed),

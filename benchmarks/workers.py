@@ -199,6 +199,86 @@ def medians(rows: List[Dict[str, Any]]) -> List[Tuple[str, int, Dict[str, Any]]]
     return table
 
 
+def measure_all(
+    workdir: Path,
+    ups: Sequence[int],
+    runtimes: Dict[str, Path],
+    load: wrk.Load,
+    rounds: int,
+    warmup: int,
+) -> List[Dict[str, Any]]:
+    """
+    nginx and then Gourmet on each runtime, with 1 and then 2 workers, each
+    freshly started in front of the upstream on ``ups``; every round's row.
+    """
+    rows: List[Dict[str, Any]] = []
+    for count in (1, 2):
+        port, name = free_port(), f"nginx-{count}"
+        with contextlib.ExitStack() as inner:
+            server = compare.start(inner, nginx_proxy(workdir, name, port, ups, count))
+            rows += measure(server, port, load, rounds, warmup, None)
+    for runtime, twistd in runtimes.items():
+        for count in (1, 2):
+            port, admin = free_port(), free_port()
+            name = f"gourmet-{runtime}-{count}"
+            server = gourmet(
+                workdir, name, twistd, port, admin, list(ups), count, runtime == "pypy"
+            )
+            with contextlib.ExitStack() as inner:
+                compare.start(inner, server)
+                wait_for_workers(admin, count)
+                rows += measure(server, port, load, rounds, warmup, admin)
+    return rows
+
+
+def table(rows: List[Dict[str, Any]]) -> str:
+    """
+    The medians of ``rows``, as a text table.
+    """
+    lines = [
+        "Workers: medians (CPU time per request: the whole process tree)",
+        f"{'target':<18} {'conns':>5} {'req/s':>8} {'p99 ms':>8}"
+        f" {'us CPU/req':>10}  workers' CPU %   requests %",
+    ]
+    for target, connections, row in medians(rows):
+        lines.append(
+            f"{target:<18} {connections:>5} {row['requests_per_second']:8.0f}"
+            f" {row['p99_ms']:8.2f} {row['cpu_us_per_request']:10.1f}"
+            f"  {row['worker_cpu_spread']:<15} {row['worker_request_spread']}"
+        )
+    return "\n".join(lines)
+
+
+def phase(
+    bench: compare.Bench, rounds: int, duration: int, warmup: int
+) -> Tuple[Dict[str, Any], List[str]]:
+    """
+    The workers phase of ``./dev bench``: nginx with 1 and 2 worker
+    processes and Gourmet with 1 and 2 workers on each runtime, in front of
+    the run's upstream; returns the figures (JSON-able) and the problems.
+    """
+    compare.log(
+        "Workers: nginx worker_processes 1 and 2, Gourmet workers = 1 and 2,"
+        f" wrk at {', '.join(map(str, CONNECTIONS))} connections, nothing pinned"
+    )
+    script = wrk.write_script(bench.workdir / "workers.lua")
+    load = wrk.Load(CONNECTIONS[0], duration, None, script)
+    rows = measure_all(
+        bench.workdir, bench.upstream_ports, bench.twistd, load, rounds, warmup
+    )
+    problems = [
+        f"workers: {row['target']} at {row['connections']} connections:"
+        f" {row['errors']} wrk errors"
+        for row in rows
+        if row["errors"]
+    ]
+    table_rows = [
+        {"target": target, "connections": connections, **row}
+        for target, connections, row in medians(rows)
+    ]
+    return {"rows": rows, "medians": table_rows}, problems
+
+
 def main(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -226,7 +306,6 @@ def main(argv: List[str]) -> int:
             if twistd is not None:
                 runtimes["pypy"] = twistd
         ups = [free_port(), free_port()]
-        rows: List[Dict[str, Any]] = []
         with contextlib.ExitStack() as stack:
             root = workdir / "html"
             nginx.write_bodies(root, 1024)
@@ -238,45 +317,8 @@ def main(argv: List[str]) -> int:
                 None,
             )
             compare.start(stack, upstream)
-            for count in (1, 2):
-                port = free_port()
-                name = f"nginx-{count}"
-                with contextlib.ExitStack() as inner:
-                    server = compare.start(
-                        inner, nginx_proxy(workdir, name, port, ups, count)
-                    )
-                    rows += measure(server, port, load, args.rounds, args.warmup, None)
-            for runtime, twistd in runtimes.items():
-                for count in (1, 2):
-                    port, admin = free_port(), free_port()
-                    name = f"gourmet-{runtime}-{count}"
-                    server = gourmet(
-                        workdir,
-                        name,
-                        twistd,
-                        port,
-                        admin,
-                        ups,
-                        count,
-                        runtime == "pypy",
-                    )
-                    with contextlib.ExitStack() as inner:
-                        compare.start(inner, server)
-                        wait_for_workers(admin, count)
-                        rows += measure(
-                            server, port, load, args.rounds, args.warmup, admin
-                        )
-        compare.log("\nMedians (CPU time per request: the whole process tree)")
-        compare.log(
-            f"{'target':<18} {'conns':>5} {'req/s':>8} {'p99 ms':>8}"
-            f" {'us CPU/req':>10}  workers' CPU %   requests %"
-        )
-        for target, connections, row in medians(rows):
-            compare.log(
-                f"{target:<18} {connections:>5} {row['requests_per_second']:8.0f}"
-                f" {row['p99_ms']:8.2f} {row['cpu_us_per_request']:10.1f}"
-                f"  {row['worker_cpu_spread']:<15} {row['worker_request_spread']}"
-            )
+            rows = measure_all(workdir, ups, runtimes, load, args.rounds, args.warmup)
+        compare.log("\n" + table(rows))
         if args.out is not None:
             args.out.write_text(json.dumps(rows, indent=2) + "\n")
     return 0
