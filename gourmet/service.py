@@ -9,7 +9,13 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Type, cast
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import DeferredList, ensureDeferred, maybeDeferred
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    ensureDeferred,
+    maybeDeferred,
+    succeed,
+)
 from twisted.internet.error import CannotListenError
 from twisted.logger import ILogObserver, Logger
 
@@ -97,6 +103,7 @@ class GourmetService(MultiService):
         self.admin_listener: Optional[Listener] = None
         self._log_observer = log_observer
         self._stopping: Optional[GracefulStop] = None
+        self._accepting: Optional[Deferred[None]] = None
         #: The [[streams]]: TCP load balancing.
         self.streams = StreamListeners(upstreams, site.clock)
         #: Active health checks, of the upstreams that have them.
@@ -131,16 +138,41 @@ class GourmetService(MultiService):
     def startService(self) -> None:
         self.checks.update(self.upstreams.values())
         self.discovery.update(self.config.upstreams)
-        if self.workers is None:
-            self.say_listening()
         warning = nursery_warning(running_nursery())
         if warning is not None:
             self.log.warn("{warning}", warning=warning)
-        if self.workers is not None:
-            # Once they serve: a script that waits for the line may connect.
-            # Asked before the notifier starts: said before READY=1 is.
-            self.workers.all_ready().addCallback(lambda _: self.say_listening())
+        # Once it serves: a script that waits for the line may connect.
+        # Asked before the notifier starts: said before READY=1 is.
+        self.serving().addCallback(lambda _: self.say_listening())
         super().startService()
+
+    def serving(self) -> Deferred[None]:
+        """
+        Fires once the proxy accepts: its workers all serve, or (one
+        process) every provider has answered once; meanwhile the proxy's
+        listeners hold new connections in their backlog.
+        """
+        if self.workers is not None:
+            return self.workers.all_ready()
+        if self._accepting is None:
+            self._accepting = self._accept_once_found()
+        waiting: Deferred[None] = Deferred()
+        self._accepting.addCallback(lambda _: waiting.callback(None))
+        return waiting
+
+    def _accept_once_found(self) -> Deferred[None]:
+        if not self.discovery.upstreams:
+            return succeed(None)
+        ports = [each.port for each in self.shared_listeners() if each.port]
+        for port in ports:
+            port.stopReading()  # type: ignore[attr-defined]
+
+        def accept(_: object) -> None:
+            for port in ports:
+                if port.connected:  # type: ignore[attr-defined]  # not closed since
+                    port.startReading()  # type: ignore[attr-defined]
+
+        return self.discovery.first_answers().addCallback(accept)
 
     def say_listening(self) -> None:
         """
@@ -481,7 +513,7 @@ def build_service(
     service.notifier = SystemdNotifier(
         lambda: service.upstreams,
         reactor,
-        ready_when=None if service.workers is None else service.workers.all_ready,
+        ready_when=service.serving,
     )
     service.notifier.setServiceParent(service)
     return service

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -37,6 +38,8 @@ from tests.etcd import Etcd
 from tests.processes import Twistd, start_twistd
 from tests.rawhttp import sleep
 from tests.test_discovery_twistd import Traffic, until
+from tests.test_operations import counts
+from tests.test_workers import per_worker, served, workers_seen
 from tests.upstreams import UpstreamServer
 
 TOKEN = "cluster-test-token-0123456789"
@@ -249,6 +252,21 @@ async def test_a_drain_from_another_instance_reaches_every_worker(
     finally:
         await traffic.stop()
     assert traffic.failures == []
+    # A worker started after the change (one killed and replaced) takes it
+    # from the supervisor: the replacement sends nothing to b either.
+    first, _ = await workers_seen(two)
+    os.kill(first["pid"], signal.SIGKILL)
+    for _ in range(400):
+        now = await workers_seen(two)
+        if first["pid"] not in {each["pid"] for each in now}:
+            break
+        await sleep(0.05)
+    else:
+        raise AssertionError("the killed worker was not replaced")
+    before = per_worker(now)
+    assert set(counts(await served(two, 200))) == {"a"}
+    after = per_worker(await workers_seen(two))
+    assert all(after[index] > before[index] for index in after)
 
 
 async def _both_listed(one: Twistd, two: Twistd) -> bool:

@@ -21,7 +21,13 @@ from typing import (
 )
 
 from attrs import asdict, evolve
-from twisted.internet.defer import DeferredList, maybeDeferred
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    gatherResults,
+    maybeDeferred,
+    succeed,
+)
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -34,6 +40,10 @@ from gourmet.discovery.registry import PROVIDERS
 #: What applies an upstream's configuration with a new set of servers.
 Apply = Callable[[UpstreamConfig], None]
 Found = Tuple[ProvidedServer, ...]
+
+#: How long start-up waits for every provider's first answer before the
+#: proxy accepts anyway (Envoy's ``initial_fetch_timeout`` is 15 s too).
+FIRST_ANSWER_WAIT = 15.0
 
 
 def server_config(
@@ -70,6 +80,8 @@ class ProvidedUpstream:
         latest failure, until a set comes; :ivar error_since: when failures
         began.
     :ivar metadata: what the provider said of each server, by address.
+    :ivar has_answered: whether the provider answered (a set or a failure)
+        or inherited a set.
     """
 
     log = Logger()
@@ -94,6 +106,26 @@ class ProvidedUpstream:
         self.last_error: Optional[str] = None
         self.error_since: Optional[float] = None
         self._stopped = False
+        self.has_answered = found is not None
+        self._waiting: List[Deferred[None]] = []
+
+    def answered(self) -> Deferred[None]:
+        """
+        Fires once the provider has answered (a set or a failure), or at
+        once if it has, or if a set was inherited from the one it replaces.
+        """
+        if self.has_answered:
+            return succeed(None)
+        waiting: Deferred[None] = Deferred()
+        self._waiting.append(waiting)
+        return waiting
+
+    def _heard(self) -> None:
+        self.has_answered = True
+        waiting, self._waiting = self._waiting, []
+        for each in waiting:
+            if not each.called:  # not cancelled by a timeout
+                each.callback(None)
 
     def start(self) -> None:
         self.provider.start(self)
@@ -126,6 +158,7 @@ class ProvidedUpstream:
             self._log_change(self.found or (), found)
             self.found = found
             self._apply(self.with_servers(self.config))
+        self._heard()
 
     def failed(self, reason: str) -> None:
         if self._stopped:
@@ -144,6 +177,7 @@ class ProvidedUpstream:
         self.last_error = reason
         if self.error_since is None:
             self.error_since = self._clock.seconds()
+        self._heard()
 
     def with_servers(self, config: UpstreamConfig) -> UpstreamConfig:
         """
@@ -171,6 +205,8 @@ class Discovery:
     The providers of a configuration's upstreams, started, restarted by
     reloads that change them, and stopped.
     """
+
+    log = Logger()
 
     def __init__(self, reactor: Any, apply: Apply) -> None:
         self._reactor = reactor
@@ -213,6 +249,28 @@ class Discovery:
         running = ProvidedUpstream(config, provider, self._apply, self._reactor, found)
         self.upstreams[config.name] = running
         running.start()
+
+    def first_answers(self, seconds: float = FIRST_ANSWER_WAIT) -> Deferred[None]:
+        """
+        Fires once every provider running has answered once, or after
+        ``seconds`` (saying which have not): what the proxy waits for
+        before it accepts, so that its first requests do not get 503 for
+        an upstream whose servers are about to be known.
+        """
+        running = list(self.upstreams.values())
+        every = gatherResults([each.answered() for each in running])
+        every.addCallback(lambda _: None)
+
+        def late(result: object, timeout: float) -> None:
+            silent = sorted(e.config.name for e in running if not e.has_answered)
+            self.log.warn(
+                "no servers found within {timeout:g} s for {upstreams}: accepting"
+                " anyway (their requests get 503 until their providers answer)",
+                timeout=timeout,
+                upstreams=", ".join(silent),
+            )
+
+        return every.addTimeout(seconds, self._reactor, onTimeoutCancel=late)
 
     def stop(self) -> Any:
         """

@@ -259,9 +259,10 @@ class Supervisor(Service):
         Give a new worker the operators' changes so far; it serves once it
         has taken them.
         """
-        self._sync(worker).addCallbacks(
-            lambda _: self._ready(worker), lambda failure: None
-        )
+        # After the providers' first answers, as one process waits for them.
+        first = self.gourmet.discovery.first_answers()
+        first.addCallback(lambda _: self._sync(worker))
+        first.addCallbacks(lambda _: self._ready(worker), lambda failure: None)
 
     def _sync(self, worker: WorkerProcess) -> Deferred[Any]:
         provided = {
