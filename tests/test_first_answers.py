@@ -129,8 +129,7 @@ async def test_a_request_sent_before_the_first_answer_is_served_after_it(
 ) -> None:
     (a,) = make_upstreams("a")
     text = UPSTREAM.format(name="one") + (
-        f"[server]\n{LISTEN}\n"
-        "[[server.locations]]\nlocation = '/'\nupstream = 'one'\n"
+        f"[server]\n{LISTEN}\n[[server.locations]]\nlocation = '/'\nupstream = 'one'\n"
     )
     running = await gourmet(text)
     answers: List[Any] = []
