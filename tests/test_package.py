@@ -25,13 +25,14 @@ import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
-from typing import Iterator, List, Set, Tuple
+from typing import Iterator, List, Sequence, Set, Tuple
 
 import pytest
 
@@ -241,11 +242,16 @@ def healthcheck(admin_port: int) -> List[str]:
     return [part.replace(":8081/", f":{admin_port}/") for part in command]
 
 
-def serve_through(bin_dir: Path, directory: Path, upstream: str) -> None:
+def serve_through(
+    bin_dir: Path, directory: Path, upstream: str, as_user: Sequence[str] = ()
+) -> str:
     """
     Start ``twistd -n gourmet`` from ``bin_dir`` in front of ``upstream``,
     GET through it, ask its console as the container's health check does,
     and stop it with SIGTERM: it exits 0.
+
+    :param as_user: a command that runs the rest as another user.
+    :return: what twistd logged.
     """
     config = directory / "gourmet.toml"
     config.write_text(
@@ -261,7 +267,7 @@ def serve_through(bin_dir: Path, directory: Path, upstream: str) -> None:
         'listen = "tcp:0:interface=127.0.0.1"\n'
     )
     log = directory / "twistd.log"
-    command = [str(bin_dir / "twistd"), "-n", "--pidfile=", "gourmet"]
+    command = [*as_user, str(bin_dir / "twistd"), "-n", "--pidfile=", "gourmet"]
     with log.open("wb") as output:
         process = subprocess.Popen(
             [*command, "--config", str(config)],
@@ -299,29 +305,44 @@ def serve_through(bin_dir: Path, directory: Path, upstream: str) -> None:
     assert "Server Shut Down." in text
     assert "Traceback" not in text
     assert subprocess.run(probe, timeout=COMMAND_SECONDS).returncode == 1
+    return text
+
+
+@pytest.fixture(scope="module")
+def installed(dist: Tuple[Path, Path]) -> Iterator[Path]:
+    """
+    A fresh venv with the wheel installed, in a directory every user may
+    enter (another user runs Gourmet from it): the venv's ``bin``.
+    """
+    top = Path(tempfile.mkdtemp(prefix="gourmet-package-"))
+    try:
+        top.chmod(0o755)
+        bin_dir = fresh_venv(top / "venv")
+        pip_install(bin_dir, str(dist[1]))
+        yield bin_dir
+    finally:
+        shutil.rmtree(top)
 
 
 def test_the_wheel_in_a_fresh_venv(
-    dist: Tuple[Path, Path], tmp_path: Path, upstream: str
+    dist: Tuple[Path, Path], installed: Path, tmp_path: Path, upstream: str
 ) -> None:
-    _, wheel = dist
-    version = wheel_version(wheel)
-    bin_dir = fresh_venv(tmp_path / "venv")
-    pip_install(bin_dir, str(wheel))
+    version = wheel_version(dist[1])
+    bin_dir = installed
     said = run([str(bin_dir / "gourmet"), "--version"])
     assert said.startswith(f"gourmet {version} (Twisted ")
     assert run([str(bin_dir / "twistd"), "gourmet", "--version"]) == said
-    installed = run(
+    metadata = run(
         [
             str(bin_dir / "python"),
             "-c",
             "import importlib.metadata; print(importlib.metadata.version('gourmet'))",
         ]
     )
-    assert installed.strip() == version
+    assert metadata.strip() == version
     assert "gourmet" in run([str(bin_dir / "twistd"), "--help"])
     assert "--config=" in run([str(bin_dir / "twistd"), "gourmet", "--help"])
-    share = tmp_path / "venv" / "share" / "gourmet"
+    share = bin_dir.parent / "share" / "gourmet"
     for name in SHARED:
         assert (share / name).read_bytes() == (ROOT / "etc" / name).read_bytes()
     # The image's configuration is one that loads.
@@ -355,3 +376,42 @@ def test_an_editable_install_in_a_fresh_venv(tmp_path: Path, upstream: str) -> N
     assert said.startswith("gourmet 9.9 (Twisted ")
     version_file.write_text(text)
     serve_through(bin_dir, tmp_path, upstream)
+
+
+def plugin_cache_step() -> List[str]:
+    """
+    The command README's Installing section has root run after installing,
+    which writes Twisted's plugin cache; the Containerfile runs the same.
+    """
+    readme = (ROOT / "README.rst").read_text(encoding="utf-8")
+    found = re.search(r"^ +sudo /opt/gourmet/bin/python -c '(.+)'$", readme, re.M)
+    assert found is not None, "README: no plugin cache step"
+    containerfile = (ROOT / "Containerfile").read_text(encoding="utf-8")
+    assert f"/opt/gourmet/bin/python -c \\\n    '{found[1]}'\n" in containerfile
+    return ["-c", found[1]]
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="installs as root and runs Gourmet as nobody: needs root and setpriv",
+)
+def test_installed_by_root_run_by_nobody(installed: Path, upstream: str) -> None:
+    """
+    A venv root installed, run by an unprivileged user (the systemd unit's
+    DynamicUser, the container's user): Twisted cannot write its plugin
+    cache there and says so at every start, until root writes it once as
+    README's Installing says.
+    """
+    nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    cache = next(installed.parent.glob("lib/*/site-packages/twisted/plugins"))
+    # As pip leaves it (the other tests' commands, run as root, wrote it).
+    (cache / "dropin.cache").unlink(missing_ok=True)
+    directory = installed.parent.parent
+    complaint = f"Unable to write to plugin cache {cache}/dropin.cache"
+    for _ in range(2):
+        assert complaint in serve_through(installed, directory, upstream, nobody)
+    run([str(installed / "python"), *plugin_cache_step()])
+    assert (cache / "dropin.cache").is_file()
+    for _ in range(2):
+        log = serve_through(installed, directory, upstream, nobody)
+        assert "plugin cache" not in log
