@@ -381,13 +381,16 @@ def test_an_editable_install_in_a_fresh_venv(tmp_path: Path, upstream: str) -> N
 def plugin_cache_step() -> List[str]:
     """
     The command README's Installing section has root run after installing,
-    which writes Twisted's plugin cache; the Containerfile runs the same.
+    which writes Twisted's plugin cache; the Containerfile runs the same,
+    and the systemd unit's comment says it.
     """
     readme = (ROOT / "README.rst").read_text(encoding="utf-8")
     found = re.search(r"^ +sudo /opt/gourmet/bin/python -c '(.+)'$", readme, re.M)
     assert found is not None, "README: no plugin cache step"
     containerfile = (ROOT / "Containerfile").read_text(encoding="utf-8")
     assert f"/opt/gourmet/bin/python -c \\\n    '{found[1]}'\n" in containerfile
+    unit = (ROOT / "etc" / "gourmet.service").read_text(encoding="utf-8")
+    assert f"#   /opt/gourmet/bin/python -c '{found[1]}'\n" in unit
     return ["-c", found[1]]
 
 
