@@ -3,13 +3,15 @@ Gourmet as a user installs it: ``python -m build`` makes an sdist and a
 wheel that hold what a user needs, ``twine check`` passes them, and the
 wheel installed into a fresh virtual environment (and the checkout
 installed with ``pip install -e``) gives a working ``twistd gourmet`` and
-``gourmet`` command.
+``gourmet`` command; and a venv root installed, run by another user, says
+nothing about Twisted's plugin cache once README's install step ran.
 
 These build and install Gourmet (two fresh venvs, each with Twisted and the
 rest from pip's cache or PyPI: a minute or two), so they run only with
 ``GOURMET_TEST_PACKAGE=1``, which ``tox -e package`` sets (and ``.ci/run``
-runs).  Nothing is skipped there: without network and without pip's cache
-the installs fail, saying so in pip's words.  This file imports nothing of
+runs).  Nothing is skipped there but the other user's test where the
+suite is not root: without network and without pip's cache the installs
+fail, saying so in pip's words.  This file imports nothing of
 Gourmet's or Twisted's: it is run with ``--noconftest`` by a tox
 environment that has only pytest, build and twine.
 """
@@ -66,7 +68,7 @@ CONSOLE = re.compile(r"admin console on 127\.0\.0\.1:(\d+) ")
 
 def run(command: List[str], timeout: float = COMMAND_SECONDS) -> str:
     """
-    Run ``command``; its standard output.
+    Run ``command``; what it wrote (standard output and error together).
 
     :raises AssertionError: with everything it said, if it fails.
     """
