@@ -268,6 +268,7 @@ def serve_through(
         "[admin]\n"
         'listen = "tcp:0:interface=127.0.0.1"\n'
     )
+    config.chmod(0o644)  # for as_user too, whatever the umask
     log = directory / "twistd.log"
     command = [*as_user, str(bin_dir / "twistd"), "-n", "--pidfile=", "gourmet"]
     with log.open("wb") as output:
@@ -317,12 +318,16 @@ def installed(dist: Tuple[Path, Path]) -> Iterator[Path]:
     enter (another user runs Gourmet from it): the venv's ``bin``.
     """
     top = Path(tempfile.mkdtemp(prefix="gourmet-package-"))
+    # Readable by all, as pip makes it with the usual umask.
+    umask = os.umask(0o022)
     try:
         top.chmod(0o755)
         bin_dir = fresh_venv(top / "venv")
         pip_install(bin_dir, str(dist[1]))
+        os.umask(umask)
         yield bin_dir
     finally:
+        os.umask(umask)
         shutil.rmtree(top)
 
 
@@ -415,7 +420,13 @@ def test_installed_by_root_run_by_nobody(installed: Path, upstream: str) -> None
     complaint = f"Unable to write to plugin cache {cache}/dropin.cache"
     for _ in range(2):
         assert complaint in serve_through(installed, directory, upstream, nobody)
-    run([str(installed / "python"), *plugin_cache_step()])
+    # With the umask of the install: a cache only root may read is
+    # rewritten at every start, as a missing one is.
+    umask = os.umask(0o022)
+    try:
+        run([str(installed / "python"), *plugin_cache_step()])
+    finally:
+        os.umask(umask)
     assert (cache / "dropin.cache").is_file()
     for _ in range(2):
         log = serve_through(installed, directory, upstream, nobody)
