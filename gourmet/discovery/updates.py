@@ -258,8 +258,9 @@ class Discovery:
         an upstream whose servers are about to be known.
         """
         running = list(self.upstreams.values())
-        every = gatherResults([each.answered() for each in running])
-        every.addCallback(lambda _: None)
+        every: Deferred[None] = gatherResults(
+            [each.answered() for each in running]
+        ).addCallback(lambda _: None)
 
         def late(result: object, timeout: float) -> None:
             silent = sorted(e.config.name for e in running if not e.has_answered)
