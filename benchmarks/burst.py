@@ -130,28 +130,18 @@ def file_limit_problems(connections: int, problems: List[str]) -> Optional[str]:
 # --- The servers ----------------------------------------------------------------
 
 
-def _replaced(config: str, old: str, new: str) -> str:
-    """
-    ``config`` with ``old`` replaced by ``new``; ``old`` must be there, so
-    that a change to :mod:`benchmarks.nginx` cannot silently undo this.
-    """
-    if old not in config:
-        raise RuntimeError(f"benchmarks.nginx no longer writes {old.strip()!r}")
-    return config.replace(old, new)
-
-
 def _sized(config: str, connections: int) -> str:
     """
     An nginx configuration from :mod:`benchmarks.nginx` with room for
     ``connections`` clients and as many upstream connections.
     """
     worker_connections = 2 * connections + SPARE_FILES // 2
-    config = _replaced(
+    config = nginx.replaced(
         config,
         "worker_connections 4096;",
         f"worker_connections {worker_connections};",
     )
-    return _replaced(
+    return nginx.replaced(
         config,
         "worker_rlimit_nofile 8192;",
         f"worker_rlimit_nofile {worker_connections + SPARE_FILES};",
@@ -165,7 +155,7 @@ def upstream_config(workdir: Path, root: Path, port: int, connections: int) -> s
     that only the proxy in front of it stalls.
     """
     config = nginx.upstream_config(workdir, root, [port])
-    config = _replaced(
+    config = nginx.replaced(
         config,
         f"listen 127.0.0.1:{port};",
         f"listen 127.0.0.1:{port} backlog={default_backlog()};",
@@ -183,7 +173,7 @@ def nginx_proxy_config(
     """
     access_log = workdir / "nginx-access.log"
     config = nginx.proxy_config(workdir, port, [upstream_port], access_log)
-    config = _replaced(
+    config = nginx.replaced(
         config,
         f"access_log {access_log} combined buffer=64k flush=1s;",
         "access_log off;",

@@ -10,8 +10,13 @@ turn for several rounds; then a slow client downloads a large response
 through every proxy at once while their memory is watched; then nginx and
 Gourmet terminate TLS (a self-signed certificate made for the run) and
 ``h2load`` loads them in HTTP/2 and in HTTP/1.1, with the CPU time each
-spends per request.  Prints tables of medians with ratios to nginx and to
-stock Twisted, and saves them as JSON and a PNG chart.
+spends per request; last, :mod:`benchmarks.efficiency`: each proxy's CPU
+time per request at 32, 256 and 1,000 connections, its latencies there,
+and its memory per idle keep-alive connection; and :mod:`benchmarks.workers`:
+nginx with 1 and 2 worker processes beside Gourmet with ``workers = 1``
+and ``2``, and how evenly each spreads the requests.  Prints tables of medians
+with ratios to nginx and to stock Twisted, and saves them as JSON and a PNG
+chart.
 
     ./dev bench            # installs nginx, wrk, h2load, pypy3, matplotlib
     ./dev bench --quick    # two or three minutes, to try it out
@@ -42,6 +47,7 @@ import twisted
 from benchmarks import (
     certificate,
     chart,
+    efficiency,
     h2load,
     nginx,
     pypy_env,
@@ -50,6 +56,7 @@ from benchmarks import (
     slow_server,
     tcp,
     websocket,
+    workers,
     wrk,
 )
 from benchmarks.processes import (
@@ -114,11 +121,13 @@ def gourmet_config(
     access_log: Path,
     tls_port: Optional[int] = None,
     tls: Optional[certificate.Tls] = None,
+    max_connections: Optional[int] = None,
 ) -> str:
     """
     Gourmet as users run it: an access log to a file, the admin console
     (and its metrics) on loopback, passive health on, keep-alive upstreams;
-    with ``tls``, HTTPS (and HTTP/2, on by default) on ``tls_port`` too.
+    with ``tls``, HTTPS (and HTTP/2, on by default) on ``tls_port`` too;
+    ``max_connections`` as ``[server] max_connections`` (None: the default).
     """
     servers = "".join(
         f"[[upstreams.bench.servers]]\npath = '127.0.0.1:{p}'\n" for p in upstream_ports
@@ -134,6 +143,7 @@ def gourmet_config(
         "max_fail = 1\nfail_timeout = 10\n"
         + servers
         + f"[server]\nlisten = ['tcp:{port}:interface=127.0.0.1']\n"
+        + ("" if max_connections is None else f"max_connections = {max_connections}\n")
         + https
         + "[[server.locations]]\nlocation = '^/'\nupstream = 'bench'\n"
         f"[log]\naccess_log = '{access_log}'\naccess_log_format = 'combined'\n"
@@ -982,14 +992,8 @@ def busy_note(busy: float) -> Optional[str]:
 
 
 def measure(bench: Bench, problems: List[str]) -> None:
-    began, date = time.monotonic(), datetime.now().astimezone()
     # Each phase starts its servers afresh, from the checkout as it is then.
-    revision = git_revision()
-    busy = busy_before()
-    note = busy_note(busy)
-    if note is not None:
-        problems.append(note)
-        log("Note: " + note)
+    began, date, revision, busy = phase_start(problems)
     log(placement(bench))
     with contextlib.ExitStack() as stack:
         start(stack, bench.upstream())
@@ -999,7 +1003,13 @@ def measure(bench: Bench, problems: List[str]) -> None:
         websocket_record, websocket_problems = websocket.phase(bench)
         tcp_figures = tcp_phase(bench, problems)
         slow_servers = slow_server_phase(bench)
-    problems += websocket_problems
+        efficiency_record, efficiency_problems = efficiency.phase(
+            bench, efficiency_settings(bench.settings)
+        )
+        workers_record, workers_problems = workers.phase(
+            bench, bench.settings.rounds, bench.settings.duration, bench.settings.warmup
+        )
+    problems += websocket_problems + efficiency_problems + workers_problems
     checks.update(https_checks)
     if git_revision() != revision:
         problems.append(
@@ -1034,6 +1044,10 @@ def measure(bench: Bench, problems: List[str]) -> None:
     if tcp_figures:
         log("\n" + tcp.table(tcp_figures["medians"]))
     log("\n" + slow_server.table(slow_servers))
+    log("\n" + efficiency.table(efficiency_record["medians"]))
+    log(efficiency.goals_text(efficiency_record["medians"]))
+    log(efficiency.notes(efficiency_settings(bench.settings), bench))
+    log("\n" + workers.table(workers_record["rows"]))
     elapsed = time.monotonic() - began
     log(f"\nTook {elapsed:.0f} s.")
     record = {
@@ -1065,11 +1079,83 @@ def measure(bench: Bench, problems: List[str]) -> None:
         "pypy_floor_mib": floor,
         "tcp": tcp_figures,
         "slow_server": slow_servers,
+        "efficiency": efficiency_record,
+        "workers": workers_record,
         "checks": checks,
         "problems": problems,
         "elapsed_seconds": round(elapsed),
     }
     save(bench, record, medians, date)
+
+
+def efficiency_settings(settings: Settings) -> efficiency.Settings:
+    """
+    The efficiency phase's settings: the run's rounds and durations.
+    """
+    return efficiency.Settings(
+        rounds=settings.rounds,
+        duration=settings.duration,
+        # PyPy's JIT needs longer than a throughput round's warm-up.
+        warmup=settings.warmup * 3,
+        pin=settings.pin,
+    )
+
+
+def phase_start(problems: List[str]) -> Tuple[float, datetime, str, float]:
+    """
+    A phase run alone starts: when (monotonic, and the date), at which
+    revision, and how busy the machine was (said, and noted in
+    ``problems``, when it was).
+    """
+    began, date = time.monotonic(), datetime.now().astimezone()
+    revision = git_revision()
+    busy = busy_before()
+    note = busy_note(busy)
+    if note is not None:
+        problems.append(note)
+        log("Note: " + note)
+    return began, date, revision, busy
+
+
+def phase_record(
+    bench: Bench,
+    date: datetime,
+    revision: str,
+    busy: float,
+    placement_text: str,
+    phase: Tuple[str, Dict[str, Any]],
+    problems: List[str],
+    began: float,
+) -> Dict[str, Any]:
+    """
+    A phase run alone has ended (at ``began`` on the monotonic clock): its
+    problems and time printed, and what it saves: its ``phase`` (name,
+    figures), and what it ran on.
+    """
+    if problems:
+        log("\nProblems:\n" + "\n".join(f"  - {p}" for p in problems))
+    elapsed = time.monotonic() - began
+    log(f"\nTook {elapsed:.0f} s.")
+    versions = {"cpython": sys.version.replace("\n", " "), "nginx": nginx.version()}
+    if "pypy" in bench.twistd:
+        versions["pypy"] = pypy_env.version(bench.twistd["pypy"])
+    name, figures = phase
+    return {
+        "date": date.isoformat(timespec="seconds"),
+        "machine": {
+            "cpu_model": cpu_model(),
+            "cores": os.cpu_count(),
+            "versions": versions,
+            "gourmet_revision": revision,
+        },
+        "placement": placement_text,
+        "pypy_environment": {"PYPY_GC_NURSERY": RECOMMENDED_NURSERY},
+        "cpu_busy_before": busy,
+        "load_average_after": os.getloadavg(),
+        name: figures,
+        "problems": problems,
+        "elapsed_seconds": round(elapsed),
+    }
 
 
 def ratios(medians: report.Medians) -> Dict[str, Dict[str, Dict[str, Any]]]:
@@ -1152,6 +1238,25 @@ def pypy_twistd(settings: Settings, problems: List[str]) -> Optional[Path]:
 
 def stop_on_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
+
+
+def run_alone(
+    name: str, settings: Settings, run: Callable[[Bench, List[str]], None]
+) -> int:
+    """
+    Run one phase alone (``run``, given the run's Bench and its problems so
+    far) in a work directory of its own; an exit status.
+    """
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    problems: List[str] = []
+    twistd = pypy_twistd(settings, problems)
+    try:
+        with work_directory(f"gourmet-{name}-", settings.keep_temp) as workdir:
+            run(Bench(settings, workdir, twistd), problems)
+    except KeyboardInterrupt:
+        log(f"{name}: interrupted; every server stopped")
+        return 130
+    return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:

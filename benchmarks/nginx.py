@@ -138,6 +138,16 @@ def _tls_server(port: int, tls: Tls) -> str:
     )
 
 
+def replaced(config: str, old: str, new: str) -> str:
+    """
+    ``config`` with ``old`` replaced by ``new``; ``old`` must be there, so
+    that a change to this module cannot silently undo the caller's change.
+    """
+    if old not in config:
+        raise RuntimeError(f"benchmarks.nginx no longer writes {old.strip()!r}")
+    return config.replace(old, new)
+
+
 class Nginx(Server):
     """
     An nginx master and its one worker, from ``config`` written into

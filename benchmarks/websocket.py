@@ -43,7 +43,6 @@ import copy
 import hashlib
 import json
 import os
-import signal
 import socket
 import statistics
 import sys
@@ -54,17 +53,15 @@ from typing import Any, Coroutine, Dict, Iterator, List, Optional, Tuple
 
 from attrs import asdict, evolve, field, frozen
 
-from benchmarks import compare, nginx, pypy_env, report
+from benchmarks import compare, nginx, report
 from benchmarks.processes import (
     REPO,
     Server,
     can_pin,
     cpu_seconds,
     pinned,
-    work_directory,
 )
 from benchmarks.slow_client import free_port
-from gourmet.pypy import RECOMMENDED_NURSERY
 
 #: RFC 6455's GUID, appended to the client's key for the server's answer.
 WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -785,13 +782,7 @@ def save(record: Dict[str, Any], out: Optional[Path], date: datetime) -> Path:
 
 
 def measure(bench: compare.Bench, problems: List[str], out: Optional[Path]) -> None:
-    began, date = time.monotonic(), datetime.now().astimezone()
-    revision = compare.git_revision()
-    busy = compare.busy_before()
-    note = compare.busy_note(busy)
-    if note is not None:
-        problems.append(note)
-        compare.log("Note: " + note)
+    began, date, revision, busy = compare.phase_start(problems)
     placement = compare.placement(bench).replace(
         "wrk (1 thread) and the upstream nginx",
         "the load client (asyncio, 1 thread) and the echo server",
@@ -807,29 +798,16 @@ def measure(bench: compare.Bench, problems: List[str], out: Optional[Path]) -> N
     compare.log("")
     compare.log(table(figures))
     compare.log(placement + ".")
-    if problems:
-        compare.log("\nProblems:\n" + "\n".join(f"  - {p}" for p in problems))
-    elapsed = time.monotonic() - began
-    compare.log(f"\nTook {elapsed:.0f} s.")
-    versions = {"cpython": sys.version.replace("\n", " "), "nginx": nginx.version()}
-    if "pypy" in bench.twistd:
-        versions["pypy"] = pypy_env.version(bench.twistd["pypy"])
-    record = {
-        "date": date.isoformat(timespec="seconds"),
-        "machine": {
-            "cpu_model": compare.cpu_model(),
-            "cores": os.cpu_count(),
-            "versions": versions,
-            "gourmet_revision": revision,
-        },
-        "placement": placement,
-        "pypy_environment": {"PYPY_GC_NURSERY": RECOMMENDED_NURSERY},
-        "cpu_busy_before": busy,
-        "load_average_after": os.getloadavg(),
-        "websocket": figures,
-        "problems": problems,
-        "elapsed_seconds": round(elapsed),
-    }
+    record = compare.phase_record(
+        bench,
+        date,
+        revision,
+        busy,
+        placement,
+        ("websocket", figures),
+        problems,
+        began,
+    )
     compare.log(f"Saved {save(record, out, date)}")
 
 
@@ -855,16 +833,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         keep_temp=options.keep_temp,
         **quick,
     )
-    signal.signal(signal.SIGTERM, compare.stop_on_sigterm)
-    problems: List[str] = []
-    twistd = compare.pypy_twistd(settings, problems)
-    try:
-        with work_directory("gourmet-websocket-", settings.keep_temp) as workdir:
-            measure(compare.Bench(settings, workdir, twistd), problems, options.out)
-    except KeyboardInterrupt:
-        compare.log("websocket: interrupted; every server stopped")
-        return 130
-    return 0
+    return compare.run_alone(
+        "websocket",
+        settings,
+        lambda bench, problems: measure(bench, problems, options.out),
+    )
 
 
 if __name__ == "__main__":

@@ -22,10 +22,11 @@ done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
     "%s{\\"requests\\": %d, \\"duration_us\\": %d, \\"bytes\\": %d, "
-    .. "\\"p50_us\\": %.1f, \\"p99_us\\": %.1f, \\"connect\\": %d, "
+    .. "\\"p50_us\\": %.1f, \\"p99_us\\": %.1f, \\"mean_us\\": %.1f, "
+    .. "\\"max_us\\": %.1f, \\"connect\\": %d, "
     .. "\\"read\\": %d, \\"write\\": %d, \\"status\\": %d, \\"timeout\\": %d}\\n",
     MARKER, summary.requests, summary.duration, summary.bytes,
-    latency:percentile(50), latency:percentile(99),
+    latency:percentile(50), latency:percentile(99), latency.mean, latency.max,
     e.connect, e.read, e.write, e.status, e.timeout))
 end
 """
@@ -77,6 +78,9 @@ class WrkResult(Throughput):
     p99_ms: float
     status_errors: int
     socket_errors: int
+    #: The mean and the longest (absent from runs saved before they were).
+    mean_ms: Optional[float] = None
+    max_ms: Optional[float] = None
 
     def as_json(self) -> Dict[str, Any]:
         return {
@@ -87,6 +91,8 @@ class WrkResult(Throughput):
             "megabytes_per_second": self.megabytes_per_second,
             "p50_ms": self.p50_ms,
             "p99_ms": self.p99_ms,
+            "mean_ms": self.mean_ms,
+            "max_ms": self.max_ms,
             "status_errors": self.status_errors,
             "socket_errors": self.socket_errors,
         }
@@ -134,6 +140,8 @@ def parse(counts: Dict[str, Any]) -> WrkResult:
         bytes=int(counts["bytes"]),
         p50_ms=counts["p50_us"] / 1000,
         p99_ms=counts["p99_us"] / 1000,
+        mean_ms=counts["mean_us"] / 1000 if "mean_us" in counts else None,
+        max_ms=counts["max_us"] / 1000 if "max_us" in counts else None,
         status_errors=int(counts["status"]),
         socket_errors=sum(
             int(counts[k]) for k in ("connect", "read", "write", "timeout")

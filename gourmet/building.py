@@ -30,6 +30,11 @@ from gourmet.tls.certificates import CertificateError
 from gourmet.tls.store import CertificateStore, ServerContexts, build_contexts
 from gourmet.upstream.pool import ConnectionPool
 from gourmet.upstream.state import Upstream
+from gourmet.workers.inherited import inherited_endpoint, shared_name
+from gourmet.workers.reuseport import reserved_endpoint
+
+#: The keys of the listeners worker processes serve.
+_SHARED_KEYS = ("server.listen", "server.port", "server.tls_listen", "streams[")
 
 #: The mode of a ``unix:`` socket file for the admin console that sets none.
 ADMIN_SOCKET_MODE = "660"
@@ -173,7 +178,7 @@ def listener_for(
     :raises ConfigError: when Twisted cannot parse the endpoint.
     """
     endpoint = endpoint_for(config, key, description, backlog, reactor)
-    return Listener(endpoint, factory, description, tls)
+    return Listener(endpoint, factory, description, tls, key)
 
 
 def endpoint_for(
@@ -186,6 +191,15 @@ def endpoint_for(
 
     :raises ConfigError: when Twisted cannot parse the endpoint.
     """
+    # In a worker process, the supervisor's socket for it.
+    inherited = inherited_endpoint(reactor, shared_name(key, description))
+    if inherited is not None:
+        return inherited
+    if config.frontend.workers > 1 and key.startswith(_SHARED_KEYS):
+        # In their supervisor, an address for each worker's own socket.
+        reserved = reserved_endpoint(reactor, description, backlog)
+        if reserved is not None:
+            return reserved
     try:
         return serverFromString(reactor, with_backlog(description, backlog))
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as error:
@@ -193,6 +207,32 @@ def endpoint_for(
         raise ConfigError(
             config.source, key, problem or f"not a Twisted endpoint string: {error}"
         ) from None
+
+
+def check_shareable(config: GourmetConfig) -> None:
+    """
+    Nothing, with one process; with ``workers`` above 1:
+
+    :raises ConfigError: for what worker processes cannot share: ACME's
+        certificates, an ``ssl:`` listener (Twisted wraps TLS into the listening port
+        itself; ``tls_listen`` is Gourmet's own TLS, and is shared).
+    """
+    if config.frontend.workers == 1:
+        return
+    if config.frontend.acme is not None:
+        raise ConfigError(
+            config.source,
+            "server.workers",
+            "ACME certificates ([server.acme]) need workers = 1 for now",
+        )
+    for key, description in proxy_endpoints(config):
+        if description.lower().startswith("ssl:"):
+            raise ConfigError(
+                config.source,
+                key,
+                "an ssl: endpoint cannot be shared by workers: with workers"
+                " above 1 listen on tcp: in server.tls_listen instead",
+            )
 
 
 def _error_page(config: GourmetConfig) -> Optional[str]:

@@ -87,6 +87,7 @@ def check_file(path: str, reactor: Any) -> GourmetConfig:
     from gourmet._twisted.check import check_twisted
     from gourmet.building import (
         admin_endpoint,
+        check_shareable,
         endpoint_for,
         proxy_endpoints,
         tls_contexts,
@@ -98,6 +99,7 @@ def check_file(path: str, reactor: Any) -> GourmetConfig:
 
     check_twisted(log_fallbacks=False)
     config = load_config(path)
+    check_shareable(config)
     tls_contexts(config, CertificateStore())
     backlog = config.frontend.backlog or default_backlog()
     admin = admin_endpoint(config)
@@ -137,6 +139,8 @@ def _summary(config: GourmetConfig) -> str:
         parts.append(f"admin console on {config.admin.listen}")
     if config.demo.listen:
         parts.append("demo servers on " + ", ".join(config.demo.listen))
+    if frontend.workers > 1:
+        parts.append(f"{frontend.workers} worker processes")
     return ", ".join(parts)
 
 

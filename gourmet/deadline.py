@@ -27,6 +27,9 @@ class Deadline:
     :param expired: what to do at the deadline; it may set a new one.
     """
 
+    # Two for every client connection, kept while it is idle.
+    __slots__ = ("_call", "_clock", "_due", "_expired")
+
     def __init__(self, clock: IReactorTime, expired: Callable[[], None]) -> None:
         self._clock = clock
         self._expired = expired
@@ -95,6 +98,8 @@ class MinimumRate:
     :param clock: the reactor (or a test's Clock).
     :param too_slow: what to do with a body that fell behind.
     """
+
+    __slots__ = ("_call", "_clock", "_rate", "_started", "_too_slow", "received")
 
     def __init__(self, clock: IReactorTime, too_slow: Callable[[int], None]) -> None:
         self._clock = clock

@@ -32,6 +32,7 @@ class Listener(Service):
         (and by ``tls``) a reload knows it.
     :ivar tls: whether Gourmet serves TLS on it (``factory`` wraps the
         site in TLS).
+    :ivar key: where the configuration sets it (``server.listen[0]``).
     """
 
     def __init__(
@@ -40,11 +41,13 @@ class Listener(Service):
         factory: IProtocolFactory,
         description: str = "",
         tls: bool = False,
+        key: str = "",
     ) -> None:
         self.endpoint = endpoint
         self.factory = factory
         self.description = description
         self.tls = tls
+        self.key = key
         self.port: Optional[IListeningPort] = None
 
     def privilegedStartService(self) -> None:

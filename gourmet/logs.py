@@ -46,6 +46,14 @@ class _NotPerQueryDNS:
         return PredicateResult.maybe
 
 
+def quiet_dns() -> ILogFilterPredicate:
+    """
+    The filter that leaves out the lines Twisted's DNS client logs for each
+    query.
+    """
+    return _NotPerQueryDNS()
+
+
 def foreground_observer(twistd_options: Optional[Any]) -> Optional[ILogObserver]:
     """
     The log observer Gourmet wants for ``twistd -n`` with no ``--logfile``
@@ -60,4 +68,4 @@ def foreground_observer(twistd_options: Optional[Any]) -> Optional[ILogObserver]
         return None
     if twistd_options.get("logger"):
         return None
-    return FilteringLogObserver(textFileLogObserver(sys.stderr), [_NotPerQueryDNS()])
+    return FilteringLogObserver(textFileLogObserver(sys.stderr), [quiet_dns()])

@@ -129,6 +129,10 @@ class Reload:
                 "admin.listen",
                 "turning the admin console on or off needs a restart",
             )
+        if config.cluster != self.service.config.cluster:
+            raise ConfigError(
+                config.source, "cluster", "changing [cluster] needs a restart"
+            )
         upstreams, pools = self._upstreams_for_routing()
         try:
             self._root = routing_root(

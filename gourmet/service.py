@@ -6,10 +6,16 @@ and the demo upstreams, built from a :class:`GourmetConfig`.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, cast
+from typing import Any, Dict, List, Optional, Type, cast
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import DeferredList, ensureDeferred, maybeDeferred
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    ensureDeferred,
+    maybeDeferred,
+    succeed,
+)
 from twisted.internet.error import CannotListenError
 from twisted.logger import ILogObserver, Logger
 
@@ -21,6 +27,7 @@ from gourmet.admin.auth import AdminSecurity, PasswordThreads
 from gourmet.admin.views import ListenerInfo
 from gourmet.building import (
     admin_endpoint,
+    check_shareable,
     listener_for,
     plain_factory,
     proxy_endpoints,
@@ -30,6 +37,8 @@ from gourmet.building import (
     tls_factory,
     upstream_pool,
 )
+from gourmet.cluster.member import ClusterMember
+from gourmet.collector import settle_again
 from gourmet.config.endpoints import default_backlog
 from gourmet.config.load import ConfigError, load_config
 from gourmet.config.model import GourmetConfig, UpstreamConfig
@@ -49,6 +58,7 @@ from gourmet.tls.store import CertificateStore
 from gourmet.upstream.checks import HealthChecks
 from gourmet.upstream.pool import ConnectionPool
 from gourmet.upstream.state import Upstream
+from gourmet.workers.supervisor import Supervisor
 
 __all__ = ["GourmetService", "build_service"]
 
@@ -93,12 +103,17 @@ class GourmetService(MultiService):
         self.admin_listener: Optional[Listener] = None
         self._log_observer = log_observer
         self._stopping: Optional[GracefulStop] = None
+        self._accepting: Optional[Deferred[None]] = None
         #: The [[streams]]: TCP load balancing.
         self.streams = StreamListeners(upstreams, site.clock)
         #: Active health checks, of the upstreams that have them.
         self.checks = HealthChecks(site.clock)
         #: The providers of upstreams whose servers are found, not listed.
         self.discovery = Discovery(site.clock, self.apply_servers)
+        #: This instance in ``[cluster]``, if the configuration has one.
+        self.cluster: Optional[ClusterMember] = None
+        #: The worker processes' supervisor, with ``workers`` above 1.
+        self.workers: Optional[Supervisor] = None
 
     def setServiceParent(self, parent: Any) -> None:
         # twistd starts its logging after makeService, from an ILogObserver
@@ -123,6 +138,46 @@ class GourmetService(MultiService):
     def startService(self) -> None:
         self.checks.update(self.upstreams.values())
         self.discovery.update(self.config.upstreams)
+        warning = nursery_warning(running_nursery())
+        if warning is not None:
+            self.log.warn("{warning}", warning=warning)
+        # Once it serves: a script that waits for the line may connect.
+        # Asked before the notifier starts: said before READY=1 is.
+        self.serving().addCallback(lambda _: self.say_listening())
+        super().startService()
+
+    def serving(self) -> Deferred[None]:
+        """
+        Fires once the proxy accepts: its workers all serve, or (one
+        process) every provider has answered once; meanwhile the proxy's
+        listeners hold new connections in their backlog.
+        """
+        if self.workers is not None:
+            return self.workers.all_ready()
+        if self._accepting is None:
+            self._accepting = self._accept_once_found()
+        waiting: Deferred[None] = Deferred()
+        self._accepting.addCallback(lambda _: waiting.callback(None))
+        return waiting
+
+    def _accept_once_found(self) -> Deferred[None]:
+        if not self.discovery.upstreams:
+            return succeed(None)
+        ports = [each.port for each in self.shared_listeners() if each.port]
+        for port in ports:
+            port.stopReading()  # type: ignore[attr-defined]
+
+        def accept(_: object) -> None:
+            for port in ports:
+                if port.connected:  # type: ignore[attr-defined]  # not closed since
+                    port.startReading()  # type: ignore[attr-defined]
+
+        return self.discovery.first_answers().addCallback(accept)
+
+    def say_listening(self) -> None:
+        """
+        Log where the proxy, the streams and the console listen.
+        """
         # The addresses listened on, not the endpoint strings: a port 0 in
         # the configuration is told here as the port it became.
         self.log.info(
@@ -141,10 +196,6 @@ class GourmetService(MultiService):
                 if self.config.admin.has_credentials
                 else "read-only: no credentials configured",
             )
-        warning = nursery_warning(running_nursery())
-        if warning is not None:
-            self.log.warn("{warning}", warning=warning)
-        super().startService()
 
     def listener_infos(self) -> List[ListenerInfo]:
         """
@@ -177,6 +228,12 @@ class GourmetService(MultiService):
     async def _stop(self) -> None:
         # systemd hears of the stop first, not after the requests in flight.
         self.notifier.stopService()
+        # Workers stop accepting and finish their requests meanwhile.
+        workers = (
+            None
+            if self.workers is None
+            else self.workers.stop_workers(self.config.frontend.shutdown_timeout)
+        )
         self.checks.stop()
         await self.discovery.stop()
         # Listeners first: nothing new comes in while the requests in flight
@@ -192,6 +249,8 @@ class GourmetService(MultiService):
             sites, self.site.clock, self.config.frontend.shutdown_timeout
         )
         await self._stopping.run()
+        if workers is not None:
+            await workers
         await super().stopService()
         await DeferredList([pool.close() for pool in self.pools.values()])
 
@@ -222,25 +281,51 @@ class GourmetService(MultiService):
         state.reconfigure(config)
         pool.keep_only({server.origin for server in state.servers})
         self.checks.update(self.upstreams.values())
+        if self.cluster is not None:
+            self.cluster.reapply()
+        if self.workers is not None:
+            self.workers.servers_found(config.name)
 
-    def reload(self, who: str) -> Optional[str]:
+    def reload(self, who: str) -> Deferred[Optional[str]]:
         """
         Load the configuration file again and apply it (see
         :mod:`gourmet.reload`), for ``who`` (``"SIGHUP"``, a console user).
 
-        :return: None, or the error line of a file not valid, in which
-            case nothing changed.
+        :return: fires with None once it applies everywhere (with workers,
+            once every worker has it), or at once with the error line of a
+            file not valid, in which case nothing changed.
         """
         self.notifier.reloading()
         try:
-            return self._reload(who)
-        finally:
+            error = self._reload(who)
+        except BaseException:
+            self.notifier.ready()
+            raise
+        if error is not None or self.workers is None:
+            done: Deferred[None] = succeed(None)
+        else:
+            done = self.workers.reloaded(who)
+
+        def finish(_: object) -> Optional[str]:
+            if error is None:
+                self._say_reloaded(who)
             # systemd's reload ends when this is sent, whatever came of it.
             self.notifier.ready()
+            return error
+
+        return done.addBoth(finish)
+
+    def load_file(self) -> GourmetConfig:
+        """
+        The configuration file as it is now, for a reload.
+
+        :raises ConfigError: when it is not valid.
+        """
+        return load_config(self.config.source)
 
     def _reload(self, who: str) -> Optional[str]:
         try:
-            reload = Reload(self, load_config(self.config.source))
+            reload = Reload(self, self.load_file())
             reload.prepare()
         except ConfigError as error:
             line = f"gourmet: {error}"
@@ -251,6 +336,14 @@ class GourmetService(MultiService):
             )
             return line
         reload.apply()
+        if self.cluster is not None:
+            self.cluster.reapply()
+        # What the old configuration held is garbage now: once, not in
+        # the middle of traffic.
+        settle_again()
+        return None
+
+    def _say_reloaded(self, who: str) -> None:
         summary = self._summary()
         self.log.info(
             "gourmet reloaded {source} for {who}: {summary}",
@@ -261,7 +354,6 @@ class GourmetService(MultiService):
         app = self.admin_app
         if app is not None:
             app.note_reload(who, f"reloaded the configuration: {summary}")
-        return None
 
     def _summary(self) -> str:
         servers = sum(len(each.servers) for each in self.upstreams.values())
@@ -271,15 +363,18 @@ class GourmetService(MultiService):
             + ", ".join(listener.address() for listener in self.listeners)
         )
 
-    def reopen_logs(self) -> None:
+    def reopen_logs(self) -> Any:
         """
         Reopen the access log file where the configuration says (logrotate
-        moved it away).
+        moved it away); with workers, a Deferred that fires once each has.
         """
         try:
             self.access_log.reopen()
         except OSError as error:
             self.log.error("cannot reopen the access log: {error}", error=error)
+        if self.workers is not None:
+            return self.workers.reopen_logs()
+        return None
 
     @property
     def admin_app(self) -> Optional[AdminApp]:
@@ -289,6 +384,13 @@ class GourmetService(MultiService):
         if self.admin_site is None:
             return None
         return cast(AdminResource, self.admin_site.resource).admin
+
+    def shared_listeners(self) -> List[Listener]:
+        """
+        The listeners worker processes accept on: the proxy's and the
+        streams'.
+        """
+        return [*self.listeners, *self.streams.listeners]
 
     def all_listeners(self) -> List[Listener]:
         """
@@ -323,13 +425,19 @@ class GourmetService(MultiService):
         """
         if self._stopping is not None:
             self._stopping.cut("on a second signal")
+        if self.workers is not None:
+            self.workers.stop_now()
 
 
 def build_service(
-    config: GourmetConfig, reactor: Any, log_observer: Optional[ILogObserver] = None
+    config: GourmetConfig,
+    reactor: Any,
+    log_observer: Optional[ILogObserver] = None,
+    cls: Type[GourmetService] = GourmetService,
 ) -> GourmetService:
     """
-    The service for ``config``.
+    The service for ``config``: a ``cls``, which a worker process's
+    service subclasses.
 
     :raises ConfigError: for what only building can find out (a listen
         string Twisted cannot parse, an unreadable error page).
@@ -351,7 +459,7 @@ def build_service(
     )
     access_log = AccessLog(config.log.access_log, config.log.access_log_format, reactor)
     site = GourmetSite(root, reactor, access_log, frontend)
-    service = GourmetService(config, upstreams, pools, site, access_log, log_observer)
+    service = cls(config, upstreams, pools, site, access_log, log_observer)
     access_log.setServiceParent(service)
     service.challenges = challenges
     service.certificates = CertificateStore()
@@ -377,6 +485,8 @@ def build_service(
         listener.setServiceParent(service)
         service.listeners.append(listener)
     service.streams.start(config, service, backlog)
+    if config.cluster.enabled:
+        _add_cluster(service, config, reactor)
     admin = admin_endpoint(config)
     if admin is not None:
         threads = PasswordThreads()
@@ -398,6 +508,8 @@ def build_service(
                 lambda: service.certificates.certificates,
                 streams=lambda: service.streams.factories,
                 providers=lambda: service.discovery.upstreams,
+                cluster=service.cluster,
+                workers=lambda: service.workers,
             ),
         )
         key, description = admin
@@ -407,8 +519,16 @@ def build_service(
         service.admin_listener.setServiceParent(service)
     if config.demo.listen:
         demo_service(reactor, config.demo.listen).setServiceParent(service)
+    if frontend.workers > 1 and cls is GourmetService:
+        check_shareable(config)
+        service.workers = Supervisor(service, reactor, frontend.workers)
+        service.workers.setServiceParent(service)
     # Last: started once every listener listens, stopped first.
-    service.notifier = SystemdNotifier(lambda: service.upstreams, reactor)
+    service.notifier = SystemdNotifier(
+        lambda: service.upstreams,
+        reactor,
+        ready_when=service.serving,
+    )
     service.notifier.setServiceParent(service)
     return service
 
@@ -420,3 +540,30 @@ def _add_acme(service: GourmetService, config: GourmetConfig, reactor: Any) -> N
     service.acme = AcmeRenewal(reactor, issuer, service.serve_certificates)
     service.acme.configure(service.acme.setup_for(config))
     service.acme.setServiceParent(service)
+
+
+def _add_cluster(service: GourmetService, config: GourmetConfig, reactor: Any) -> None:
+    # Every listener listens before any service starts (twistd's
+    # privilegedStartService): the default name has the console's port.
+    def admin_address() -> Optional[str]:
+        listener = service.admin_listener
+        return None if listener is None else listener.address()
+
+    service.cluster = ClusterMember(
+        config.cluster, service.upstreams, reactor, admin_address
+    )
+    service.cluster.observers.append(
+        lambda applied: _to_workers(service, applied.upstream, applied.server)
+    )
+    service.cluster.setServiceParent(service)
+
+
+def _to_workers(service: GourmetService, upstream: str, server: Any) -> None:
+    # Another instance's setting, applied in the supervisor: each worker
+    # needs it too (a worker started later has it from its Sync).
+    if service.workers is not None:
+        service.workers.server_changed(upstream, server).addErrback(
+            lambda failure: service.log.failure(
+                "cluster: a setting did not reach every worker", failure
+            )
+        )

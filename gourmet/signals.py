@@ -19,6 +19,7 @@ import signal
 from types import FrameType
 from typing import Any, Optional, Protocol
 
+from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
 
 
@@ -37,9 +38,9 @@ class Signalled(Protocol):
         Load the configuration file again, for ``who``.
         """
 
-    def reopen_logs(self) -> None:
+    def reopen_logs(self) -> Any:
         """
-        Reopen the access log file.
+        Reopen the access log file (a Deferred when that takes a while).
         """
 
 
@@ -92,5 +93,9 @@ class SignalHandlers:
         self.reactor.callFromThread(self._reopen)
 
     def _reopen(self) -> None:
+        # Said once done (in every worker too): what is served after the
+        # line goes to the new file.
+        maybeDeferred(self.service.reopen_logs).addBoth(self._reopened)
+
+    def _reopened(self, result: object) -> None:
         self.log.info("received SIGUSR1: reopening the access log")
-        self.service.reopen_logs()

@@ -14,6 +14,7 @@ import time
 from typing import Callable, Dict, Mapping, Optional, Sequence
 
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -186,8 +187,11 @@ class SystemdNotifier(Service):
         environ: Mapping[str, str] = os.environ,
         pid: Optional[int] = None,
         status_seconds: float = STATUS_SECONDS,
+        ready_when: Optional[Callable[[], Deferred[None]]] = None,
     ) -> None:
         self._upstreams = upstreams
+        #: What READY=1 waits for (the worker processes), if anything.
+        self._ready_when = ready_when
         self.socket = NotifySocket(environ.get("NOTIFY_SOCKET"))
         self.watchdog_seconds = watchdog_interval(
             environ, os.getpid() if pid is None else pid
@@ -210,7 +214,10 @@ class SystemdNotifier(Service):
         super().startService()
         if not self.enabled:
             return
-        self.ready()
+        if self._ready_when is None:
+            self.ready()
+        else:
+            self._ready_when().addCallback(self._workers_ready)
         self._status_loop.start(self.status_seconds, now=False)
         if self.watchdog_seconds is not None:
             self._watchdog_loop.start(self.watchdog_seconds, now=True)
@@ -226,6 +233,10 @@ class SystemdNotifier(Service):
         if self.enabled:
             self.socket.send(["STOPPING=1", "STATUS=stopping"])
         self.socket.close()
+
+    def _workers_ready(self, _: object) -> None:
+        if self.running:
+            self.ready()
 
     def ready(self) -> None:
         """

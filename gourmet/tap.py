@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from twisted.python import usage
 
 from gourmet._twisted.check import TwistedMismatch, check_twisted
+from gourmet.collector import settle
 from gourmet.config.load import ConfigError, load_config
 from gourmet.config.model import DEFAULT_CONFIG_PATH
 from gourmet.logs import foreground_observer
@@ -64,4 +65,7 @@ def makeService(options: Options) -> GourmetService:
         raise SystemExit(f"gourmet: {error}") from None
     # Once the reactor runs, after it has installed its own handlers.
     reactor.callWhenRunning(SignalHandlers(reactor, service).install)
+    # What start-up made is kept out of the collector's way, now, before
+    # anything listens: a full collection here delays no client.
+    settle()
     return service

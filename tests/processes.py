@@ -297,6 +297,21 @@ class UpstreamProcess:
         return stop_process(self.process)
 
 
+#: ``GOURMET_TEST_WORKERS=2 pytest ...`` runs every twistd of the tests
+#: with ``[server] workers = 2`` (those whose file sets none): the whole
+#: suite's end-to-end tests, on the supervisor and its workers.
+TEST_WORKERS = os.environ.get("GOURMET_TEST_WORKERS")
+
+
+def with_test_workers(text: str) -> str:
+    """
+    ``text`` with :data:`TEST_WORKERS` workers, when that is set.
+    """
+    if not TEST_WORKERS or "[server]\n" not in text or "workers" in text:
+        return text
+    return text.replace("[server]\n", f"[server]\nworkers = {TEST_WORKERS}\n", 1)
+
+
 async def start_twistd(
     directory: Path,
     processes: List[Twistd],
@@ -310,7 +325,7 @@ async def start_twistd(
     unless ``admin`` is false); added to ``processes``, which stops it.
     """
     config = directory / "gourmet.toml"
-    config.write_text(text)
+    config.write_text(with_test_workers(text))
     gourmet = Twistd(config, passed)
     processes.append(gourmet)
     await gourmet.ready(admin=admin)

@@ -49,6 +49,7 @@ import gourmet
 import twisted
 from gourmet.admin.passwords import hash_password
 from gourmet.upstream.state import server_ids
+from tests.etcd import Etcd
 from tests.processes import (
     ADMIN_CONSOLE,
     GOURMET_LISTENING,
@@ -198,7 +199,7 @@ token = "{token}"
 
 [admin.users]
 {user} = "{password_hash}"
-{streams}"""
+{streams}{cluster}"""
 
 #: The backend's balancing by default, and with ``balancing=True``: by a
 #: header's hash, with active health checks and slow start.
@@ -234,6 +235,12 @@ listen = "tcp:0:interface=127.0.0.1"
 upstream = "backend"
 """
 
+#: With ``cluster=True``: ``[cluster]`` on the deployment's etcd.
+CLUSTER = """
+[cluster]
+etcd = ["{url}"]
+name = "browser-test"
+"""
 
 #: With a StatusServer: the upstream ``statuses`` for paths ``/status/NNN``.
 STATUSES_UPSTREAM = """
@@ -267,8 +274,12 @@ class Deployment:
         streams: bool = False,
         balancing: bool = False,
         provider: bool = False,
+        cluster: bool = False,
     ) -> None:
         self.directory = directory
+        #: With ``cluster=True``: an etcd for ``[cluster]``, started first.
+        self.etcd: Optional[Etcd] = None
+        self.cluster = cluster
         self.balancing = balancing
         self.provider = provider
         self.certificates = certificates
@@ -291,6 +302,9 @@ class Deployment:
         return 3 if self.statuses else 2
 
     def start(self) -> None:
+        if self.cluster:
+            (self.directory / "etcd").mkdir()
+            self.etcd = Etcd(self.directory / "etcd")
         self.a.start()
         self.b.start()
         if self.statuses:
@@ -328,6 +342,9 @@ class Deployment:
                 statuses_location=STATUSES_LOCATION if self.statuses else "",
                 certificates=self.certificate_tables() if self.certificates else "",
                 streams=STREAM if self.streams else "",
+                cluster=(
+                    CLUSTER.format(url=self.etcd.url) if self.etcd is not None else ""
+                ),
             )
         )
         self.gourmet = GourmetProcess(self.config)
@@ -372,6 +389,8 @@ class Deployment:
         self.b.stop()
         if self.statuses:
             self.statuses.stop()
+        if self.etcd is not None:
+            self.etcd.stop()
 
 
 #: ``@WITH_STATUSES`` on a test: its deployment has the upstream ``statuses``.
@@ -1496,4 +1515,43 @@ def test_a_providers_servers_and_its_failures_are_shown(
     servers.write_text(f'[[servers]]\npath = "{deployment.a.address}"\n')
     expect(page.locator("tr[data-server]")).to_have_count(1, timeout=5000)
     expect(provider).not_to_have_class(re.compile("is-down"))
+    assert console.errors == []
+
+
+@pytest.mark.parametrize(
+    "deployment", [{"cluster": True}], indirect=True, ids=["cluster"]
+)
+def test_the_cluster_panel_lists_the_instances_and_says_when_etcd_is_lost(
+    deployment: Deployment, open_console: OpenConsole
+) -> None:
+    """
+    With ``[cluster]``, the page says which instance this is and whether
+    etcd is reachable, lists the instances, and names the instance of each
+    change; with etcd gone the line turns red and says why, while the
+    proxy keeps the last state.
+    """
+    console = open_console()
+    page = console.page
+    status = page.locator("#cluster-status")
+    expect(page.locator("#cluster-panel")).to_be_visible()
+    expect(status).to_contain_text("browser-test · etcd http://127.0.0.1:")
+    expect(status).to_contain_text("connected since", timeout=5000)
+    expect(status).not_to_have_class(re.compile("banner-error"))
+    instances = page.locator("#cluster-body tr")
+    expect(instances).to_have_count(1, timeout=5000)
+    expect(instances.nth(0)).to_contain_text("browser-test (this one)")
+    expect(instances.nth(0)).to_contain_text(f"127.0.0.1:{deployment.admin_port}")
+    b = deployment.b
+    console.button(b, "drain").click()
+    expect(page.locator("#changes-list li").nth(0)).to_contain_text(
+        f"{USER} on browser-test: backend / {b.address}: state up -> drain"
+    )
+
+    assert deployment.etcd is not None
+    deployment.etcd.stop()
+    expect(status).to_contain_text("unreachable since", timeout=10000)
+    expect(status).to_contain_text("Serving with the last state known")
+    expect(status).to_have_class(re.compile("banner-error"))
+    split = send_requests(deployment.port, 20)
+    assert split[b.name] == 0, split
     assert console.errors == []

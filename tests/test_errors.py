@@ -6,6 +6,8 @@ who made them.
 from __future__ import annotations
 
 import json
+import time
+from email.utils import parsedate_to_datetime
 from typing import Any, Optional
 
 import pytest
@@ -98,3 +100,15 @@ async def test_server_header_off_names_nothing(gourmet: Any, raw_socket: Any) ->
     reply = await client.read_until_closed()
     assert reply.startswith(b"HTTP/1.1 400 ")
     assert b"Server:" not in reply
+
+
+@pytest_twisted.ensureDeferred
+async def test_gourmet_dates_its_own_answers(gourmet: Any) -> None:
+    running = await gourmet(config(["127.0.0.1:9"]).replace('"^/"', '"^/api/"'))
+    before = time.time()
+    answer = await running.get("/elsewhere")
+    await answer.content()
+    assert answer.code == 404
+    (date,) = answer.headers.getRawHeaders("date")
+    stamp = parsedate_to_datetime(date).timestamp()
+    assert int(before) <= stamp <= time.time()

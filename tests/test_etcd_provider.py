@@ -33,8 +33,8 @@ from zope.interface import implementer
 
 from gourmet.config.load import ConfigError, parse_config
 from gourmet.discovery.etcd import FACTORY, EtcdWatch, range_end, server_of
-from gourmet.discovery.etcd_gateway import KEEPALIVE, Endpoints
 from gourmet.discovery.provider import IServerSink, ProvidedServer
+from gourmet.etcd.gateway import KEEPALIVE, Endpoints
 from tests.etcd import Etcd, free_port
 from tests.processes import Twistd
 from tests.rawhttp import sleep

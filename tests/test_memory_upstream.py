@@ -93,6 +93,39 @@ def test_an_idle_upstream_connection_is_closed_after_keepalive_timeout(
     assert second.closed and pool.idle_count() == 0
 
 
+def test_idle_connections_beyond_keepalive_close_after_a_second(
+    gourmets: Gourmets,
+) -> None:
+    # A burst's responses come back together, just before its clients'
+    # next requests: the surplus stays for SURPLUS_GRACE, then the least
+    # recently used of it closes.
+    server = MemoryServer(A, then=None)
+    gourmet = proxy(gourmets, server, settings="keepalive = 2")
+    pool = gourmet.pool()
+    clients = [gourmet.connect() for _ in range(3)]
+    for client in clients:
+        client.send(get())
+    gourmet.advance(0)
+    assert len(server.connections) == 3
+    for peer in server.connections:
+        peer.write(OK)
+    gourmet.flush()
+    assert [client.response().status for client in clients] == [200] * 3
+    assert pool.idle_count() == 3
+    # Taken again within the second: no new connection.
+    clients[0].send(get())
+    gourmet.advance(0)
+    server.connections[-1].write(OK)
+    gourmet.flush()
+    assert clients[0].response().status == 200
+    assert len(server.connections) == 3
+    gourmet.advance(0.9)
+    assert pool.idle_count() == 3
+    gourmet.advance(0.1)
+    assert pool.idle_count() == 2
+    assert [peer.closed for peer in server.connections] == [True, False, False]
+
+
 # -- response deadlines --------------------------------------------------------
 
 

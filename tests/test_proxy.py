@@ -101,6 +101,30 @@ async def test_status_headers_and_repeated_headers_pass_through(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_form_post_and_its_query_reach_the_upstream_as_sent(
+    gourmet: Any, make_upstreams: Any
+) -> None:
+    # Gourmet never parses a form or a query: not even a malformed one.
+    (server,) = make_upstreams("one")
+    running = await gourmet(config([server]))
+    bodies = {
+        "multipart/form-data; boundary=xyz": b"--xyz\r\nnot really multipart",
+        "application/x-www-form-urlencoded": b"a=1&a=2&%zz=&b",
+    }
+    for content_type, body in bodies.items():
+        response = await running.request(
+            "POST",
+            "/form?x=%zz&x=1;y",
+            data=body,
+            headers={"Content-Type": content_type},
+        )
+        assert response.code == 200
+        answer = await json_body(response)
+        assert answer["uri"] == "/form?x=%zz&x=1;y"
+        assert answer["body_sha256"] == hashlib.sha256(body).hexdigest()
+
+
+@pytest_twisted.ensureDeferred
 async def test_post_body_and_forwarding_headers_reach_the_upstream(
     gourmet: Any, make_upstreams: Any
 ) -> None:

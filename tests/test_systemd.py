@@ -51,7 +51,7 @@ needs_systemd_analyze = pytest.mark.skipif(
 #: behind /api/: anything else is Gourmet's own 404.
 GOURMET_CONFIG = (
     "[upstreams.b]\n[[upstreams.b.servers]]\npath='127.0.0.1:1'\n"
-    "[server]\nlisten=['{listen}']\n"
+    "[server]\nlisten=['{listen}']\nworkers={workers}\n"
     "[[server.locations]]\nlocation='^/api/'\nupstream='b'\n"
     "[log]\naccess_log='off'\n[admin]\nlisten='off'\n"
 )
@@ -373,7 +373,7 @@ def test_what_a_systemd_endpoint_without_its_socket_is_told(
 
 
 def test_building_a_systemd_listener_without_a_socket_names_the_key() -> None:
-    text = GOURMET_CONFIG.format(listen="systemd:domain=INET:name=http")
+    text = GOURMET_CONFIG.format(listen="systemd:domain=INET:name=http", workers=1)
     with pytest.raises(ConfigError) as raised:
         build_service(parse_config(text, "gourmet.toml"), MemoryReactorClock())
     assert str(raised.value).startswith(
@@ -395,9 +395,10 @@ class Gourmet:
         listen: str,
         environ: Mapping[str, str],
         passed: Optional[socket.socket] = None,
+        workers: int = 1,
     ) -> None:
         self.config = directory / "gourmet.toml"
-        self.config.write_text(GOURMET_CONFIG.format(listen=listen))
+        self.config.write_text(GOURMET_CONFIG.format(listen=listen, workers=workers))
         self.stderr = directory / "gourmet.err"
         command = [*TWISTD, "-n", "--pidfile=", "gourmet", "--config", str(self.config)]
         env = {
@@ -460,10 +461,13 @@ def read_to_end(client: socket.socket) -> bytes:
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_twistd_says_ready_once_its_port_accepts_reloading_and_stopping(
-    tmp_path: Path, systemd: Systemd, started: List[Gourmet]
+    tmp_path: Path, systemd: Systemd, started: List[Gourmet], workers: int
 ) -> None:
-    gourmet = Gourmet(tmp_path, LOOPBACK, {"NOTIFY_SOCKET": systemd.address})
+    gourmet = Gourmet(
+        tmp_path, LOOPBACK, {"NOTIFY_SOCKET": systemd.address}, workers=workers
+    )
     started.append(gourmet)
     ready = systemd.received()
     # Not a moment early: the listening line is out, the port accepts.
@@ -539,8 +543,9 @@ def listening_socket() -> socket.socket:
     return passed
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_twistd_serves_on_the_socket_systemd_passes(
-    tmp_path: Path, started: List[Gourmet]
+    tmp_path: Path, started: List[Gourmet], workers: int
 ) -> None:
     passed = listening_socket()
     port = passed.getsockname()[1]
@@ -549,7 +554,9 @@ def test_twistd_serves_on_the_socket_systemd_passes(
     early.sendall(b"GET /early HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     with passed:
         environ = {"LISTEN_FDS": "1", "LISTEN_FDNAMES": "http"}
-        gourmet = Gourmet(tmp_path, "systemd:domain=INET:name=http", environ, passed)
+        gourmet = Gourmet(
+            tmp_path, "systemd:domain=INET:name=http", environ, passed, workers
+        )
         started.append(gourmet)
     with early:
         assert status_of(read_to_end(early)) == 404

@@ -37,3 +37,11 @@ class CheckedHeaders(Headers):
         be well formed.
         """
         self._rawHeaders[_nameEncoder.encode(name)] = [value]
+
+
+def set_raw(headers: Headers, name: bytes, value: bytes) -> None:
+    """
+    Make ``value`` the one value of the header ``name`` in any
+    :class:`Headers`, both known to be well formed (Gourmet's own).
+    """
+    headers._rawHeaders[_nameEncoder.encode(name)] = [value]

@@ -15,6 +15,7 @@ from http import HTTPStatus
 from importlib import resources
 from typing import (
     Any,
+    Awaitable,
     Callable,
     Deque,
     Dict,
@@ -22,12 +23,14 @@ from typing import (
     List,
     Mapping,
     Optional,
+    Protocol,
     Tuple,
     Union,
 )
 
 from attrs import evolve, field, frozen
 from klein import Klein
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -50,6 +53,8 @@ from gourmet.admin.views import (
     stream_view,
     upstream_view,
 )
+from gourmet.cluster.member import ClusterMember
+from gourmet.cluster.shared import Applied
 from gourmet.config.model import MAX_WEIGHT, FrontendConfig, GourmetConfig
 from gourmet.discovery.updates import ProvidedUpstream
 from gourmet.frontend.channel import ClientStats
@@ -58,7 +63,13 @@ from gourmet.frontend.site import GourmetSite, NamedRequest
 from gourmet.tcp.factory import StreamFactory
 from gourmet.tls.certificates import Certificate
 from gourmet.upstream.pool import ConnectionPool
-from gourmet.upstream.state import AdminState, Server, Upstream
+from gourmet.upstream.state import (
+    AdminState,
+    Server,
+    Upstream,
+    describe,
+    settings_view,
+)
 
 #: The console's own files, served from the package.
 _STATIC: Dict[str, Tuple[str, bytes]] = {
@@ -122,9 +133,66 @@ class AdminApp:
             certificates=self.running.certificates,
             streams=self.running.streams,
             providers=self.running.providers,
+            cluster=self.running.cluster,
+            workers=self._workers_view,
         )
         self._metrics = MetricsResource(registry)
         self._locations = _locations_by_upstream(config)
+        if self.running.cluster is not None:
+            self.running.cluster.observers.append(self._shared_change)
+
+    def _shared_change(self, applied: Applied) -> None:
+        """
+        List a change another instance made, applied here.
+        """
+        setting = applied.setting
+        self.changes.append(
+            Change(
+                who=setting.who,
+                when=setting.when,
+                upstream=applied.upstream,
+                server=applied.server,
+                before=settings_view(applied.server, *applied.before),
+                after=_settings(applied.server),
+                undo=applied.before,
+                instance=setting.instance,
+            )
+        )
+
+    def _cluster_view(self) -> Optional[Dict[str, Any]]:
+        cluster = self.running.cluster
+        return None if cluster is None else cluster.view()
+
+    def _share(self, upstream: str, server: Server, who: str) -> Optional[str]:
+        """
+        Write a change made here for the other instances; this instance's
+        name, if it has others.
+        """
+        cluster = self.running.cluster
+        if cluster is None:
+            return None
+        cluster.share(upstream, server, who)
+        return cluster.name
+
+    def _workers_view(self) -> Optional[Dict[str, Any]]:
+        workers = self.running.workers()
+        return None if workers is None else workers.view()
+
+    async def _refresh(self) -> None:
+        """
+        With worker processes, have the upstreams hold their figures now.
+        """
+        workers = self.running.workers()
+        if workers is not None:
+            await workers.refresh()
+
+    async def _changed(self, upstream: str, server: Server) -> None:
+        """
+        With worker processes, wait until each has applied the change.
+        """
+        workers = self.running.workers()
+        if workers is not None:
+            await workers.server_changed(upstream, server)
 
     def reconfigure(self, config: GourmetConfig) -> None:
         """
@@ -184,6 +252,7 @@ class AdminApp:
     @app.route("/api/upstreams", methods=["GET"])
     async def list_upstreams(self, request: IRequest) -> bytes:
         await self.security.may_read(request)
+        await self._refresh()
         return _json(
             request,
             {
@@ -198,12 +267,15 @@ class AdminApp:
                     certificate_view(each, index == 0)
                     for index, each in enumerate(self.running.certificates())
                 ],
+                "cluster": self._cluster_view(),
+                "workers": self._workers_view(),
             },
         )
 
     @app.route("/api/upstreams/<name>", methods=["GET"])
     async def one_upstream(self, request: IRequest, name: str) -> bytes:
         await self.security.may_read(request)
+        await self._refresh()
         return _json(request, self._view(self._upstream(name)))
 
     @app.route("/api/upstreams/<name>/servers/<server_id>", methods=["PATCH", "POST"])
@@ -232,6 +304,7 @@ class AdminApp:
                 " requests: every request to it would get 503. Send"
                 ' "force": true to do it anyway.',
             )
+        instance = self._share(upstream.name, server, principal.name)
         change = Change(
             who=principal.name,
             when=self.security.clock.seconds(),
@@ -240,9 +313,12 @@ class AdminApp:
             before=before,
             after=_settings(server),
             undo=undo,
+            instance=instance,
         )
         self.changes.append(change)
         self._log_change(request, principal, "changed", change)
+        await self._changed(upstream.name, server)
+        await self._refresh()
         view = self._view(upstream)
         (changed,) = (each for each in view["servers"] if each["id"] == server.id)
         return _json(request, changed)
@@ -266,7 +342,9 @@ class AdminApp:
         assert isinstance(change, Change)
         server = change.server
         server.weight_override, server.admin_state = change.undo
+        self._share(change.upstream, server, principal.name)
         self._log_change(request, principal, "undid", change)
+        await self._changed(change.upstream, server)
         return _json(request, {"undone": change.view()})
 
     def _log_change(
@@ -293,7 +371,7 @@ class AdminApp:
         if reload is None:
             raise Refused(409, "This console cannot reload its configuration.")
         client = getattr(request.getClientAddress(), "host", "-")
-        error = reload(f"{principal.name} from {client}")
+        error = await reload(f"{principal.name} from {client}")
         if error is not None:
             raise Refused(400, error)
         return _json(request, {"reloaded": self.changes[-1].view()})
@@ -308,6 +386,7 @@ class AdminApp:
     @app.route("/metrics", methods=["GET"])
     async def metrics(self, request: IRequest) -> IResource:
         await self.security.may_read(request)
+        await self._refresh()
         return self._metrics
 
     # -- errors -----------------------------------------------------------------
@@ -373,6 +452,32 @@ def _no_certificates() -> Iterable[Certificate]:
     return ()
 
 
+class Workers(Protocol):
+    """
+    What the console asks of the worker processes' supervisor
+    (:class:`gourmet.workers.supervisor.Supervisor`).
+    """
+
+    def refresh(self) -> Awaitable[None]:
+        """
+        Have the upstreams hold the sum of the workers' figures.
+        """
+
+    def server_changed(self, upstream: str, server: Server) -> Awaitable[Any]:
+        """
+        Apply an operator's change in every worker.
+        """
+
+    def view(self) -> Dict[str, Any]:
+        """
+        The workers, as the API shows them.
+        """
+
+
+def _no_workers() -> Optional[Workers]:
+    return None
+
+
 @frozen
 class Running:
     """
@@ -390,13 +495,17 @@ class Running:
     listeners: Callable[[], Iterable[ListenerInfo]] = _no_listeners
     #: Reloads the configuration file for whom it names; the error line
     #: when the file is not valid.
-    reload: Optional[Callable[[str], Optional[str]]] = None
+    reload: Optional[Callable[[str], Deferred[Optional[str]]]] = None
     #: The certificates TLS listeners serve now, the default one first.
     certificates: Callable[[], Iterable[Certificate]] = _no_certificates
     #: The TCP streams' factories, each with its listener and counts.
     streams: Callable[[], Iterable[StreamFactory]] = tuple
     #: The providers of upstreams whose servers are found, by upstream.
     providers: Callable[[], Mapping[str, ProvidedUpstream]] = dict
+    #: This instance in ``[cluster]``, if it has one.
+    cluster: Optional[ClusterMember] = None
+    #: The worker processes' supervisor, with ``[server] workers`` above 1.
+    workers: Callable[[], Optional[Workers]] = _no_workers
 
 
 _UNCHANGED = object()
@@ -410,7 +519,8 @@ class Change:
     """
     One change an operator made: who, when, to which server, and its
     settings before and after; ``undo`` is what restores it exactly (the
-    weight override, None for the configured weight, and the state).
+    weight override, None for the configured weight, and the state);
+    ``instance``, in a ``[cluster]``, the instance whose console made it.
     """
 
     who: str
@@ -420,6 +530,7 @@ class Change:
     before: Dict[str, Any]
     after: Dict[str, Any]
     undo: Tuple[Optional[int], AdminState]
+    instance: Optional[str] = None
 
     def view(self) -> Dict[str, Any]:
         """
@@ -433,8 +544,9 @@ class Change:
             "server_id": self.server.id,
             "before": self.before,
             "after": self.after,
-            "description": _describe_change(self.before, self.after),
+            "description": describe(self.before, self.after),
             "kind": "change",
+            "instance": self.instance,
         }
 
 
@@ -462,6 +574,7 @@ class Reloaded:
             "after": None,
             "description": self.description,
             "kind": "reload",
+            "instance": None,
         }
 
 
@@ -514,19 +627,7 @@ def _valid_weight(weight: object) -> bool:
 
 def _settings(server: Server) -> Dict[str, Any]:
     # The weight the server has when up: a drained server's is 0 only for now.
-    weight = server.weight_override
-    if weight is None:
-        weight = server.configured_weight
-    return {"weight": weight, "state": server.admin_state.value}
-
-
-def _describe_change(before: Dict[str, Any], after: Dict[str, Any]) -> str:
-    changes = [
-        f"{key} {before[key]} -> {after[key]}"
-        for key in before
-        if before[key] != after[key]
-    ]
-    return ", ".join(changes) or "nothing"
+    return settings_view(server, server.weight_override, server.admin_state)
 
 
 def _allowed(error: HTTPException) -> List[bytes]:

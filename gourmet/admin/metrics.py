@@ -30,6 +30,7 @@ import gourmet
 import twisted
 from gourmet.admin.throttle import SignInThrottle
 from gourmet.admin.views import Instance, ListenerInfo
+from gourmet.cluster.member import ClusterMember
 from gourmet.discovery.updates import ProvidedUpstream
 from gourmet.frontend.channel import ClientStats
 from gourmet.tcp.factory import StreamFactory
@@ -544,6 +545,45 @@ class StreamCollector(Collector):
         return _families(["stream", "upstream"], _STREAM_FIGURES, rows)
 
 
+class ClusterCollector(Collector):
+    """
+    This instance in ``[cluster]``: whether etcd is reachable, the
+    instances listed, and the console's changes shared.
+    """
+
+    def __init__(self, cluster: ClusterMember) -> None:
+        self.cluster = cluster
+
+    def collect(self) -> Iterable[Metric]:
+        cluster = self.cluster
+        yield GaugeMetricFamily(
+            "gourmet_cluster_connected",
+            "1 while the cluster's keys in etcd are watched; 0 while etcd is"
+            " unreachable and the last state known is kept.",
+            value=float(cluster.connected),
+        )
+        yield GaugeMetricFamily(
+            "gourmet_cluster_instances",
+            "Instances whose heartbeat is in etcd, this one included.",
+            value=len(cluster.state.instances),
+        )
+        yield GaugeMetricFamily(
+            "gourmet_cluster_pending_changes",
+            "Changes made in this console not written to etcd yet.",
+            value=len(cluster.state.pending),
+        )
+        yield CounterMetricFamily(
+            "gourmet_cluster_applied_changes",
+            "Settings from other instances' consoles applied here.",
+            value=cluster.applied,
+        )
+        yield CounterMetricFamily(
+            "gourmet_cluster_lost_changes",
+            "Changes made here that another instance's change overrode.",
+            value=cluster.lost,
+        )
+
+
 def metrics_registry(
     upstreams: Mapping[str, Upstream],
     client_stats: Optional[ClientStats] = None,
@@ -555,6 +595,8 @@ def metrics_registry(
     certificates: Optional[Callable[[], Iterable[Certificate]]] = None,
     streams: Optional[Callable[[], Iterable[StreamFactory]]] = None,
     providers: Optional[Callable[[], Mapping[str, ProvidedUpstream]]] = None,
+    cluster: Optional[ClusterMember] = None,
+    workers: Optional[Callable[[], Optional[Mapping[str, Any]]]] = None,
 ) -> CollectorRegistry:
     """
     A registry of Gourmet's own (not the process-wide default one, so that
@@ -572,11 +614,49 @@ def metrics_registry(
         registry.register(StreamCollector(streams))
     if providers is not None:
         registry.register(ProviderCollector(providers))
+    if cluster is not None:
+        registry.register(ClusterCollector(cluster))
+    if workers is not None:
+        registry.register(WorkerCollector(workers))
     if client_stats is not None:
         registry.register(ClientCollector(client_stats))
     if throttle is not None:
         registry.register(SignInCollector(throttle))
     return registry
+
+
+class WorkerCollector(Collector):
+    """
+    The worker processes of ``[server] workers``: how many serve, the
+    requests each sent upstream, and how many died and were replaced.
+    """
+
+    def __init__(self, workers: Callable[[], Optional[Mapping[str, Any]]]) -> None:
+        self._workers = workers
+
+    def collect(self) -> Iterable[Metric]:
+        view = self._workers()
+        if view is None:
+            return
+        serving = GaugeMetricFamily(
+            "gourmet_workers", "Worker processes serving now.", labels=[]
+        )
+        serving.add_metric([], sum(1 for each in view["workers"] if each["ready"]))
+        yield serving
+        restarts = CounterMetricFamily(
+            "gourmet_worker_restarts",
+            "Worker processes that died and were started again.",
+        )
+        restarts.add_metric([], view["restarts"])
+        yield restarts
+        requests = CounterMetricFamily(
+            "gourmet_worker_upstream_requests",
+            "Requests each worker process sent to upstream servers.",
+            labels=["worker"],
+        )
+        for each in view["workers"]:
+            requests.add_metric([str(each["index"])], each["requests"])
+        yield requests
 
 
 class MetricsResource(Resource):

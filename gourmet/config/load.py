@@ -49,6 +49,7 @@ from gourmet.config.model import (
     MAX_WEIGHT,
     AcmeConfig,
     AdminConfig,
+    ClusterConfig,
     DemoConfig,
     FrontendConfig,
     GourmetConfig,
@@ -66,6 +67,7 @@ from gourmet.discovery.registry import (
     PROVIDERS,
     load_balancer_plugins,
 )
+from gourmet.etcd.options import BadOption, credentials_of, endpoints_of
 from gourmet.http.rules import (
     OWNED_REQUEST,
     OWNED_RESPONSE,
@@ -204,6 +206,34 @@ def _number(low: float, inclusive: bool = False) -> Kind[float]:
         raise _Invalid(f"expected a number {bounds}, got {_show(value)}")
 
     return number
+
+
+#: Most worker processes ``[server] workers`` may ask for.
+MAX_WORKERS = 256
+
+
+def cores() -> int:
+    """
+    The cores this process may run on (its CPU affinity, else the machine's).
+    """
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _workers(value: Any) -> int:
+    """
+    ``[server] workers``: a count of worker processes, or ``"auto"``, one
+    per core.
+    """
+    if value == "auto":
+        return cores()
+    if _is_whole(value) and 1 <= value <= MAX_WORKERS:
+        return int(value)
+    raise _Invalid(
+        f'expected a whole number from 1 to {MAX_WORKERS} or "auto", got {_show(value)}'
+    )
 
 
 def _boolean(value: Any) -> bool:
@@ -1185,6 +1215,7 @@ def _frontend(
         idle_timeout=_number(0),
         max_connections=_whole(0),
         shutdown_timeout=_number(0),
+        workers=_workers,
         tunnel_idle_timeout=_number(0),
         trusted_proxies=_array(_network),
         accept_proxy_protocol=_array(_network),
@@ -1316,6 +1347,7 @@ def _gourmet(document: _Table, source: str, base_dir: str) -> GourmetConfig:
             if other.listen == stream.listen:
                 raise table.error("listen", f"the same as streams[{earlier}].listen")
         streams.append(stream)
+    cluster = _cluster(document.table("cluster"))
     document.done()
     return GourmetConfig(
         source=source,
@@ -1325,7 +1357,60 @@ def _gourmet(document: _Table, source: str, base_dir: str) -> GourmetConfig:
         demo=DemoConfig(**demo),
         admin=admin,
         streams=tuple(streams),
+        cluster=cluster,
     )
+
+
+#: An instance's name in ``[cluster]``: what a key and a console show.
+_INSTANCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,99}")
+
+
+def _instance_name(value: Any) -> str:
+    if not isinstance(value, str) or not _INSTANCE_NAME.fullmatch(value):
+        raise _Invalid(
+            "expected a name of letters, digits and . _ : @ - (at most 100),"
+            f' such as "gourmet-1", got {_show(value)}'
+        )
+    return value
+
+
+def _etcd_endpoints(value: Any) -> Tuple[str, ...]:
+    try:
+        return endpoints_of(value)
+    except BadOption as error:
+        raise _Invalid(error.message) from None
+
+
+def _prefix(value: Any) -> str:
+    if not isinstance(value, str) or not value.endswith("/") or len(value) < 2:
+        raise _Invalid(
+            f'expected a key prefix ending in "/", such as "/gourmet/cluster/",'
+            f" got {_show(value)}"
+        )
+    return value
+
+
+def _cluster(table: _Table) -> ClusterConfig:
+    values = table.only(
+        etcd=_etcd_endpoints,
+        prefix=_prefix,
+        name=_instance_name,
+        lease_ttl=_whole(2, 3600),
+        dial_timeout=_number(0),
+        username=_string,
+        password=_string,
+    )
+    try:
+        credentials_of(values.get("username"), values.get("password"))
+    except BadOption as error:
+        raise table.error(error.key, error.message) from None
+    if values and "etcd" not in values:
+        raise table.error(
+            "etcd",
+            'missing key: expected etcd\'s URLs, such as ["http://127.0.0.1:2379"],'
+            " to share the console's changes (or no [cluster] table)",
+        )
+    return ClusterConfig(**values)
 
 
 def parse_config(

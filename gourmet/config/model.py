@@ -224,6 +224,9 @@ class FrontendConfig:
     max_connections: int = 10000
     #: Seconds a stop waits for requests in flight before cutting them.
     shutdown_timeout: float = 30.0
+    #: Worker processes that serve the listeners (``"auto"`` in the file
+    #: is one per core); 1: Gourmet serves in its one process.
+    workers: int = 1
     #: Seconds an upgraded connection (a WebSocket) may pass no byte
     #: either way before it is closed; 0: never.
     tunnel_idle_timeout: float = 3600.0
@@ -380,6 +383,35 @@ class AdminConfig:
         return self.listen is not None and endpoint_is_loopback(self.listen)
 
 
+#: Where ``[cluster]`` keeps its keys unless told.
+CLUSTER_PREFIX = "/gourmet/cluster/"
+
+
+@frozen
+class ClusterConfig:
+    """
+    ``[cluster]``: instances that share the console's changes through etcd.
+
+    :ivar etcd: etcd's client URLs; none: no cluster.
+    :ivar name: this instance's name among the others; None: the host's
+        name and the console's port, once it listens.
+    :ivar lease_ttl: seconds an instance stays listed after its last
+        heartbeat.
+    """
+
+    etcd: Tuple[str, ...] = ()
+    prefix: str = CLUSTER_PREFIX
+    name: Optional[str] = None
+    lease_ttl: int = 5
+    dial_timeout: float = 5.0
+    username: Optional[str] = None
+    password: Optional[str] = field(default=None, repr=False)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.etcd)
+
+
 @frozen
 class GourmetConfig:
     """
@@ -395,6 +427,8 @@ class GourmetConfig:
     admin: AdminConfig = field(factory=AdminConfig)
     #: The ``[[streams]]``: TCP load balancing.
     streams: Tuple[StreamConfig, ...] = ()
+    #: ``[cluster]``: the console's changes shared through etcd.
+    cluster: ClusterConfig = field(factory=ClusterConfig)
 
     def upstream(self, name: str) -> UpstreamConfig:
         for upstream in self.upstreams:

@@ -8,10 +8,26 @@ have and get nothing new), and keeps that set while the provider fails.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+)
 
-from attrs import evolve
-from twisted.internet.defer import DeferredList, maybeDeferred
+from attrs import asdict, evolve
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    gatherResults,
+    maybeDeferred,
+    succeed,
+)
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -24,6 +40,10 @@ from gourmet.discovery.registry import PROVIDERS
 #: What applies an upstream's configuration with a new set of servers.
 Apply = Callable[[UpstreamConfig], None]
 Found = Tuple[ProvidedServer, ...]
+
+#: How long start-up waits for every provider's first answer before the
+#: proxy accepts anyway (Envoy's ``initial_fetch_timeout`` is 15 s too).
+FIRST_ANSWER_WAIT = 15.0
 
 
 def server_config(
@@ -60,6 +80,8 @@ class ProvidedUpstream:
         latest failure, until a set comes; :ivar error_since: when failures
         began.
     :ivar metadata: what the provider said of each server, by address.
+    :ivar has_answered: whether the provider answered (a set or a failure)
+        or inherited a set.
     """
 
     log = Logger()
@@ -84,6 +106,26 @@ class ProvidedUpstream:
         self.last_error: Optional[str] = None
         self.error_since: Optional[float] = None
         self._stopped = False
+        self.has_answered = found is not None
+        self._waiting: List[Deferred[None]] = []
+
+    def answered(self) -> Deferred[None]:
+        """
+        Fires once the provider has answered (a set or a failure), or at
+        once if it has, or if a set was inherited from the one it replaces.
+        """
+        if self.has_answered:
+            return succeed(None)
+        waiting: Deferred[None] = Deferred()
+        self._waiting.append(waiting)
+        return waiting
+
+    def _heard(self) -> None:
+        self.has_answered = True
+        waiting, self._waiting = self._waiting, []
+        for each in waiting:
+            if not each.called:  # not cancelled by a timeout
+                each.callback(None)
 
     def start(self) -> None:
         self.provider.start(self)
@@ -116,6 +158,7 @@ class ProvidedUpstream:
             self._log_change(self.found or (), found)
             self.found = found
             self._apply(self.with_servers(self.config))
+        self._heard()
 
     def failed(self, reason: str) -> None:
         if self._stopped:
@@ -134,6 +177,7 @@ class ProvidedUpstream:
         self.last_error = reason
         if self.error_since is None:
             self.error_since = self._clock.seconds()
+        self._heard()
 
     def with_servers(self, config: UpstreamConfig) -> UpstreamConfig:
         """
@@ -161,6 +205,8 @@ class Discovery:
     The providers of a configuration's upstreams, started, restarted by
     reloads that change them, and stopped.
     """
+
+    log = Logger()
 
     def __init__(self, reactor: Any, apply: Apply) -> None:
         self._reactor = reactor
@@ -204,6 +250,29 @@ class Discovery:
         self.upstreams[config.name] = running
         running.start()
 
+    def first_answers(self, seconds: float = FIRST_ANSWER_WAIT) -> Deferred[None]:
+        """
+        Fires once every provider running has answered once, or after
+        ``seconds`` (saying which have not): what the proxy waits for
+        before it accepts, so that its first requests do not get 503 for
+        an upstream whose servers are about to be known.
+        """
+        running = list(self.upstreams.values())
+        every: Deferred[None] = gatherResults(
+            [each.answered() for each in running]
+        ).addCallback(lambda _: None)
+
+        def late(result: object, timeout: float) -> None:
+            silent = sorted(e.config.name for e in running if not e.has_answered)
+            self.log.warn(
+                "no servers found within {timeout:g} s for {upstreams}: accepting"
+                " anyway (their requests get 503 until their providers answer)",
+                timeout=timeout,
+                upstreams=", ".join(silent),
+            )
+
+        return every.addTimeout(seconds, self._reactor, onTimeoutCancel=late)
+
     def stop(self) -> Any:
         """
         Stop every provider; fires once they have.
@@ -217,3 +286,48 @@ def _same_provider(one: UpstreamConfig, other: UpstreamConfig) -> bool:
         other.provider,
         other.provider_options,
     )
+
+
+def found_as_data(found: Iterable[ProvidedServer]) -> List[Dict[str, Any]]:
+    """
+    A provider's set as plain data (for a worker process).
+    """
+    return [{**asdict(each), "metadata": dict(each.metadata)} for each in found]
+
+
+def found_from_data(data: Iterable[Mapping[str, Any]]) -> Found:
+    """
+    The set :func:`found_as_data` made.
+    """
+    return tuple(ProvidedServer(**each) for each in data)
+
+
+class ProvidedElsewhere(Discovery):
+    """
+    The providers of a worker process: none run here; the supervisor's
+    sets come with :meth:`provided`.
+    """
+
+    def __init__(self, reactor: Any, apply: Apply) -> None:
+        super().__init__(reactor, apply)
+        self._configs: Dict[str, UpstreamConfig] = {}
+        self._found: Dict[str, Found] = {}
+
+    def with_servers(self, config: UpstreamConfig) -> UpstreamConfig:
+        found = self._found.get(config.name)
+        if config.provider == "static" or found is None:
+            return config
+        servers = tuple(server_config(each, config) for each in found)
+        return evolve(config, servers=servers)
+
+    def update(self, configs: Iterable[UpstreamConfig]) -> None:
+        self._configs = {each.name: each for each in configs}
+
+    def provided(self, upstream: str, found: Found) -> None:
+        """
+        The supervisor's provider found ``found`` for ``upstream``.
+        """
+        self._found[upstream] = found
+        config = self._configs.get(upstream)
+        if config is not None:
+            self._apply(self.with_servers(config))

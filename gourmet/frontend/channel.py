@@ -67,6 +67,9 @@ LINGER_SECONDS = 2.0
 #: Statuses whose responses have no body, whatever their headers say.
 _NO_BODY = frozenset({b"204", b"304"})
 
+#: The headers of a request not begun; never appended to.
+_NO_HEADERS: List[Tuple[bytes, bytes]] = []
+
 
 def _cancel(call: Optional[IDelayedCall]) -> Optional[IDelayedCall]:
     """
@@ -153,25 +156,38 @@ class GourmetChannel(HTTPChannelHooks):
     secure = False
     #: Not an HTTP/2 connection (:class:`gourmet.frontend.http2.Http2Connection`).
     http2 = False
+    # Twisted's own limits on the head never apply: Gourmet's (the
+    # [server] limits) are checked first, line by line, and configuration
+    # keeps them below these.
+    totalHeadersSize = 2**31
+    maxHeaders = 2**31
+
+    # What most connections never change is a class attribute until it
+    # changes: an idle keep-alive connection holds its channel's instance
+    # dictionary, whose table grows with its keys (about 1.5 KiB on
+    # CPython 3.11 with the 38 left, most of them twisted.web's).
+    _rejected = False
+    _closing = False
+    _linger: Optional[IDelayedCall] = None
+    _tls_info: Optional[Tuple[str, Optional[str]]] = None
+    _tunnel: Optional[SpliceEnd] = None
+    #: Made for the first request with a body.
+    _body_rate: Optional[MinimumRate] = None
+    _blank_line_seen = False
+    _body_declared = 0
+    #: Set for every request: moved, not rescheduled (gourmet.deadline).
+    #: Made in connectionMade, when the site and its clock are known.
+    _head_deadline: Optional[Deadline] = None
+    _idle_deadline: Optional[Deadline] = None
 
     def __init__(self) -> None:
         super().__init__()
-        self._rejected = False
         self._counted = False
         self._receiving = False
         self._lines = 0
-        # Set for every request: moved, not rescheduled (gourmet.deadline).
-        # Made in connectionMade, when the site and its clock are known.
-        self._head_deadline: Optional[Deadline] = None
-        self._idle_deadline: Optional[Deadline] = None
-        self._body_rate: Optional[MinimumRate] = None
-        self._linger: Optional[IDelayedCall] = None
         self._host: Any = None
         self._peer: Any = None
         self._held_head = b""
-        self._closing = False
-        self._tls_info: Optional[Tuple[str, Optional[str]]] = None
-        self._tunnel: Optional[SpliceEnd] = None
         self._reset_request()
 
     @property
@@ -181,11 +197,15 @@ class GourmetChannel(HTTPChannelHooks):
 
     def _reset_request(self) -> None:
         self._request_line: Optional[RequestLine] = None
-        self._headers: List[Tuple[bytes, bytes]] = []
+        # A new list once a request line arrives: an idle connection keeps
+        # the shared empty one.
+        self._headers: List[Tuple[bytes, bytes]] = _NO_HEADERS
         self._head: Optional[Head] = None
         self._head_size = 0
-        self._blank_line_seen = False
-        self._body_declared = 0
+        if self._blank_line_seen:
+            self._blank_line_seen = False
+        if self._body_declared:
+            self._body_declared = 0
 
     # -- connection ------------------------------------------------------
 
@@ -193,16 +213,12 @@ class GourmetChannel(HTTPChannelHooks):
         clock = self.site.clock
         self._head_deadline = Deadline(clock, self._head_timed_out)
         self._idle_deadline = Deadline(clock, self.timeoutConnection)
-        self._body_rate = MinimumRate(clock, self._body_too_slow)
         super().connectionMade()
         # Once per connection: twisted.web asks for every request.
-        self.secure = ISSLTransport.providedBy(self.transport)
+        if ISSLTransport.providedBy(self.transport):
+            self.secure = True
         tune(self.transport)
-        limits = self._limits
-        # Twisted's own limits answer 400; Gourmet's, checked first, say why.
-        self.totalHeadersSize = limits.max_header_size
-        self.maxHeaders = limits.max_headers
-        self.MAX_LENGTH = limits.max_request_line
+        self.MAX_LENGTH = self._limits.max_request_line
         if not self.site.connection_opened(self):
             self._reject(BadRequest(503, "too many connections"), linger=False)
             return
@@ -345,8 +361,9 @@ class GourmetChannel(HTTPChannelHooks):
         for deadline in (self._head_deadline, self._idle_deadline):
             if deadline is not None:
                 deadline.cancel()
-        if self._body_rate is not None:
-            self._body_rate.stop()
+        body_rate = self._body_rate
+        if body_rate is not None:
+            body_rate.stop()
 
     # -- a switch to another protocol ---------------------------------------
 
@@ -447,6 +464,7 @@ class GourmetChannel(HTTPChannelHooks):
             request_line = check_request_line(line, limits.max_request_line)
             self._add_to_head(line)
             self._request_line = request_line
+            self._headers = []
             if request_line.authority is None:
                 return line
             return b" ".join(request_line[:3])
@@ -512,7 +530,11 @@ class GourmetChannel(HTTPChannelHooks):
         if length != 0:
             # From the end of the head, after a grace of header_timeout.
             limits = self._limits
-            self._body_rate.start(limits.body_min_rate, limits.header_timeout)  # type: ignore[union-attr]
+            body_rate = self._body_rate
+            if body_rate is None:
+                body_rate = MinimumRate(self.site.clock, self._body_too_slow)
+                self._body_rate = body_rate
+            body_rate.start(limits.body_min_rate, limits.header_timeout)
         # Twisted answers "100 Continue" here, after Gourmet's checks.
         super().allHeadersReceived()
 
@@ -533,8 +555,9 @@ class GourmetChannel(HTTPChannelHooks):
     def rawDataReceived(self, data: bytes) -> None:
         if self._rejected:
             return
-        if not self.handling_request:
-            self._body_rate.received += len(data)  # type: ignore[union-attr]
+        body_rate = self._body_rate
+        if body_rate is not None and not self.handling_request:
+            body_rate.received += len(data)
         try:
             super().rawDataReceived(data)
         except BadRequest as error:
@@ -553,7 +576,9 @@ class GourmetChannel(HTTPChannelHooks):
             raise BadRequest(400, "chunk size too large")
 
     def allContentReceived(self) -> None:
-        self._body_rate.stop()  # type: ignore[union-attr]
+        body_rate = self._body_rate
+        if body_rate is not None:
+            body_rate.stop()
         self._reset_request()
         self.MAX_LENGTH = self._limits.max_request_line
         super().allContentReceived()

@@ -12,6 +12,7 @@ from typing import (
     IO,
     Any,
     Callable,
+    List,
     Optional,
     Sequence,
     Tuple,
@@ -30,6 +31,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import provider
 
+from gourmet._twisted.headers import set_raw
 from gourmet.config.model import FrontendConfig
 from gourmet.connections import OpenConnections
 from gourmet.frontend.accesslog import AccessLog, ProxyRecord
@@ -115,17 +117,50 @@ class GourmetRequest(NamedRequest):
         if self.gourmet_client_gone is not None:
             self.gourmet_client_gone(reason)
 
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        # twisted.web's, less the parsing of the query string, and of a
+        # POST's form or multipart body, into ``args``: the proxy passes
+        # both on as they came and never reads ``args``, and parsed them
+        # for every request (a multipart body whole, in memory).
+        content: Any = self.content
+        content.seek(0, 0)
+        self.args = {}
+        self.method, self.uri = command, path
+        self.clientproto = version
+        self.path = path.partition(b"?")[0]
+        self.process()
+
     def process(self) -> None:
         channel: GourmetChannel = self.channel  # type: ignore[assignment]
         site: GourmetSite = channel.site  # type: ignore[assignment]
-        self.gourmet_record = ProxyRecord(started=site.clock.seconds())
+        now = site.clock.seconds()
+        self.gourmet_record = ProxyRecord(started=now)
         if channel.secure:
             self.gourmet_record.tls = channel.tls_info()
         if site.frontend.request_id:
             self.gourmet_request_id = self.gourmet_record.request_id = self._request_id(
                 site
             )
-        super().process()
+        if self.path == b"*":
+            super().process()  # twisted.web's answer to OPTIONS *
+            return
+        # What twisted.web's process does, less what the proxy's resources
+        # never use, for every request: its Date formatted once a second,
+        # its Server and Date set without a sanitising copy, and its path
+        # not split and unquoted into prepath and postpath (the root routes
+        # by the whole path, and every resource it routes to is a leaf).
+        self.site = site
+        headers = self.responseHeaders
+        set_raw(headers, b"Date", site.http_date(now))
+        if site.frontend.server_header:
+            set_raw(headers, b"Server", SERVER)
+        self.prepath = []
+        self.postpath = []
+        self.sitepath: List[bytes] = []
+        try:
+            self.render(site.resource.getChildWithDefault(b"", self))
+        except BaseException:
+            self.processingFailed(Failure())
 
     def _request_id(self, site: GourmetSite) -> bytes:
         """
@@ -251,11 +286,26 @@ class GourmetSite(Site):
         self.client_stats = ClientStats()
         self._refusing = False
         self._channels: OpenConnections[GourmetChannel] = OpenConnections()
+        #: Client connections (and HTTP/2 ones of them) worker processes
+        #: serve, told to their supervisor's site (which serves none).
+        self.served_elsewhere: Tuple[int, int] = (0, 0)
         self.request_ids = RequestIds()
         self._trusted: Tuple[FrontendConfig, TrustedProxies] = (
             frontend,
             TrustedProxies(frontend.trusted_proxies),
         )
+        self._date: Tuple[int, bytes] = (-1, b"")
+
+    def http_date(self, now: float) -> bytes:
+        """
+        ``now`` as a ``Date`` header says it, formatted once a second.
+        """
+        second, text = self._date
+        if int(now) != second:
+            second = int(now)
+            text = http.datetimeToString(second)
+            self._date = (second, text)
+        return text
 
     @property
     def trusted_proxies(self) -> TrustedProxies:
@@ -272,16 +322,20 @@ class GourmetSite(Site):
     @property
     def open_connections(self) -> int:
         """
-        Client connections being served.
+        Client connections being served (by the workers too, in the
+        supervisor of ``workers``).
         """
-        return len(self._channels)
+        return len(self._channels) + self.served_elsewhere[0]
 
     @property
     def http2_connections(self) -> int:
         """
         Client connections speaking HTTP/2.
         """
-        return sum(1 for channel in self._channels if channel.http2)
+        return (
+            sum(1 for channel in self._channels if channel.http2)
+            + self.served_elsewhere[1]
+        )
 
     @property
     def busy_connections(self) -> int:

@@ -20,7 +20,7 @@ Results are named as HAProxy names them in its stats: ``L7OK 200 in 1 ms``,
 from __future__ import annotations
 
 import random
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 from attrs import frozen
 from twisted.internet.defer import CancelledError, Deferred
@@ -114,6 +114,27 @@ class ActiveHealth:
         self.last_change: Optional[float] = None
         self.recovered_at: Optional[float] = None
         self.last: Optional[CheckResult] = None
+        #: Told ``up`` when this process's checks take the server out or
+        #: bring it back (a supervisor passes it on to its workers).
+        self.on_change: Optional[Callable[[bool], None]] = None
+
+    def checked_elsewhere(self, up: bool) -> None:
+        """
+        Another process's checks (a worker's supervisor's) took the server
+        out or brought it back: so it is here, without a check of its own.
+        """
+        if up is self.up:
+            return
+        now = self._clock.seconds()
+        self.up = up
+        self.last_change = now
+        if up:
+            self._downtime += now - (self.down_since or now)
+            self.down_since = None
+            self.recovered_at = now
+        else:
+            self.downs += 1
+            self.down_since = now
 
     def reconfigure(self, rise: int, fall: int) -> None:
         """
@@ -175,6 +196,8 @@ class ActiveHealth:
                 result=str(result),
                 server_up=True,
             )
+            if self.on_change is not None:
+                self.on_change(True)
             return
         self.downs += 1
         self.down_since = now
@@ -184,6 +207,8 @@ class ActiveHealth:
             result=str(result),
             server_down=True,
         )
+        if self.on_change is not None:
+            self.on_change(False)
 
 
 @implementer(IResponseReceiver)

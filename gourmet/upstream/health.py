@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from typing import Deque, Optional
+from typing import Callable, Deque, Optional
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -59,6 +59,9 @@ class PassiveHealth:
         #: When it last came back up after being taken out (for slow start).
         self.recovered_at: Optional[float] = None
         self._trial_in_flight = False
+        #: Told ``(down, seconds, error)`` when this process's own requests
+        #: take the server out or bring it back (workers pass it on).
+        self.on_change: Optional[Callable[[bool, float, str], None]] = None
 
     def reconfigure(self, max_fail: int, fail_timeout: float) -> None:
         """
@@ -134,6 +137,34 @@ class PassiveHealth:
             error=error,
             server_down=True,
         )
+        if self.on_change is not None:
+            self.on_change(True, self.fail_timeout, error)
+
+    def taken_out_elsewhere(self, seconds: float, error: str) -> None:
+        """
+        Another worker's requests took the server out for ``seconds``:
+        this one takes it out too (logged there, not again here).
+        """
+        now = self._clock.seconds()
+        self.last_error = error
+        self._state = Health.DOWN
+        self._trial_in_flight = False
+        self._failures.clear()
+        if self.down_since is None:
+            self.down_since = now
+        self.up_since = None
+        self.down_until = now + seconds
+
+    def back_up_elsewhere(self) -> None:
+        """
+        Another worker's trial request found the server back up.
+        """
+        if self._state is not Health.UP:
+            self._trial_in_flight = False
+            self._state = Health.UP
+            self.up_since = self.recovered_at = self._clock.seconds()
+            self.down_since = None
+            self.down_until = None
 
     def _back_up(self) -> None:
         self.log.info(
@@ -146,6 +177,8 @@ class PassiveHealth:
         self.up_since = self.recovered_at = self._clock.seconds()
         self.down_since = None
         self.down_until = None
+        if self.on_change is not None:
+            self.on_change(False, 0.0, "")
 
     def cancelled(self) -> None:
         """

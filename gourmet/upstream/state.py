@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import random
 import re
-from typing import Collection, Dict, List, Optional, Tuple
+from typing import Any, Callable, Collection, Dict, List, Optional, Tuple
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -256,6 +256,12 @@ class Upstream:
         self._rng = rng or random.Random()
         self.panic_since: Optional[float] = None
         self.servers: List[Server] = []
+        #: Told ``(server, down, seconds, error)`` when passive health in
+        #: this process takes a server out or brings it back.
+        self.health_hook: Optional[Callable[[Server, bool, float, str], None]] = None
+        #: Told ``(server, up)`` when active checks in this process take a
+        #: server out or bring it back.
+        self.check_hook: Optional[Callable[[Server, bool], None]] = None
         self.sticky_tokens = StickyTokens(config.name, config.sticky_secret)
         self.reconfigure(config)
 
@@ -315,6 +321,13 @@ class Upstream:
         )
         server = Server(config, health, server_id, self.stats, self._clock)
         server.added_at = self._clock.seconds()
+
+        def changed(down: bool, seconds: float, error: str) -> None:
+            hook = self.health_hook
+            if hook is not None:
+                hook(server, down, seconds, error)
+
+        health.on_change = changed
         return server
 
     def _reconfigure_checks(self, server: Server, config: UpstreamConfig) -> None:
@@ -325,6 +338,13 @@ class Upstream:
             server.active_health = ActiveHealth(
                 f"{self.name}/{server.name}", self._clock, check.rise, check.fall
             )
+
+            def changed(up: bool) -> None:
+                hook = self.check_hook
+                if hook is not None:
+                    hook(server, up)
+
+            server.active_health.on_change = changed
         else:
             server.active_health.reconfigure(check.rise, check.fall)
 
@@ -492,6 +512,30 @@ class Upstream:
             if name in (server.id, server.name):
                 return server
         raise KeyError(name)
+
+
+def describe(before: Dict[str, Any], after: Dict[str, Any]) -> str:
+    """
+    ``state up -> drain``: what changed between two settings.
+    """
+    changes = [
+        f"{key} {before[key]} -> {after[key]}"
+        for key in before
+        if before[key] != after[key]
+    ]
+    return ", ".join(changes) or "nothing"
+
+
+def settings_view(
+    server: Server, weight: Optional[int], state: AdminState
+) -> Dict[str, Any]:
+    """
+    A server's weight (the configured one unless overridden) and state.
+    """
+    return {
+        "weight": server.configured_weight if weight is None else weight,
+        "state": state.value,
+    }
 
 
 def server_ids(paths: List[str]) -> List[str]:

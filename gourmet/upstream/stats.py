@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections import Counter
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -79,6 +79,31 @@ class PerSecond:
     def total(self, seconds: int) -> int:
         return sum(self.series(seconds))
 
+    def counts(self) -> Dict[int, int]:
+        """
+        The counts of the seconds in the ring that counted anything, by
+        second (the unfinished current one too): what a worker process
+        tells its supervisor.
+        """
+        now = int(self._clock.seconds())
+        return {
+            second: count
+            for second, count in zip(self._seconds, self._counts)
+            if count and now - self._span < second <= now
+        }
+
+    def load(self, counts: Mapping[int, int]) -> None:
+        """
+        Hold ``counts`` (by second, as :meth:`counts` gives them) instead
+        of what it counted: the supervisor's sum of its workers' figures.
+        """
+        self._counts = [0] * self._span
+        self._seconds = [-1] * self._span
+        for second, count in counts.items():
+            slot = second % self._span
+            self._seconds[slot] = second
+            self._counts[slot] = count
+
     def rates(self) -> Tuple[float, float, int]:
         """
         Events per second now (the last :data:`CURRENT_SECONDS`), over the
@@ -110,6 +135,18 @@ class RecentLatency:
 
     def __len__(self) -> int:
         return len(self._samples)
+
+    def samples(self) -> List[float]:
+        return list(self._samples)
+
+    def load(self, samples: Sequence[float]) -> None:
+        """
+        Hold ``samples`` (several workers' together: the size grows to
+        take them all).
+        """
+        self._samples = list(samples)
+        self._size = max(len(self._samples), LATENCY_SAMPLES)
+        self._next = 0
 
     def mean(self) -> Optional[float]:
         samples = self._samples
@@ -172,6 +209,14 @@ class PeakEwma:
         """
         self.observe(max(2 * (self.estimate() or 0.0), FAILURE_SECONDS))
 
+    def load(self, value: Optional[float]) -> None:
+        """
+        Hold ``value`` as the estimate now (None: nothing observed).
+        """
+        self._value = value or 0.0
+        self._stamp = self._clock.seconds()
+        self.samples = 0 if value is None else 1
+
     def estimate(self) -> Optional[float]:
         """
         The estimate now, in seconds; None before anything was observed.
@@ -196,6 +241,21 @@ class Histogram:
         self._counts[bisect.bisect_left(self.bounds, seconds)] += 1
         self.count += 1
         self.sum += seconds
+
+    def counts(self) -> List[int]:
+        """
+        The observations in each bucket (not cumulative), ``+Inf``'s last.
+        """
+        return list(self._counts)
+
+    def load(self, counts: Sequence[int], total: float) -> None:
+        """
+        Hold ``counts`` (as :meth:`counts` gives them) summing to ``total``
+        seconds.
+        """
+        self._counts = list(counts)
+        self.count = sum(counts)
+        self.sum = total
 
     def cumulative(self) -> List[Tuple[str, int]]:
         """

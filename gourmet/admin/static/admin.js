@@ -31,6 +31,8 @@
     certificates: new Map(),
     /** TCP stream (its listen string) → its row's elements. */
     streams: new Map(),
+    /** Cluster instance name → its row's elements. */
+    instances: new Map(),
     /**
      * Gourmet's clock at its last answer, in Unix seconds: "up 5 min" is
      * measured on it, so a console read from a computer whose clock is off
@@ -357,6 +359,7 @@
     renderOverview(instance, data.listeners || []);
     renderCertificates(data.certificates || []);
     renderStreams(data.streams || []);
+    renderCluster(data.cluster || null);
     render(data.upstreams);
     renderChanges(data.changes || []);
   }
@@ -506,6 +509,36 @@
     setText(row.bytes, `${byteSize(stream.bytes.received)} in, ${byteSize(stream.bytes.sent)} out`);
   }
 
+  // -- the cluster: etcd, and the other instances ----------------------------------------
+
+  function renderCluster(cluster) {
+    document.getElementById("cluster-panel").hidden = cluster === null;
+    if (cluster === null) return;
+    const status = document.getElementById("cluster-status");
+    let text = `${cluster.name} · etcd ${cluster.etcd.join(", ")} · `;
+    if (cluster.connected) {
+      text += cluster.since === null ? "connected" : `connected since ${since(cluster.since)}`;
+    } else if (cluster.last_error === null) {
+      text += "connecting…";
+    } else {
+      const why = cluster.last_error.replace(/\.+$/, "");
+      text += `unreachable since ${since(cluster.since)}: ${why}. ` +
+        "Serving with the last state known; changes made here apply here and are " +
+        "written once etcd is back";
+    }
+    if (cluster.pending > 0) text += ` · ${count(cluster.pending)} changes waiting for etcd`;
+    setText(status, text);
+    status.classList.toggle("banner-error", !cluster.connected && cluster.last_error !== null);
+    renderRows("cluster-body", app.instances, cluster.instances, INSTANCE_TABLE);
+  }
+
+  function updateInstanceRow(row, instance) {
+    setText(row.name, instance.self ? `${instance.name} (this one)` : instance.name);
+    setText(row.admin, instance.admin || "no console");
+    setText(row.started, `${dateTime(instance.started)}, pid ${instance.pid}, ${instance.version}`);
+    setText(row.seen, since(instance.seen));
+  }
+
   // The tables' rows; declared after their update functions, which they name.
   const LISTENER_TABLE = {
     name: "listener",
@@ -526,6 +559,13 @@
     cells: [["address", "addresses"], ["upstream", "upstream"],
       ["connections", "num connections"], ["bytes", "num bytes"]],
     update: updateStreamRow,
+  };
+
+  const INSTANCE_TABLE = {
+    name: "instance",
+    key: (instance) => instance.name,
+    cells: [["name", ""], ["admin", "addresses"], ["started", "started"], ["seen", "seen"]],
+    update: updateInstanceRow,
   };
 
   /** Brings the page in line with the upstreams the API returned. */
@@ -1262,8 +1302,8 @@
     const shown = changes.map((change) =>
       change.kind === "reload"
         ? `${clockTime(change.when)} ${change.who}: ${change.description}`
-        : `${clockTime(change.when)} ${change.who}: ${change.upstream} / ${change.server}: ` +
-          change.description);
+        : `${clockTime(change.when)} ${change.who}${change.instance ? ` on ${change.instance}` : ""}: ` +
+          `${change.upstream} / ${change.server}: ${change.description}`);
     const none = shown.length === 0;
     showList(list, none ? ["No changes since Gourmet started."] : shown, (text) =>
       el("li", { className: none ? "empty" : "", text }));

@@ -33,6 +33,7 @@ from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from gourmet._twisted.client import QuietPool
+from gourmet.etcd.options import EtcdOptions
 
 #: The longest message Gourmet reads from etcd: a range of every key, or one
 #: watch response.  Past it the answer is refused rather than buffered.
@@ -88,9 +89,18 @@ class Gateway:
             raise body.error
         if not answers:
             raise EtcdSaid("the answer was cut: " + why_lost(body.reason))
-        if response.code != 200 or len(answers) != 1 or "header" not in answers[0]:
+        answer = answers[0] if len(answers) == 1 else None
+        if isinstance(answer, dict) and isinstance(answer.get("result"), dict):
+            # A stream's call with one request (a lease's keepalive): its
+            # one answer, wrapped by the gateway.
+            answer = answer["result"]
+        if (
+            response.code != 200
+            or not isinstance(answer, dict)
+            or "header" not in answer
+        ):
             raise EtcdSaid(_error_text(response.code, answers))
-        return answers[0]
+        return answer
 
     async def stream(
         self,
@@ -129,6 +139,16 @@ class Gateway:
             timeout=self._timeout,
             reactor=self._reactor,
         )
+
+
+async def sign_in(gateway: Gateway, endpoint: str, options: EtcdOptions) -> None:
+    """
+    Get ``gateway`` a new token from ``endpoint`` for ``options``' user.
+    """
+    gateway.token = None
+    credentials = {"name": options.username, "password": options.password}
+    answer = await gateway.call(endpoint, "/v3/auth/authenticate", credentials)
+    gateway.token = str(answer["token"])
 
 
 def message_of(answer: Any) -> str:
