@@ -258,8 +258,9 @@ class Discovery:
         an upstream whose servers are about to be known.
         """
         running = list(self.upstreams.values())
+        # Errors consumed: a timeout cancels the waits of the silent ones.
         every: Deferred[None] = gatherResults(
-            [each.answered() for each in running]
+            [each.answered() for each in running], consumeErrors=True
         ).addCallback(lambda _: None)
 
         def late(result: object, timeout: float) -> None:
