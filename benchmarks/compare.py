@@ -992,14 +992,8 @@ def busy_note(busy: float) -> Optional[str]:
 
 
 def measure(bench: Bench, problems: List[str]) -> None:
-    began, date = time.monotonic(), datetime.now().astimezone()
     # Each phase starts its servers afresh, from the checkout as it is then.
-    revision = git_revision()
-    busy = busy_before()
-    note = busy_note(busy)
-    if note is not None:
-        problems.append(note)
-        log("Note: " + note)
+    began, date, revision, busy = phase_start(problems)
     log(placement(bench))
     with contextlib.ExitStack() as stack:
         start(stack, bench.upstream())

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import pstats
 import sys
-from collections import Counter
+from collections import defaultdict
 from typing import Dict, List, Optional, Tuple
 
 #: (part, what a function's file or name starts with), first match wins.
@@ -45,8 +45,8 @@ def part_of(path: str, name: str) -> str:
 
 def shares(
     stats: pstats.Stats,
-) -> Tuple[float, Counter[str], List[Tuple[float, str]]]:
-    by_part: Counter[str] = Counter()
+) -> Tuple[float, Dict[str, float], List[Tuple[float, str]]]:
+    by_part: Dict[str, float] = defaultdict(float)
     functions: List[Tuple[float, str]] = []
     total = 0.0
     raw: Dict[Tuple[str, int, str], Tuple[int, int, float, float, object]]

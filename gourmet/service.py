@@ -286,20 +286,34 @@ class GourmetService(MultiService):
         if self.workers is not None:
             self.workers.servers_found(config.name)
 
-    def reload(self, who: str) -> Optional[str]:
+    def reload(self, who: str) -> Deferred[Optional[str]]:
         """
         Load the configuration file again and apply it (see
         :mod:`gourmet.reload`), for ``who`` (``"SIGHUP"``, a console user).
 
-        :return: None, or the error line of a file not valid, in which
-            case nothing changed.
+        :return: fires with None once it applies everywhere (with workers,
+            once every worker has it), or at once with the error line of a
+            file not valid, in which case nothing changed.
         """
         self.notifier.reloading()
         try:
-            return self._reload(who)
-        finally:
+            error = self._reload(who)
+        except BaseException:
+            self.notifier.ready()
+            raise
+        if error is not None or self.workers is None:
+            done: Deferred[None] = succeed(None)
+        else:
+            done = self.workers.reloaded(who)
+
+        def finish(_: object) -> Optional[str]:
+            if error is None:
+                self._say_reloaded(who)
             # systemd's reload ends when this is sent, whatever came of it.
             self.notifier.ready()
+            return error
+
+        return done.addBoth(finish)
 
     def load_file(self) -> GourmetConfig:
         """
@@ -327,8 +341,9 @@ class GourmetService(MultiService):
         # What the old configuration held is garbage now: once, not in
         # the middle of traffic.
         settle_again()
-        if self.workers is not None:
-            self.workers.reloaded(who)
+        return None
+
+    def _say_reloaded(self, who: str) -> None:
         summary = self._summary()
         self.log.info(
             "gourmet reloaded {source} for {who}: {summary}",
@@ -339,7 +354,6 @@ class GourmetService(MultiService):
         app = self.admin_app
         if app is not None:
             app.note_reload(who, f"reloaded the configuration: {summary}")
-        return None
 
     def _summary(self) -> str:
         servers = sum(len(each.servers) for each in self.upstreams.values())

@@ -14,7 +14,7 @@ from unittest.mock import Mock
 
 import pytest
 from attrs import evolve
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint
 from twisted.internet.error import ProcessTerminated
 from twisted.internet.task import Clock
@@ -192,9 +192,9 @@ class FakeService:
     def apply_servers(self, config: UpstreamConfig) -> None:
         self.upstreams[config.name].reconfigure(config)
 
-    def reload(self, who: str) -> Optional[str]:
+    def reload(self, who: str) -> Deferred[Optional[str]]:
         self.reloads.append(who)
-        return None
+        return succeed(None)
 
 
 class FakeProcess:
@@ -438,9 +438,12 @@ def test_a_dead_worker_is_replaced_later_each_time_it_dies_quickly() -> None:
 
 def test_a_reload_with_the_same_listeners_reloads_each_worker() -> None:
     supervisor, _, spawner, _ = started()
-    supervisor.reloaded("SIGHUP")
+    done = supervisor.reloaded("SIGHUP")
+    # Said done once every worker has taken the file, not before.
+    assert not done.called
     spawner.pump()
     assert [each.reloads for each in spawner.workers] == [["SIGHUP"], ["SIGHUP"]]
+    assert done.called
     assert len(spawner.processes) == 2
 
 
@@ -520,12 +523,14 @@ def test_a_reload_to_more_workers_retires_the_old_ones_once_the_new_serve() -> N
     service.config = evolve(
         service.config, frontend=evolve(service.config.frontend, workers=3)
     )
-    supervisor.reloaded("SIGHUP")
+    done = supervisor.reloaded("SIGHUP")
     assert len(spawner.processes) == 5
     # Until the new ones serve, the old ones do.
     assert [each.signals for each in old] == [[], []]
+    assert not done.called
     spawner.pump()
     assert supervisor.all_started() and len(supervisor.workers) == 3
+    assert done.called
     assert [each.signals for each in old] == [["TERM"], ["TERM"]]
     # They end without being started again.
     for each in old:

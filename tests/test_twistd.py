@@ -29,6 +29,7 @@ from tests.reference import reference_config
 LISTEN = "tcp:0:interface=127.0.0.1"
 
 
+@pytest.mark.one_process
 @pytest_twisted.ensureDeferred
 async def test_reference_configuration_runs_under_twistd(
     twistd_on: Any, make_upstreams: Any

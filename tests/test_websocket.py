@@ -278,11 +278,15 @@ async def test_a_tunnel_over_tls_passes_messages_and_its_close(start: Any) -> No
     try:
         echoed = await in_thread(wss_echo, gourmet)
     except TimeoutError as error:
-        # Once in four full PyPy runs the 101 never came after the TLS
-        # handshake: say what Gourmet and the server saw, for next time.
+        # Once in five full PyPy runs the 101 never came after the TLS
+        # handshake, and neither log said a word: say what Gourmet's access
+        # log (written when the client gave up) and console saw, next time.
+        await sleep(1.0)
         raise AssertionError(
             f"{error}\n--- gourmet:\n{gourmet.log()[-4000:]}"
             f"\n--- server:\n{peer_log(peer)[-2000:]}"
+            f"\n--- access log:\n{gourmet.access_log()}"
+            f"\n--- console:\n{gourmet.api('/api/upstreams')}"
         ) from error
     assert echoed == "/secure"
     await until(lambda: "closed 4003 tls bye" in peer_log(peer))

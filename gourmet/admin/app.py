@@ -30,6 +30,7 @@ from typing import (
 
 from attrs import evolve, field, frozen
 from klein import Klein
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -370,7 +371,7 @@ class AdminApp:
         if reload is None:
             raise Refused(409, "This console cannot reload its configuration.")
         client = getattr(request.getClientAddress(), "host", "-")
-        error = reload(f"{principal.name} from {client}")
+        error = await reload(f"{principal.name} from {client}")
         if error is not None:
             raise Refused(400, error)
         return _json(request, {"reloaded": self.changes[-1].view()})
@@ -494,7 +495,7 @@ class Running:
     listeners: Callable[[], Iterable[ListenerInfo]] = _no_listeners
     #: Reloads the configuration file for whom it names; the error line
     #: when the file is not valid.
-    reload: Optional[Callable[[str], Optional[str]]] = None
+    reload: Optional[Callable[[str], Deferred[Optional[str]]]] = None
     #: The certificates TLS listeners serve now, the default one first.
     certificates: Callable[[], Iterable[Certificate]] = _no_certificates
     #: The TCP streams' factories, each with its listener and counts.

@@ -258,8 +258,10 @@ class Discovery:
         an upstream whose servers are about to be known.
         """
         running = list(self.upstreams.values())
-        every = gatherResults([each.answered() for each in running])
-        every.addCallback(lambda _: None)
+        # Errors consumed: a timeout cancels the waits of the silent ones.
+        every: Deferred[None] = gatherResults(
+            [each.answered() for each in running], consumeErrors=True
+        ).addCallback(lambda _: None)
 
         def late(result: object, timeout: float) -> None:
             silent = sorted(e.config.name for e in running if not e.has_answered)

@@ -27,7 +27,13 @@ import zlib
 from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Tuple
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    ensureDeferred,
+    gatherResults,
+    succeed,
+)
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -520,22 +526,25 @@ class Supervisor(Service):
 
     # -- reloading ----------------------------------------------------------
 
-    def reloaded(self, who: str) -> None:
+    def reloaded(self, who: str) -> Deferred[None]:
         """
         The supervisor reloaded its configuration: so do the workers, or,
         when the shared listeners changed, new workers start on them and
-        the old ones finish what they have.
+        the old ones finish what they have.  Fires once every worker
+        serves on the new configuration.
         """
         before = {*self._sockets, *self._reserved}
         self._wire()
         self._share_sockets()
         count = self.gourmet.config.frontend.workers
         if {*self._sockets, *self._reserved} == before and count == self.count:
+            answers = []
             for worker in self._ready_workers():
                 answer = worker.call(Reload, who=who)
                 answer.addCallback(self._worker_reloaded, worker)
                 answer.addErrback(self._not_answered, worker)
-            return
+                answers.append(answer)
+            return gatherResults(answers).addCallback(lambda _: None)
         self.log.info(
             "listeners or workers changed: starting {count} new workers;"
             " the old ones serve until they do, then finish what they have",
@@ -556,6 +565,7 @@ class Supervisor(Service):
         for index in range(1, count + 1):
             self._spawn(index)
         self.all_ready().addCallback(self._retire, retiring, old_sockets)
+        return self.all_ready()
 
     def _retire(
         self,
@@ -578,16 +588,17 @@ class Supervisor(Service):
 
     def _worker_reloaded(
         self, answer: Mapping[str, Any], worker: WorkerProcess
-    ) -> None:
+    ) -> Deferred[Any]:
         # Upstreams the reload made anew start as the file says: give them
         # the operators' changes and the checks' verdicts again.
-        self._sync(worker).addErrback(self._not_answered, worker)
+        synced = self._sync(worker).addErrback(self._not_answered, worker)
         if answer.get("error"):
             self.log.error(
                 "worker {index} could not reload: {error}",
                 index=worker.index,
                 error=answer["error"],
             )
+        return synced
 
     def reopen_logs(self) -> Deferred[Any]:
         """

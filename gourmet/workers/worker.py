@@ -22,6 +22,7 @@ import zlib
 from typing import Any, Dict, Iterable, List, Optional
 
 from attrs import evolve
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import connectionDone
 from twisted.internet.stdio import StandardIO
 from twisted.logger import (
@@ -99,6 +100,10 @@ class WorkerService(GourmetService):
 
     def say_listening(self) -> None:
         # The supervisor says where Gourmet listens, and that this serves.
+        pass
+
+    def _say_reloaded(self, who: str) -> None:
+        # The supervisor says it once, when every worker has the file.
         pass
 
 
@@ -226,10 +231,12 @@ class WorkerCommands(Quiet):
         return {}
 
     @Reload.responder
-    def reload(self, who: str) -> Dict[str, Any]:
-        error = self.service.reload(who)
-        self.wire()
-        return {"error": error}
+    def reload(self, who: str) -> Deferred[Dict[str, Any]]:
+        def reloaded(error: Optional[str]) -> Dict[str, Any]:
+            self.wire()
+            return {"error": error}
+
+        return self.service.reload(who).addCallback(reloaded)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
