@@ -175,11 +175,8 @@ class Bench:
         return self.workdir / f"{name}-access.log"
 
     def upstream(self) -> Server:
-        root = self.workdir / "html"
-        nginx.write_bodies(root, self.settings.slow_size)
-        config = nginx.upstream_config(self.workdir, root, self.upstream_ports)
-        return nginx.Nginx(
-            "upstream", self.workdir, config, self.upstream_ports[0], self.load_cpu
+        return nginx.upstream(
+            self.workdir, self.upstream_ports, self.settings.slow_size, self.load_cpu
         )
 
     def proxies(self) -> Dict[str, Server]:
@@ -1196,27 +1193,46 @@ def parse_settings(argv: Optional[List[str]] = None) -> Settings:
     )
     parser.add_argument("--slow-size", type=size, help="e.g. 300M (default)")
     parser.add_argument("--slow-rate", type=size, help="bytes/s, e.g. 1M (default)")
-    parser.add_argument("--no-pin", action="store_true", help="no taskset")
-    parser.add_argument("--no-pypy", action="store_true", help="leave PyPy out")
-    parser.add_argument("--pypy-venv", type=Path, default=defaults.pypy_venv)
-    parser.add_argument("--out", type=Path, help="JSON file to write")
+    add_run_options(parser)
     parser.add_argument("--chart", type=Path, help="PNG file (default: beside --out)")
-    parser.add_argument("--keep-temp", action="store_true", help="keep configs/logs")
     options = parser.parse_args(argv)
     chosen = dict(QUICK) if options.quick else {}
     for name in ("rounds", "duration", "warmup", "slow_size", "slow_rate"):
         if getattr(options, name) is not None:
             chosen[name] = getattr(options, name)
-    return evolve(
-        defaults,
+    return run_settings(
+        options,
         connections=options.connections,
         h2_streams=options.h2_streams,
-        pin=not options.no_pin and can_pin(),
-        pypy_venv=None if options.no_pypy else options.pypy_venv,
         out=options.out,
         chart=options.chart,
-        keep_temp=options.keep_temp,
         **chosen,
+    )
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """
+    The options every run of the benchmark takes, whole or a phase alone:
+    pinning, PyPy, where the figures go, the work files.
+    """
+    parser.add_argument("--no-pin", action="store_true", help="no taskset")
+    parser.add_argument("--no-pypy", action="store_true", help="leave PyPy out")
+    parser.add_argument("--pypy-venv", type=Path, default=Settings().pypy_venv)
+    parser.add_argument("--out", type=Path, help="JSON file to write")
+    parser.add_argument("--keep-temp", action="store_true", help="keep configs/logs")
+
+
+def run_settings(options: argparse.Namespace, **changes: Any) -> Settings:
+    """
+    The run's settings from :func:`add_run_options`' options, with
+    ``changes``.
+    """
+    return evolve(
+        Settings(),
+        pin=not options.no_pin and can_pin(),
+        pypy_venv=None if options.no_pypy else options.pypy_venv,
+        keep_temp=options.keep_temp,
+        **changes,
     )
 
 

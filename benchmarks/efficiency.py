@@ -42,7 +42,6 @@ from benchmarks import compare, nginx, wrk
 from benchmarks.processes import (
     REPO,
     Server,
-    can_pin,
     cpu_seconds,
     pinned,
 )
@@ -622,11 +621,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         help="each wrk run's, comma-separated (default 32,256,1000)",
     )
     parser.add_argument("--before", metavar="REV", help="also Gourmet at REV")
-    parser.add_argument("--no-pin", action="store_true", help="no taskset")
-    parser.add_argument("--no-pypy", action="store_true", help="leave PyPy out")
-    parser.add_argument("--pypy-venv", type=Path, default=compare.Settings().pypy_venv)
-    parser.add_argument("--out", type=Path, help="JSON file to write")
-    parser.add_argument("--keep-temp", action="store_true", help="keep configs/logs")
+    compare.add_run_options(parser)
     options = parser.parse_args(argv)
     chosen: Dict[str, Any] = dict(QUICK) if options.quick else {}
     for name, key in (
@@ -638,17 +633,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     ):
         if getattr(options, name) is not None:
             chosen[key] = getattr(options, name)
+    bench_settings = compare.run_settings(options)
     settings = evolve(
-        Settings(),
-        pin=not options.no_pin and can_pin(),
-        before=options.before,
-        **chosen,
-    )
-    bench_settings = evolve(
-        compare.Settings(),
-        pin=settings.pin,
-        pypy_venv=None if options.no_pypy else options.pypy_venv,
-        keep_temp=options.keep_temp,
+        Settings(), pin=bench_settings.pin, before=options.before, **chosen
     )
     return compare.run_alone(
         "efficiency",

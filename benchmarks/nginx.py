@@ -188,3 +188,17 @@ def version_number() -> Tuple[int, ...]:
     """
     match = re.match(r"nginx/([\d.]+)", version())
     return tuple(int(n) for n in match.group(1).split(".")) if match else ()
+
+
+def upstream(
+    workdir: Path, ports: Sequence[int], large: int, cpu: Optional[int] = None
+) -> Nginx:
+    """
+    The upstream, not started: nginx serving the bodies (the large one of
+    ``large`` bytes) from ``workdir``'s ``html`` on each of ``ports``,
+    pinned to ``cpu`` if given.
+    """
+    root = workdir / "html"
+    write_bodies(root, large)
+    config = upstream_config(workdir, root, ports)
+    return Nginx("upstream", workdir, config, ports[0], cpu)

@@ -273,15 +273,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     twistd = {"cpython": Path(sys.executable).with_name("twistd")}
     with work_directory("gourmet-tcp-", options.keep) as workdir:
         ports = [free_port(), free_port()]
-        root = workdir / "html"
-        nginx.write_bodies(root, 0)
-        upstream = nginx.Nginx(
-            "upstream",
-            workdir,
-            nginx.upstream_config(workdir, root, ports),
-            ports[0],
-            None,
-        )
+        upstream = nginx.upstream(workdir, ports, 0)
         with contextlib.ExitStack() as stack:
             stack.callback(upstream.stop)
             upstream.start()

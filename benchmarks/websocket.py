@@ -57,7 +57,6 @@ from benchmarks import compare, nginx, report
 from benchmarks.processes import (
     REPO,
     Server,
-    can_pin,
     cpu_seconds,
     pinned,
 )
@@ -814,11 +813,7 @@ def measure(bench: compare.Bench, problems: List[str], out: Optional[Path]) -> N
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a short run to try it")
-    parser.add_argument("--no-pin", action="store_true", help="no taskset")
-    parser.add_argument("--no-pypy", action="store_true", help="leave PyPy out")
-    parser.add_argument("--pypy-venv", type=Path, default=compare.Settings().pypy_venv)
-    parser.add_argument("--out", type=Path, help="JSON file to write")
-    parser.add_argument("--keep-temp", action="store_true", help="keep configs/logs")
+    compare.add_run_options(parser)
     parser.add_argument("--echo", type=int, metavar="PORT", help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     if options.echo is not None:
@@ -826,13 +821,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         asyncio.run(serve_echo(options.echo))
         return 0
     quick: Dict[str, Any] = dict(compare.QUICK) if options.quick else {}
-    settings = evolve(
-        compare.Settings(),
-        pin=not options.no_pin and can_pin(),
-        pypy_venv=None if options.no_pypy else options.pypy_venv,
-        keep_temp=options.keep_temp,
-        **quick,
-    )
+    settings = compare.run_settings(options, **quick)
     return compare.run_alone(
         "websocket",
         settings,

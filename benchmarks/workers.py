@@ -307,16 +307,7 @@ def main(argv: List[str]) -> int:
                 runtimes["pypy"] = twistd
         ups = [free_port(), free_port()]
         with contextlib.ExitStack() as stack:
-            root = workdir / "html"
-            nginx.write_bodies(root, 1024)
-            upstream = nginx.Nginx(
-                "upstream",
-                workdir,
-                nginx.upstream_config(workdir, root, ups),
-                ups[0],
-                None,
-            )
-            compare.start(stack, upstream)
+            compare.start(stack, nginx.upstream(workdir, ups, 1024))
             rows = measure_all(workdir, ups, runtimes, load, args.rounds, args.warmup)
         compare.log("\n" + table(rows))
         if args.out is not None:

@@ -455,6 +455,10 @@ async def test_a_change_over_a_stale_revision_loses_to_the_one_in_etcd(
     member.startService()
     try:
         await until("connected", lambda: member.connected, 10)
+        # As if etcd were away: the heartbeat, which retries pending writes
+        # while etcd is reachable, must not write this change before the
+        # other instance's (live, below, is etcd's return).
+        member.failed("etcd away (the test)")
         server = upstream.servers[1]
         # Made here over no key (revision 0), not written yet...
         server.admin_state = AdminState.DISABLED

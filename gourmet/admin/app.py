@@ -55,7 +55,12 @@ from gourmet.admin.views import (
 )
 from gourmet.cluster.member import ClusterMember
 from gourmet.cluster.shared import Applied
-from gourmet.config.model import MAX_WEIGHT, FrontendConfig, GourmetConfig
+from gourmet.config.model import (
+    MAX_WEIGHT,
+    FrontendConfig,
+    GourmetConfig,
+    is_weight,
+)
 from gourmet.discovery.updates import ProvidedUpstream
 from gourmet.frontend.channel import ClientStats
 from gourmet.frontend.errors import error_document
@@ -603,7 +608,7 @@ def parse_change(body: bytes) -> Tuple[object, Optional[AdminState], bool]:
     if not change:
         raise Refused(400, 'Expected a JSON object with "weight" and/or "state".')
     weight = change.get("weight", _UNCHANGED)
-    if weight is not _UNCHANGED and weight is not None and not _valid_weight(weight):
+    if weight is not _UNCHANGED and weight is not None and not is_weight(weight):
         raise Refused(
             400,
             f"weight must be a whole number from 0 to {MAX_WEIGHT} "
@@ -615,14 +620,6 @@ def parse_change(body: bytes) -> Tuple[object, Optional[AdminState], bool]:
             400, f"state must be one of up, drain, disabled, got {json.dumps(state)}."
         )
     return weight, _STATES[state] if state is not None else None, force
-
-
-def _valid_weight(weight: object) -> bool:
-    return (
-        isinstance(weight, int)
-        and not isinstance(weight, bool)
-        and 0 <= weight <= MAX_WEIGHT
-    )
 
 
 def _settings(server: Server) -> Dict[str, Any]:

@@ -23,7 +23,7 @@ from urllib.parse import quote, unquote
 
 from attrs import asdict, frozen
 
-from gourmet.config.model import MAX_WEIGHT
+from gourmet.config.model import MAX_WEIGHT, is_weight
 from gourmet.upstream.state import AdminState, Server
 
 SERVERS = "servers/"
@@ -138,11 +138,7 @@ class Setting:
         """
         data = _object(value)
         weight = data.get("weight")
-        if weight is not None and (
-            isinstance(weight, bool)
-            or not isinstance(weight, int)
-            or not 0 <= weight <= MAX_WEIGHT
-        ):
+        if weight is not None and not is_weight(weight):
             raise ValueError(f'"weight": expected 0 to {MAX_WEIGHT} or null')
         state = data.get("state")
         if state not in _STATES:

@@ -20,6 +20,19 @@ from gourmet.tls.certificates import Certificate
 #: The largest weight a server may have, in configuration or at runtime.
 MAX_WEIGHT = 1000
 
+
+def is_weight(value: object) -> bool:
+    """
+    Whether ``value``, from JSON (the console's API, etcd), is a weight: a
+    whole number from 0 to :data:`MAX_WEIGHT` (``true`` is not 1).
+    """
+    return (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and 0 <= value <= MAX_WEIGHT
+    )
+
+
 DEFAULT_CONFIG_PATH = "/etc/gourmet/gourmet.toml"
 
 

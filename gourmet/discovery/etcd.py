@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from gourmet.config.model import MAX_WEIGHT
+from gourmet.config.model import MAX_WEIGHT, is_weight
 from gourmet.config.origin import parse_origin
 from gourmet.discovery.provider import (
     IProviderFactory,
@@ -109,11 +109,7 @@ def server_of(key: str, value: bytes) -> ProvidedServer:
         raise ValueError('no "address": expected {"address": "host:port"}')
     parse_origin(address)
     weight = data.get("weight")
-    if weight is not None and (
-        isinstance(weight, bool)
-        or not isinstance(weight, int)
-        or not 0 <= weight <= MAX_WEIGHT
-    ):
+    if weight is not None and not is_weight(weight):
         raise ValueError(f'"weight": expected 0 to {MAX_WEIGHT}, got {weight!r}')
     return ProvidedServer(address=address, weight=weight, metadata={"etcd_key": key})
 
