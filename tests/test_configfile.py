@@ -105,6 +105,22 @@ def test_example_with_every_option_loads() -> None:
     assert loaded.admin == AdminConfig()
 
 
+def test_the_container_image_configuration_loads() -> None:
+    """
+    The Containerfile's: the demo on every interface of the container, the
+    console on its loopback, where the image's health check asks it.
+    """
+    loaded = load_config(str(ETC / "container.toml"))
+    assert loaded.frontend.listen == ("tcp:8080",)
+    assert loaded.admin.listen == "tcp:8081:interface=127.0.0.1"
+    assert not loaded.admin.reading_needs_credentials
+    (demo,) = loaded.upstreams
+    assert [server.path for server in demo.servers] == list(loaded.demo.listen)
+    containerfile = (ETC.parent / "Containerfile").read_text()
+    assert "COPY etc/container.toml /etc/gourmet/gourmet.toml\n" in containerfile
+    assert "http://127.0.0.1:8081/api/session" in containerfile
+
+
 def test_demo_loads() -> None:
     loaded = load_config(str(ETC / "demo.toml"))
     assert loaded.demo.listen == ("127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003")
