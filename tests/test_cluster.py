@@ -14,8 +14,10 @@ from typing import List, Optional
 
 import pytest
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs, formatEvent
 
+from gourmet.cluster.member import ClusterMember
 from gourmet.cluster.records import (
     InstanceKey,
     InstanceRecord,
@@ -27,7 +29,7 @@ from gourmet.cluster.records import (
 )
 from gourmet.cluster.shared import SharedState
 from gourmet.config.load import ConfigError, parse_config
-from gourmet.config.model import CLUSTER_PREFIX
+from gourmet.config.model import CLUSTER_PREFIX, ClusterConfig
 from gourmet.etcd.watch import KeyValue
 from gourmet.upstream.state import AdminState, Upstream
 from tests.configs import config
@@ -245,3 +247,20 @@ def test_the_example_files_cluster_table_loads_uncommented() -> None:
     assert loaded.cluster.etcd == ("http://127.0.0.1:2379",)
     assert (loaded.cluster.name, loaded.cluster.lease_ttl) == ("web-1", 5)
     assert loaded.cluster.username == "gourmet"
+
+
+def test_a_member_stopped_before_its_watch_is_set_up_stops_cleanly() -> None:
+    """
+    Stopped (twistd shutting down) while etcd has not answered yet: the
+    stop completes, with no error, rather than failing on the watch that
+    was never set up.
+    """
+    reactor = MemoryReactorClock()
+    cluster = ClusterConfig(etcd=("http://127.0.0.1:2379",), prefix=PREFIX)
+    member = ClusterMember(cluster, {}, reactor, lambda: None)
+    member.startService()
+    assert reactor.tcpClients, "the member did not try to reach etcd"
+    results: List[object] = []
+    member.stopService().addBoth(results.append)
+    assert results == [None]
+    assert not member.running

@@ -401,8 +401,14 @@ async def test_a_member_signs_in_to_an_etcd_with_authentication_on(
     member = ClusterMember(cluster, {}, reactor, lambda: None)
     member.startService()
     try:
-        await until("listed", lambda: list(member.state.instances) == ["signed-in"], 10)
-        assert member.connected
+        # Listed (its heartbeat written, as the signed-in member) and
+        # watching (signed in for the watch too), which may come in either
+        # order: the first read of the keys comes before the watch's start.
+        await until(
+            "listed and watching",
+            lambda: member.connected and list(member.state.instances) == ["signed-in"],
+            10,
+        )
         assert member.view()["instances"][0]["admin"] is None
     finally:
         await member.stopService()

@@ -16,7 +16,7 @@ import random
 from typing import Any, List, Optional, Sequence
 
 from attrs import frozen
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface
@@ -145,9 +145,10 @@ class PrefixWatch:
         self._sink = sink
         self._connect()
 
-    def stop(self) -> Any:
+    def stop(self) -> Deferred[None]:
         """
-        Stop watching: fires once the watch's connection is closed.
+        Stop watching: fires once the watch's connection is closed (at
+        once when no watch was set up yet).
         """
         self._sink = None
         if self._retry is not None and self._retry.active():
@@ -156,8 +157,9 @@ class PrefixWatch:
         if self._session is not None:
             self._session.cancel()
         if stream is not None:
-            return stream.closed
-        return None
+            closed: Deferred[None] = stream.closed
+            return closed
+        return succeed(None)
 
     # -- One session: a read if needed, then a watch until it ends.
 
